@@ -1,0 +1,61 @@
+import HashTreeCollections
+
+/// A file descriptor number in the model's single user-space process.
+@frozen public struct FD: RawRepresentable, Hashable, Comparable, Sendable, CustomStringConvertible {
+  public let rawValue: Int32
+  @inlinable public init(rawValue: Int32) { self.rawValue = rawValue }
+  @inlinable public init(_ raw: Int32) { rawValue = raw }
+  @inlinable public static func < (a: FD, b: FD) -> Bool { a.rawValue < b.rawValue }
+  public var description: String { "fd \(rawValue)" }
+}
+
+/// The process's file table: fd numbers to open files, as `struct files_struct`.
+///
+/// `File` is whatever the platform puts behind an fd (a VFIO device, a dma-buf, a VM …).
+/// Numbers are allocated lowest-free first from 3 (0–2 are the standard streams), as
+/// `alloc_fd()` does. Unknown or closed fds fail with `EBADF`, as `fdget()` does.
+public struct FileTable<File: Hashable & Sendable>: Hashable, Sendable {
+  private var files: TreeDictionary<FD, File> = [:]
+
+  public init() {}
+
+  /// `RLIMIT_NOFILE`'s usual soft limit: `install` fails with `EMFILE` past it.
+  public static var limit: Int32 { 1024 }
+
+  /// Installs `file` at the lowest free fd (`fd_install(get_unused_fd_flags(), file)`).
+  /// - Throws: `EMFILE` when every fd below ``limit`` is taken.
+  public mutating func install(_ file: File) throws(Errno) -> FD {
+    // Scanning from 3 keeps the table canonical (no allocation hint in the state), so two
+    // machines with the same open files compare equal. Tables here hold a handful of fds.
+    var candidate: Int32 = 3
+    while files[FD(candidate)] != nil { candidate += 1 }
+    guard candidate < Self.limit else { throw .EMFILE }
+    files[FD(candidate)] = file
+    return FD(candidate)
+  }
+
+  /// The file behind `fd` (`fdget()`). - Throws: `EBADF` for an fd that is not open.
+  public func lookup(_ fd: FD) throws(Errno) -> File {
+    guard let file = files[fd] else { throw .EBADF }
+    return file
+  }
+
+  /// Removes `fd` from the table and returns what it referred to (`close_fd()`); the caller
+  /// drops the file's reference. - Throws: `EBADF` for an fd that is not open.
+  public mutating func remove(_ fd: FD) throws(Errno) -> File {
+    guard let file = files.removeValue(forKey: fd) else { throw .EBADF }
+    return file
+  }
+
+  /// Every open fd with its file, in fd order.
+  public var open: [(fd: FD, file: File)] {
+    files.map { (fd: $0.key, file: $0.value) }.sorted { $0.fd < $1.fd }
+  }
+
+  /// How many fds refer to files satisfying `predicate` (for reference-count invariants).
+  public func count(where predicate: (File) -> Bool) -> Int {
+    files.values.reduce(0) { predicate($1) ? $0 + 1 : $0 }
+  }
+
+  public var isEmpty: Bool { files.isEmpty }
+}

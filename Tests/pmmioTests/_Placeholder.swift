@@ -1,0 +1,2 @@
+import Testing
+// Placeholder until the module's tests land; the owner deletes this file.

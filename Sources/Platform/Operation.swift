@@ -1,0 +1,116 @@
+import KernelCore
+import DmaBuf
+
+/// Every operation a user (a scenario, the fuzzer, a VMM's test) can perform on a ``Machine``.
+///
+/// Names are the uAPI's, lower-cased with their subsystem prefix in scenarios
+/// (`vfio.dma_buf` is ``vfioDmaBuf(fd:regionIndex:ranges:openFlags:flags:)``). Arguments are
+/// already resolved: fds are fd numbers, devices are names from the machine's configuration.
+public enum Operation: Hashable, Sendable {
+  // MARK: VFIO (cdev, /dev/vfio/devices/vfioN)
+  /// `open("/dev/vfio/devices/vfioN")`: returns a device fd.
+  case vfioOpen(device: String)
+  /// `VFIO_DEVICE_BIND_IOMMUFD`; `private` is the RFC's `VFIO_DEVICE_BIND_IOMMUFD_PRIVATE`
+  /// (patch 8) and `vm` the VM fd the private device is bound to.
+  case vfioBindIOMMUFD(fd: FD, private: Bool, vm: FD?)
+  /// `close(fd)` of a VFIO device fd.
+  case vfioClose(fd: FD)
+  /// `VFIO_DEVICE_GET_REGION_INFO`.
+  case vfioRegionInfo(fd: FD, regionIndex: UInt32)
+  /// `pread` on the device fd at the region's offset.
+  case vfioRead(fd: FD, regionIndex: UInt32, offset: UInt64, size: UInt64)
+  /// `pwrite` on the device fd at the region's offset.
+  case vfioWrite(fd: FD, regionIndex: UInt32, offset: UInt64, size: UInt64)
+  /// `mmap` of a region through the device fd.
+  case vfioMmap(fd: FD, regionIndex: UInt32)
+  /// A config-space write of the PCI command register's Memory Space Enable bit.
+  case vfioSetMemoryDecode(fd: FD, enable: Bool)
+  /// `VFIO_DEVICE_RESET`.
+  case vfioReset(fd: FD)
+  /// An FLR started by a config-space write (PCIe Device Control "Initiate FLR"), as a guest
+  /// does through the config region.
+  case vfioFLR(fd: FD)
+  /// `VFIO_DEVICE_PCI_HOT_RESET`.
+  case vfioHotReset(fd: FD)
+  /// A PMCSR write through config space: D0 or D3hot.
+  case vfioSetPower(fd: FD, state: PowerStateName)
+  /// `VFIO_DEVICE_FEATURE` with `VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_DMA_BUF`:
+  /// returns a dma-buf fd. `ranges` are (offset, length) pairs in the region; in `rfc-v1`
+  /// each range carries `regionIndex` and (0, 0) means the whole BAR.
+  case vfioDmaBuf(fd: FD, regionIndex: UInt32, ranges: [DmaRange], openFlags: UInt32, flags: UInt32)
+
+  // MARK: dma-buf (in-kernel importer API, driven by a named test importer)
+  /// `dma_buf_dynamic_attach()` (or `dma_buf_attach()` when not dynamic) by `importer`.
+  case dmabufAttach(fd: FD, importer: String, dynamic: Bool, peer2peer: Bool)
+  /// `dma_buf_detach()`.
+  case dmabufDetach(attachment: AttachmentID)
+  /// `dma_buf_pin()`.
+  case dmabufPin(attachment: AttachmentID)
+  /// `dma_buf_get_pfn_unlocked()` (patch 1).
+  case dmabufGetPfn(attachment: AttachmentID, pgoff: PageIndex)
+  /// `close(fd)` of a dma-buf fd.
+  case dmabufClose(fd: FD)
+
+  // MARK: PCI and TDISP (host PCI/TSM side, by device name)
+  case tdispLock(device: String)
+  case tdispStart(device: String, nonce: NonceChoice)
+  case tdispStop(device: String)
+  case tdispReport(device: String)
+  /// An FLR of the function from outside VFIO (e.g. sysfs `reset`).
+  case pciFLR(device: String)
+  /// A write of the command register; `nil` leaves a bit as it is.
+  case pciWriteCommand(device: String, memory: Bool?, busMaster: Bool?)
+
+  // MARK: KVM
+  case kvmCreateVM(type: VMTypeName)
+  case kvmCreateVCPU(vm: FD, id: UInt32)
+  case kvmSetUserMemoryRegion2(vm: FD, region: MemoryRegion2)
+  case kvmDestroyVM(vm: FD)
+  /// A whole vCPU access: exit, fault path (with retries), completion.
+  case guestRead(vm: FD, gpa: GPA, size: UInt64)
+  case guestWrite(vm: FD, gpa: GPA, size: UInt64)
+
+  // MARK: TDX
+  case tdxDevifCreate(vm: FD, device: String)
+  case tdxDevifRemove(vm: FD, device: String)
+  case tdxMMIOMTAdd(device: String)
+  case tdxStreamBlock(device: String)
+  /// `TDG.MMIO.ACCEPT` by the guest; takes the EPT violation first when not yet mapped.
+  case guestAcceptMMIO(vm: FD, gpa: GPA, expectHPA: HPA?)
+  /// A raw SEAMCALL: leaf number and its register arguments (RCX, RDX, R8, …).
+  case tdxSeamcall(leaf: UInt64, args: [UInt64])
+}
+
+/// One `struct vfio_region_dma_range`: an (offset, length) pair inside a region.
+public struct DmaRange: Hashable, Sendable {
+  public var offset: UInt64
+  public var length: UInt64
+  public init(offset: UInt64, length: UInt64) { self.offset = offset; self.length = length }
+}
+
+/// `D0` or `D3hot`, as written to PMCSR.
+public enum PowerStateName: String, Hashable, Sendable, CaseIterable { case d0 = "D0", d3hot = "D3hot" }
+
+/// What `tdisp.start` sends back: the nonce LOCK_INTERFACE produced, or a wrong one.
+public enum NonceChoice: String, Hashable, Sendable, CaseIterable { case echo, wrong }
+
+/// `KVM_CREATE_VM`'s type: `KVM_X86_DEFAULT_VM` (0) or `KVM_X86_TDX_VM` (2).
+public enum VMTypeName: String, Hashable, Sendable, CaseIterable { case `default`, tdx }
+
+/// `struct kvm_userspace_memory_region2`, field for field (`include/uapi/linux/kvm.h`).
+public struct MemoryRegion2: Hashable, Sendable {
+  public var slot: UInt32
+  public var flags: UInt32
+  public var guestPhysAddr: UInt64
+  public var memorySize: UInt64
+  public var userspaceAddr: UInt64
+  public var guestMemfdOffset: UInt64
+  /// The fd field (`guest_memfd`); with `KVM_MEM_VFIO_DMABUF` it carries the dma-buf fd.
+  public var guestMemfd: Int32
+  public init(slot: UInt32, flags: UInt32, guestPhysAddr: UInt64, memorySize: UInt64,
+              userspaceAddr: UInt64 = 0, guestMemfdOffset: UInt64 = 0, guestMemfd: Int32 = -1) {
+    self.slot = slot; self.flags = flags; self.guestPhysAddr = guestPhysAddr
+    self.memorySize = memorySize; self.userspaceAddr = userspaceAddr
+    self.guestMemfdOffset = guestMemfdOffset; self.guestMemfd = guestMemfd
+  }
+}

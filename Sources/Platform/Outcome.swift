@@ -1,0 +1,58 @@
+import KernelCore
+import DmaBuf
+import TDX
+
+/// What a successful operation returns.
+public enum OpValue: Hashable, Sendable {
+  /// Nothing beyond success (`return 0`).
+  case none
+  /// A new fd (open, dma-buf export, VM creation).
+  case fd(FD)
+  /// A new dma-buf attachment.
+  case attachment(AttachmentID)
+  /// A PFN and its mapping order, from `get_pfn`.
+  case pfn(PFN, order: UInt8)
+  /// `struct vfio_region_info`: flags by uAPI name, size and the region's offset in the fd.
+  case regionInfo(flags: [String], size: UInt64, offset: UInt64)
+  /// Bytes read (little-endian value of up to 8 bytes).
+  case read(UInt64)
+  /// A TDISP interface's state after the request, by spec name (`RUN`).
+  case tdiState(String)
+  /// A TDISP device interface report, one line per MMIO range.
+  case report([String])
+  /// The outcome of a whole guest access: `mapped`, `already_mapped`, `exit_mmio`, `killed` …
+  case guestAccess(String)
+  /// A SEAMCALL that returned `TDX_SUCCESS`, with its output registers.
+  case seamcall([UInt64])
+}
+
+/// Why an operation failed.
+public enum OpFailure: Error, Hashable, Sendable, CustomStringConvertible {
+  /// The syscall or ioctl failed with this errno.
+  case errno(Errno)
+  /// The TDX module returned this status (raw SEAMCALLs, and guest TDCALLs).
+  case tdx(TDXStatus)
+  /// The device answered a TDISP request with this error code (`INVALID_NONCE` …).
+  case tdisp(code: UInt16, name: String)
+
+  public var description: String {
+    switch self {
+    case .errno(let e): "errno \(e.name)"
+    case .tdx(let s): "tdx \(s)"
+    case .tdisp(let code, let name): "tdisp \(name) (0x\(String(code, radix: 16)))"
+    }
+  }
+}
+
+/// An operation's result, as `run`, `explore` and `fuzz` report it.
+public typealias OpResult = Result<OpValue, OpFailure>
+
+/// A named invariant and whether it held after a step.
+public struct InvariantCheck: Hashable, Sendable {
+  /// The grep-able name, e.g. `NoHostMappingOfPrivateMMIO`.
+  public let name: String
+  /// `nil` when it held; otherwise what broke it.
+  public let violation: String?
+  public init(name: String, violation: String?) { self.name = name; self.violation = violation }
+  public var held: Bool { violation == nil }
+}

@@ -1,0 +1,132 @@
+import KernelCore
+
+/// A byte window inside a BAR: where the MSI-X table or the Pending Bit Array lives.
+///
+/// The PCI MSI-X capability gives each as a BAR indicator plus an offset (Table Offset/BIR,
+/// PBA Offset/BIR); the sizes follow from the table size field (16 bytes per vector) and one
+/// bit per vector for the PBA, rounded up to QWORDs.
+public struct BARSpan: Hashable, Sendable, CustomStringConvertible {
+  /// Offset of the first byte from the start of the BAR.
+  public let offset: UInt64
+  /// Length in bytes.
+  public let size: UInt64
+
+  public init(offset: UInt64, size: UInt64) {
+    self.offset = offset
+    self.size = size
+  }
+
+  /// One past the last byte, or `nil` when `offset + size` wraps.
+  public var end: UInt64? {
+    let (sum, overflow) = offset.addingReportingOverflow(size)
+    return overflow ? nil : sum
+  }
+
+  /// The 4 KiB pages the span touches, counted from the BAR start. A device cannot protect
+  /// less than a page, so a partly covered page takes the span's attributes.
+  /// Only meaningful for a validated span (non-empty, not wrapping).
+  var pages: Range<UInt64> {
+    let last = offset &+ size &- 1
+    return (offset >> pageShift)..<((last >> pageShift) &+ 1)
+  }
+
+  public var description: String {
+    "[0x\(String(offset, radix: 16)), +0x\(String(size, radix: 16)))"
+  }
+}
+
+/// One memory BAR of a PCIe function, as the platform assigned it (the `pci_dev->resource[]`
+/// entry for BAR `index`). The model has memory BARs only; an index that is not listed is
+/// not implemented (a zero-sized resource in the kernel).
+public struct BAR: Hashable, Sendable {
+  /// The BAR register number, 0...5.
+  public let index: UInt32
+  /// The decoded size: a power of two of at least 4 KiB.
+  public let size: UInt64
+  /// The host physical address the BAR decodes at, naturally aligned to `size`.
+  public let base: HPA
+  /// A 64-bit BAR also occupies register `index + 1` (`PCI_BASE_ADDRESS_MEM_TYPE_64`).
+  public let is64Bit: Bool
+  /// `PCI_BASE_ADDRESS_MEM_PREFETCH`.
+  public let prefetchable: Bool
+  /// The MSI-X table, when this BAR holds it.
+  public let msixTable: BARSpan?
+  /// The MSI-X Pending Bit Array, when this BAR holds it.
+  public let msixPBA: BARSpan?
+
+  /// Describes a BAR; `PCIFunction.init` validates it against the rules of PCI.
+  public init(index: UInt32, size: UInt64, base: HPA, is64Bit: Bool = true, prefetchable: Bool = true,
+              msixTable: BARSpan? = nil, msixPBA: BARSpan? = nil) {
+    self.index = index
+    self.size = size
+    self.base = base
+    self.is64Bit = is64Bit
+    self.prefetchable = prefetchable
+    self.msixTable = msixTable
+    self.msixPBA = msixPBA
+  }
+
+  /// The last host physical address the BAR decodes (`pci_resource_end`).
+  public var last: HPA { base.advanced(by: size &- 1) }
+
+  /// The number of 4 KiB pages the BAR spans.
+  public var pageCount: UInt64 { size.pages }
+
+  /// Whether `hpa` falls inside the BAR.
+  public func contains(_ hpa: HPA) -> Bool { hpa >= base && hpa <= last }
+
+  /// Checks one BAR on its own; `PCIFunction.init` checks BARs against each other.
+  /// - Throws: `EINVAL` when the index is past 5, a 64-bit BAR starts at 5 (it would need
+  ///   register 6), the size is not a power of two or below 4 KiB, the base is not aligned to
+  ///   the size or the BAR wraps the address space, a 32-bit BAR does not sit below 4 GiB,
+  ///   or an MSI-X span is empty, wraps, leaves the BAR or overlaps the other one.
+  func validate() throws(Errno) {
+    guard index <= 5, !(is64Bit && index == 5) else { throw .EINVAL }
+    guard size >= pageSize, size & (size &- 1) == 0 else { throw .EINVAL }
+    guard base.isAligned(to: size) else { throw .EINVAL }
+    let end = try base.adding(size).rawValue
+    // A 32-bit memory BAR cannot decode above 4 GiB: its upper address bits do not exist.
+    if !is64Bit && end > 1 << 32 { throw .EINVAL }
+    for span in [msixTable, msixPBA].compactMap({ $0 }) {
+      guard span.size > 0, let spanEnd = span.end, spanEnd <= size else { throw .EINVAL }
+    }
+    if let table = msixTable, let pba = msixPBA, let tableEnd = table.end, let pbaEnd = pba.end,
+       table.offset < pbaEnd, pba.offset < tableEnd {
+      throw .EINVAL
+    }
+  }
+}
+
+/// Hands out naturally aligned BAR addresses from a host MMIO window, the way firmware or
+/// `pci_assign_unassigned_resources()` places BARs: each BAR aligned to its own size.
+public struct MMIOWindowAllocator: Hashable, Sendable {
+  /// The next free address.
+  public private(set) var next: HPA
+  /// One past the last usable address.
+  public let limit: HPA
+
+  public init(base: HPA, limit: HPA) {
+    next = base
+    self.limit = limit
+  }
+
+  /// A 64-bit window for when nothing else is configured: 256 GiB at 4 TiB.
+  public static let default64Bit = MMIOWindowAllocator(base: HPA(0x400_0000_0000), limit: HPA(0x440_0000_0000))
+  /// The 32-bit window below 4 GiB, from `0xC000_0000` up to the IOAPIC at `0xFEC0_0000`.
+  public static let default32Bit = MMIOWindowAllocator(base: HPA(0xC000_0000), limit: HPA(0xFEC0_0000))
+
+  /// Reserves `size` bytes aligned to `size` and returns their base.
+  /// - Throws: `EINVAL` for a size that is not a power of two of at least 4 KiB; `ENOSPC`
+  ///   when the window has no room left (nothing is reserved then).
+  public mutating func allocate(size: UInt64) throws(Errno) -> HPA {
+    guard size >= pageSize, size & (size &- 1) == 0 else { throw .EINVAL }
+    let mask = size &- 1
+    let (bumped, o1) = next.rawValue.addingReportingOverflow(mask)
+    guard !o1 else { throw .ENOSPC }
+    let start = bumped & ~mask
+    let (end, o2) = start.addingReportingOverflow(size)
+    guard !o2, end <= limit.rawValue else { throw .ENOSPC }
+    next = HPA(end)
+    return HPA(start)
+  }
+}

@@ -1,75 +1,133 @@
 import KernelCore
+import PCI
+import DmaBuf
+import VFIO
+import HashTreeCollections
 
-/// The whole system as one value: devices, VFIO, dma-bufs, VMs, the TDX module, the fd table.
+/// What an fd refers to: the `struct file`s of the model's one user-space process.
+public enum OpenFile: Hashable, Sendable {
+  case vfioDevice(VFIOFileID)
+  case dmaBuf(DmaBufID)
+  case vm(VMID)
+}
+
+/// A VM the machine knows by name (until KVM's own table takes over: its identity and type).
+public struct VMRecord: Hashable, Sendable {
+  public let id: VMID
+  public let name: String
+  public let type: VMTypeName
+}
+
+/// The whole system as one value: devices, VFIO, dma-bufs, VMs, the fd table.
 ///
-/// Copying a machine is a snapshot. Every operation is `mutating` and either succeeds or
-/// leaves the machine equal to what it was ("validate, then commit").
+/// Copying a machine is a snapshot (every large part is a persistent tree). Every operation is
+/// `mutating` and either succeeds or leaves the machine equal to what it was: each subsystem
+/// validates before it commits, as the kernel does.
 public struct Machine: Hashable, Sendable {
   public let variant: Variant
   /// Events of the operations performed so far; not part of the machine's state.
   public var trace = Trace()
 
+  public internal(set) var files = FileTable<OpenFile>()
+  public internal(set) var vfio: VFIOPCIDriver
+  public internal(set) var dmabufCore = DmaBufCore()
+  /// Devices by configured name, in configuration order.
+  public let deviceNames: [String: VFIODeviceID]
+  public internal(set) var vms: TreeDictionary<VMID, VMRecord> = [:]
+  /// fds of the VMs the configuration created, by name.
+  public private(set) var configuredVMs: [String: FD] = [:]
+
+  /// The host-physical window BARs are placed in (above any modelled RAM), each BAR naturally
+  /// aligned to its size as firmware assigns them.
+  public static let mmioWindowBase = HPA(0x40_0000_0000)
+
   public init(configuration: MachineConfiguration, variant: Variant = .reviewed) throws(ConfigurationError) {
     self.variant = variant
-  }
-
-  /// Performs one operation in the ioctl context. (Being implemented; answers ENOSYS.)
-  public mutating func perform(_ op: Operation) -> OpResult {
-    .failure(.errno(.ENOSYS))
+    var vfio = VFIOPCIDriver(variant: variant)
+    var names: [String: VFIODeviceID] = [:]
+    var cursor = Self.mmioWindowBase.rawValue
+    for device in configuration.devices {
+      guard names[device.name] == nil else { throw ConfigurationError("device \(device.name) is defined twice") }
+      var bars: [BAR] = []
+      for bar in device.bars.sorted(by: { $0.index < $1.index }) {
+        guard bar.size >= pageSize, bar.size & (bar.size - 1) == 0 else {
+          throw ConfigurationError("BAR \(bar.index) of \(device.name): size 0x\(String(bar.size, radix: 16)) is not a power of two of at least 4 KiB")
+        }
+        cursor = (cursor + bar.size - 1) & ~(bar.size - 1)
+        bars.append(BAR(index: bar.index, size: bar.size, base: HPA(cursor), is64Bit: bar.is64Bit,
+                        prefetchable: bar.prefetchable,
+                        msixTable: bar.msixTable.map { BARSpan(offset: $0.offset, size: $0.length) },
+                        msixPBA: bar.msixPBA.map { BARSpan(offset: $0.offset, size: $0.length) }))
+        cursor += bar.size
+      }
+      let function: PCIFunction
+      do { function = try PCIFunction(name: device.name, bars: bars, tdisp: device.tdisp) } catch {
+        throw ConfigurationError("device \(device.name): its BARs are invalid (\(error.name))")
+      }
+      names[device.name] = vfio.registerDevice(function)
+    }
+    self.vfio = vfio
+    self.deviceNames = names
+    for vm in configuration.vms {
+      guard configuredVMs[vm.name] == nil else { throw ConfigurationError("VM \(vm.name) is defined twice") }
+      guard case .success(.fd(let fd)) = perform(.kvmCreateVM(type: vm.type)) else {
+        throw ConfigurationError("VM \(vm.name) could not be created")
+      }
+      configuredVMs[vm.name] = fd
+      if case .vm(let id)? = try? files.lookup(fd) { vms[id] = VMRecord(id: id, name: vm.name, type: vm.type) }
+    }
+    _ = trace.drain()
   }
 
   /// The fd of a VM the configuration created, by its name (`td0`); `nil` for no such VM.
-  public func vmFD(named name: String) -> FD? { nil }
+  public func vmFD(named name: String) -> FD? { configuredVMs[name] }
 
-  /// Every invariant, checked against the current state, reported by name.
-  public func checkInvariants() -> [InvariantCheck] { [] }
-}
+  /// Performs one operation in the ioctl context.
+  public mutating func perform(_ op: Operation) -> OpResult {
+    perform(op, context: .ioctl)
+  }
 
-/// The machine a scenario describes under `machine:`.
-public struct MachineConfiguration: Hashable, Sendable {
-  public var devices: [DeviceConfiguration]
-  public var vms: [VMConfiguration]
-  public init(devices: [DeviceConfiguration] = [], vms: [VMConfiguration] = []) {
-    self.devices = devices; self.vms = vms
+  /// Performs one operation in `context`.
+  public mutating func perform(_ op: Operation, context: ContextID) -> OpResult {
+    do throws(OpFailure) {
+      return .success(try dispatch(op, context: context))
+    } catch {
+      trace.emit(.platform, "-> \(error)")
+      return .failure(error)
+    }
   }
 }
 
-/// One PCIe function: its name, BARs and whether it speaks TDISP.
-public struct DeviceConfiguration: Hashable, Sendable {
-  public var name: String
-  public var bars: [BARConfiguration]
-  public var tdisp: Bool
-  public init(name: String, bars: [BARConfiguration], tdisp: Bool = false) {
-    self.name = name; self.bars = bars; self.tdisp = tdisp
+extension Machine {
+  /// The VFIO device named `name` in the configuration. - Throws: `ENODEV` for no such device.
+  func device(named name: String) throws(Errno) -> VFIODeviceID {
+    guard let id = deviceNames[name] else { throw .ENODEV }
+    return id
   }
-}
 
-/// One memory BAR. `msixTable`/`msixPBA` are (offset, size) inside the BAR when present.
-public struct BARConfiguration: Hashable, Sendable {
-  public var index: UInt32
-  public var size: UInt64
-  public var is64Bit: Bool
-  public var prefetchable: Bool
-  public var msixTable: DmaRange?
-  public var msixPBA: DmaRange?
-  public init(index: UInt32, size: UInt64, is64Bit: Bool = true, prefetchable: Bool = true,
-              msixTable: DmaRange? = nil, msixPBA: DmaRange? = nil) {
-    self.index = index; self.size = size; self.is64Bit = is64Bit; self.prefetchable = prefetchable
-    self.msixTable = msixTable; self.msixPBA = msixPBA
+  /// ``device(named:)`` for paths that report TDISP and TDX failures too.
+  func pciDevice(named name: String) throws(OpFailure) -> VFIODeviceID {
+    do { return try device(named: name) } catch { throw .errno(error) }
   }
-}
 
-/// A VM created when the machine starts (as if `KVM_CREATE_VM` ran); its name refers to its fd.
-public struct VMConfiguration: Hashable, Sendable {
-  public var name: String
-  public var type: VMTypeName
-  public init(name: String, type: VMTypeName) { self.name = name; self.type = type }
-}
+  func vfioFile(_ fd: FD) throws(Errno) -> VFIOFileID {
+    guard case .vfioDevice(let id) = try files.lookup(fd) else { throw .EINVAL }
+    return id
+  }
 
-/// A machine configuration the model cannot build (two devices with one name, a BAR size that
-/// is not a power of two …). Scenarios report it with the position of the offending entry.
-public struct ConfigurationError: Error, Hashable, Sendable, CustomStringConvertible {
-  public let message: String
-  public init(_ message: String) { self.message = message }
-  public var description: String { message }
+  func dmaBuf(_ fd: FD) throws(Errno) -> DmaBufID {
+    guard case .dmaBuf(let id) = try files.lookup(fd) else { throw .EINVAL }
+    return id
+  }
+
+  func vm(_ fd: FD) throws(Errno) -> VMID {
+    guard case .vm(let id) = try files.lookup(fd) else { throw .EINVAL }
+    return id
+  }
+
+  /// A free fd must exist before an operation commits anything it would hand out as an fd.
+  func requireFreeFD() throws(Errno) {
+    var probe = files
+    _ = try probe.install(.vm(VMID(0)))
+  }
 }

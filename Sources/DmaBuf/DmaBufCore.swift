@@ -1,0 +1,172 @@
+import KernelCore
+import HashTreeCollections
+
+/// The dma-buf core (`drivers/dma-buf/dma-buf.c`): every buffer and attachment in the system.
+///
+/// Buffers are created by an exporter through ``export(size:exporter:openFlags:)``, referenced
+/// by fds and importers, and released on their last put. Calls that reach the exporter take it
+/// as a parameter; calls that must notify importers return whom to notify, and the platform
+/// delivers `move_notify` while the buffer's resv lock is held.
+public struct DmaBufCore: Hashable, Sendable {
+  public private(set) var buffers: TreeDictionary<DmaBufID, DmaBufObject> = [:]
+  public private(set) var attachments: TreeDictionary<AttachmentID, Attachment> = [:]
+
+  public init() {}
+
+  public func buffer(_ id: DmaBufID) -> DmaBufObject? { buffers[id] }
+  public func attachment(_ id: AttachmentID) -> Attachment? { attachments[id] }
+
+  /// `dma_buf_export()`: a new buffer holding one file reference (the one `dma_buf_fd()` hands
+  /// to the new fd). - Throws: `EINVAL` for a size that is zero or not page aligned.
+  public mutating func export(size: UInt64, exporter: ExporterRef, openFlags: UInt32,
+                              trace: inout Trace) throws(Errno) -> DmaBufID {
+    guard size > 0, size.isPageAligned else { throw .EINVAL }
+    // Ids are the lowest unused number above every live one, so the state holds no counter
+    // and a failed operation cannot leave one advanced.
+    let id = buffers.keys.max()?.next ?? DmaBufID(1)
+    buffers[id] = DmaBufObject(id: id, size: size, exporter: exporter, openFlags: openFlags,
+                               fileRefs: 1, attachments: [], resv: KernelMutex("dmabuf\(id.rawValue)->resv"))
+    trace.emit(.dmabuf, "export dmabuf\(id.rawValue) size 0x\(String(size, radix: 16)) by \(exporter.name)")
+    return id
+  }
+
+  /// `get_file(dmabuf->file)` / `dma_buf_get()`: one more reference.
+  /// - Throws: `EBADF` for a buffer that no longer exists.
+  public mutating func get(_ id: DmaBufID) throws(Errno) {
+    guard buffers[id] != nil else { throw .EBADF }
+    buffers[id]!.fileRefs += 1
+  }
+
+  /// `dma_buf_put()`: drops a reference. When it was the last, the buffer is gone and is
+  /// returned so the caller runs the exporter's `release`. A buffer with attachments left
+  /// cannot lose its last reference (each importer holds one), so none are dropped here.
+  public mutating func put(_ id: DmaBufID, trace: inout Trace) -> DmaBufObject? {
+    guard var buffer = buffers[id] else { return nil }
+    buffer.fileRefs -= 1
+    guard buffer.fileRefs == 0 else { buffers[id] = buffer; return nil }
+    buffers[id] = nil
+    trace.emit(.dmabuf, "release dmabuf\(id.rawValue)")
+    return buffer
+  }
+
+  /// `dma_buf_dynamic_attach()` (or `dma_buf_attach()` for a non-dynamic importer).
+  ///
+  /// Order as in the kernel: a dynamic importer must supply `move_notify` (`EINVAL`, a WARN
+  /// there); `peer2peer` is what the importer allows; then the exporter's `attach` may refuse.
+  /// - Throws: `EBADF` for a buffer that does not exist, or the exporter's errno.
+  public mutating func attach(_ id: DmaBufID, importer: String, ops: ImporterOps,
+                              exporter: some DmaBufExporter, trace: inout Trace) throws(Errno) -> AttachmentID {
+    guard let buffer = buffers[id] else { throw .EBADF }
+    if ops.dynamic && !ops.hasMoveNotify { throw .EINVAL }
+    // Only dynamic importers pass importer_ops, and only importer_ops carry allow_peer2peer.
+    let peer2peer = ops.dynamic && ops.allowPeer2Peer
+    try exporter.attach(buffer: buffer, peer2peer: peer2peer)
+    let attachmentID = attachments.keys.max()?.next ?? AttachmentID(1)
+    attachments[attachmentID] = Attachment(id: attachmentID, buffer: id, importer: importer, ops: ops,
+                                           peer2peer: peer2peer, pinned: false, moveNotifications: 0)
+    buffers[id]!.attachments.append(attachmentID)
+    // The attachment keeps the buffer alive (the importer's dma_buf_get reference).
+    buffers[id]!.fileRefs += 1
+    trace.emit(.dmabuf, "attach \(importer) to dmabuf\(id.rawValue) (dynamic: \(ops.dynamic), p2p: \(peer2peer)) -> attachment \(attachmentID.rawValue)")
+    return attachmentID
+  }
+
+  /// `dma_buf_detach()` followed by the importer's `dma_buf_put()`.
+  /// - Returns: the buffer when that put was its last reference (the caller releases it).
+  /// - Throws: `EINVAL` for an attachment that does not exist.
+  public mutating func detach(_ attachmentID: AttachmentID, trace: inout Trace) throws(Errno) -> DmaBufObject? {
+    guard let attachment = attachments[attachmentID] else { throw .EINVAL }
+    attachments[attachmentID] = nil
+    buffers[attachment.buffer]?.attachments.removeAll { $0 == attachmentID }
+    trace.emit(.dmabuf, "detach attachment \(attachmentID.rawValue) (\(attachment.importer)) from dmabuf\(attachment.buffer.rawValue)")
+    return put(attachment.buffer, trace: &trace)
+  }
+
+  /// `dma_buf_pin()`: only dynamic importers pin (a WARN and `EINVAL` otherwise here); the
+  /// exporter decides. - Throws: `EINVAL` for an unknown attachment, the exporter's errno.
+  public mutating func pin(_ attachmentID: AttachmentID, exporter: some DmaBufExporter) throws(Errno) {
+    guard let attachment = attachments[attachmentID], let buffer = buffers[attachment.buffer] else {
+      throw .EINVAL
+    }
+    guard attachment.ops.dynamic else { throw .EINVAL }
+    try exporter.pin(buffer: buffer)
+    attachments[attachmentID]!.pinned = true
+  }
+
+  /// `dma_buf_get_pfn_unlocked()` (RFC patch 1): the PFN behind page `pgoff` of the attached
+  /// buffer, without a DMA mapping. The resv lock is taken only around the exporter callback,
+  /// so this is one atomic region; the caller's sequence check closes the race with revoke.
+  /// - Throws: `EINVAL` for an unknown attachment or an exporter without `get_pfn`; the
+  ///   exporter's errno (`ENODEV` revoked, `EINVAL` past the end).
+  public func getPfnUnlocked(_ attachmentID: AttachmentID, pgoff: PageIndex, context: ContextID,
+                             exporter: some DmaBufExporter) throws(Errno) -> PFNLookup {
+    guard let attachment = attachments[attachmentID], let buffer = buffers[attachment.buffer] else {
+      throw .EINVAL
+    }
+    // The resv lock is taken and dropped inside this atomic region; if another context holds
+    // it (a revoke in progress), this context would block here.
+    if let holder = buffer.resv.holder, holder != context { throw .EAGAIN }
+    guard let result = exporter.getPfn(buffer: buffer, pgoff: pgoff) else { throw .EINVAL }
+    return try result.get()
+  }
+
+  /// The importer-facing PFN lookup with the resv lock already held by `context` (the reviewed
+  /// variant's ordering against `move_notify`). - Throws: as ``getPfnUnlocked``.
+  public func getPfnLocked(_ attachmentID: AttachmentID, pgoff: PageIndex, context: ContextID,
+                           exporter: some DmaBufExporter) throws(Errno) -> PFNLookup {
+    guard let attachment = attachments[attachmentID], let buffer = buffers[attachment.buffer] else {
+      throw .EINVAL
+    }
+    guard buffer.resv.holder == context else { throw .EINVAL }
+    guard let result = exporter.getPfn(buffer: buffer, pgoff: pgoff) else { throw .EINVAL }
+    return try result.get()
+  }
+
+  /// Takes the buffer's resv lock for `context` (`dma_resv_lock`).
+  /// - Returns: `false` when another context holds it.
+  public mutating func lockResv(_ id: DmaBufID, context: ContextID) throws(LockViolation) -> Bool {
+    guard buffers[id] != nil else { return false }
+    return try buffers[id]!.resv.tryLock(context)
+  }
+
+  /// `dma_resv_unlock`.
+  public mutating func unlockResv(_ id: DmaBufID, context: ContextID) throws(LockViolation) {
+    guard buffers[id] != nil else { return }
+    try buffers[id]!.resv.unlock(context)
+  }
+
+  /// `dma_buf_move_notify()`: with the resv lock held by `context`, every dynamic attachment is
+  /// told its mapping moved (for VFIO: was revoked or restored). Returns the attachments, in
+  /// order, so the platform can run each importer's `move_notify` under the same lock.
+  public mutating func moveNotify(_ id: DmaBufID, context: ContextID,
+                                  trace: inout Trace) throws(LockViolation) -> [Attachment] {
+    guard let buffer = buffers[id] else { return [] }
+    try buffer.resv.assertHeld(by: context)
+    var notified: [Attachment] = []
+    for attachmentID in buffer.attachments {
+      guard var attachment = attachments[attachmentID], attachment.ops.dynamic else { continue }
+      attachment.moveNotifications += 1
+      attachments[attachmentID] = attachment
+      notified.append(attachment)
+    }
+    trace.emit(.dmabuf, "move_notify dmabuf\(id.rawValue): \(notified.count) importer(s)")
+    return notified
+  }
+
+  /// Whether the reference counts balance: every buffer's file references equal its fds plus
+  /// its attachments plus `extraRefs(id)` (other holders the platform knows of).
+  public func refcountViolations(fdRefs: (DmaBufID) -> Int, extraRefs: (DmaBufID) -> Int) -> [String] {
+    var violations: [String] = []
+    for (id, buffer) in buffers {
+      let expected = fdRefs(id) + buffer.attachments.count + extraRefs(id)
+      if buffer.fileRefs != expected {
+        violations.append("dmabuf\(id.rawValue) has \(buffer.fileRefs) file refs, holders account for \(expected)")
+      }
+      if buffer.fileRefs <= 0 { violations.append("dmabuf\(id.rawValue) is alive with no references") }
+    }
+    for (id, attachment) in attachments where buffers[attachment.buffer] == nil {
+      violations.append("attachment \(id.rawValue) outlives dmabuf\(attachment.buffer.rawValue)")
+    }
+    return violations
+  }
+}

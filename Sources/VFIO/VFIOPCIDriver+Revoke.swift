@@ -1,0 +1,144 @@
+import KernelCore
+import PCI
+import DmaBuf
+
+/// Revoke and restore of exported buffers around everything that makes the device's MMIO go
+/// away: memory decode off, D3hot, function reset (ioctl or config-space FLR), hot reset, and
+/// close. Each runs with `memory_lock` held for write, as `vfio_pci_dma_buf_move()` requires.
+extension VFIOPCIDriver {
+  /// A config-space write of the command register's Memory Space Enable bit
+  /// (`vfio_basic_config_write`): clearing it revokes first; after the write, buffers come back
+  /// if memory is enabled.
+  public mutating func setMemoryDecode<Sink: MoveNotifySink>(
+    _ fileID: VFIOFileID, enable: Bool, context: ContextID,
+    dmabufCore: inout DmaBufCore, sink: inout Sink, trace: inout Trace
+  ) throws(Errno) {
+    let id = try boundDevice(fileID)
+    try withMemoryLock(id, context) { (driver: inout VFIOPCIDriver) throws(Errno) in
+      if !enable {
+        driver.dmaBufMove(id, revoked: true, context: context, dmabufCore: &dmabufCore, sink: &sink, trace: &trace)
+      }
+      var command = driver.devices[id]!.function.command
+      if enable { command.insert(.memorySpace) } else { command.remove(.memorySpace) }
+      driver.devices[id]!.function.writeCommand(command, trace: &trace)
+      driver.restoreIfEnabled(id, context: context, dmabufCore: &dmabufCore, sink: &sink, trace: &trace)
+    }
+  }
+
+  /// A PMCSR write through config space (`vfio_lock_and_set_power_state`): entering D3hot
+  /// revokes; returning to D0 restores if memory decode is on.
+  public mutating func setPowerState<Sink: MoveNotifySink>(
+    _ fileID: VFIOFileID, state: PCIPowerState, context: ContextID,
+    dmabufCore: inout DmaBufCore, sink: inout Sink, trace: inout Trace
+  ) throws(Errno) {
+    let id = try boundDevice(fileID)
+    try withMemoryLock(id, context) { (driver: inout VFIOPCIDriver) throws(Errno) in
+      if state != .d0 {
+        driver.dmaBufMove(id, revoked: true, context: context, dmabufCore: &dmabufCore, sink: &sink, trace: &trace)
+      }
+      driver.devices[id]!.function.writePowerState(state, trace: &trace)
+      driver.restoreIfEnabled(id, context: context, dmabufCore: &dmabufCore, sink: &sink, trace: &trace)
+    }
+  }
+
+  /// The resets VFIO performs or forwards.
+  public enum ResetKind: String, Hashable, Sendable {
+    /// `VFIO_DEVICE_RESET` (`vfio_pci_ioctl_reset`): FLR with config state saved and restored.
+    case ioctl = "VFIO_DEVICE_RESET"
+    /// An FLR started by a config-space write (PCIe Device Control "Initiate FLR" or the AF
+    /// capability, `vfio_exp_config_write` / `vfio_af_config_write`), as a guest starts it.
+    case configFLR = "config-space FLR"
+    /// `VFIO_DEVICE_PCI_HOT_RESET`: a secondary bus reset.
+    case hotReset = "VFIO_DEVICE_PCI_HOT_RESET"
+  }
+
+  /// Revoke, reset, restore — all under `memory_lock` held for write.
+  ///
+  /// The posted RFC's config-space FLR calls the post-reset move with "revoke" instead of
+  /// "restore" (`vfio_pci_dma_buf_move(vdev, true)` twice), so in `rfcV1` buffers stay revoked
+  /// after a guest's FLR until some later command or power-state write restores them.
+  public mutating func reset<Sink: MoveNotifySink>(
+    _ fileID: VFIOFileID, kind: ResetKind, context: ContextID,
+    dmabufCore: inout DmaBufCore, sink: inout Sink, trace: inout Trace
+  ) throws(Errno) {
+    let id = try boundDevice(fileID)
+    try withMemoryLock(id, context) { (driver: inout VFIOPCIDriver) throws(Errno) in
+      driver.dmaBufMove(id, revoked: true, context: context, dmabufCore: &dmabufCore, sink: &sink, trace: &trace)
+      trace.emit(.vfio, "\(kind.rawValue) of vfio-dev\(id.rawValue)")
+      // pci_try_reset_function() / the bus reset save and restore config space around the
+      // reset, so the command register the user set survives; the TDI does not.
+      let saved = driver.devices[id]!.function.command
+      driver.noteReset(of: id, dmabufCore: dmabufCore, trace: &trace)
+      switch kind {
+      case .ioctl, .configFLR: driver.devices[id]!.function.functionLevelReset(trace: &trace)
+      case .hotReset: driver.devices[id]!.function.conventionalReset(trace: &trace)
+      }
+      driver.devices[id]!.function.writeCommand(saved, trace: &trace)
+      if kind == .configFLR && driver.variant == .rfcV1 {
+        if driver.devices[id]!.memoryEnabled {
+          driver.dmaBufMove(id, revoked: true, context: context, dmabufCore: &dmabufCore, sink: &sink, trace: &trace)
+        }
+      } else {
+        driver.restoreIfEnabled(id, context: context, dmabufCore: &dmabufCore, sink: &sink, trace: &trace)
+      }
+    }
+  }
+
+  /// `down_write(&vdev->memory_lock)` around `body`, released on every path.
+  private mutating func withMemoryLock(
+    _ id: VFIODeviceID, _ context: ContextID, _ body: (inout VFIOPCIDriver) throws(Errno) -> Void
+  ) throws(Errno) {
+    do { try devices[id]!.memoryLock.lockWrite(context) } catch { throw .EAGAIN }
+    defer { try? devices[id]!.memoryLock.unlock(context) }
+    try body(&self)
+  }
+
+  private mutating func restoreIfEnabled<Sink: MoveNotifySink>(
+    _ id: VFIODeviceID, context: ContextID, dmabufCore: inout DmaBufCore, sink: inout Sink, trace: inout Trace
+  ) {
+    if devices[id]!.memoryEnabled {
+      dmaBufMove(id, revoked: false, context: context, dmabufCore: &dmabufCore, sink: &sink, trace: &trace)
+    }
+  }
+
+  /// `vfio_pci_dma_buf_move(vdev, revoked)`: every buffer whose state differs flips under its
+  /// resv lock and its importers get `move_notify` before the lock drops.
+  mutating func dmaBufMove<Sink: MoveNotifySink>(
+    _ id: VFIODeviceID, revoked: Bool, context: ContextID,
+    dmabufCore: inout DmaBufCore, sink: inout Sink, trace: inout Trace
+  ) {
+    for buffer in devices[id]!.dmabufs where dmabufs[buffer]?.revoked != revoked {
+      flip(buffer, revoked: revoked, context: context, dmabufCore: &dmabufCore, sink: &sink, trace: &trace)
+    }
+  }
+
+  /// `vfio_pci_dma_buf_cleanup()`: on close every buffer is revoked for good, forgets its
+  /// device and drops the registration it held.
+  mutating func cleanupDmaBufs<Sink: MoveNotifySink>(
+    _ id: VFIODeviceID, context: ContextID, dmabufCore: inout DmaBufCore, sink: inout Sink, trace: inout Trace
+  ) {
+    for buffer in devices[id]!.dmabufs {
+      flip(buffer, revoked: true, context: context, dmabufCore: &dmabufCore, sink: &sink, trace: &trace,
+           force: true)
+      dmabufs[buffer]?.device = nil
+      devices[id]!.registrations -= 1
+    }
+    devices[id]!.dmabufs = []
+  }
+
+  /// One buffer's revoke or restore: lock resv, flip, notify importers, unlock.
+  private mutating func flip<Sink: MoveNotifySink>(
+    _ buffer: DmaBufID, revoked: Bool, context: ContextID,
+    dmabufCore: inout DmaBufCore, sink: inout Sink, trace: inout Trace, force: Bool = false
+  ) {
+    guard dmabufs[buffer] != nil, (try? dmabufCore.lockResv(buffer, context: context)) == true else { return }
+    defer { try? dmabufCore.unlockResv(buffer, context: context) }
+    if dmabufs[buffer]!.revoked == revoked && !force { return }
+    dmabufs[buffer]!.revoked = revoked
+    trace.emit(.vfio, "\(revoked ? "revoke" : "restore") dmabuf\(buffer.rawValue)")
+    let notified = (try? dmabufCore.moveNotify(buffer, context: context, trace: &trace)) ?? []
+    for attachment in notified {
+      sink.moveNotify(attachment, revoked: revoked, context: context, trace: &trace)
+    }
+  }
+}

@@ -9,12 +9,12 @@ import HashTreeCollections
 /// delivers `move_notify` while the buffer's resv lock is held.
 public struct DmaBufCore: Hashable, Sendable {
   public private(set) var buffers: TreeDictionary<DmaBufID, DmaBufObject> = [:]
-  public private(set) var attachments: TreeDictionary<AttachmentID, Attachment> = [:]
+  public private(set) var attachments: TreeDictionary<AttachmentID, DmaBufAttachment> = [:]
 
   public init() {}
 
   public func buffer(_ id: DmaBufID) -> DmaBufObject? { buffers[id] }
-  public func attachment(_ id: AttachmentID) -> Attachment? { attachments[id] }
+  public func attachment(_ id: AttachmentID) -> DmaBufAttachment? { attachments[id] }
 
   /// `dma_buf_export()`: a new buffer holding one file reference (the one `dma_buf_fd()` hands
   /// to the new fd). - Throws: `EINVAL` for a size that is zero or not page aligned.
@@ -62,7 +62,7 @@ public struct DmaBufCore: Hashable, Sendable {
     let peer2peer = ops.dynamic && ops.allowPeer2Peer
     try exporter.attach(buffer: buffer, peer2peer: peer2peer)
     let attachmentID = attachments.keys.max()?.next ?? AttachmentID(1)
-    attachments[attachmentID] = Attachment(id: attachmentID, buffer: id, importer: importer, ops: ops,
+    attachments[attachmentID] = DmaBufAttachment(id: attachmentID, buffer: id, importer: importer, ops: ops,
                                            peer2peer: peer2peer, pinned: false, moveNotifications: 0)
     buffers[id]!.attachments.append(attachmentID)
     // The attachment keeps the buffer alive (the importer's dma_buf_get reference).
@@ -139,10 +139,10 @@ public struct DmaBufCore: Hashable, Sendable {
   /// told its mapping moved (for VFIO: was revoked or restored). Returns the attachments, in
   /// order, so the platform can run each importer's `move_notify` under the same lock.
   public mutating func moveNotify(_ id: DmaBufID, context: ContextID,
-                                  trace: inout Trace) throws(LockViolation) -> [Attachment] {
+                                  trace: inout Trace) throws(LockViolation) -> [DmaBufAttachment] {
     guard let buffer = buffers[id] else { return [] }
     try buffer.resv.assertHeld(by: context)
-    var notified: [Attachment] = []
+    var notified: [DmaBufAttachment] = []
     for attachmentID in buffer.attachments {
       guard var attachment = attachments[attachmentID], attachment.ops.dynamic else { continue }
       attachment.moveNotifications += 1

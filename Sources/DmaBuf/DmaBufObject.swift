@@ -44,7 +44,7 @@ public struct ImporterOps: Hashable, Sendable {
 }
 
 /// `struct dma_buf_attachment`.
-public struct Attachment: Hashable, Sendable {
+public struct DmaBufAttachment: Hashable, Sendable {
   public let id: AttachmentID
   public let buffer: DmaBufID
   /// Who attached: a name the platform maps to the importer (a test importer, a KVM memslot).

@@ -263,7 +263,7 @@ extension Machine {
 /// Delivers `move_notify` to importers. Test importers (named in scenarios) only count
 /// notifications, which the dma-buf core already records on the attachment.
 struct ImporterDispatch: MoveNotifySink {
-  mutating func moveNotify(_ attachment: Attachment, revoked: Bool, context: ContextID, trace: inout Trace) {
+  mutating func moveNotify(_ attachment: DmaBufAttachment, revoked: Bool, context: ContextID, trace: inout Trace) {
     trace.emit(.dmabuf, "\(attachment.importer): move_notify (attachment \(attachment.id.rawValue), \(revoked ? "revoked" : "restored"))")
   }
 

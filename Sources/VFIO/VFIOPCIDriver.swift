@@ -6,7 +6,7 @@ import HashTreeCollections
 /// Receives `move_notify` for every dynamic attachment of a buffer being revoked or restored,
 /// while the buffer's resv lock is held (the importers: KVM memslots, test importers).
 public protocol MoveNotifySink {
-  mutating func moveNotify(_ attachment: Attachment, revoked: Bool, context: ContextID, trace: inout Trace)
+  mutating func moveNotify(_ attachment: DmaBufAttachment, revoked: Bool, context: ContextID, trace: inout Trace)
 }
 
 /// vfio-pci (`drivers/vfio/pci/vfio_pci_core.c`, `vfio_pci_config.c`, `vfio_pci_rdwr.c`,

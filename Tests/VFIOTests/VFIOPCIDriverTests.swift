@@ -1,0 +1,124 @@
+import Testing
+import KernelCore
+import PCI
+import DmaBuf
+@testable import VFIO
+
+/// Records every `move_notify` it receives, with the revoke state it was told.
+struct RecordingSink: MoveNotifySink {
+  var calls: [(AttachmentID, Bool)] = []
+  mutating func moveNotify(_ attachment: DmaBufAttachment, revoked: Bool, context: ContextID, trace: inout Trace) {
+    calls.append((attachment.id, revoked))
+  }
+}
+
+struct Rig {
+  var driver: VFIOPCIDriver
+  var core = DmaBufCore()
+  var trace = Trace()
+  let device: VFIODeviceID
+  let file: VFIOFileID
+  static let base = HPA(0x40_0000_0000)
+
+  init(_ variant: Variant, private isPrivate: Bool = false) throws {
+    driver = VFIOPCIDriver(variant: variant)
+    let function = try PCIFunction(name: "nic0", bars: [BAR(index: 0, size: 0x40_0000, base: Self.base)], tdisp: true)
+    device = driver.registerDevice(function)
+    var trace = Trace()
+    file = try driver.openCdev(device, trace: &trace)
+    try driver.bindIOMMUFD(file, flags: isPrivate ? .private : [], vm: isPrivate ? VMID(1) : nil, trace: &trace)
+  }
+
+  mutating func export(_ ranges: [(UInt64, UInt64)]) throws -> DmaBufID {
+    try driver.exportDmaBuf(file, request: VFIODeviceFeatureDmaBuf(
+      regionIndex: 0, openFlags: 0, flags: 0,
+      ranges: ranges.map { VFIODmaRange(regionIndex: 0, offset: $0.0, length: $0.1) }), dmabufCore: &core, trace: &trace)
+  }
+
+  mutating func attach(_ buffer: DmaBufID) throws -> AttachmentID {
+    try core.attach(buffer, importer: "t", ops: ImporterOps(dynamic: true, hasMoveNotify: true, allowPeer2Peer: true),
+                    exporter: driver, trace: &trace)
+  }
+}
+
+@Suite struct ExporterTests {
+  struct Lookup: CustomTestStringConvertible, Sendable {
+    let variant: Variant
+    let pgoff: UInt64
+    let pfnOffset: UInt64
+    let order: UInt8
+    var testDescription: String { "\(variant) pgoff \(pgoff)" }
+  }
+
+  /// A buffer of two ranges: BAR pages 0x200..0x400 (2 MiB aligned, 512 pages) then BAR pages
+  /// 0x3..0x5 (two pages, misaligned).
+  @Test(arguments: [
+    Lookup(variant: .reviewed, pgoff: 0, pfnOffset: 0x200, order: 9),
+    Lookup(variant: .reviewed, pgoff: 511, pfnOffset: 0x3FF, order: 9),
+    Lookup(variant: .reviewed, pgoff: 512, pfnOffset: 0x3, order: 0),
+    Lookup(variant: .reviewed, pgoff: 513, pfnOffset: 0x4, order: 0),
+    Lookup(variant: .rfcV1, pgoff: 0, pfnOffset: 0x200, order: 0),
+    Lookup(variant: .rfcV1, pgoff: 513, pfnOffset: 0x4, order: 0),
+  ])
+  func getPfnWalksTheRanges(c: Lookup) throws {
+    var rig = try Rig(c.variant)
+    let buffer = try rig.export([(0x20_0000, 0x20_0000), (0x3000, 0x2000)])
+    let object = try #require(rig.core.buffer(buffer))
+    let answer = rig.driver.getPfn(buffer: object, pgoff: PageIndex(c.pgoff))
+    #expect(answer == .success(PFNLookup(pfn: PFN(Rig.base.pfn.rawValue + c.pfnOffset), order: c.order)))
+    #expect(rig.driver.getPfn(buffer: object, pgoff: PageIndex(514)) == .failure(.EINVAL))
+    #expect(try rig.driver.physRanges(buffer: object)
+            == [PhysRange(start: Rig.base.advanced(by: 0x20_0000), length: 0x20_0000),
+                PhysRange(start: Rig.base.advanced(by: 0x3000), length: 0x2000)])
+  }
+
+  @Test(arguments: [true, false])
+  func exporterDataIsPatch9s(isPrivate: Bool) throws {
+    var rig = try Rig(.rfcV1, private: isPrivate)
+    let buffer = try rig.export([(0, 0)])
+    let object = try #require(rig.core.buffer(buffer))
+    #expect(try rig.driver.exporterData(buffer: object) == ExporterData(isPrivate: isPrivate, vm: isPrivate ? VMID(1) : nil))
+    #expect(object.size == 0x40_0000)
+  }
+
+  @Test func revokedBufferRefusesEverything() throws {
+    var rig = try Rig(.reviewed)
+    let buffer = try rig.export([(0, 0x1000)])
+    var sink = RecordingSink()
+    try rig.driver.setMemoryDecode(rig.file, enable: false, context: .ioctl, dmabufCore: &rig.core, sink: &sink, trace: &rig.trace)
+    let object = try #require(rig.core.buffer(buffer))
+    #expect(rig.driver.getPfn(buffer: object, pgoff: PageIndex(0)) == .failure(.ENODEV))
+    #expect(throws: Errno.ENODEV) { try rig.driver.physRanges(buffer: object) }
+    #expect(throws: Errno.ENODEV) { try rig.driver.attach(buffer: object, peer2peer: true) }
+    #expect(throws: Errno.EOPNOTSUPP) { try rig.driver.pin(buffer: object) }
+  }
+}
+
+@Suite struct MoveNotifyOrderTests {
+  @Test func eachBufferFlipsOnceAndImportersHearOfIt() throws {
+    var rig = try Rig(.reviewed)
+    let first = try rig.export([(0, 0x1000)]), second = try rig.export([(0x1000, 0x1000)])
+    let a = try rig.attach(first), b = try rig.attach(second)
+    var sink = RecordingSink()
+    try rig.driver.setPowerState(rig.file, state: .d3hot, context: .ioctl, dmabufCore: &rig.core, sink: &sink, trace: &rig.trace)
+    try rig.driver.setPowerState(rig.file, state: .d3hot, context: .ioctl, dmabufCore: &rig.core, sink: &sink, trace: &rig.trace)
+    try rig.driver.setPowerState(rig.file, state: .d0, context: .ioctl, dmabufCore: &rig.core, sink: &sink, trace: &rig.trace)
+    #expect(sink.calls.map(\.0) == [a, b, a, b])
+    #expect(sink.calls.map(\.1) == [true, true, false, false])
+    // Every lock taken was dropped again.
+    #expect(rig.driver.device(rig.device)?.memoryLock.isLocked == false)
+    #expect(rig.core.buffer(first)?.resv.isLocked == false)
+  }
+
+  @Test func aHeldMemoryLockMakesTheTriggerWait() throws {
+    var rig = try Rig(.reviewed)
+    let holder = ContextID(rawValue: 5)
+    #expect(try rig.driver.devices[rig.device]!.memoryLock.tryLockRead(holder))
+    var sink = RecordingSink()
+    let before = rig.driver
+    #expect(throws: Errno.EAGAIN) {
+      try rig.driver.reset(rig.file, kind: .ioctl, context: .ioctl, dmabufCore: &rig.core, sink: &sink, trace: &rig.trace)
+    }
+    #expect(rig.driver == before)
+  }
+}

@@ -147,6 +147,7 @@ public struct TDPMMU: Hashable, Sendable {
     return mapUnchecked(gfn, level: level, spte: spte)
   }
 
+  @discardableResult
   mutating func mapUnchecked(_ gfn: GFN, level: PGLevel, spte: SPTE) -> SPTE? {
     var replaced: SPTE? = nil
     var node = root

@@ -1,0 +1,63 @@
+import KernelCore
+import DmaBuf
+
+/// KVM's named invariants. Each returns the violations it found (empty: it held), phrased
+/// so a counterexample says what broke.
+public enum KVMInvariants {
+  /// `NoSPTEOutsideMemslot`: every mapped GFN lies inside some memslot.
+  public static func noSPTEOutsideMemslot(_ vm: VirtualMachine) -> [String] {
+    vm.mmu.leaves().compactMap { leaf in
+      let inside = vm.memslots.values.contains {
+        leaf.gfn >= $0.baseGFN && leaf.gfn.rawValue + leaf.level.pages <= $0.baseGFN.rawValue + $0.npages
+      }
+      return inside ? nil : "vm \(vm.id): \(leaf) is outside every memslot"
+    }
+  }
+
+  /// `MMIOSPTEsUncached`: an SPTE mapping an MMIO PFN is UC and honours the guest PAT.
+  public static func mmioSPTEsUncached(_ vm: VirtualMachine) -> [String] {
+    vm.mmu.leaves().compactMap { leaf in
+      guard vm.isMMIOPFN(leaf.spte.pfn) else { return nil }
+      let ok = leaf.spte.memoryType == .uncachable && !leaf.spte.ignoresPAT
+      return ok ? nil : "vm \(vm.id): MMIO \(leaf) is not uncached"
+    }
+  }
+
+  /// `SPTEMatchesBinding`: an SPTE in a dma-buf slot maps the PFN the exporter gives for
+  /// that buffer page now. `pfnOf` answers (buffer, page) -> PFN, `nil` when it has none.
+  public static func sptePFNMatchesBinding(_ vm: VirtualMachine,
+                                           pfnOf: (DmaBufID, PageIndex) -> PFN?) -> [String] {
+    var out: [String] = []
+    for leaf in vm.mmu.leaves() {
+      guard let slot = vm.memslot(containing: leaf.gfn), let b = slot.dmaBuf else { continue }
+      for i in stride(from: 0, to: leaf.level.pages, by: 1) {
+        let gfn = leaf.gfn.rawValue + i
+        let pgoff = PageIndex(b.pgoff.rawValue + gfn - slot.baseGFN.rawValue)
+        let mapped = PFN(leaf.spte.pfn.rawValue + i)
+        if pfnOf(b.dmaBuf, pgoff) != mapped {
+          out.append("vm \(vm.id): gfn \(GFN(gfn)) maps \(mapped) but buffer \(b.dmaBuf) page \(pgoff) is elsewhere")
+          break
+        }
+      }
+    }
+    return out
+  }
+
+  /// `RevokedImpliesNoSPTE`: no SPTE in the GFNs of a binding whose buffer was revoked and
+  /// whose `move_notify` has returned (`revoked`: those attachments, from the caller).
+  public static func noSPTEForRevokedBinding(_ vm: VirtualMachine, revoked: Set<AttachmentID>) -> [String] {
+    vm.bindings.values.filter { revoked.contains($0.binding.attachment) }.compactMap { b in
+      let left = vm.mmu.leaves(in: b.gfns)
+      return left.isEmpty ? nil
+        : "vm \(vm.id): \(left.count) SPTE(s) still map revoked buffer \(b.binding.dmaBuf) (attachment \(b.binding.attachment))"
+    }
+  }
+
+  /// `NoDanglingBinding`: every attachment KVM holds belongs to a live slot that holds it.
+  public static func noDanglingBinding(_ vm: VirtualMachine) -> [String] {
+    vm.bindings.values.compactMap { b in
+      let live = !b.isStale && vm.memslots[b.slot]?.dmaBuf?.attachment == b.binding.attachment
+      return live ? nil : "vm \(vm.id): attachment \(b.binding.attachment) is bound to freed \(b.slot)"
+    }
+  }
+}

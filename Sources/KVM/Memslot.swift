@@ -1,0 +1,196 @@
+import KernelCore
+import DmaBuf
+
+/// `KVM_CREATE_VM`'s machine type (`arch/x86/include/uapi/asm/kvm.h`).
+public enum VMType: UInt32, Hashable, Sendable, CaseIterable, CustomStringConvertible {
+  /// `KVM_X86_DEFAULT_VM`.
+  case `default` = 0
+  /// `KVM_X86_TDX_VM`.
+  case tdx = 5
+
+  /// `kvm_arch_has_private_mem()`: TDs have private (guest_memfd) memory.
+  public var hasPrivateMemory: Bool { self == .tdx }
+  /// `kvm_arch_has_readonly_mem()`: false with protected state (a TD's registers are
+  /// private, so KVM cannot emulate the write that hits a read-only slot).
+  public var hasReadonlyMemory: Bool { self != .tdx }
+  /// `kvm_arch_nr_memslot_as_ids()`: two address spaces (normal and SMM) unless the VM has
+  /// private memory, which has no SMM.
+  public var addressSpaces: UInt16 { hasPrivateMemory ? 1 : 2 }
+  public var description: String { self == .tdx ? "tdx" : "default" }
+}
+
+/// `kvm_userspace_memory_region2.flags` (`include/uapi/linux/kvm.h`).
+public struct MemslotFlags: OptionSet, Hashable, Sendable {
+  public let rawValue: UInt32
+  public init(rawValue: UInt32) { self.rawValue = rawValue }
+  /// `KVM_MEM_LOG_DIRTY_PAGES`.
+  public static let logDirtyPages = MemslotFlags(rawValue: 1 << 0)
+  /// `KVM_MEM_READONLY`.
+  public static let readonly = MemslotFlags(rawValue: 1 << 1)
+  /// `KVM_MEM_GUEST_MEMFD`.
+  public static let guestMemfd = MemslotFlags(rawValue: 1 << 2)
+  /// `KVM_MEM_VFIO_DMABUF` (the RFC's patch 6): the fd in `guest_memfd` is a VFIO dma-buf.
+  public static let vfioDmaBuf = MemslotFlags(rawValue: 1 << 3)
+}
+
+/// KVM's mirror of `struct kvm_userspace_memory_region2`, field for field.
+public struct UserspaceMemoryRegion2: Hashable, Sendable {
+  /// Slot id in bits 15:0, address-space id in bits 31:16.
+  public var slot: UInt32
+  public var flags: UInt32
+  public var guestPhysAddr: UInt64
+  public var memorySize: UInt64
+  public var userspaceAddr: UInt64
+  public var guestMemfdOffset: UInt64
+  /// The fd field; with ``MemslotFlags/vfioDmaBuf`` it carries the dma-buf fd.
+  public var guestMemfd: UInt32
+  public var pad1: UInt32
+  public var pad2: [UInt64]
+
+  public init(slot: UInt32, flags: MemslotFlags = [], guestPhysAddr: UInt64, memorySize: UInt64,
+              userspaceAddr: UInt64 = 0, guestMemfdOffset: UInt64 = 0, guestMemfd: UInt32 = 0) {
+    self.slot = slot; self.flags = flags.rawValue; self.guestPhysAddr = guestPhysAddr
+    self.memorySize = memorySize; self.userspaceAddr = userspaceAddr
+    self.guestMemfdOffset = guestMemfdOffset; self.guestMemfd = guestMemfd
+    pad1 = 0; pad2 = Array(repeating: 0, count: 14)
+  }
+
+  /// The address-space id (`mem->slot >> 16`).
+  public var asID: UInt16 { UInt16(truncatingIfNeeded: slot >> 16) }
+  /// The slot id (`(u16)mem->slot`).
+  public var id: UInt16 { UInt16(truncatingIfNeeded: slot) }
+}
+
+/// Limits the memslot ioctl checks against (x86-64).
+public enum MemslotLimits {
+  /// `KVM_USER_MEM_SLOTS`: `KVM_MEM_SLOTS_NUM` (`SHRT_MAX`) minus x86's 3 internal slots.
+  public static let userMemSlots: UInt16 = 32764
+  /// `KVM_MEM_MAX_NR_PAGES`: `(1UL << 31) - 1` pages per slot.
+  public static let maxPages: UInt64 = (1 << 31) - 1
+  /// `TASK_SIZE_MAX` with 4-level paging: what `access_ok()` accepts for `userspace_addr`.
+  public static let taskSizeMax: UInt64 = (1 << 47) - pageSize
+}
+
+/// Which memslot: address space and slot id.
+public struct SlotKey: Hashable, Sendable, Comparable, CustomStringConvertible {
+  public let asID: UInt16
+  public let id: UInt16
+  public init(asID: UInt16 = 0, id: UInt16) { self.asID = asID; self.id = id }
+  public static func < (a: SlotKey, b: SlotKey) -> Bool { (a.asID, a.id) < (b.asID, b.id) }
+  public var description: String { asID == 0 ? "slot \(id)" : "slot \(asID):\(id)" }
+}
+
+/// A memslot's tie to a dma-buf: KVM's dynamic attachment and the slice of the buffer the
+/// slot maps (page `pgoff + i` of the buffer backs the slot's page `i`).
+public struct DmaBufBinding: Hashable, Sendable {
+  public let dmaBuf: DmaBufID
+  public let attachment: AttachmentID
+  /// First buffer page the slot maps (`guest_memfd_offset >> PAGE_SHIFT`).
+  public let pgoff: PageIndex
+  public init(dmaBuf: DmaBufID, attachment: AttachmentID, pgoff: PageIndex) {
+    self.dmaBuf = dmaBuf; self.attachment = attachment; self.pgoff = pgoff
+  }
+}
+
+/// `struct kvm_memory_slot`, as much of it as the model needs.
+public struct Memslot: Hashable, Sendable, CustomStringConvertible {
+  public let key: SlotKey
+  public let baseGFN: GFN
+  public let npages: UInt64
+  public let flags: MemslotFlags
+  public let userspaceAddr: UInt64
+  public let guestMemfdOffset: UInt64
+  /// Set for a ``MemslotFlags/vfioDmaBuf`` slot.
+  public let dmaBuf: DmaBufBinding?
+
+  /// GFNs the slot covers.
+  public var gfns: Range<GFN> { baseGFN ..< GFN(baseGFN.rawValue + npages) }
+  public func contains(_ gfn: GFN) -> Bool { gfn >= baseGFN && gfn.rawValue - baseGFN.rawValue < npages }
+  public var description: String { "\(key) gpa \(baseGFN.gpa) pages \(npages)" }
+}
+
+/// What a memslot ioctl does to the slot (`enum kvm_mr_change`).
+public enum MemslotChange: Hashable, Sendable {
+  /// `KVM_MR_CREATE`.
+  case create
+  /// `KVM_MR_DELETE`.
+  case delete
+  /// `KVM_MR_MOVE`: same size, new base GFN.
+  case move
+  /// `KVM_MR_FLAGS_ONLY`.
+  case flagsOnly
+  /// Same slot, same flags: the ioctl returns 0 and does nothing.
+  case unchanged
+}
+
+/// A validated `KVM_SET_USER_MEMORY_REGION2`, between the checks and the commit.
+///
+/// Between ``VirtualMachine/prepareSetUserMemoryRegion2(_:variant:)`` and
+/// ``VirtualMachine/commitSetUserMemoryRegion2(_:binding:)`` the caller does what KVM asks of
+/// other subsystems: when ``dmaBufFD`` is set it resolves the fd (`EBADF`; `EINVAL` for a file
+/// that is not a dma-buf), checks the buffer with ``checkDmaBuf(_:variant:)`` and
+/// ``VirtualMachine/vfioDmaBufSanityCheck(_:)``, and attaches as a dynamic importer.
+public struct MemslotPlan: Hashable, Sendable {
+  public let key: SlotKey
+  public let change: MemslotChange
+  public let region: UserspaceMemoryRegion2
+  /// The slot as it is now (nil for a create).
+  public let old: Memslot?
+  /// The dma-buf fd to resolve and attach, for a new dma-buf slot (create, and in `rfc-v1`
+  /// the re-created slot of a move or flags change).
+  public let dmaBufFD: FD?
+  /// The VM's memslot generation the plan was made against.
+  let generation: UInt64
+
+  /// The slot's pages.
+  public var npages: UInt64 { region.memorySize.pages }
+
+  /// The size and offset rules for the dma-buf behind a new slot (patch 6, or the review).
+  ///
+  /// - `rfcV1`: `memory_size` must equal the buffer's size (offset is already known to be 0).
+  /// - `reviewed`: `guest_memfd_offset + memory_size` must lie within the buffer; an overflow
+  ///   of that sum is `EINVAL`.
+  /// - Throws: `EINVAL` as above.
+  public func checkDmaBuf(_ buffer: DmaBufDescription, variant: Variant) throws(Errno) {
+    switch variant {
+    case .rfcV1:
+      guard region.guestMemfdOffset == 0, region.memorySize == buffer.size else { throw .EINVAL }
+    case .reviewed:
+      let (end, overflow) = region.guestMemfdOffset.addingReportingOverflow(region.memorySize)
+      guard !overflow, end <= buffer.size else { throw .EINVAL }
+    }
+  }
+}
+
+/// What KVM learns about a dma-buf from its fd and its exporter: the buffer's identity and
+/// size, and the exporter's private data when the exporter is VFIO (patch 9's
+/// `struct vfio_dma_buf_data { bool is_private; struct kvm *kvm; }`).
+public struct DmaBufDescription: Hashable, Sendable {
+  public let id: DmaBufID
+  public let size: UInt64
+  /// `nil` when the buffer was not exported by VFIO.
+  public let vfio: VFIODmaBufData?
+  public init(id: DmaBufID, size: UInt64, vfio: VFIODmaBufData?) {
+    self.id = id; self.size = size; self.vfio = vfio
+  }
+}
+
+/// KVM's view of `struct vfio_dma_buf_data` (patch 9).
+public struct VFIODmaBufData: Hashable, Sendable {
+  /// The buffer is host-unaccessible MMIO of a device bound private.
+  public let isPrivate: Bool
+  /// The VM the private device is bound to.
+  public let vm: VMID?
+  public init(isPrivate: Bool, vm: VMID?) { self.isPrivate = isPrivate; self.vm = vm }
+}
+
+/// What a committed memslot change leaves for the caller to do.
+public struct MemslotCommit: Hashable, Sendable {
+  public let change: MemslotChange
+  /// Attachments to detach (`dma_buf_detach()`), for a deleted dma-buf slot.
+  public let detach: [AttachmentID]
+  /// Attachments the change left bound to a freed slot (`rfc-v1` move / flags change).
+  public let leftDangling: [AttachmentID]
+  /// Mappings removed from the TDP MMU (`kvm_arch_flush_shadow_memslot()`).
+  public let zapped: [MappedLeaf]
+}

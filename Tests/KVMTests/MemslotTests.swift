@@ -1,0 +1,225 @@
+import Testing
+import KernelCore
+import DmaBuf
+@testable import KVM
+
+let gib: UInt64 = 1 << 30
+
+func region(_ slot: UInt32 = 1, _ flags: MemslotFlags = [], gpa: UInt64 = 0x8000_0000, size: UInt64 = 0x20_0000,
+            uaddr: UInt64 = 0, offset: UInt64 = 0, fd: UInt32 = 7) -> UserspaceMemoryRegion2 {
+  UserspaceMemoryRegion2(slot: slot, flags: flags, guestPhysAddr: gpa, memorySize: size,
+                         userspaceAddr: uaddr, guestMemfdOffset: offset, guestMemfd: fd)
+}
+
+/// A VM with one plain slot 0 at GPA 0..1 GiB.
+func vmWithRAMSlot(_ type: VMType) throws -> VirtualMachine {
+  var vm = VirtualMachine(id: VMID(1), type: type)
+  let plan = try vm.prepareSetUserMemoryRegion2(region(0, gpa: 0, size: gib, uaddr: 0x7000_0000_0000), variant: .reviewed)
+  _ = try vm.commitSetUserMemoryRegion2(plan)
+  return vm
+}
+
+struct SlotCase: CustomTestStringConvertible, Sendable {
+  let name: String
+  let type: VMType
+  let variant: Variant
+  let region: UserspaceMemoryRegion2
+  let errno: Errno?
+  var testDescription: String { "\(name) [\(type), \(variant)]" }
+}
+
+let slotCases: [SlotCase] = {
+  var c: [SlotCase] = []
+  for v in Variant.allCases {
+    c += [
+      SlotCase(name: "slot id >= KVM_USER_MEM_SLOTS", type: .tdx, variant: v, region: region(32764), errno: .EINVAL),
+      SlotCase(name: "unknown flag", type: .tdx, variant: v, region: region(1, MemslotFlags(rawValue: 1 << 5)), errno: .EINVAL),
+      SlotCase(name: "guest_memfd on default VM", type: .default, variant: v, region: region(1, .guestMemfd), errno: .EINVAL),
+      SlotCase(name: "readonly on TD", type: .tdx, variant: v, region: region(1, .readonly), errno: .EINVAL),
+      SlotCase(name: "dmabuf + guest_memfd", type: .tdx, variant: v, region: region(1, [.vfioDmaBuf, .guestMemfd]), errno: .EINVAL),
+      SlotCase(name: "dmabuf + dirty log", type: .tdx, variant: v, region: region(1, [.vfioDmaBuf, .logDirtyPages]), errno: .EINVAL),
+      SlotCase(name: "dmabuf + readonly", type: .default, variant: v, region: region(1, [.vfioDmaBuf, .readonly]), errno: .EINVAL),
+      SlotCase(name: "unaligned size", type: .default, variant: v, region: region(size: 0x1800), errno: .EINVAL),
+      SlotCase(name: "unaligned gpa", type: .default, variant: v, region: region(gpa: 0x8000_0800), errno: .EINVAL),
+      SlotCase(name: "unaligned uaddr", type: .default, variant: v, region: region(uaddr: 0x10), errno: .EINVAL),
+      SlotCase(name: "uaddr beyond user space", type: .default, variant: v, region: region(uaddr: MemslotLimits.taskSizeMax), errno: .EINVAL),
+      SlotCase(name: "unaligned guest_memfd offset", type: .tdx, variant: v, region: region(1, .guestMemfd, offset: 0x10), errno: .EINVAL),
+      SlotCase(name: "guest_memfd offset overflow", type: .tdx, variant: v, region: region(1, .guestMemfd, offset: ~UInt64(0xfff)), errno: .EINVAL),
+      SlotCase(name: "address space 1 on TD", type: .tdx, variant: v, region: region(1 << 16 | 1), errno: .EINVAL),
+      SlotCase(name: "address space 2 on default VM", type: .default, variant: v, region: region(2 << 16 | 1), errno: .EINVAL),
+      SlotCase(name: "address space 1 (SMM) on default VM", type: .default, variant: v, region: region(1 << 16 | 1), errno: nil),
+      SlotCase(name: "gpa + size wraps", type: .default, variant: v, region: region(gpa: ~UInt64(0xfff), size: 0x2000), errno: .EINVAL),
+      SlotCase(name: "too many pages", type: .default, variant: v, region: region(gpa: 0, size: 1 << 43), errno: .EINVAL),
+      SlotCase(name: "past the largest GFN", type: .default, variant: v, region: region(gpa: 1 << 48, size: 0x1000), errno: .EINVAL),
+      SlotCase(name: "overlap", type: .default, variant: v, region: region(gpa: gib - 0x1000), errno: .EEXIST),
+      SlotCase(name: "delete missing slot", type: .default, variant: v, region: region(9, size: 0), errno: .EINVAL),
+      SlotCase(name: "resize existing", type: .default, variant: v, region: region(0, gpa: 0, size: 2 * gib, uaddr: 0x7000_0000_0000), errno: .EINVAL),
+      SlotCase(name: "readonly toggle", type: .default, variant: v, region: region(0, .readonly, gpa: 0, size: gib, uaddr: 0x7000_0000_0000), errno: .EINVAL),
+      SlotCase(name: "plain create", type: .default, variant: v, region: region(), errno: nil),
+      SlotCase(name: "dmabuf on TD", type: .tdx, variant: v, region: region(1, .vfioDmaBuf), errno: nil),
+    ]
+  }
+  c += [
+    SlotCase(name: "dmabuf on default VM", type: .default, variant: .rfcV1, region: region(1, .vfioDmaBuf), errno: .EINVAL),
+    SlotCase(name: "dmabuf on default VM", type: .default, variant: .reviewed, region: region(1, .vfioDmaBuf), errno: nil),
+    SlotCase(name: "dmabuf offset != 0", type: .tdx, variant: .rfcV1, region: region(1, .vfioDmaBuf, offset: 0x1000), errno: .EINVAL),
+    SlotCase(name: "dmabuf page-aligned slice", type: .tdx, variant: .reviewed, region: region(1, .vfioDmaBuf, offset: 0x1000), errno: nil),
+    SlotCase(name: "dmabuf unaligned offset", type: .tdx, variant: .reviewed, region: region(1, .vfioDmaBuf, offset: 0x10), errno: .EINVAL),
+  ]
+  return c
+}()
+
+@Test(arguments: slotCases)
+func memslotValidation(_ c: SlotCase) throws {
+  let vm = try vmWithRAMSlot(c.type)
+  do {
+    let plan = try vm.prepareSetUserMemoryRegion2(c.region, variant: c.variant)
+    #expect(c.errno == nil, "expected \(c.errno?.name ?? "") but got a plan \(plan.change)")
+  } catch {
+    #expect(error == c.errno)
+  }
+}
+
+@Test func changesAreClassifiedAsKvmSetMemslotDoes() throws {
+  var vm = try vmWithRAMSlot(.default)
+  let base = region(0, gpa: 0, size: gib, uaddr: 0x7000_0000_0000)
+  #expect(try vm.prepareSetUserMemoryRegion2(base, variant: .reviewed).change == .unchanged)
+  var moved = base; moved.guestPhysAddr = 4 * gib
+  #expect(try vm.prepareSetUserMemoryRegion2(moved, variant: .reviewed).change == .move)
+  var logged = base; logged.flags = MemslotFlags.logDirtyPages.rawValue
+  #expect(try vm.prepareSetUserMemoryRegion2(logged, variant: .reviewed).change == .flagsOnly)
+  var deleted = base; deleted.memorySize = 0
+  let plan = try vm.prepareSetUserMemoryRegion2(deleted, variant: .reviewed)
+  #expect(plan.change == .delete)
+  _ = try vm.commitSetUserMemoryRegion2(plan)
+  #expect(vm.memslots.isEmpty)
+}
+
+@Test func guestMemfdSlotCannotBeMoved() throws {
+  var vm = VirtualMachine(id: VMID(1), type: .tdx)
+  let r = region(1, .guestMemfd)
+  _ = try vm.commitSetUserMemoryRegion2(try vm.prepareSetUserMemoryRegion2(r, variant: .reviewed))
+  var moved = r; moved.guestPhysAddr += gib
+  #expect(throws: Errno.EINVAL) { try vm.prepareSetUserMemoryRegion2(moved, variant: .rfcV1) }
+}
+
+func buffer(size: UInt64 = 0x20_0000, isPrivate: Bool = true, vm: VMID? = VMID(1)) -> DmaBufDescription {
+  DmaBufDescription(id: DmaBufID(3), size: size, vfio: VFIODmaBufData(isPrivate: isPrivate, vm: vm))
+}
+
+func binding(_ att: UInt32 = 10, pgoff: UInt64 = 0) -> DmaBufBinding {
+  DmaBufBinding(dmaBuf: DmaBufID(3), attachment: AttachmentID(att), pgoff: PageIndex(pgoff))
+}
+
+/// Creates a TD dma-buf slot 1 at 2 GiB (2 MiB) through plan, checks and commit.
+func tdWithDmaBufSlot(_ variant: Variant) throws -> VirtualMachine {
+  var vm = VirtualMachine(id: VMID(1), type: .tdx)
+  let plan = try vm.prepareSetUserMemoryRegion2(region(1, .vfioDmaBuf), variant: variant)
+  #expect(plan.dmaBufFD == FD(7))
+  try plan.checkDmaBuf(buffer(), variant: variant)
+  try vm.vfioDmaBufSanityCheck(buffer())
+  _ = try vm.commitSetUserMemoryRegion2(plan, binding: binding())
+  return vm
+}
+
+@Test(arguments: [
+  (Variant.rfcV1, UInt64(0x20_0000), UInt64(0), UInt64(0x40_0000), Errno?.some(.EINVAL)),   // size != buffer
+  (Variant.rfcV1, 0x20_0000, 0, 0x20_0000, nil),
+  (Variant.reviewed, 0x10_0000, 0x10_0000, 0x20_0000, nil),                                  // slice at the end
+  (Variant.reviewed, 0x10_0000, 0x20_0000, 0x20_0000, .EINVAL),                              // slice past the end
+  (Variant.reviewed, 0x1000, 0x20_0000, 0x20_0000, .EINVAL),
+])
+func dmaBufSizeRules(variant: Variant, size: UInt64, offset: UInt64, bufSize: UInt64, errno: Errno?) throws {
+  let vm = VirtualMachine(id: VMID(1), type: .tdx)
+  let plan = try vm.prepareSetUserMemoryRegion2(region(1, .vfioDmaBuf, size: size, offset: offset), variant: variant)
+  if let errno {
+    #expect(throws: errno) { try plan.checkDmaBuf(buffer(size: bufSize), variant: variant) }
+  } else {
+    #expect(throws: Never.self) { try plan.checkDmaBuf(buffer(size: bufSize), variant: variant) }
+  }
+}
+
+@Test(arguments: [
+  (VMType.tdx, true, UInt32?.some(1), Errno?.none),
+  (VMType.tdx, false, nil, .EINVAL),          // shared buffer in a TD
+  (VMType.tdx, true, 2, .EINVAL),             // bound to another VM
+  (VMType.default, true, 1, .EINVAL),         // private buffer in a normal VM
+  (VMType.default, false, nil, nil),
+])
+func patch10SanityChecks(type: VMType, isPrivate: Bool, owner: UInt32?, errno: Errno?) {
+  let vm = VirtualMachine(id: VMID(1), type: type)
+  let buf = buffer(isPrivate: isPrivate, vm: owner.map { VMID($0) })
+  if let errno {
+    #expect(throws: errno) { try vm.vfioDmaBufSanityCheck(buf) }
+  } else {
+    #expect(throws: Never.self) { try vm.vfioDmaBufSanityCheck(buf) }
+  }
+}
+
+@Test func nonVFIODmaBufIsRefused() {
+  let vm = VirtualMachine(id: VMID(1), type: .tdx)
+  #expect(throws: Errno.EINVAL) { try vm.vfioDmaBufSanityCheck(DmaBufDescription(id: DmaBufID(1), size: 0x1000, vfio: nil)) }
+}
+
+@Test func reviewedDmaBufSlotsAreImmutable() throws {
+  let vm = try tdWithDmaBufSlot(.reviewed)
+  var moved = region(1, .vfioDmaBuf); moved.guestPhysAddr += gib
+  #expect(throws: Errno.EINVAL) { try vm.prepareSetUserMemoryRegion2(moved, variant: .reviewed) }
+  #expect(throws: Errno.EINVAL) { try vm.prepareSetUserMemoryRegion2(region(1, []), variant: .reviewed) }
+}
+
+@Test func rfcV1MoveLeavesTheOldBindingDangling() throws {
+  var vm = try tdWithDmaBufSlot(.rfcV1)
+  #expect(KVMInvariants.noDanglingBinding(vm).isEmpty)
+  var moved = region(1, .vfioDmaBuf); moved.guestPhysAddr += gib
+  let plan = try vm.prepareSetUserMemoryRegion2(moved, variant: .rfcV1)
+  #expect(plan.change == .move)
+  let commit = try vm.commitSetUserMemoryRegion2(plan, binding: binding(11))
+  #expect(commit.detach.isEmpty && commit.leftDangling == [AttachmentID(10)])
+  #expect(vm.bindings[AttachmentID(10)]?.isStale == true)
+  #expect(KVMInvariants.noDanglingBinding(vm).count == 1)
+  // destroying the VM cannot detach it either
+  let freed = vm.destroy()
+  #expect(freed.detach == [AttachmentID(11)] && freed.leaked == [AttachmentID(10)])
+}
+
+@Test func deletingADmaBufSlotDetaches() throws {
+  var vm = try tdWithDmaBufSlot(.reviewed)
+  let plan = try vm.prepareSetUserMemoryRegion2(region(1, .vfioDmaBuf, size: 0), variant: .reviewed)
+  let commit = try vm.commitSetUserMemoryRegion2(plan)
+  #expect(commit.change == .delete && commit.detach == [AttachmentID(10)])
+  #expect(vm.bindings.isEmpty && vm.memslots.isEmpty)
+}
+
+@Test func failedPrepareChangesNothingAndStalePlanIsRefused() throws {
+  var vm = try vmWithRAMSlot(.default)
+  let before = vm
+  #expect(throws: Errno.EEXIST) { try vm.prepareSetUserMemoryRegion2(region(2, gpa: 0), variant: .reviewed) }
+  #expect(vm == before)
+  let p1 = try vm.prepareSetUserMemoryRegion2(region(2, gpa: 2 * gib), variant: .reviewed)
+  let p2 = try vm.prepareSetUserMemoryRegion2(region(3, gpa: 2 * gib), variant: .reviewed)
+  _ = try vm.commitSetUserMemoryRegion2(p1)
+  #expect(throws: Errno.EAGAIN) { try vm.commitSetUserMemoryRegion2(p2) }
+}
+
+@Test(arguments: [(UInt32(0), Errno?.none), (4095, nil), (4096, .EINVAL)])
+func createVCPUIDLimit(id: UInt32, errno: Errno?) {
+  var vm = VirtualMachine(id: VMID(1), type: .default)
+  if let errno { #expect(throws: errno) { try vm.createVCPU(id) } }
+  else { #expect(throws: Never.self) { try vm.createVCPU(id) } }
+}
+
+@Test func duplicateVCPUIsEEXISTAndDeadVMIsEIO() throws {
+  var vm = VirtualMachine(id: VMID(1), type: .default)
+  try vm.createVCPU(0)
+  #expect(throws: Errno.EEXIST) { try vm.createVCPU(0) }
+  vm.markDead()
+  #expect(throws: Errno.EIO) { try vm.createVCPU(1) }
+  #expect(throws: Errno.EIO) { try vm.prepareSetUserMemoryRegion2(region(), variant: .reviewed) }
+}
+
+@Test func mmioPFNIsOutsideRAM() {
+  let vm = VirtualMachine(id: VMID(1), type: .default, ramPFNs: [PFN(0) ..< PFN(0x1000)])
+  #expect(!vm.isMMIOPFN(PFN(0xfff)))
+  #expect(vm.isMMIOPFN(PFN(0x1000)))
+}

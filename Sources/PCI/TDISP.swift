@@ -227,4 +227,17 @@ public enum TDISPResponse: Hashable, Sendable {
   case deviceInterfaceState(TDIState)
   case startInterface
   case stopInterface
+
+  /// The response's message code (`TDISP_VERSION` 0x01 … `STOP_INTERFACE_RESPONSE` 0x07).
+  public var code: UInt8 {
+    switch self {
+    case .version: 0x01
+    case .capabilities: 0x02
+    case .lockInterface: 0x03
+    case .deviceInterfaceReport: 0x04
+    case .deviceInterfaceState: 0x05
+    case .startInterface: 0x06
+    case .stopInterface: 0x07
+    }
+  }
 }

@@ -1,7 +1,7 @@
-/// The vocabulary of the PCIe TEE Device Interface Security Protocol (TDISP, PCIe 6.x
-/// chapter 11): interface states, request codes, error codes and the request parameters the
-/// model carries. Values are the specification's; Linux mirrors them in the PCI/TSM core and
-/// DMTF's libspdm in `industry_standard/pci_tdisp.h`.
+// The vocabulary of the PCIe TEE Device Interface Security Protocol (TDISP, PCIe 6.x
+// chapter 11): interface states, request codes, error codes and the request parameters the
+// model carries. Values are the specification's, as DMTF libspdm's
+// `industry_standard/pci_tdisp.h` also spells them.
 
 /// The state of a TDI (`TDI_STATE` in DEVICE_INTERFACE_STATE).
 public enum TDIState: UInt8, Hashable, Sendable, CaseIterable, CustomStringConvertible {

@@ -35,6 +35,9 @@ public struct BARSpan: Hashable, Sendable, CustomStringConvertible {
   }
 }
 
+/// One past the highest physical address an x86-64 CPU can generate (MAXPHYADDR 52).
+public let maxPhysicalAddressLimit: UInt64 = 1 << 52
+
 /// One memory BAR of a PCIe function, as the platform assigned it (the `pci_dev->resource[]`
 /// entry for BAR `index`). The model has memory BARs only; an index that is not listed is
 /// not implemented (a zero-sized resource in the kernel).
@@ -78,15 +81,16 @@ public struct BAR: Hashable, Sendable {
   /// Checks one BAR on its own; `PCIFunction.init` checks BARs against each other.
   /// - Throws: `EINVAL` when the index is past 5, a 64-bit BAR starts at 5 (it would need
   ///   register 6), the size is not a power of two or below 4 KiB, the base is not aligned to
-  ///   the size or the BAR wraps the address space, a 32-bit BAR does not sit below 4 GiB,
+  ///   the size, the BAR ends past 2^52 (x86-64 MAXPHYADDR), a 32-bit BAR does not sit below 4 GiB,
   ///   or an MSI-X span is empty, wraps, leaves the BAR or overlaps the other one.
   func validate() throws(Errno) {
     guard index <= 5, !(is64Bit && index == 5) else { throw .EINVAL }
     guard size >= pageSize, size & (size &- 1) == 0 else { throw .EINVAL }
     guard base.isAligned(to: size) else { throw .EINVAL }
-    let end = try base.adding(size).rawValue
-    // A 32-bit memory BAR cannot decode above 4 GiB: its upper address bits do not exist.
-    if !is64Bit && end > 1 << 32 { throw .EINVAL }
+    // The CPU reaches no MMIO past its physical address width (52 bits on x86-64), and a
+    // 32-bit memory BAR has no upper address bits to decode above 4 GiB.
+    let (end, wraps) = base.rawValue.addingReportingOverflow(size)
+    guard !wraps, end <= (is64Bit ? maxPhysicalAddressLimit : 1 << 32) else { throw .EINVAL }
     for span in [msixTable, msixPBA].compactMap({ $0 }) {
       guard span.size > 0, let spanEnd = span.end, spanEnd <= size else { throw .EINVAL }
     }

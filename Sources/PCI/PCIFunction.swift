@@ -80,8 +80,8 @@ public struct PCIFunction: Hashable, Sendable {
   /// A write of PMCSR's PowerState field (`pci_set_power_state`).
   ///
   /// Entering D3hot under lock moves the TDI to ERROR: the function stops decoding the
-  /// TVM's MMIO and D3hot may lose its state (PCIe TDISP lists power-state changes among
-  /// the events that leave CONFIG_LOCKED/RUN; exact wording not checked, see the report).
+  /// TVM's MMIO and D3hot may lose its state. (Uncertain: the model reads TDISP's rule on
+  /// configuration changes under lock as covering a PMCSR write to D3hot.)
   /// Returning to D0 keeps the command register: the model's functions set No_Soft_Reset,
   /// as PCIe requires of functions that support D3hot without losing configuration.
   public mutating func writePowerState(_ state: PCIPowerState, trace: inout Trace) {

@@ -1,7 +1,7 @@
-/// The vocabulary of the PCIe TEE Device Interface Security Protocol (TDISP, PCIe 6.x
-/// chapter 11): interface states, request codes, error codes and the request parameters the
-/// model carries. Values are the specification's; Linux mirrors them in the PCI/TSM core and
-/// DMTF's libspdm in `industry_standard/pci_tdisp.h`.
+// The vocabulary of the PCIe TEE Device Interface Security Protocol (TDISP, PCIe 6.x
+// chapter 11): interface states, request codes, error codes and the request parameters the
+// model carries. Values are the specification's, as DMTF libspdm's
+// `industry_standard/pci_tdisp.h` also spells them.
 
 /// The state of a TDI (`TDI_STATE` in DEVICE_INTERFACE_STATE).
 public enum TDIState: UInt8, Hashable, Sendable, CaseIterable, CustomStringConvertible {
@@ -227,4 +227,17 @@ public enum TDISPResponse: Hashable, Sendable {
   case deviceInterfaceState(TDIState)
   case startInterface
   case stopInterface
+
+  /// The response's message code (`TDISP_VERSION` 0x01 … `STOP_INTERFACE_RESPONSE` 0x07).
+  public var code: UInt8 {
+    switch self {
+    case .version: 0x01
+    case .capabilities: 0x02
+    case .lockInterface: 0x03
+    case .deviceInterfaceReport: 0x04
+    case .deviceInterfaceState: 0x05
+    case .startInterface: 0x06
+    case .stopInterface: 0x07
+    }
+  }
 }

@@ -1,6 +1,10 @@
 import KernelCore
 
 extension TDXModule {
+  /// The most pages one TDH.MMIO.MT.ADD enters: 2^24 pages, a 64 GiB BAR. The draft ABI's
+  /// own limit is not known; this bound keeps one call's cost proportional to a real BAR.
+  public static let maxMTAddPages: UInt64 = 1 << 24
+
   /// `TDH.DEVIF.CREATE` (leaf 137, TDX Connect draft): creates the DEVIF through which `td`
   /// owns the TDI `interface`. Its mirrored TDISP state starts CONFIG_UNLOCKED; the platform
   /// relays later states with `observeTDISPState(devif:state:)`.
@@ -46,6 +50,7 @@ extension TDXModule {
   /// - Throws: busy (injected); `TDX_OPERAND_INVALID` for an unknown DEVIF (RDX), an
   ///   unaligned or overflowing first page (RCX), a zero count (R8), reserved attribute bits
   ///   (R9), or a page already in the table (RCX); `TDX_NON_RECOVERABLE_TD`.
+  ///   A count above `maxMTAddPages` is refused (R8): the model's bound, not the ABI's.
   public mutating func tdhMMIOMTAdd(devif: DevifID, first: HPA, count: UInt64, attributes: MMIOAttributes) throws(TDXStatus) {
     try traced("TDH.MMIO.MT.ADD devif \(devif) hpa \(first) pages \(count)") { (m: inout TDXModule) throws(TDXStatus) in
       try m.consumeBusy(.seamcall(.mmioMTAdd), td: m.devifs[devif]?.td)
@@ -54,13 +59,19 @@ extension TDXModule {
       guard first.isPageAligned else { throw TDXStatus.operandInvalid.with(operand: TDXOperand.rcx) }
       guard count > 0 else { throw TDXStatus.operandInvalid.with(operand: TDXOperand.r8) }
       guard attributes.isSubset(of: .all) else { throw TDXStatus.operandInvalid.with(operand: TDXOperand.r9) }
+      guard count <= TDXModule.maxMTAddPages else { throw TDXStatus.operandInvalid.with(operand: TDXOperand.r8) }
       let firstPFN = first.pfn
       // The last page must still be a page of the 52-bit physical address space.
       guard count <= (1 << 40) &- firstPFN.rawValue else {
         throw TDXStatus.operandInvalid.with(operand: TDXOperand.rcx)
       }
-      for i in 0..<count where m.mmiomt[firstPFN.advanced(by: i)] != nil {
-        throw TDXStatus.operandInvalid.with(operand: TDXOperand.rcx)
+      // Every MMIOMT entry comes from some DEVIF's range, so comparing ranges finds an
+      // overlap without walking the pages.
+      let end = firstPFN.rawValue + count
+      for other in m.devifs.values {
+        for r in other.ranges where r.first.rawValue < end && firstPFN.rawValue < r.first.rawValue + r.count {
+          throw TDXStatus.operandInvalid.with(operand: TDXOperand.rcx)
+        }
       }
       for i in 0..<count {
         m.mmiomt[firstPFN.advanced(by: i)] = MMIOMTEntry(owner: devif, attributes: attributes, mapping: nil)

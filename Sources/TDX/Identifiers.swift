@@ -68,7 +68,7 @@ public enum SEPTState: UInt8, Hashable, Sendable, CaseIterable, CustomStringConv
 
 /// The TDISP state of a TDI, as the module has last seen it in a TDISP response it relayed
 /// (PCIe TDISP: `CONFIG_UNLOCKED 0`, `CONFIG_LOCKED 1`, `RUN 2`, `ERROR 3`).
-public enum TDIState: UInt8, Hashable, Sendable, CaseIterable, CustomStringConvertible {
+public enum DevifTDISPState: UInt8, Hashable, Sendable, CaseIterable, CustomStringConvertible {
   case configUnlocked = 0
   case configLocked = 1
   case run = 2
@@ -92,17 +92,17 @@ public enum TDIState: UInt8, Hashable, Sendable, CaseIterable, CustomStringConve
 /// The attributes of an interface-report MMIO range (PCIe TDISP, DEVICE_INTERFACE_REPORT),
 /// kept per page in the MMIO metadata table.
 @frozen
-public struct MMIOAttributes: OptionSet, Hashable, Sendable {
+public struct MMIOMTAttributes: OptionSet, Hashable, Sendable {
   public let rawValue: UInt32
   @inlinable public init(rawValue: UInt32) { self.rawValue = rawValue }
   /// The range holds the MSI-X table.
-  public static let msixTable = MMIOAttributes(rawValue: 1 << 0)
+  public static let msixTable = MMIOMTAttributes(rawValue: 1 << 0)
   /// The range holds the MSI-X pending-bit array.
-  public static let msixPBA = MMIOAttributes(rawValue: 1 << 1)
+  public static let msixPBA = MMIOMTAttributes(rawValue: 1 << 1)
   /// `IS_NON_TEE_MEM`: shared MMIO; it must never be mapped privately.
-  public static let isNonTEEMem = MMIOAttributes(rawValue: 1 << 2)
+  public static let isNonTEEMem = MMIOMTAttributes(rawValue: 1 << 2)
   /// `IS_MEM_ATTR_UPDATABLE`.
-  public static let isMemAttrUpdatable = MMIOAttributes(rawValue: 1 << 3)
+  public static let isMemAttrUpdatable = MMIOMTAttributes(rawValue: 1 << 3)
   /// Every bit the report defines; others are reserved.
-  public static let all: MMIOAttributes = [.msixTable, .msixPBA, .isNonTEEMem, .isMemAttrUpdatable]
+  public static let all: MMIOMTAttributes = [.msixTable, .msixPBA, .isNonTEEMem, .isMemAttrUpdatable]
 }

@@ -80,11 +80,11 @@ extension TDXModule {
       let devif = try Registers.handle(r.rdx, DevifTag.self, operand: TDXOperand.rdx)
       guard r.r9 <= UInt64(UInt32.max) else { throw TDXStatus.operandInvalid.with(operand: TDXOperand.r9) }
       try tdhMMIOMTAdd(devif: devif, first: HPA(r.rcx), count: r.r8,
-                       attributes: MMIOAttributes(rawValue: UInt32(r.r9)))
+                       attributes: MMIOMTAttributes(rawValue: UInt32(r.r9)))
       return []
     case .mmioMTSet:
       guard r.rdx <= UInt64(UInt32.max) else { throw TDXStatus.operandInvalid.with(operand: TDXOperand.rdx) }
-      try tdhMMIOMTSet(hpa: HPA(r.rcx), attributes: MMIOAttributes(rawValue: UInt32(r.rdx)))
+      try tdhMMIOMTSet(hpa: HPA(r.rcx), attributes: MMIOMTAttributes(rawValue: UInt32(r.rdx)))
       return []
     case .mmioMap:
       let (gpa, level) = try r.gpaAndLevel()

@@ -18,7 +18,7 @@ extension TDXModule {
       guard m.devif(for: interface) == nil else { throw TDXStatus.operandInvalid.with(operand: TDXOperand.rdx) }
       let id = m.nextDevif
       m.nextDevif = id.next
-      m.devifs[id] = DeviceInterface(td: td, interface: interface)
+      m.devifs[id] = DevifState(td: td, interface: interface)
       return id
     }
   }
@@ -51,7 +51,7 @@ extension TDXModule {
   ///   unaligned or overflowing first page (RCX), a zero count (R8), reserved attribute bits
   ///   (R9), or a page already in the table (RCX); `TDX_NON_RECOVERABLE_TD`.
   ///   A count above `maxMTAddPages` is refused (R8): the model's bound, not the ABI's.
-  public mutating func tdhMMIOMTAdd(devif: DevifID, first: HPA, count: UInt64, attributes: MMIOAttributes) throws(TDXStatus) {
+  public mutating func tdhMMIOMTAdd(devif: DevifID, first: HPA, count: UInt64, attributes: MMIOMTAttributes) throws(TDXStatus) {
     try traced("TDH.MMIO.MT.ADD devif \(devif) hpa \(first) pages \(count)") { (m: inout TDXModule) throws(TDXStatus) in
       try m.consumeBusy(.seamcall(.mmioMTAdd), td: m.devifs[devif]?.td)
       guard let object = m.devifs[devif] else { throw TDXStatus.operandInvalid.with(operand: TDXOperand.rdx) }
@@ -85,7 +85,7 @@ extension TDXModule {
   /// - Throws: busy (injected); `TDX_OPERAND_INVALID` for an unaligned HPA or one not in the
   ///   table (RCX), or reserved bits (RDX); `TDX_NON_RECOVERABLE_TD`;
   ///   `TDX_MMIO_PAGE_ALREADY_MAPPED` (RCX) while it is mapped.
-  public mutating func tdhMMIOMTSet(hpa: HPA, attributes: MMIOAttributes) throws(TDXStatus) {
+  public mutating func tdhMMIOMTSet(hpa: HPA, attributes: MMIOMTAttributes) throws(TDXStatus) {
     try traced("TDH.MMIO.MT.SET hpa \(hpa)") { (m: inout TDXModule) throws(TDXStatus) in
       let entry = m.mmiomt[hpa.pfn]
       try m.consumeBusy(.seamcall(.mmioMTSet), td: entry.flatMap { m.devifs[$0.owner]?.td })
@@ -101,7 +101,7 @@ extension TDXModule {
   /// (LOCK_INTERFACE, START_INTERFACE, STOP_INTERFACE or GET_DEVICE_INTERFACE_STATE via
   /// TDH.DEVIF.REQUEST/RESPONSE). The platform calls this whenever the TDI's state changes.
   /// - Throws: `TDX_OPERAND_INVALID` (RCX) for an unknown DEVIF.
-  public mutating func observeTDISPState(devif: DevifID, state: TDIState) throws(TDXStatus) {
+  public mutating func observeTDISPState(devif: DevifID, state: DevifTDISPState) throws(TDXStatus) {
     guard devifs[devif] != nil else { throw TDXStatus.operandInvalid.with(operand: TDXOperand.rcx) }
     devifs[devif]?.tdispState = state
     trace.emit(.tdx, "devif \(devif) TDISP state \(state)")

@@ -64,7 +64,7 @@ extension TDXModule {
       let i = Int(vcpu)
       guard i < state.vcpus.count else { throw TDXStatus.operandInvalid.with(operand: TDXOperand.rcx) }
       guard !state.vcpus[i].inGuest else { throw TDXStatus.operandBusy.with(operand: TDXOperand.tdvps) }
-      m.tds[td]?.vcpus[i] = VCPUState(inGuest: true, enteredEpoch: state.epoch)
+      m.tds[td]?.vcpus[i] = TDVCPUState(inGuest: true, enteredEpoch: state.epoch)
       m.tds[td]?.refcount[Int(state.epoch & 1)] += 1
     }
   }

@@ -29,7 +29,7 @@ extension TDXModule {
         if mt.attributes.contains(.isNonTEEMem) {
           out.append(("SEPTMMIOEntryOwnedByTD", "\(what): page is IS_NON_TEE_MEM"))
         }
-        if mt.mapping != MMIOMapping(td: td, gpa: gpa) {
+        if mt.mapping != MMIOMTMapping(td: td, gpa: gpa) {
           out.append(("SEPTMMIOEntryOwnedByTD", "\(what): MMIOMT records \(String(describing: mt.mapping))"))
         }
         if devifs[mt.owner]?.td != td {

@@ -85,7 +85,7 @@ extension TDXModule {
       guard !owner.streamBlocked else { throw TDXStatus.ideStreamBlocked.with(operand: TDXOperand.devif) }
 
       m.tds[td]?.sept[gpa] = SEPTEntry(state: .mmioPending, level: level, hpa: hpa)
-      m.mmiomt[hpa.pfn]?.mapping = MMIOMapping(td: td, gpa: gpa)
+      m.mmiomt[hpa.pfn]?.mapping = MMIOMTMapping(td: td, gpa: gpa)
       m.devifs[mt.owner]?.mappedPages += 1
     }
   }

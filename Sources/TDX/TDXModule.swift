@@ -15,7 +15,7 @@ public struct TDXModule: Hashable, Sendable {
   /// Every TD by handle (TDR + TDCS).
   public internal(set) var tds: TreeDictionary<TDID, TDState> = [:]
   /// Every live DEVIF by handle.
-  public internal(set) var devifs: TreeDictionary<DevifID, DeviceInterface> = [:]
+  public internal(set) var devifs: TreeDictionary<DevifID, DevifState> = [:]
   /// The MMIO metadata table (MMIOMT): one entry per device MMIO host page it describes.
   public internal(set) var mmiomt: TreeDictionary<PFN, MMIOMTEntry> = [:]
   var nextTD = TDID(1)
@@ -49,18 +49,18 @@ public struct TDState: Hashable, Sendable {
   /// to advance while the previous epoch's counter is non-zero.
   public internal(set) var refcount: [UInt32] = [0, 0]
   /// Every vCPU, by index.
-  public internal(set) var vcpus: [VCPUState]
+  public internal(set) var vcpus: [TDVCPUState]
   /// Private GPA -> leaf entry. Absent means FREE.
   public internal(set) var sept: TreeDictionary<GPA, SEPTEntry> = [:]
   /// Set once the TD has hit a fatal error (a guest access to an unaccepted MMIO page):
   /// no vCPU runs again and every call on the TD fails `TDX_NON_RECOVERABLE_TD`.
   public internal(set) var isFatal = false
 
-  init(vcpuCount: UInt32) { vcpus = Array(repeating: VCPUState(), count: Int(vcpuCount)) }
+  init(vcpuCount: UInt32) { vcpus = Array(repeating: TDVCPUState(), count: Int(vcpuCount)) }
 }
 
 /// A vCPU's TLB-tracking state (`TDVPS.VCPU_EPOCH` and whether it is in TDX non-root mode).
-public struct VCPUState: Hashable, Sendable {
+public struct TDVCPUState: Hashable, Sendable {
   /// Between TDH.VP.ENTER and the TD exit that returns from it.
   public internal(set) var inGuest = false
   /// The TD epoch at the last TDH.VP.ENTER; counted in `refcount[enteredEpoch & 1]` while
@@ -78,11 +78,11 @@ public struct SEPTEntry: Hashable, Sendable {
 }
 
 /// A DEVIF: the module's view of one TDI assigned to one TD.
-public struct DeviceInterface: Hashable, Sendable {
+public struct DevifState: Hashable, Sendable {
   public let td: TDID
   public let interface: DeviceInterfaceID
   /// The TDI's TDISP state as last relayed (`observeTDISPState(devif:state:)`).
-  public internal(set) var tdispState: TDIState = .configUnlocked
+  public internal(set) var tdispState: DevifTDISPState = .configUnlocked
   /// The IDE stream carrying the TDI's traffic has been blocked (`ideStreamBlocked(devif:)`).
   public internal(set) var streamBlocked = false
   /// The MMIOMT ranges added for this DEVIF, first host page and page count.
@@ -100,20 +100,20 @@ public struct MMIOMTRange: Hashable, Sendable {
 /// One MMIOMT entry: a device MMIO host page, its owner and where it is mapped.
 public struct MMIOMTEntry: Hashable, Sendable {
   public let owner: DevifID
-  public internal(set) var attributes: MMIOAttributes
+  public internal(set) var attributes: MMIOMTAttributes
   /// The TD and GPA whose Secure-EPT entry maps the page (MMIO_PENDING, MMIO_MAPPED or
   /// MMIO_BLOCKED); `nil` while unmapped.
-  public internal(set) var mapping: MMIOMapping?
+  public internal(set) var mapping: MMIOMTMapping?
 }
 
 /// Where an MMIO page is mapped.
-public struct MMIOMapping: Hashable, Sendable {
+public struct MMIOMTMapping: Hashable, Sendable {
   public let td: TDID
   public let gpa: GPA
 }
 
 /// Which call a `BusyInjection` hits.
-public enum ABICall: Hashable, Sendable, CustomStringConvertible {
+public enum TDXCall: Hashable, Sendable, CustomStringConvertible {
   case seamcall(SeamcallLeaf)
   case tdcall(TdcallLeaf)
   public var description: String {
@@ -127,12 +127,12 @@ public enum ABICall: Hashable, Sendable, CustomStringConvertible {
 /// A forced `TDX_OPERAND_BUSY`, as another logical processor holding the operand's lock
 /// would cause.
 public struct BusyInjection: Hashable, Sendable {
-  public var call: ABICall
+  public var call: TDXCall
   /// Only calls on this TD (any TD when `nil`).
   public var td: TDID?
   /// The operand field of the returned status (e.g. `TDXOperand.sept`).
   public var operand: UInt32
-  public init(_ call: ABICall, td: TDID? = nil, operand: UInt32) {
+  public init(_ call: TDXCall, td: TDID? = nil, operand: UInt32) {
     self.call = call
     self.td = td
     self.operand = operand
@@ -141,7 +141,7 @@ public struct BusyInjection: Hashable, Sendable {
 
 extension TDXModule {
   /// Fails with the first busy injection that matches, consuming it.
-  mutating func consumeBusy(_ call: ABICall, td: TDID?) throws(TDXStatus) {
+  mutating func consumeBusy(_ call: TDXCall, td: TDID?) throws(TDXStatus) {
     guard !busyInjections.isEmpty else { return }
     guard let i = busyInjections.firstIndex(where: { $0.call == call && ($0.td == nil || $0.td == td) })
     else { return }
@@ -214,7 +214,7 @@ extension TDXModule {
   }
 
   /// Drops every MMIOMT entry a DEVIF added.
-  mutating func dropMMIOMT(of devif: DeviceInterface) {
+  mutating func dropMMIOMT(of devif: DevifState) {
     for range in devif.ranges {
       for i in 0..<range.count { mmiomt[range.first.advanced(by: i)] = nil }
     }

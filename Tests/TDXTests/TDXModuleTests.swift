@@ -58,13 +58,13 @@ import KernelCore
     var f = try Fixture()
     try f.map()
     #expect(f.module.septEntry(td: f.td, gpa: Fixture.gpa) == SEPTEntry(state: .mmioPending, level: .level4K, hpa: Fixture.bar))
-    #expect(f.module.mmiomt[Fixture.bar.pfn]?.mapping == MMIOMapping(td: f.td, gpa: Fixture.gpa))
+    #expect(f.module.mmiomt[Fixture.bar.pfn]?.mapping == MMIOMTMapping(td: f.td, gpa: Fixture.gpa))
     #expect(f.module.devifs[f.devif]?.mappedPages == 1)
     #expect(f.module.invariantViolations().isEmpty)
   }
 
-  @Test(arguments: [TDIState.configLocked, .run])
-  func mapAllowedWhileTDITrusted(_ s: TDIState) throws {
+  @Test(arguments: [DevifTDISPState.configLocked, .run])
+  func mapAllowedWhileTDITrusted(_ s: DevifTDISPState) throws {
     var f = try Fixture()
     try f.module.observeTDISPState(devif: f.devif, state: s)
     try f.map()
@@ -260,13 +260,13 @@ import KernelCore
   @Test(arguments: MTAddViolation.allCases)
   func mtAddPreconditionViolated(_ v: MTAddViolation) throws {
     var f = try Fixture()
-    var devif = f.devif, first = HPA(0xFB00_0000), count: UInt64 = 2, attrs: MMIOAttributes = []
+    var devif = f.devif, first = HPA(0xFB00_0000), count: UInt64 = 2, attrs: MMIOMTAttributes = []
     let expected: TDXStatus
     switch v {
     case .unknownDevif: devif = DevifID(50); expected = .operandInvalid.with(operand: TDXOperand.rdx)
     case .unaligned: first = HPA(0xFB00_0004); expected = .operandInvalid.with(operand: TDXOperand.rcx)
     case .zeroCount: count = 0; expected = .operandInvalid.with(operand: TDXOperand.r8)
-    case .reservedAttr: attrs = MMIOAttributes(rawValue: 1 << 9); expected = .operandInvalid.with(operand: TDXOperand.r9)
+    case .reservedAttr: attrs = MMIOMTAttributes(rawValue: 1 << 9); expected = .operandInvalid.with(operand: TDXOperand.r9)
     case .overlap: first = Fixture.bar.advanced(by: 3 * pageSize); expected = .operandInvalid.with(operand: TDXOperand.rcx)
     case .overlapOtherDevif:
       first = Fixture.otherBar.advanced(by: 0 &- pageSize); expected = .operandInvalid.with(operand: TDXOperand.rcx)
@@ -371,8 +371,8 @@ import KernelCore
     #expect(f.state == .mmioPending)
   }
 
-  @Test(arguments: [ABICall.seamcall(.mmioBlock), .seamcall(.mmioUnmap), .seamcall(.memTrack), .tdcall(.mmioAccept)])
-  func everyRetriedCallCanBeMadeBusy(_ call: ABICall) throws {
+  @Test(arguments: [TDXCall.seamcall(.mmioBlock), .seamcall(.mmioUnmap), .seamcall(.memTrack), .tdcall(.mmioAccept)])
+  func everyRetriedCallCanBeMadeBusy(_ call: TDXCall) throws {
     var f = try Fixture()
     try f.map()
     f.module.busyInjections = [BusyInjection(call, operand: TDXOperand.tdr)]

@@ -1,0 +1,87 @@
+import KernelCore
+
+/// TLB tracking: how the module knows that no logical processor can still hold a TLB entry
+/// for a blocked Secure-EPT mapping.
+///
+/// The rule, as the TDX module implements it with one epoch counter and two reference counts
+/// per TD:
+/// - `TDH.VP.ENTER` records the TD's current epoch `e` in the vCPU and increments
+///   `refcount[e & 1]`; the TD exit that ends it decrements the same counter.
+/// - `TDH.MEM.TRACK` fails `TDX_PREVIOUS_TLB_EPOCH_BUSY` while `refcount[(epoch - 1) & 1]` is
+///   non-zero (some vCPU still runs in the previous epoch); otherwise it increments the epoch.
+///   Because of that check, when the epoch becomes `e + 1` every vCPU counted in
+///   `refcount[e & 1]` entered in epoch `e` exactly.
+/// - `TDH.MMIO.BLOCK` (like `TDH.MEM.RANGE.BLOCK`) records `bepoch` = the current epoch. A
+///   vCPU that enters after that sees the entry blocked, and entering flushes its TLB.
+/// - The entry is *tracked* when every vCPU that entered in an epoch `<= bepoch` has left:
+///   the epoch is at least `bepoch + 2` (the second TRACK could only happen once
+///   `refcount[bepoch & 1]` drained), or the epoch is `bepoch + 1` and
+///   `refcount[bepoch & 1]` is zero. In epoch `bepoch` itself it is never tracked: a TRACK
+///   must come first. This is why KVM follows TRACK with an IPI that kicks every vCPU out.
+extension TDXModule {
+  /// Whether an entry blocked in epoch `bepoch` of `td` has been tracked to completion.
+  public func tlbTracked(td: TDID, bepoch: UInt64) -> Bool {
+    guard let state = tds[td] else { return false }
+    return TDXModule.tracked(state, bepoch: bepoch)
+  }
+
+  static func tracked(_ state: TDState, bepoch: UInt64) -> Bool {
+    if state.epoch >= bepoch &+ 2 { return true }
+    return state.epoch == bepoch &+ 1 && state.refcount[Int(bepoch & 1)] == 0
+  }
+
+  /// `TDH.MEM.TRACK` (leaf 38): starts a new TLB epoch for `td`.
+  ///
+  /// Mirrors `tdh_mem_track()` (`arch/x86/virt/vmx/tdx/tdx.c`), which KVM calls from
+  /// `tdx_track()` (`arch/x86/kvm/vmx/tdx.c`) and then kicks every vCPU
+  /// (`kvm_make_all_cpus_request(KVM_REQ_OUTSIDE_GUEST_MODE)`).
+  /// - Returns: no output registers.
+  /// - Throws: `TDX_OPERAND_BUSY` (injected); `TDX_OPERAND_INVALID` (RCX) for an unknown TD;
+  ///   `TDX_NON_RECOVERABLE_TD` for a fatal one; `TDX_PREVIOUS_TLB_EPOCH_BUSY` (operand
+  ///   TD_EPOCH) while a vCPU still runs in the previous epoch.
+  public mutating func tdhMemTrack(td: TDID) throws(TDXStatus) {
+    try traced("TDH.MEM.TRACK td \(td)") { (m: inout TDXModule) throws(TDXStatus) in
+      try m.consumeBusy(.seamcall(.memTrack), td: td)
+      let state = try m.liveTD(td, register: TDXOperand.rcx)
+      guard state.refcount[Int((state.epoch &- 1) & 1)] == 0 else {
+        throw TDXStatus.previousTLBEpochBusy.with(operand: TDXOperand.tdEpoch)
+      }
+      m.tds[td]?.epoch = state.epoch &+ 1
+    }
+  }
+
+  /// `TDH.VP.ENTER` (leaf 0): vCPU `vcpu` of `td` enters TDX non-root mode in the current epoch.
+  ///
+  /// Mirrors `tdh_vp_enter()` (`arch/x86/virt/vmx/tdx/tdx.c`) as called by
+  /// `tdx_vcpu_run()`; the vCPU stays in the guest until `tdExit(td:vcpu:)`.
+  /// - Throws: `TDX_OPERAND_BUSY` (operand TDVPS) when the vCPU already runs (its TDVPS is
+  ///   locked by the logical processor running it), or injected; `TDX_OPERAND_INVALID` (RCX)
+  ///   for an unknown TD or vCPU; `TDX_NON_RECOVERABLE_TD` for a fatal TD.
+  public mutating func tdhVPEnter(td: TDID, vcpu: UInt32) throws(TDXStatus) {
+    try traced("TDH.VP.ENTER td \(td) vcpu \(vcpu)") { (m: inout TDXModule) throws(TDXStatus) in
+      try m.consumeBusy(.seamcall(.vpEnter), td: td)
+      let state = try m.liveTD(td, register: TDXOperand.rcx)
+      let i = Int(vcpu)
+      guard i < state.vcpus.count else { throw TDXStatus.operandInvalid.with(operand: TDXOperand.rcx) }
+      guard !state.vcpus[i].inGuest else { throw TDXStatus.operandBusy.with(operand: TDXOperand.tdvps) }
+      m.tds[td]?.vcpus[i] = TDVCPUState(inGuest: true, enteredEpoch: state.epoch)
+      m.tds[td]?.refcount[Int(state.epoch & 1)] += 1
+    }
+  }
+
+  /// The TD exit that ends a `tdhVPEnter(td:vcpu:)`: for whatever reason the vCPU leaves
+  /// TDX non-root mode (an EPT violation, a TDCALL to the host, or the IPI that KVM sends
+  /// after TDH.MEM.TRACK), and stops counting in its entry epoch.
+  /// - Throws: `TDX_OPERAND_INVALID` (RCX) for an unknown TD or vCPU, or a vCPU not in the guest.
+  public mutating func tdExit(td: TDID, vcpu: UInt32) throws(TDXStatus) {
+    try traced("TD exit td \(td) vcpu \(vcpu)") { (m: inout TDXModule) throws(TDXStatus) in
+      guard let state = m.tds[td] else { throw TDXStatus.operandInvalid.with(operand: TDXOperand.rcx) }
+      let i = Int(vcpu)
+      guard i < state.vcpus.count, state.vcpus[i].inGuest else {
+        throw TDXStatus.operandInvalid.with(operand: TDXOperand.rcx)
+      }
+      m.tds[td]?.vcpus[i].inGuest = false
+      m.tds[td]?.refcount[Int(state.vcpus[i].enteredEpoch & 1)] -= 1
+    }
+  }
+}

@@ -1,0 +1,222 @@
+import KernelCore
+import HashTreeCollections
+
+/// The TDX module: every TD's control structures and Secure EPT, the DEVIFs and the MMIO
+/// metadata table, as one value.
+///
+/// The module is a black box behind its ABI: it knows nothing of KVM, VFIO or PCI. Its callers
+/// are the host VMM's TDX glue (SEAMCALLs), the guest (TDCALLs and memory accesses), and the
+/// platform, which relays what the module learns from TDISP responses and IDE events.
+///
+/// Every SEAMCALL validates all of its preconditions before it changes anything, so a call
+/// that returns an error leaves the module as it was (except for a consumed
+/// `busyInjections` entry, which belongs to the test harness, not the module).
+public struct TDXModule: Hashable, Sendable {
+  /// Every TD by handle (TDR + TDCS).
+  public internal(set) var tds: TreeDictionary<TDID, TDState> = [:]
+  /// Every live DEVIF by handle.
+  public internal(set) var devifs: TreeDictionary<DevifID, DevifState> = [:]
+  /// The MMIO metadata table (MMIOMT): one entry per device MMIO host page it describes.
+  public internal(set) var mmiomt: TreeDictionary<PFN, MMIOMTEntry> = [:]
+  var nextTD = TDID(1)
+  var nextDevif = DevifID(1)
+
+  /// Contention to inject: the next call of a matching leaf consumes the first matching entry
+  /// and fails `TDX_OPERAND_BUSY` with the entry's operand, before it looks at anything else
+  /// (the module takes its operand locks first). Empty in normal runs.
+  public var busyInjections: [BusyInjection] = []
+
+  /// What the module did, call by call. Excluded from equality.
+  public var trace: Trace
+
+  public init(trace: Trace = Trace()) { self.trace = trace }
+
+  /// The Secure-EPT leaf entry at `gpa` in `td`; `nil` for FREE (or no such TD).
+  public func septEntry(td: TDID, gpa: GPA) -> SEPTEntry? { tds[td]?.sept[gpa] }
+
+  /// The live DEVIF bound to `interface`, if any.
+  public func devif(for interface: DeviceInterfaceID) -> DevifID? {
+    devifs.first(where: { $0.value.interface == interface })?.key
+  }
+}
+
+/// A TD's control state: TDR/TDCS fields the model needs, its vCPUs, and its Secure EPT.
+public struct TDState: Hashable, Sendable {
+  /// The current TLB epoch (`TDCS.TD_EPOCH`); starts at 1, advanced by TDH.MEM.TRACK.
+  public internal(set) var epoch: UInt64 = 1
+  /// `TDCS.REFCOUNT[2]`: how many vCPUs are in TDX non-root mode having entered in an epoch
+  /// of even (index 0) or odd (index 1) parity. Two counters suffice because TRACK refuses
+  /// to advance while the previous epoch's counter is non-zero.
+  public internal(set) var refcount: [UInt32] = [0, 0]
+  /// Every vCPU, by index.
+  public internal(set) var vcpus: [TDVCPUState]
+  /// Private GPA -> leaf entry. Absent means FREE.
+  public internal(set) var sept: TreeDictionary<GPA, SEPTEntry> = [:]
+  /// Set once the TD has hit a fatal error (a guest access to an unaccepted MMIO page):
+  /// no vCPU runs again and every call on the TD fails `TDX_NON_RECOVERABLE_TD`.
+  public internal(set) var isFatal = false
+
+  init(vcpuCount: UInt32) { vcpus = Array(repeating: TDVCPUState(), count: Int(vcpuCount)) }
+}
+
+/// A vCPU's TLB-tracking state (`TDVPS.VCPU_EPOCH` and whether it is in TDX non-root mode).
+public struct TDVCPUState: Hashable, Sendable {
+  /// Between TDH.VP.ENTER and the TD exit that returns from it.
+  public internal(set) var inGuest = false
+  /// The TD epoch at the last TDH.VP.ENTER; counted in `refcount[enteredEpoch & 1]` while
+  /// `inGuest`.
+  public internal(set) var enteredEpoch: UInt64 = 0
+}
+
+/// One Secure-EPT leaf entry.
+public struct SEPTEntry: Hashable, Sendable {
+  public internal(set) var state: SEPTState
+  public internal(set) var level: SEPTLevel
+  public internal(set) var hpa: HPA
+  /// The TD epoch when the entry was blocked (meaningful in BLOCKED / MMIO_BLOCKED).
+  public internal(set) var bepoch: UInt64 = 0
+}
+
+/// A DEVIF: the module's view of one TDI assigned to one TD.
+public struct DevifState: Hashable, Sendable {
+  public let td: TDID
+  public let interface: DeviceInterfaceID
+  /// The TDI's TDISP state as last relayed (`observeTDISPState(devif:state:)`).
+  public internal(set) var tdispState: DevifTDISPState = .configUnlocked
+  /// The IDE stream carrying the TDI's traffic has been blocked (`ideStreamBlocked(devif:)`).
+  public internal(set) var streamBlocked = false
+  /// The MMIOMT ranges added for this DEVIF, first host page and page count.
+  public internal(set) var ranges: [MMIOMTRange] = []
+  /// How many of its pages are mapped in a Secure EPT right now.
+  public internal(set) var mappedPages: UInt64 = 0
+}
+
+/// A run of MMIOMT pages added by one TDH.MMIO.MT.ADD.
+public struct MMIOMTRange: Hashable, Sendable {
+  public let first: PFN
+  public let count: UInt64
+}
+
+/// One MMIOMT entry: a device MMIO host page, its owner and where it is mapped.
+public struct MMIOMTEntry: Hashable, Sendable {
+  public let owner: DevifID
+  public internal(set) var attributes: MMIOMTAttributes
+  /// The TD and GPA whose Secure-EPT entry maps the page (MMIO_PENDING, MMIO_MAPPED or
+  /// MMIO_BLOCKED); `nil` while unmapped.
+  public internal(set) var mapping: MMIOMTMapping?
+}
+
+/// Where an MMIO page is mapped.
+public struct MMIOMTMapping: Hashable, Sendable {
+  public let td: TDID
+  public let gpa: GPA
+}
+
+/// Which call a `BusyInjection` hits.
+public enum TDXCall: Hashable, Sendable, CustomStringConvertible {
+  case seamcall(SeamcallLeaf)
+  case tdcall(TdcallLeaf)
+  public var description: String {
+    switch self {
+    case .seamcall(let l): l.description
+    case .tdcall(let l): l.description
+    }
+  }
+}
+
+/// A forced `TDX_OPERAND_BUSY`, as another logical processor holding the operand's lock
+/// would cause.
+public struct BusyInjection: Hashable, Sendable {
+  public var call: TDXCall
+  /// Only calls on this TD (any TD when `nil`).
+  public var td: TDID?
+  /// The operand field of the returned status (e.g. `TDXOperand.sept`).
+  public var operand: UInt32
+  public init(_ call: TDXCall, td: TDID? = nil, operand: UInt32) {
+    self.call = call
+    self.td = td
+    self.operand = operand
+  }
+}
+
+extension TDXModule {
+  /// Fails with the first busy injection that matches, consuming it.
+  mutating func consumeBusy(_ call: TDXCall, td: TDID?) throws(TDXStatus) {
+    guard !busyInjections.isEmpty else { return }
+    guard let i = busyInjections.firstIndex(where: { $0.call == call && ($0.td == nil || $0.td == td) })
+    else { return }
+    let injected = busyInjections.remove(at: i)
+    trace.emit(.tdx, "\(call) -> TDX_OPERAND_BUSY (injected)")
+    throw TDXStatus.operandBusy.with(operand: injected.operand)
+  }
+
+  /// The TD `td`, which must exist and be alive.
+  func liveTD(_ td: TDID, register: UInt32) throws(TDXStatus) -> TDState {
+    guard let state = tds[td] else { throw TDXStatus.operandInvalid.with(operand: register) }
+    guard !state.isFatal else { throw TDXStatus.nonRecoverableTD.with(operand: TDXOperand.tdr) }
+    return state
+  }
+
+  /// Records a call's outcome in the trace and passes a failure on.
+  mutating func traced<T>(_ what: @autoclosure () -> String,
+                          _ body: (inout TDXModule) throws(TDXStatus) -> T) throws(TDXStatus) -> T {
+    do {
+      let result = try body(&self)
+      trace.emit(.tdx, "\(what()) -> TDX_SUCCESS")
+      return result
+    } catch {
+      trace.emit(.tdx, "\(what()) -> \(error)")
+      throw error
+    }
+  }
+
+  // MARK: TD creation and teardown
+
+  /// Creates a TD with `vcpuCount` vCPUs, ready to run.
+  ///
+  /// Mirrors, as one step, the build sequence KVM's `tdx_td_init()` / `tdx_vcpu_init()`
+  /// (`arch/x86/kvm/vmx/tdx.c`) drives: TDH.MNG.CREATE, TDH.MNG.KEY.CONFIG, TDH.MNG.ADDCX,
+  /// TDH.MNG.INIT, TDH.VP.CREATE/INIT per vCPU, TDH.MR.FINALIZE. Private-MMIO behaviour does
+  /// not depend on the steps in between.
+  /// - Throws: `TDX_OPERAND_INVALID` (operand RCX) for zero vCPUs.
+  public mutating func tdhMngCreate(vcpuCount: UInt32) throws(TDXStatus) -> TDID {
+    try traced("TDH.MNG.CREATE vcpus \(vcpuCount)") { (m: inout TDXModule) throws(TDXStatus) -> TDID in
+      try m.consumeBusy(.seamcall(.mngCreate), td: nil)
+      guard vcpuCount > 0 else { throw TDXStatus.operandInvalid.with(operand: TDXOperand.rcx) }
+      let id = m.nextTD
+      m.nextTD = id.next
+      m.tds[id] = TDState(vcpuCount: vcpuCount)
+      return id
+    }
+  }
+
+  /// Tears a TD down and reclaims everything it held: its Secure EPT, the MMIOMT mappings
+  /// into it, and its DEVIFs with their MMIOMT entries.
+  ///
+  /// Mirrors, as one step, KVM's VM destruction (`tdx_mmu_release_hkid()`,
+  /// `tdx_vm_free()`): TDH.VP.FLUSH, TDH.MNG.VPFLUSHDONE, TDH.MNG.KEY.FREEID and
+  /// TDH.PHYMEM.PAGE.RECLAIM of every page. Works on a fatal TD: that is how one is cleaned up.
+  /// - Throws: `TDX_OPERAND_INVALID` (operand RCX) for an unknown TD.
+  public mutating func tdTeardown(td: TDID) throws(TDXStatus) {
+    try traced("teardown td \(td)") { (m: inout TDXModule) throws(TDXStatus) in
+      guard m.tds[td] != nil else { throw TDXStatus.operandInvalid.with(operand: TDXOperand.rcx) }
+      for (id, devif) in m.devifs where devif.td == td {
+        m.dropMMIOMT(of: devif)
+        m.devifs[id] = nil
+      }
+      // Pages of other TDs' DEVIFs cannot be mapped here (MAP checks the owner), but clear any
+      // mapping into this TD defensively so the table never points at a dead TD.
+      for (pfn, entry) in m.mmiomt where entry.mapping?.td == td {
+        m.mmiomt[pfn]?.mapping = nil
+      }
+      m.tds[td] = nil
+    }
+  }
+
+  /// Drops every MMIOMT entry a DEVIF added.
+  mutating func dropMMIOMT(of devif: DevifState) {
+    for range in devif.ranges {
+      for i in 0..<range.count { mmiomt[range.first.advanced(by: i)] = nil }
+    }
+  }
+}

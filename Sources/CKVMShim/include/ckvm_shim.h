@@ -26,13 +26,6 @@ struct kvm_userspace_memory_region2 {
 	__u64 pad2[14];
 };
 #define KVM_SET_USER_MEMORY_REGION2 _IOW(KVMIO, 0x49, struct kvm_userspace_memory_region2)
-
-/*
- * Loads and stores through a shared mapping that another thread, or the guest, may change under
- * us: volatile so the compiler neither caches nor drops them.
- */
-static inline uint32_t ckvm_load32(const void *p) { return *(const volatile uint32_t *)p; }
-static inline void ckvm_store32(void *p, uint32_t v) { *(volatile uint32_t *)p = v; }
 #endif
 
 #ifndef KVM_CREATE_GUEST_MEMFD
@@ -42,84 +35,28 @@ struct kvm_create_guest_memfd {
 	__u64 reserved[6];
 };
 #define KVM_CREATE_GUEST_MEMFD _IOWR(KVMIO, 0xd4, struct kvm_create_guest_memfd)
-
-/*
- * Loads and stores through a shared mapping that another thread, or the guest, may change under
- * us: volatile so the compiler neither caches nor drops them.
- */
-static inline uint32_t ckvm_load32(const void *p) { return *(const volatile uint32_t *)p; }
-static inline void ckvm_store32(void *p, uint32_t v) { *(volatile uint32_t *)p = v; }
 #endif
 
 #ifndef KVM_MEM_GUEST_MEMFD
 #define KVM_MEM_GUEST_MEMFD (1UL << 2)
-
-/*
- * Loads and stores through a shared mapping that another thread, or the guest, may change under
- * us: volatile so the compiler neither caches nor drops them.
- */
-static inline uint32_t ckvm_load32(const void *p) { return *(const volatile uint32_t *)p; }
-static inline void ckvm_store32(void *p, uint32_t v) { *(volatile uint32_t *)p = v; }
 #endif
 #ifndef GUEST_MEMFD_FLAG_MMAP
 #define GUEST_MEMFD_FLAG_MMAP (1ULL << 0)
-
-/*
- * Loads and stores through a shared mapping that another thread, or the guest, may change under
- * us: volatile so the compiler neither caches nor drops them.
- */
-static inline uint32_t ckvm_load32(const void *p) { return *(const volatile uint32_t *)p; }
-static inline void ckvm_store32(void *p, uint32_t v) { *(volatile uint32_t *)p = v; }
 #endif
 #ifndef GUEST_MEMFD_FLAG_INIT_SHARED
 #define GUEST_MEMFD_FLAG_INIT_SHARED (1ULL << 1)
-
-/*
- * Loads and stores through a shared mapping that another thread, or the guest, may change under
- * us: volatile so the compiler neither caches nor drops them.
- */
-static inline uint32_t ckvm_load32(const void *p) { return *(const volatile uint32_t *)p; }
-static inline void ckvm_store32(void *p, uint32_t v) { *(volatile uint32_t *)p = v; }
 #endif
 #ifndef KVM_CAP_USER_MEMORY2
 #define KVM_CAP_USER_MEMORY2 231
-
-/*
- * Loads and stores through a shared mapping that another thread, or the guest, may change under
- * us: volatile so the compiler neither caches nor drops them.
- */
-static inline uint32_t ckvm_load32(const void *p) { return *(const volatile uint32_t *)p; }
-static inline void ckvm_store32(void *p, uint32_t v) { *(volatile uint32_t *)p = v; }
 #endif
 #ifndef KVM_CAP_GUEST_MEMFD
 #define KVM_CAP_GUEST_MEMFD 234
-
-/*
- * Loads and stores through a shared mapping that another thread, or the guest, may change under
- * us: volatile so the compiler neither caches nor drops them.
- */
-static inline uint32_t ckvm_load32(const void *p) { return *(const volatile uint32_t *)p; }
-static inline void ckvm_store32(void *p, uint32_t v) { *(volatile uint32_t *)p = v; }
 #endif
 #ifndef KVM_CAP_VM_TYPES
 #define KVM_CAP_VM_TYPES 235
-
-/*
- * Loads and stores through a shared mapping that another thread, or the guest, may change under
- * us: volatile so the compiler neither caches nor drops them.
- */
-static inline uint32_t ckvm_load32(const void *p) { return *(const volatile uint32_t *)p; }
-static inline void ckvm_store32(void *p, uint32_t v) { *(volatile uint32_t *)p = v; }
 #endif
 #ifndef KVM_CAP_GUEST_MEMFD_FLAGS
 #define KVM_CAP_GUEST_MEMFD_FLAGS 244
-
-/*
- * Loads and stores through a shared mapping that another thread, or the guest, may change under
- * us: volatile so the compiler neither caches nor drops them.
- */
-static inline uint32_t ckvm_load32(const void *p) { return *(const volatile uint32_t *)p; }
-static inline void ckvm_store32(void *p, uint32_t v) { *(volatile uint32_t *)p = v; }
 #endif
 
 /* Request numbers, as values Swift can see. */
@@ -154,7 +91,6 @@ static inline struct kvm_run *ckvm_run_ptr(void *p) { return (struct kvm_run *)p
 static inline uint8_t *ckvm_run_io_data(struct kvm_run *run) {
 	return (uint8_t *)run + run->io.data_offset;
 }
-
 /*
  * Loads and stores through a shared mapping that another thread, or the guest, may change under
  * us: volatile so the compiler neither caches nor drops them.

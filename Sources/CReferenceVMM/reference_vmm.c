@@ -40,6 +40,7 @@ const uint8_t rvmm_guest_code[] = {
 	0xF4,             /* 32: hlt */
 };
 const uint64_t rvmm_guest_code_size = sizeof(rvmm_guest_code);
+const uint8_t *rvmm_guest_code_bytes(void) { return rvmm_guest_code; }
 
 enum mode { MODE_TRAPPED, MODE_MAPPED };
 

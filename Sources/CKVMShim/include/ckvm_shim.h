@@ -86,6 +86,10 @@ static const uint64_t ckvm_GUEST_MEMFD_FLAG_INIT_SHARED = GUEST_MEMFD_FLAG_INIT_
 int ckvm_ioctl_ptr(int fd, unsigned long request, void *arg);
 int ckvm_ioctl_val(int fd, unsigned long request, unsigned long arg);
 
+/* memfd_create(name, MFD_CLOEXEC): the declaration needs _GNU_SOURCE, which Swift does not set.
+ * Returns the fd, or -errno. */
+int ckvm_memfd_create(const char *name);
+
 /* The kvm_run exit payloads HostKVM decodes; accessors keep Swift off the anonymous unions. */
 static inline struct kvm_run *ckvm_run_ptr(void *p) { return (struct kvm_run *)p; }
 static inline uint8_t *ckvm_run_io_data(struct kvm_run *run) {

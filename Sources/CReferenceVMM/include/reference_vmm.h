@@ -48,6 +48,8 @@ struct rvmm_result {
 /* The guest's code, loaded at RVMM_CODE_GPA; HostKVM loads the same bytes. */
 extern const uint8_t rvmm_guest_code[];
 extern const uint64_t rvmm_guest_code_size;
+/* The same bytes for Swift, which cannot import an array of unknown size. */
+const uint8_t *rvmm_guest_code_bytes(void);
 
 /* Runs the trapped, lazily mapped and (if asked) revoke runs; fills *out. Returns out->status. */
 int rvmm_run(const struct rvmm_config *config, struct rvmm_result *out);

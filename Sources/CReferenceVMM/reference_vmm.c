@@ -280,7 +280,7 @@ int rvmm_run(const struct rvmm_config *c, struct rvmm_result *out) {
 		}
 	}
 	vm_close(&v);
-	if (r) return r;
+	if (r || c->trapped_only) return r;
 
 	if ((r = vm_open(&v, c, out, n)) == 0) {
 		out->guest_memfd = v.guest_memfd;

@@ -92,7 +92,10 @@ final class Counter: Sendable {
 }
 
 
-@Suite("real /dev/kvm", .enabled(if: kvmUsable, "needs a usable /dev/kvm (absent or not openable here)"))
+// Serialized: the fd-count test must not see fds other tests open meanwhile.
+@Suite(
+  "real /dev/kvm", .serialized,
+  .enabled(if: kvmUsable, "needs a usable /dev/kvm (absent or not openable here)"))
 struct RealKVMTests {
   static let iterations: UInt64 = 50
 

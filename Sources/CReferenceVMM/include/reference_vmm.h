@@ -28,6 +28,7 @@ struct rvmm_config {
 	uint64_t iterations;   /* guest loop iterations per run; each does one read and one write */
 	uint64_t revoke_after; /* iterations of the revoke run before it revokes; 0 skips that run */
 	int allow_guest_memfd; /* back the BAR with guest_memfd where the host supports it */
+	int trapped_only;      /* run only the trapped run */
 };
 
 struct rvmm_result {

@@ -47,8 +47,10 @@ final class BARSlots: Sendable {
   }
 
   func region(slot: UInt32, gpa: GPA, size: UInt64, fileOffset: UInt64) -> UserMemoryRegion {
-    // A guest_memfd slot still needs a valid userspace_addr (the host checks it even for a
-    // guest_memfd-only slot), so both kinds pass the host mapping.
+    // The build machines' KVM refuses a guest_memfd slot whose userspace_addr is 0 (EINVAL), and
+    // for the default VM type it still faults the slot through userspace_addr rather than the
+    // guest_memfd (a decoy mapping there receives the guest's writes). Both kinds therefore pass
+    // the mapping of the same file, so either way the guest reaches the device memory.
     UserMemoryRegion(
       slot: slot, flags: memory.kind == .guestMemfd ? .guestMemfd : [], guestPhysAddr: gpa,
       memorySize: size, userspaceAddr: memory.hostAddress + fileOffset,

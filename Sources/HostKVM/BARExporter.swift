@@ -1,0 +1,71 @@
+import KernelCore
+import Synchronization
+
+/// What an importer may ask of the owner of a BAR range, as KVM asks a dma-buf exporter in the
+/// private-MMIO series: `dma_buf_get_pfn_unlocked()` (patch 1) for the page behind an offset, and
+/// `move_notify` (`dma_buf_attach_ops`) when the exporter revokes the buffer.
+///
+/// PFNs name pages of the back end's device memory (for `LazyBARVM`: page N of its backing file).
+/// The platform model's VFIO dma-buf will be wired behind this protocol, so it stays this small.
+public protocol BARExporter: Sendable {
+  /// The exported size in bytes; a multiple of 4 KiB.
+  var size: UInt64 { get }
+
+  /// The PFN behind page `pageIndex` of the buffer (`vfio_pci_dma_buf_get_pfn()`, patch 5).
+  ///
+  /// - Returns: `ENODEV` once the buffer is revoked; `EINVAL` at or past the end.
+  /// - Complexity: O(1); called by a vCPU thread on its fault path without the importer's lock.
+  func lookup(pageIndex: PageIndex) -> Result<PFN, Errno>
+
+  /// Registers the importer's `move_notify`. The exporter calls it on the revoking thread, with
+  /// its own lock held, after later `lookup`s already fail; it must return only once the importer
+  /// no longer maps the buffer (KVM: the slot's SPTEs are zapped and flushed).
+  func attach(moveNotify: @escaping @Sendable () -> Void)
+}
+
+/// A thread-safe exporter over a fixed run of PFNs, revocable as an FLR or decode-off would revoke
+/// a VFIO dma-buf. For tests, and for `pmmio kvm`.
+public final class InMemoryBARExporter: BARExporter {
+  struct State {
+    var revoked = false
+    var notifiers: [@Sendable () -> Void] = []
+  }
+
+  public let size: UInt64
+  /// The PFN of page 0; page N is `firstPFN + N`.
+  public let firstPFN: PFN
+  let state = Mutex(State())
+
+  /// - Precondition-free: a size that is zero or not page aligned is `EINVAL`, as VFIO refuses it.
+  public init(size: UInt64, firstPFN: PFN = PFN(0)) throws(Errno) {
+    guard size > 0, size.isPageAligned else { throw .EINVAL }
+    guard (try? firstPFN.adding(size.pages)) != nil else { throw .EOVERFLOW }
+    self.size = size
+    self.firstPFN = firstPFN
+  }
+
+  public func lookup(pageIndex: PageIndex) -> Result<PFN, Errno> {
+    let revoked = state.withLock { $0.revoked }
+    if revoked { return .failure(.ENODEV) }
+    guard pageIndex.rawValue < size.pages else { return .failure(.EINVAL) }
+    return .success(firstPFN.advanced(by: pageIndex.rawValue))
+  }
+
+  public func attach(moveNotify: @escaping @Sendable () -> Void) {
+    state.withLock { $0.notifiers.append(moveNotify) }
+  }
+
+  /// Whether `revoke()` has run.
+  public var isRevoked: Bool { state.withLock { $0.revoked } }
+
+  /// Revokes the buffer: later lookups fail `ENODEV`, and every importer's `move_notify` has
+  /// returned before this does (`vfio_pci_dma_buf_move()` under the reservation lock).
+  /// Revoking twice is a no-op, as the kernel skips buffers already revoked.
+  public func revoke() {
+    state.withLock { state in
+      guard !state.revoked else { return }
+      state.revoked = true
+      for notify in state.notifiers { notify() }
+    }
+  }
+}

@@ -1,0 +1,125 @@
+import ArgumentParser
+import Foundation
+import HostKVM
+import KernelCore
+
+/// `pmmio kvm`: the real /dev/kvm back end, measured side by side with the C reference VMM.
+struct KVMCommand: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "kvm",
+    abstract: "Run a real guest against a lazily mapped BAR on /dev/kvm; compare Swift with C.",
+    discussion: """
+      The guest reads and writes a BAR at a fixed GPA in a loop. Trapped: every access exits to \
+      user space. Mapped: the first access exits, the back end asks the exporter for the range \
+      and installs a memslot, later accesses run without exits. With --revoke-after N a second \
+      thread revokes the buffer after N iterations; later reads return all-ones.
+      Exit status: 0 when the runs behaved (one exit mapped, no stale read after revoke), \
+      1 when they did not, 2 when /dev/kvm is absent or unusable or on bad usage.
+      """)
+
+  @Option(help: "Guest loop iterations per run (each is one BAR read and one BAR write).")
+  var iterations: UInt64 = 20_000
+
+  @Flag(help: "Only the trapped run: never map, complete every access in user space.")
+  var trapped = false
+
+  @Option(name: .customLong("revoke-after"), help: "Revoke the buffer after N iterations of a mapped run (0: no revoke run).")
+  var revokeAfter: UInt64 = 1_000
+
+  @Flag(name: .customLong("guest-memfd"), help: "Back the BAR slot with guest_memfd where the host offers it.")
+  var guestMemfd = false
+
+  @Flag(help: "Print one JSON document: {\"swift\": {...}, \"c\": {...}}.")
+  var json = false
+
+  func validate() throws {
+    guard iterations > 0, iterations <= UInt64(UInt32.max) else {
+      throw ValidationError("--iterations must be between 1 and \(UInt32.max)")
+    }
+  }
+
+  func run() throws {
+    // A one-line answer, not a stack of errors, where this machine cannot run guests.
+    do throws(Errno) {
+      _ = try KVMSystem().createVM()
+    } catch {
+      print("pmmio kvm: /dev/kvm is absent or unusable here (\(error.name))")
+      throw ExitCode(2)
+    }
+    let result: KVMComparison
+    do throws(Errno) {
+      result = try KVMComparison.measure(
+        iterations: iterations, revokeAfter: revokeAfter, preferGuestMemfd: guestMemfd,
+        trappedOnly: trapped)
+    } catch {
+      print("pmmio kvm: a run failed: \(error.name)")
+      throw ExitCode(1)
+    }
+    if json {
+      let encoder = JSONEncoder()
+      encoder.outputFormatting = [.sortedKeys]
+      let data = try encoder.encode(result)
+      print(String(decoding: data, as: UTF8.self))
+    } else {
+      printText(result)
+    }
+    if !Self.behaved(result.swift, trapped: trapped, iterations: iterations)
+      || !Self.behaved(result.c, trapped: trapped, iterations: iterations)
+    {
+      throw ExitCode(1)
+    }
+  }
+
+  static func behaved(_ f: KVMFigures, trapped: Bool, iterations: UInt64) -> Bool {
+    guard f.trappedExits == 2 * iterations else { return false }
+    if !trapped, f.mappedExits != 1 { return false }
+    if let stale = f.revokeStaleReads, stale != 0 { return false }
+    if let untouched = f.revokeBackingUntouched, !untouched { return false }
+    return true
+  }
+
+  func printText(_ r: KVMComparison) {
+    func num(_ v: Double?, _ digits: Int = 1) -> String {
+      guard let v else { return "-" }
+      return String(format: "%.\(digits)f", v)
+    }
+    func int(_ v: UInt64?) -> String { v.map(String.init) ?? "-" }
+    func ratio(_ a: Double?, _ b: Double?) -> String {
+      guard let a, let b, b > 0 else { return "-" }
+      return String(format: "%.2fx", a / b)
+    }
+    func row(_ name: String, _ s: String, _ c: String, _ sc: String) {
+      print(name.padding(toLength: 28, withPad: " ", startingAt: 0)
+        + s.leftPadded(12) + c.leftPadded(12) + sc.leftPadded(10))
+    }
+    let backing = r.swift.backing == BARBackingKind.guestMemfd.rawValue
+      ? "guest_memfd" : r.swift.backing == "none" ? "none (trapped only)" : "memfd mapping"
+    print("pmmio kvm: \(iterations) iterations x 2 BAR accesses per run; BAR slot backing: \(backing)")
+    row("", "swift", "c", "swift/c")
+    row("trapped ns/access", num(r.swift.trappedNsPerAccess), num(r.c.trappedNsPerAccess),
+      ratio(r.swift.trappedNsPerAccess, r.c.trappedNsPerAccess))
+    row("trapped MMIO exits", int(r.swift.trappedExits), int(r.c.trappedExits), "")
+    if !trapped {
+      row("mapped ns/access", num(r.swift.mappedNsPerAccess), num(r.c.mappedNsPerAccess),
+        ratio(r.swift.mappedNsPerAccess, r.c.mappedNsPerAccess))
+      row("mapped MMIO exits", int(r.swift.mappedExits), int(r.c.mappedExits), "")
+      row("trapped/mapped", num(r.swift.trappedOverMapped, 2), num(r.c.trappedOverMapped, 2), "")
+      row("first (lazy) fault us", num(r.swift.firstFaultMicroseconds), num(r.c.firstFaultMicroseconds),
+        ratio(r.swift.firstFaultMicroseconds, r.c.firstFaultMicroseconds))
+    }
+    if r.swift.revokeMicroseconds != nil {
+      row("revoke us", num(r.swift.revokeMicroseconds), num(r.c.revokeMicroseconds),
+        ratio(r.swift.revokeMicroseconds, r.c.revokeMicroseconds))
+      row("all-ones reads after revoke", int(r.swift.revokeAllOnesReads), int(r.c.revokeAllOnesReads), "")
+      row("stale reads after revoke", int(r.swift.revokeStaleReads), int(r.c.revokeStaleReads), "")
+      row("backing untouched", r.swift.revokeBackingUntouched == true ? "yes" : "NO",
+        r.c.revokeBackingUntouched == true ? "yes" : "NO", "")
+    }
+  }
+}
+
+extension String {
+  fileprivate func leftPadded(_ width: Int) -> String {
+    count >= width ? self : String(repeating: " ", count: width - count) + self
+  }
+}

@@ -1,0 +1,196 @@
+import CKVMShim
+import CReferenceVMM
+import Foundation
+import Synchronization
+import KernelCore
+import Testing
+
+@testable import HostKVM
+
+/// Tests that run a real guest need a usable /dev/kvm; elsewhere they are skipped with this
+/// condition's comment as the reason.
+let kvmUsable: Bool = (try? KVMSystem().createVM()) != nil
+
+@Suite("uAPI values the shim re-exports")
+struct ShimTests {
+  @Test("request numbers are the upstream _IOW/_IOWR encodings")
+  func requestNumbers() {
+    // _IOC(dir, 0xAE, nr, size) = dir << 30 | size << 16 | 0xAE << 8 | nr
+    #expect(ckvm_KVM_SET_USER_MEMORY_REGION2 == 0x40A0_AE49)
+    #expect(ckvm_KVM_CREATE_GUEST_MEMFD == 0xC040_AED4)
+    #expect(ckvm_KVM_SET_USER_MEMORY_REGION == 0x4020_AE46)
+    #expect(ckvm_KVM_RUN == 0xAE80)
+    #expect(ckvm_KVM_CREATE_VM == 0xAE01)
+  }
+
+  @Test("struct layouts match the upstream uAPI")
+  func layouts() {
+    #expect(MemoryLayout<kvm_userspace_memory_region2>.size == 160)
+    #expect(MemoryLayout<kvm_userspace_memory_region2>.offset(of: \.guest_memfd) == 40)
+    #expect(MemoryLayout<kvm_create_guest_memfd>.size == 64)
+  }
+
+  @Test(
+    "capabilities carry their KVM_CAP_ numbers",
+    arguments: [
+      (KVMCapability.userMemory, Int32(3)), (.nrMemslots, 10), (.readonlyMem, 81),
+      (.userMemory2, 231), (.guestMemfd, 234), (.vmTypes, 235), (.guestMemfdFlags, 244),
+    ])
+  func capabilities(cap: KVMCapability, raw: Int32) {
+    #expect(cap.rawValue == raw)
+    #expect(cap.description.hasPrefix("KVM_CAP_"))
+  }
+
+  @Test("memslot flags have their KVM_MEM_ bit values")
+  func memoryFlags() {
+    #expect(MemoryRegionFlags.logDirtyPages.rawValue == 1)
+    #expect(MemoryRegionFlags.readonly.rawValue == 2)
+    #expect(MemoryRegionFlags.guestMemfd.rawValue == 4)
+  }
+
+  @Test("Swift and C run the same guest bytes")
+  func sameGuest() {
+    let c = Array(UnsafeBufferPointer(start: rvmm_guest_code_bytes(), count: Int(rvmm_guest_code_size)))
+    #expect(c == GuestProgram.code)
+  }
+}
+
+@Suite("InMemoryBARExporter")
+struct ExporterTests {
+  @Test("a size that is zero or not page aligned is refused", arguments: [UInt64(0), 1, 0x1001])
+  func badSize(size: UInt64) {
+    #expect(throws: Errno.EINVAL) { try InMemoryBARExporter(size: size) }
+  }
+
+  @Test("lookup: PFN of each page, EINVAL at or past the end", arguments: [
+    (UInt64(0), Result<PFN, Errno>.success(PFN(0x100))), (3, .success(PFN(0x103))),
+    (4, .failure(.EINVAL)), (.max, .failure(.EINVAL)),
+  ])
+  func lookup(page: UInt64, expected: Result<PFN, Errno>) throws {
+    let e = try InMemoryBARExporter(size: 0x4000, firstPFN: PFN(0x100))
+    #expect(e.lookup(pageIndex: PageIndex(page)) == expected)
+  }
+
+  @Test("revoke: later lookups ENODEV, move_notify runs once per importer even if revoked twice")
+  func revoke() throws {
+    let e = try InMemoryBARExporter(size: 0x4000)
+    let calls = Counter()
+    e.attach { calls.bump() }
+    e.attach { calls.bump() }
+    e.revoke()
+    e.revoke()
+    #expect(e.isRevoked)
+    #expect(calls.value == 2)
+    #expect(e.lookup(pageIndex: PageIndex(0)) == .failure(.ENODEV))
+  }
+}
+
+final class Counter: Sendable {
+  let state = Mutex(0)
+  func bump() { state.withLock { $0 += 1 } }
+  var value: Int { state.withLock { $0 } }
+}
+
+
+// Serialized: the fd-count test must not see fds other tests open meanwhile.
+@Suite(
+  "real /dev/kvm", .serialized,
+  .enabled(if: kvmUsable, "needs a usable /dev/kvm (absent or not openable here)"))
+struct RealKVMTests {
+  static let iterations: UInt64 = 50
+
+  @Test("KVM_GET_API_VERSION is 12")
+  func apiVersion() throws {
+    #expect(try KVMSystem().apiVersion() == 12)
+  }
+
+  @Test("lazily mapped: exactly one MMIO exit, the first access; every read sees the register")
+  func mappedOneExit() throws {
+    let vm = try LazyBARVM(system: KVMSystem(), exporter: InMemoryBARExporter(size: GuestProgram.barSize),
+      mode: .lazyMapped, iterations: Self.iterations)
+    let r = try vm.run()
+    #expect(r.mmioExits == 1)
+    #expect(r.firstFaultNanoseconds != nil)
+    #expect(r.allOnesReads == 0)
+    #expect(r.sentinelReads == 0)
+    // The guest's last write (iterations left = 1) went to the device memory through the slot.
+    #expect(vm.deviceMemory.load32(offset: GuestProgram.countdownOffset) == 1)
+  }
+
+  @Test("trapped: one MMIO exit per access, two per iteration, completed in user space")
+  func trappedEveryAccess() throws {
+    let vm = try LazyBARVM(system: KVMSystem(), exporter: InMemoryBARExporter(size: GuestProgram.barSize),
+      mode: .trapped, iterations: Self.iterations)
+    let r = try vm.run()
+    #expect(r.mmioExits == 2 * Self.iterations)
+    #expect(r.firstFaultNanoseconds == nil)
+    #expect(r.allOnesReads == 0)
+    #expect(vm.deviceMemory.load32(offset: GuestProgram.countdownOffset) == 1)
+  }
+
+  @Test("revoked before the first access: every read is all-ones, nothing is mapped or written")
+  func revokedBeforeStart() throws {
+    let exporter = try InMemoryBARExporter(size: GuestProgram.barSize)
+    let vm = try LazyBARVM(system: KVMSystem(), exporter: exporter, mode: .lazyMapped, iterations: 1000)
+    exporter.revoke()
+    let r = try vm.run()
+    #expect(r.allOnesReads == GuestProgram.allOnesToStop)
+    #expect(r.mmioExits == 2 * UInt64(GuestProgram.allOnesToStop))
+    #expect(r.firstFaultNanoseconds == nil)
+    #expect(vm.deviceMemory.load32(offset: GuestProgram.countdownOffset) == 0)
+  }
+
+  @Test("revoke under a running vCPU: later reads all-ones, never stale, no write reaches the backing")
+  func revokeUnderRunningVCPU() throws {
+    let r = try RevokeRun.run(system: KVMSystem(), revokeAfter: 20)
+    #expect(r.guest.allOnesReads == GuestProgram.allOnesToStop)
+    #expect(r.guest.sentinelReads == 0)
+    #expect(r.backingUntouched)
+    // One exit for the lazy fault, then a read and a write exit for each of the 16 iterations
+    // after revoke; one more write exit when the revoke lands between an iteration's read (still
+    // mapped) and its write.
+    let afterRevoke = 1 + 2 * UInt64(GuestProgram.allOnesToStop)
+    #expect((afterRevoke...afterRevoke + 1).contains(r.guest.mmioExits))
+  }
+
+  @Test("a thousand VMs opened and closed leave the process's fd count where it was")
+  func thousandVMs() throws {
+    func fdCount() throws -> Int { try FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count }
+    let system = try KVMSystem()
+    let before = try fdCount()
+    for _ in 0..<1000 {
+      let vm = try system.createVM()
+      _ = try vm.createVCPU()
+    }
+    #expect(try fdCount() == before)
+  }
+
+  @Test(
+    "KVM_SET_USER_MEMORY_REGION2 refuses what kvm_set_memory_region() refuses",
+    arguments: [
+      ("unaligned GPA", UserMemoryRegion(slot: 1, guestPhysAddr: GPA(0x10_0800), memorySize: 0x1000, userspaceAddr: 0), Errno.EINVAL),
+      ("unaligned size", UserMemoryRegion(slot: 1, guestPhysAddr: GPA(0x10_0000), memorySize: 0x800, userspaceAddr: 0), .EINVAL),
+      ("unknown flag", UserMemoryRegion(slot: 1, flags: MemoryRegionFlags(rawValue: 1 << 20), guestPhysAddr: GPA(0x10_0000), memorySize: 0x1000, userspaceAddr: 0), .EINVAL),
+      ("overlap with slot 0", UserMemoryRegion(slot: 1, guestPhysAddr: GPA(0), memorySize: 0x1000, userspaceAddr: 0), .EEXIST),
+    ])
+  func memslotErrors(name: String, region: UserMemoryRegion, expected: Errno) throws {
+    let vm = try KVMSystem().createVM()
+    let ram = UnsafeMutableRawPointer.allocate(byteCount: 0x2000, alignment: 0x1000)
+    defer { ram.deallocate() }
+    let addr = UInt64(UInt(bitPattern: ram))
+    try vm.setUserMemoryRegion2(UserMemoryRegion(slot: 0, guestPhysAddr: GPA(0), memorySize: 0x2000, userspaceAddr: addr))
+    var r = region
+    r.userspaceAddr = addr
+    #expect(throws: expected) { try vm.setUserMemoryRegion2(r) }
+  }
+
+  @Test("the C reference VMM takes one exit mapped, one per access trapped, and never reads stale")
+  func referenceVMM() throws {
+    let c = try KVMComparison.measureC(iterations: Self.iterations, revokeAfter: 20, preferGuestMemfd: false)
+    #expect(c.mappedExits == 1)
+    #expect(c.trappedExits == 2 * Self.iterations)
+    #expect(c.revokeAllOnesReads == UInt64(GuestProgram.allOnesToStop))
+    #expect(c.revokeStaleReads == 0)
+    #expect(c.revokeBackingUntouched == true)
+  }
+}

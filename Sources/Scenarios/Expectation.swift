@@ -3,7 +3,7 @@ import TDX
 import Platform
 
 /// What a step's `expect:` says its result must be.
-public enum Expectation: Hashable, Sendable, CustomStringConvertible {
+public enum StepExpectation: Hashable, Sendable, CustomStringConvertible {
   /// `ok`: any success.
   case ok
   /// `error`: any failure.

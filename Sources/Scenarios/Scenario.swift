@@ -77,7 +77,7 @@ public struct ScenarioStep: Hashable, Sendable {
   /// `as:`: the name bound to the fd or attachment the step returns.
   public var binding: String?
   /// `nil`: the step may fail; it is reported but not judged.
-  public var expectation: Expectation?
+  public var expectation: StepExpectation?
 
   /// The ``Operation`` this step performs, names resolved against what earlier steps returned.
   public func operation(in handles: HandleEnvironment) -> Operation {

@@ -296,7 +296,7 @@ struct ScenarioReader {
       }
       arguments[key.name] = try argument(valueNode, key: key, bound: bound)
     }
-    var expected: Expectation?
+    var expected: StepExpectation?
     if let node = value(fields, "expect") { expected = try expectation(node) }
     // Bound only after the step's own arguments: a step cannot use what it returns.
     if let binding, let kind = spec.binds {
@@ -375,7 +375,7 @@ struct ScenarioReader {
 
   // MARK: expect:
 
-  func expectation(_ node: Node) throws(ScenarioError) -> Expectation {
+  func expectation(_ node: Node) throws(ScenarioError) -> StepExpectation {
     if case .scalar(let s) = node {
       switch s.string {
       case "ok": return .ok

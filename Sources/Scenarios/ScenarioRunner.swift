@@ -23,13 +23,21 @@ public enum ScenarioRunner {
     let variant = effectiveVariant(scenario, override: override)
     let clock = ContinuousClock()
     let started = clock.now
-    var machine: Machine
+    let machine: Machine
     do {
       machine = try Machine(configuration: scenario.machine, variant: variant)
     } catch {
       throw ScenarioError(scenario.machinePosition, "machine: \(error.message)")
     }
-    let built = clock.now
+    return run(scenario, on: machine, variant: variant, buildTime: clock.now - started)
+  }
+
+  /// Runs every step on `machine` (any ``ScenarioMachine``: tests script one).
+  public static func run<M: ScenarioMachine>(_ scenario: Scenario, on machine: M, variant: Variant,
+                                             buildTime: Duration = .zero) -> RunReport {
+    var machine = machine
+    let clock = ContinuousClock()
+    let started = clock.now
     // Configuration events (devices probed, VMs created) belong to no step.
     let setup = machine.trace.drain().map(TraceLine.init)
 
@@ -72,10 +80,20 @@ public enum ScenarioRunner {
     return RunReport(
       scenario: scenario.name, variant: variant.rawValue, setupTrace: setup, steps: steps,
       invariants: invariantOrder.compactMap { invariants[$0] },
-      timings: RunReport.Timings(totalNanoseconds: (finished - started).nanoseconds,
-                                 machineBuildNanoseconds: (built - started).nanoseconds))
+      timings: RunReport.Timings(totalNanoseconds: (finished - started + buildTime).nanoseconds,
+                                 machineBuildNanoseconds: buildTime.nanoseconds))
   }
 }
+
+/// What the runner needs of a machine: ``Machine``'s entry points.
+public protocol ScenarioMachine {
+  mutating func perform(_ op: Operation) -> OpResult
+  func checkInvariants() -> [InvariantCheck]
+  func vmFD(named name: String) -> FD?
+  var trace: Trace { get set }
+}
+
+extension Machine: ScenarioMachine {}
 
 extension Duration {
   var nanoseconds: UInt64 {

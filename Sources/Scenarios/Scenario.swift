@@ -1,0 +1,90 @@
+import KernelCore
+import Platform
+
+/// A place in a scenario file, as compilers print it: `basic.yaml:12:5`.
+public struct SourcePosition: Hashable, Sendable, Codable, CustomStringConvertible {
+  public var file: String
+  /// 1-based, as Yams' `Mark` counts.
+  public var line: Int
+  /// 1-based, in Unicode scalars.
+  public var column: Int
+  public init(file: String, line: Int, column: Int) {
+    self.file = file; self.line = line; self.column = column
+  }
+  public var description: String { "\(file):\(line):\(column)" }
+}
+
+/// Bad input: a scenario that cannot be parsed, or a machine that cannot be built from it.
+/// `pmmio` prints ``description`` and exits 2.
+public struct ScenarioError: Error, Hashable, Sendable, CustomStringConvertible {
+  public let position: SourcePosition
+  public let message: String
+  public init(_ position: SourcePosition, _ message: String) {
+    self.position = position; self.message = message
+  }
+  /// `file:line:column: message`.
+  public var description: String { "\(position): \(message)" }
+}
+
+/// A parsed scenario (format version 1): the machine to build and the steps to replay.
+public struct Scenario: Hashable, Sendable {
+  public var name: String
+  /// `variant:` in the file; `nil` when absent (the command line or `reviewed` decides).
+  public var variant: Variant?
+  public var machine: MachineConfiguration
+  /// Where `machine:` is (or the top of the file), for configuration errors.
+  public var machinePosition: SourcePosition
+  /// `steps:`, run one after another in the ioctl context.
+  public var steps: [ScenarioStep]
+  /// `concurrent:`: paths that `explore` interleaves; `run` runs them in order after `steps`.
+  public var concurrent: [[ScenarioStep]]
+
+  public init(name: String, variant: Variant?, machine: MachineConfiguration,
+              machinePosition: SourcePosition, steps: [ScenarioStep], concurrent: [[ScenarioStep]]) {
+    self.name = name; self.variant = variant; self.machine = machine
+    self.machinePosition = machinePosition; self.steps = steps; self.concurrent = concurrent
+  }
+
+  /// Every step in `run` order: `steps`, then each concurrent path.
+  public var allSteps: [ScenarioStep] { steps + concurrent.flatMap { $0 } }
+}
+
+/// Where a step lives: the sequential `steps`, or concurrent path `n` (0-based).
+public enum StepPath: Hashable, Sendable, Codable {
+  case main
+  case concurrent(Int)
+
+  /// The kernel context that runs the path: the ioctl context for `steps`, one per path after.
+  public var context: ContextID {
+    switch self {
+    case .main: .ioctl
+    case .concurrent(let n): ContextID(rawValue: UInt32(truncatingIfNeeded: n + 1))
+    }
+  }
+}
+
+/// One operation of a scenario, with its arguments as written (names not yet resolved to fds).
+public struct ScenarioStep: Hashable, Sendable {
+  /// 1-based position in `run` order.
+  public var index: Int
+  public var path: StepPath
+  public var position: SourcePosition
+  /// The op name as written (`vfio.dma_buf`).
+  public var opName: String
+  /// The step as written, without its `expect:` (flow style, numbers in their original form).
+  public var text: String
+  public var arguments: StepArguments
+  /// `as:`: the name bound to the fd or attachment the step returns.
+  public var binding: String?
+  /// `nil`: the step may fail; it is reported but not judged.
+  public var expectation: StepExpectation?
+
+  /// The ``Operation`` this step performs, names resolved against what earlier steps returned.
+  public func operation(in handles: HandleEnvironment) -> Operation {
+    guard let spec = OpSpec.named(opName) else {
+      // The parser accepts only known ops; a hand-built step with another name probes nothing.
+      return .vfioClose(fd: FD(-1))
+    }
+    return spec.build(ResolvedArguments(values: arguments, handles: handles))
+  }
+}

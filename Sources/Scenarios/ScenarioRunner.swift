@@ -1,0 +1,104 @@
+import KernelCore
+import Platform
+#if canImport(Darwin)
+import Darwin
+#endif
+
+/// Replays a scenario on a fresh ``Machine``: `steps`, then each `concurrent` path in order,
+/// checking every invariant after every step.
+///
+/// `run` drives one path after another; the explorer interleaves the same steps. A step whose
+/// `as:` step failed gets fd -1 for that name (see ``HandleEnvironment``), so the kernel's own
+/// EBADF shows, as it would for a C program that did not check.
+public enum ScenarioRunner {
+  /// The variant a run uses: an explicit choice wins, then the scenario's `variant:`, then
+  /// `reviewed`.
+  public static func effectiveVariant(_ scenario: Scenario, override: Variant?) -> Variant {
+    override ?? scenario.variant ?? .reviewed
+  }
+
+  /// Builds the machine and runs every step.
+  /// - Throws: a ``ScenarioError`` at `machine:` when the configuration cannot be built.
+  public static func run(_ scenario: Scenario, variant override: Variant? = nil) throws(ScenarioError) -> RunReport {
+    let variant = effectiveVariant(scenario, override: override)
+    let clock = ContinuousClock()
+    let started = clock.now
+    let machine: Machine
+    do {
+      machine = try Machine(configuration: scenario.machine, variant: variant)
+    } catch {
+      throw ScenarioError(scenario.machinePosition, "machine: \(error.message)")
+    }
+    return run(scenario, on: machine, variant: variant, buildTime: clock.now - started)
+  }
+
+  /// Runs every step on `machine` (any ``ScenarioMachine``: tests script one).
+  public static func run<M: ScenarioMachine>(_ scenario: Scenario, on machine: M, variant: Variant,
+                                             buildTime: Duration = .zero) -> RunReport {
+    var machine = machine
+    let clock = ContinuousClock()
+    let started = clock.now
+    // Configuration events (devices probed, VMs created) belong to no step.
+    let setup = machine.trace.drain().map(TraceLine.init)
+
+    var handles = HandleEnvironment()
+    for vm in scenario.machine.vms {
+      if let fd = machine.vmFD(named: vm.name) { handles.vmFDs[vm.name] = fd }
+    }
+
+    var steps: [StepReport] = []
+    var invariants: [String: InvariantSummary] = [:]
+    var invariantOrder: [String] = []
+    for step in scenario.allSteps {
+      let operation = step.operation(in: handles)
+      let before = clock.now
+      let result = machine.perform(operation)
+      let elapsed = clock.now - before
+      if let name = step.binding { handles.bind(name, to: result) }
+      let events = machine.trace.drain().map(TraceLine.init)
+
+      var violations: [InvariantViolation] = []
+      for check in machine.checkInvariants() {
+        if invariants[check.name] == nil {
+          invariants[check.name] = InvariantSummary(name: check.name)
+          invariantOrder.append(check.name)
+        }
+        invariants[check.name]?.checks += 1
+        if let message = check.violation {
+          violations.append(InvariantViolation(name: check.name, message: message))
+          invariants[check.name]?.violations += 1
+          if invariants[check.name]?.firstViolationStep == nil {
+            invariants[check.name]?.firstViolationStep = step.index
+            invariants[check.name]?.firstViolation = message
+          }
+        }
+      }
+      steps.append(StepReport(step: step, result: result, trace: events, violations: violations,
+                              nanoseconds: elapsed.nanoseconds))
+    }
+    let finished = clock.now
+    return RunReport(
+      scenario: scenario.name, variant: variant.rawValue, setupTrace: setup, steps: steps,
+      invariants: invariantOrder.compactMap { invariants[$0] },
+      timings: RunReport.Timings(totalNanoseconds: (finished - started + buildTime).nanoseconds,
+                                 machineBuildNanoseconds: buildTime.nanoseconds))
+  }
+}
+
+/// What the runner needs of a machine: ``Machine``'s entry points.
+public protocol ScenarioMachine {
+  mutating func perform(_ op: Operation) -> OpResult
+  func checkInvariants() -> [InvariantCheck]
+  func vmFD(named name: String) -> FD?
+  var trace: Trace { get set }
+}
+
+extension Machine: ScenarioMachine {}
+
+extension Duration {
+  var nanoseconds: UInt64 {
+    let (seconds, attoseconds) = components
+    guard seconds >= 0 else { return 0 }
+    return UInt64(seconds) &* 1_000_000_000 &+ UInt64(attoseconds / 1_000_000_000)
+  }
+}

@@ -1,0 +1,145 @@
+import KernelCore
+import TDX
+import Platform
+
+/// What a step's `expect:` says its result must be.
+public enum StepExpectation: Hashable, Sendable, CustomStringConvertible {
+  /// `ok`: any success.
+  case ok
+  /// `error`: any failure.
+  case error
+  /// `{ errno: EINVAL }`.
+  case errno(Errno)
+  /// `{ tdx: TDX_OPERAND_BUSY }`: compared without the operand field. `TDX_SUCCESS` is any success.
+  case tdx(TDXStatus)
+  /// `{ tdisp: INVALID_NONCE }`: the device's TDISP error code, by spec name.
+  case tdisp(String)
+  /// `{ pfn: N }` or `{ pfn: N, order: K }`.
+  case pfn(UInt64, order: UInt8?)
+  /// `{ state: RUN }`: the TDI state a TDISP request left.
+  case state(String)
+  /// `{ flags: [READ, WRITE, MMAP] }`: region info flags, exactly this set.
+  case flags([String])
+  /// `{ fault: mapped }`: how a guest access ended.
+  case fault(GuestFault)
+  /// `{ value: N }`: what a read returned.
+  case value(UInt64)
+
+  public var description: String {
+    switch self {
+    case .ok: "ok"
+    case .error: "error"
+    case .errno(let e): "errno \(e.name)"
+    case .tdx(let s): "tdx \(s.name)"
+    case .tdisp(let name): "tdisp \(name)"
+    case .pfn(let pfn, let order):
+      "pfn 0x\(String(pfn, radix: 16))" + (order.map { " order \($0)" } ?? "")
+    case .state(let s): "state \(s)"
+    case .flags(let f): "flags [\(f.joined(separator: ", "))]"
+    case .fault(let f): "fault \(f.rawValue)"
+    case .value(let v): "value 0x\(String(v, radix: 16))"
+    }
+  }
+
+  /// `nil` when `result` meets the expectation; otherwise why not.
+  public func mismatch(_ result: OpResult) -> String? {
+    if matches(result) { return nil }
+    return "expected \(self), got \(ResultText.describe(result))"
+  }
+
+  public func matches(_ result: OpResult) -> Bool {
+    switch (self, result) {
+    case (.ok, .success): return true
+    case (.error, .failure): return true
+    case (.errno(let want), .failure(.errno(let got))): return want == got
+    case (.tdx(let want), .success): return want.code == TDXStatus.success
+    case (.tdx(let want), .failure(.tdx(let got))): return want.code == got.code
+    case (.tdisp(let want), .failure(.tdisp(_, let got))): return want == got
+    case (.pfn(let want, let order), .success(.pfn(let got, let gotOrder))):
+      return want == got.rawValue && (order.map { $0 == gotOrder } ?? true)
+    case (.state(let want), .success(.tdiState(let got))): return want == got
+    case (.flags(let want), .success(.regionInfo(let got, _, _))):
+      return Set(want.map(RegionInfoFlag.canonical)) == Set(got.map(RegionInfoFlag.canonical))
+    case (.fault(let want), _): return want.matches(result)
+    case (.value(let want), .success(.read(let got))): return want == got
+    default: return false
+    }
+  }
+}
+
+/// How a whole guest access ended, as `OpValue.guestAccess` names it, or the errno the vCPU
+/// run returned.
+public enum GuestFault: String, Hashable, Sendable, CaseIterable {
+  /// The fault installed a mapping and the access completed.
+  case mapped
+  /// The page was mapped already; no exit.
+  case alreadyMapped = "already_mapped"
+  /// The access exited to user space as `KVM_EXIT_MMIO` (emulated MMIO).
+  case exitMMIO = "exit_mmio"
+  /// `KVM_RUN` failed EFAULT (a memory-fault exit user space would read as a conversion).
+  case efault
+  /// `KVM_RUN` failed EIO (the exporter refused the PFN, or the VM is dead).
+  case eio
+  /// The TD was killed (an access to an unaccepted MMIO page).
+  case killed
+
+  func matches(_ result: OpResult) -> Bool {
+    switch (self, result) {
+    case (.efault, .failure(.errno(let e))): e == .EFAULT
+    case (.eio, .failure(.errno(let e))): e == .EIO
+    case (_, .success(.guestAccess(let name))): name == rawValue
+    default: false
+    }
+  }
+}
+
+/// `VFIO_REGION_INFO_FLAG_*` names (`include/uapi/linux/vfio.h`; PRIVATE is the RFC's patch 8).
+enum RegionInfoFlag {
+  static let prefix = "VFIO_REGION_INFO_FLAG_"
+  static let known = ["READ", "WRITE", "MMAP", "CAPS", "PRIVATE"]
+  /// Scenarios may write `READ` or `VFIO_REGION_INFO_FLAG_READ`; both compare as `READ`.
+  static func canonical(_ name: String) -> String {
+    let upper = name.uppercased()
+    return upper.hasPrefix(prefix) ? String(upper.dropFirst(prefix.count)) : upper
+  }
+}
+
+/// TDISP error codes (PCIe TDISP, `TDISP_ERROR` response) by spec name.
+public enum TDISPErrorName {
+  public static let all: [(name: String, code: UInt16)] = [
+    ("INVALID_REQUEST", 0x0001), ("BUSY", 0x0003), ("INVALID_INTERFACE_STATE", 0x0004),
+    ("UNSPECIFIED", 0x0005), ("UNSUPPORTED_REQUEST", 0x0007), ("VERSION_MISMATCH", 0x0041),
+    ("VENDOR_SPECIFIC_ERROR", 0x00FF), ("INVALID_INTERFACE", 0x0101), ("INVALID_NONCE", 0x0102),
+    ("INSUFFICIENT_ENTROPY", 0x0103), ("INVALID_DEVICE_CONFIGURATION", 0x0104),
+  ]
+  public static func isKnown(_ name: String) -> Bool { all.contains { $0.name == name } }
+}
+
+/// TDISP TDI states (`CONFIG_UNLOCKED (0)` … `ERROR (3)`) as `OpValue.tdiState` names them.
+public let tdiStateNames = ["CONFIG_UNLOCKED", "CONFIG_LOCKED", "RUN", "ERROR"]
+
+/// How a result is printed in reports: `ok fd 3`, `errno EINVAL`, `tdx TDX_OPERAND_BUSY`.
+public enum ResultText {
+  public static func describe(_ result: OpResult) -> String {
+    switch result {
+    case .success(let value): value == .none ? "ok" : "ok \(describe(value))"
+    case .failure(let failure): failure.description
+    }
+  }
+
+  public static func describe(_ value: OpValue) -> String {
+    switch value {
+    case .none: ""
+    case .fd(let fd): "fd \(fd.rawValue)"
+    case .attachment(let id): "attachment \(id.rawValue)"
+    case .pfn(let pfn, let order): "pfn 0x\(String(pfn.rawValue, radix: 16)) order \(order)"
+    case .regionInfo(let flags, let size, let offset):
+      "flags [\(flags.joined(separator: ", "))] size 0x\(String(size, radix: 16)) offset 0x\(String(offset, radix: 16))"
+    case .read(let v): "value 0x\(String(v, radix: 16))"
+    case .tdiState(let s): "state \(s)"
+    case .report(let lines): "report [\(lines.joined(separator: "; "))]"
+    case .guestAccess(let s): "fault \(s)"
+    case .seamcall(let regs): "TDX_SUCCESS [\(regs.map { "0x" + String($0, radix: 16) }.joined(separator: ", "))]"
+    }
+  }
+}

@@ -1,2 +1,0 @@
-import Testing
-// Placeholder until the module's tests land; the owner deletes this file.

@@ -1,0 +1,126 @@
+import Foundation
+import Testing
+
+/// The built `pmmio` binary: next to the test bundle in `.build/<config>/`.
+private func pmmioURL() -> URL? {
+  var candidates = [Bundle.main.bundleURL, Bundle.main.bundleURL.deletingLastPathComponent(),
+                    URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()]
+  // Fallback: the package's own .build/debug, found from this file's path.
+  let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+  candidates.append(root.appendingPathComponent(".build/debug"))
+  return candidates.map { $0.appendingPathComponent("pmmio") }
+    .first { FileManager.default.isExecutableFile(atPath: $0.path) }
+}
+
+struct Outcome {
+  var status: Int32
+  var stdout: String
+  var stderr: String
+}
+
+private func pmmio(_ arguments: [String]) throws -> Outcome {
+  let url = try #require(pmmioURL(), "pmmio binary not found next to the tests")
+  let process = Process()
+  process.executableURL = url
+  process.arguments = arguments
+  let out = Pipe(), err = Pipe()
+  process.standardOutput = out
+  process.standardError = err
+  try process.run()
+  // Read before waiting: a full pipe would otherwise block the child.
+  let stdout = out.fileHandleForReading.readDataToEndOfFile()
+  let stderr = err.fileHandleForReading.readDataToEndOfFile()
+  process.waitUntilExit()
+  return Outcome(status: process.terminationStatus, stdout: String(decoding: stdout, as: UTF8.self),
+                 stderr: String(decoding: stderr, as: UTF8.self))
+}
+
+/// Writes `contents` to a fresh file and returns its path.
+private func scenarioFile(_ contents: String, name: String = "scenario.yaml") throws -> String {
+  let dir = FileManager.default.temporaryDirectory.appendingPathComponent("pmmio-tests-\(UUID().uuidString)")
+  try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+  let url = dir.appendingPathComponent(name)
+  try contents.write(to: url, atomically: true, encoding: .utf8)
+  return url.path
+}
+
+// `fd: 99` was never opened: every machine, stub or model, fails that close.
+private let holds = "steps: [ { op: vfio.close, fd: 99, expect: error } ]\n"
+private let fails = "steps: [ { op: vfio.close, fd: 99, expect: ok } ]\n"
+
+@Test("exit 0 when every expectation holds")
+func exitZero() throws {
+  let result = try pmmio(["run", try scenarioFile(holds)])
+  #expect(result.status == 0)
+  #expect(result.stdout.contains("PASS"))
+}
+
+@Test("exit 1 when an expectation fails")
+func exitOne() throws {
+  let result = try pmmio([try scenarioFile(fails)])
+  #expect(result.status == 1)
+  #expect(result.stdout.contains("FAILED: expected ok"))
+}
+
+@Test("exit 2 with file:line:column on stderr for bad input")
+func exitTwo() throws {
+  let path = try scenarioFile("steps:\n  - { op: vfio.nope }\n")
+  let result = try pmmio(["run", path])
+  #expect(result.status == 2)
+  #expect(result.stderr == "\(path):2:11: unknown op 'vfio.nope'\n")
+  #expect(result.stdout.isEmpty)
+}
+
+@Test("an unreadable file exits 2")
+func missingFile() throws {
+  #expect(try pmmio(["run", "/nonexistent/pmmio.yaml"]).status == 2)
+}
+
+@Test("usage errors exit 2, help exits 0", arguments: [
+  (["--bogus"], 2), (["run", "--variant", "rfc-v3"], 2), (["run", "a.yaml", "b.yaml"], 2),
+  (["run", "--trace", "svg", "x"], 2), (["--help"], 0), (["run", "--help"], 0),
+] as [([String], Int32)])
+func usage(_ arguments: [String], _ status: Int32) throws {
+  #expect(try pmmio(arguments).status == status)
+}
+
+@Test("--json prints one JSON document with steps, counters and timings")
+func json() throws {
+  let result = try pmmio(["run", "--json", try scenarioFile(fails)])
+  #expect(result.status == 1)
+  let object = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any]
+  let counters = try #require(object?["counters"] as? [String: Any])
+  #expect(counters["expectationsFailed"] as? Int == 1)
+  #expect((object?["steps"] as? [Any])?.count == 1)
+  #expect(object?["timings"] != nil)
+  #expect(object?["variant"] as? String == "reviewed")
+}
+
+@Test("--variant overrides the scenario's variant")
+func variantFlag() throws {
+  let path = try scenarioFile("variant: reviewed\n" + holds)
+  let result = try pmmio(["run", "--json", "--variant", "rfc-v1", path])
+  let object = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any]
+  #expect(object?["variant"] as? String == "rfc-v1")
+}
+
+@Test("--trace text FILE and --trace perfetto FILE write both traces")
+func traces() throws {
+  let path = try scenarioFile(holds)
+  let dir = URL(fileURLWithPath: path).deletingLastPathComponent()
+  let text = dir.appendingPathComponent("trace.txt").path
+  let perfetto = dir.appendingPathComponent("trace.json").path
+  let result = try pmmio(["run", "--trace", "text", text, "--trace", "perfetto", perfetto, path])
+  #expect(result.status == 0)
+  #expect(try String(contentsOfFile: text, encoding: .utf8).contains("[   1.000] ioctl vfio.close"))
+  let object = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: perfetto))) as? [String: Any]
+  #expect((object?["traceEvents"] as? [Any])?.isEmpty == false)
+}
+
+@Test("plain pmmio runs the embedded default scenario")
+func defaultScenario() throws {
+  let result = try pmmio([])
+  #expect(result.status == 0 || result.status == 1)
+  #expect(result.stdout.hasPrefix("scenario private-mmio-vfio (variant reviewed)\n"))
+  #expect(result.stdout.contains("summary:"))
+}

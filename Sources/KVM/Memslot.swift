@@ -175,14 +175,9 @@ public struct DmaBufDescription: Hashable, Sendable {
   }
 }
 
-/// KVM's view of `struct vfio_dma_buf_data` (patch 9).
-public struct VFIODmaBufData: Hashable, Sendable {
-  /// The buffer is host-unaccessible MMIO of a device bound private.
-  public let isPrivate: Bool
-  /// The VM the private device is bound to.
-  public let vm: VMID?
-  public init(isPrivate: Bool, vm: VMID?) { self.isPrivate = isPrivate; self.vm = vm }
-}
+/// KVM's view of `struct vfio_dma_buf_data` (patch 9): the exporter data the dma-buf
+/// protocol hands importers, never VFIO's own type.
+public typealias VFIODmaBufData = ExporterData
 
 /// What a committed memslot change leaves for the caller to do.
 public struct MemslotCommit: Hashable, Sendable {

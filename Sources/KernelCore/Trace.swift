@@ -37,6 +37,12 @@ public struct Trace: Hashable, Sendable {
 
   @usableFromInline mutating func append(_ event: TraceEvent) { events.append(event) }
 
+  /// Moves every event of `other` (a subsystem's own trace) to the end of this one.
+  public mutating func absorb(_ other: inout Trace) {
+    if isEnabled { events.append(contentsOf: other.events) }
+    other.events.removeAll(keepingCapacity: true)
+  }
+
   /// Drops and returns what has been recorded so far (a step's events).
   public mutating func drain() -> [TraceEvent] {
     defer { events.removeAll(keepingCapacity: true) }

@@ -15,16 +15,11 @@ extension Machine {
         return try performDmaBuf(op, context: context)
       case .tdispLock, .tdispStart, .tdispStop, .tdispReport, .pciFLR, .pciWriteCommand:
         return try performPCI(op, context: context)
-      case .kvmCreateVM(let type):
-        try requireFreeFD()
-        let id = vms.keys.max()?.next ?? VMID(1)
-        let fd = try files.install(.vm(id))
-        vms[id] = VMRecord(id: id, name: "vm\(id.rawValue)", type: type)
-        trace.emit(.kvm, "KVM_CREATE_VM type \(type.rawValue) -> vm\(id.rawValue) (\(fd))")
-        return .fd(fd)
-      case .kvmCreateVCPU, .kvmSetUserMemoryRegion2, .kvmDestroyVM, .guestRead, .guestWrite,
-           .tdxDevifCreate, .tdxDevifRemove, .tdxMMIOMTAdd, .tdxStreamBlock, .guestAcceptMMIO, .tdxSeamcall:
-        throw Errno.ENOSYS
+      case .kvmCreateVM, .kvmCreateVCPU, .kvmSetUserMemoryRegion2, .kvmDestroyVM, .guestRead, .guestWrite,
+           .guestAcceptMMIO:
+        return try performKVM(op, context: context)
+      case .tdxDevifCreate, .tdxDevifRemove, .tdxMMIOMTAdd, .tdxStreamBlock, .tdxSeamcall:
+        return try performTDX(op)
       }
     } catch let failure as OpFailure {
       throw failure
@@ -38,8 +33,6 @@ extension Machine {
   // MARK: VFIO
 
   mutating func performVFIO(_ op: Operation, context: ContextID) throws(OpFailure) -> OpValue {
-    var sink = ImporterDispatch()
-    defer { sink.deliver(to: &self) }
     do throws(Errno) {
       switch op {
       case .vfioOpen(let name):
@@ -74,7 +67,7 @@ extension Machine {
 
       case .vfioSetMemoryDecode(let fd, let enable):
         try vfio.setMemoryDecode(try vfioFile(fd), enable: enable, context: context,
-                                 dmabufCore: &dmabufCore, sink: &sink, trace: &trace)
+                                 dmabufCore: &dmabufCore, sink: &kvm, trace: &trace)
         return .none
 
       case .vfioReset(let fd), .vfioFLR(let fd), .vfioHotReset(let fd):
@@ -84,12 +77,12 @@ extension Machine {
         default: .hotReset
         }
         try vfio.reset(try vfioFile(fd), kind: kind, context: context, dmabufCore: &dmabufCore,
-                       sink: &sink, trace: &trace)
+                       sink: &kvm, trace: &trace)
         return .none
 
       case .vfioSetPower(let fd, let state):
         try vfio.setPowerState(try vfioFile(fd), state: state == .d0 ? .d0 : .d3hot, context: context,
-                               dmabufCore: &dmabufCore, sink: &sink, trace: &trace)
+                               dmabufCore: &dmabufCore, sink: &kvm, trace: &trace)
         return .none
 
       case .vfioDmaBuf(let fd, let index, let ranges, let openFlags, let flags):
@@ -111,12 +104,10 @@ extension Machine {
 
   /// `close(fd)`: drops the fd's reference on its file and releases what was last.
   mutating func close(_ fd: FD, context: ContextID) throws(Errno) -> OpValue {
-    var sink = ImporterDispatch()
-    defer { sink.deliver(to: &self) }
     switch try files.lookup(fd) {
     case .vfioDevice(let file):
       _ = try files.remove(fd)
-      try vfio.release(file, context: context, dmabufCore: &dmabufCore, sink: &sink, trace: &trace)
+      try vfio.release(file, context: context, dmabufCore: &dmabufCore, sink: &kvm, trace: &trace)
     case .dmaBuf(let buffer):
       _ = try files.remove(fd)
       trace.emit(.dmabuf, "close dmabuf\(buffer.rawValue) (\(fd))")
@@ -125,8 +116,7 @@ extension Machine {
       }
     case .vm(let id):
       _ = try files.remove(fd)
-      vms[id] = nil
-      trace.emit(.kvm, "close vm\(id.rawValue)")
+      destroyVM(id, context: context)
     }
     return .none
   }
@@ -225,6 +215,7 @@ extension Machine {
           f.writeCommand(saved, trace: &trace)
         }
       } catch { throw .errno(error) }
+      relayTDIState(id)
       return .none
     case .pciWriteCommand(let name, let memory, let busMaster):
       let id = try pciDevice(named: name)
@@ -236,10 +227,18 @@ extension Machine {
           f.writeCommand(command, trace: &trace)
         }
       } catch { throw .errno(error) }
+      relayTDIState(id)
       return .none
     default:
       throw .errno(.EINVAL)
     }
+  }
+
+  /// Tells the TDX module (through the TSM) the device's TDI state after a host-side change,
+  /// then lets VFIO bring private buffers in line with it.
+  mutating func relayTDIState(_ id: VFIODeviceID, context: ContextID = .ioctl) {
+    if let function = vfio.device(id)?.function { kvm.observe(id, function) }
+    try? vfio.tsmStateChanged(id, context: context, dmabufCore: &dmabufCore, sink: &kvm, trace: &trace)
   }
 
   /// Runs a TDISP request on a device's function; a device without TDISP answers `ENODEV`.
@@ -251,6 +250,7 @@ extension Machine {
     let result: R
     do { result = try body(&updated, &trace) } catch { throw .tdisp(code: error.code, name: error.name) }
     try? vfio.withFunction(of: id) { (f: inout PCIFunction) throws(Errno) in f = updated }
+    relayTDIState(id)
     return result
   }
 
@@ -258,15 +258,4 @@ extension Machine {
     guard let state = vfio.device(id)?.function.tdi?.state else { throw .errno(.ENODEV) }
     return state.specName
   }
-}
-
-/// Delivers `move_notify` to importers. Test importers (named in scenarios) only count
-/// notifications, which the dma-buf core already records on the attachment.
-struct ImporterDispatch: MoveNotifySink {
-  mutating func moveNotify(_ attachment: DmaBufAttachment, revoked: Bool, context: ContextID, trace: inout Trace) {
-    trace.emit(.dmabuf, "\(attachment.importer): move_notify (attachment \(attachment.id.rawValue), \(revoked ? "revoked" : "restored"))")
-  }
-
-  /// Applies whatever the notifications require of the machine once the exporter is done.
-  func deliver(to machine: inout Machine) {}
 }

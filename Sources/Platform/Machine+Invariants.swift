@@ -1,6 +1,8 @@
 import KernelCore
 import DmaBuf
 import VFIO
+import KVM
+import TDX
 
 /// The machine's named invariants, checked after every step by `run`, `explore` and `fuzz`.
 /// Each returns the violations it finds; an empty list means it held.
@@ -43,7 +45,37 @@ extension Machine {
     Invariant(name: "NoResetUnderLiveImport",
               summary: "no function reset while an importer could still map one of its buffers",
               check: { $0.resetsUnderLiveImport() }),
-  ]
+    Invariant(name: "PrivateMMIOOnlyWhileTDIRuns",
+              summary: "a private buffer is live only while its device's TDI is RUN",
+              check: { $0.privateLiveWithoutRun() }),
+    Invariant(name: "NoSPTEOutsideMemslot",
+              summary: "every mapped GFN lies inside a memslot",
+              check: { m in m.kvm.vms.values.flatMap(KVMInvariants.noSPTEOutsideMemslot) }),
+    Invariant(name: "MMIOSPTEsUncached",
+              summary: "an SPTE mapping MMIO is uncached",
+              check: { m in m.kvm.vms.values.flatMap(KVMInvariants.mmioSPTEsUncached) }),
+    Invariant(name: "SPTEMatchesExporter",
+              summary: "an SPTE in a dma-buf slot maps the PFN the exporter describes for that page",
+              check: { m in m.kvm.vms.values.flatMap { KVMInvariants.sptePFNMatchesBinding($0, pfnOf: m.exporterPFN) } }),
+    Invariant(name: "RevokedImpliesNoSPTE",
+              summary: "no SPTE maps a revoked buffer once its move_notify has returned",
+              check: { m in m.kvm.vms.values.flatMap { KVMInvariants.noSPTEForRevokedBinding($0, revoked: m.revokedAttachments()) } }),
+    Invariant(name: "NoDanglingBinding",
+              summary: "every attachment KVM holds belongs to a live slot; none was leaked",
+              check: { m in m.kvm.vms.values.flatMap(KVMInvariants.noDanglingBinding) + m.leakedAttachments() }),
+    Invariant(name: "NoMoveNotifyOnFreedSlot",
+              summary: "no move_notify reached a memslot that had been freed",
+              check: { m in m.kvm.staleMoveNotifies == 0 ? [] : ["\(m.kvm.staleMoveNotifies) move_notify call(s) zapped a freed slot"] }),
+    Invariant(name: "NoKVMBugOn",
+              summary: "no VM died through KVM_BUG_ON (an unexpected TDX status)",
+              check: { $0.kvm.bugs }),
+    Invariant(name: "SEPTMatchesMirror",
+              summary: "a TD's Secure-EPT MMIO entries and KVM's mirror SPTEs agree",
+              check: { $0.septMirrorMismatches() }),
+  ] + ["EpochRefcountsBalance", "SEPTMMIOEntryOwnedByTD", "NoRemovedDevifHasMappedMMIO", "DevifMappedCountBalances"].map { name in
+    Invariant(name: name, summary: "the TDX module's own \(name)",
+              check: { m in m.kvm.tdx.invariantViolations().filter { $0.name == name }.map(\.message) })
+  }
 
   func hostMappingsOfPrivateMMIO() -> [String] {
     vfio.devices.values.filter { $0.isPrivate && !$0.hostMappings.isEmpty }
@@ -74,7 +106,7 @@ extension Machine {
   func usableButRevoked() -> [String] {
     vfio.dmabufs.values.compactMap { buffer in
       guard let id = buffer.device, let device = vfio.device(id), device.openCount > 0,
-            device.memoryEnabled, buffer.revoked else { return nil }
+            vfio.buffersUsable(id), buffer.revoked else { return nil }
       return "dmabuf\(buffer.buffer.rawValue) stays revoked although vfio-dev\(id.rawValue) is usable"
     }
   }
@@ -89,5 +121,60 @@ extension Machine {
   func resetsUnderLiveImport() -> [String] {
     vfio.devices.values.filter { $0.resetsUnderLiveImport > 0 }
       .map { "vfio-dev\($0.id.rawValue) was reset \($0.resetsUnderLiveImport) time(s) while importers could map its buffers" }
+  }
+}
+
+extension Machine {
+  func privateLiveWithoutRun() -> [String] {
+    vfio.dmabufs.values.compactMap { buffer in
+      guard buffer.isPrivate, !buffer.revoked, let id = buffer.device, let device = vfio.device(id),
+            device.function.tdiState != .run else { return nil }
+      return "private dmabuf\(buffer.buffer.rawValue) is live while the TDI of vfio-dev\(id.rawValue) is \(device.function.tdiState?.specName ?? "absent")"
+    }
+  }
+
+  /// The PFN the exporter's physical ranges give for page `pgoff` of a buffer (revoked or not:
+  /// a stale mapping of a revoked buffer is `RevokedImpliesNoSPTE`'s to report).
+  func exporterPFN(_ buffer: DmaBufID, _ pgoff: PageIndex) -> PFN? {
+    guard var page = Optional(pgoff.rawValue), let priv = vfio.dmaBuf(buffer) else { return nil }
+    for range in priv.ranges {
+      if page < range.length.pages { return PFN(range.start.pfn.rawValue + page) }
+      page -= range.length.pages
+    }
+    return nil
+  }
+
+  /// KVM's attachments to buffers that are revoked, or gone.
+  func revokedAttachments() -> Set<AttachmentID> {
+    var out: Set<AttachmentID> = []
+    for vm in kvm.vms.values {
+      for binding in vm.bindings.values where vfio.dmaBuf(binding.binding.dmaBuf)?.revoked ?? true {
+        out.insert(binding.binding.attachment)
+      }
+    }
+    return out
+  }
+
+  func leakedAttachments() -> [String] {
+    kvm.leaked.filter { dmabufCore.attachment($0) != nil }
+      .map { "attachment \($0.rawValue) was left bound to a freed slot of a destroyed VM" }
+  }
+
+  func septMirrorMismatches() -> [String] {
+    var out: [String] = []
+    for (id, td) in kvm.tds {
+      guard let vm = kvm.vms[id], let state = kvm.tdx.tds[td] else { continue }
+      let mirror = Dictionary(vm.mmu.leaves().map { ($0.gfn.gpa, $0.spte.pfn.hpa) }, uniquingKeysWith: { a, _ in a })
+      let mmioStates: Set<SEPTState> = [.mmioMapped, .mmioBlocked, .mmioPending]
+      let sept = Dictionary(state.sept.filter { mmioStates.contains($0.value.state) }.map { ($0.key, $0.value.hpa) },
+                            uniquingKeysWith: { a, _ in a })
+      for (gpa, hpa) in mirror where sept[gpa] != hpa {
+        out.append("vm\(id.rawValue) mirror maps \(gpa) -> \(hpa), SEPT has \(sept[gpa].map(\.description) ?? "nothing")")
+      }
+      for (gpa, hpa) in sept where mirror[gpa] == nil {
+        out.append("vm\(id.rawValue) SEPT maps \(gpa) -> \(hpa), the mirror has nothing")
+      }
+    }
+    return out
   }
 }

@@ -2,6 +2,8 @@ import KernelCore
 import PCI
 import DmaBuf
 import VFIO
+import KVM
+import TDX
 import HashTreeCollections
 
 /// What an fd refers to: the `struct file`s of the model's one user-space process.
@@ -9,13 +11,6 @@ public enum OpenFile: Hashable, Sendable {
   case vfioDevice(VFIOFileID)
   case dmaBuf(DmaBufID)
   case vm(VMID)
-}
-
-/// A VM the machine knows by name (until KVM's own table takes over: its identity and type).
-public struct VMRecord: Hashable, Sendable {
-  public let id: VMID
-  public let name: String
-  public let type: VMTypeName
 }
 
 /// The whole system as one value: devices, VFIO, dma-bufs, VMs, the fd table.
@@ -33,7 +28,8 @@ public struct Machine: Hashable, Sendable {
   public internal(set) var dmabufCore = DmaBufCore()
   /// Devices by configured name, in configuration order.
   public let deviceNames: [String: VFIODeviceID]
-  public internal(set) var vms: TreeDictionary<VMID, VMRecord> = [:]
+  /// KVM's VMs and the TDX module.
+  public internal(set) var kvm = KVMHost()
   /// fds of the VMs the configuration created, by name.
   public private(set) var configuredVMs: [String: FD] = [:]
 
@@ -70,11 +66,12 @@ public struct Machine: Hashable, Sendable {
     self.deviceNames = names
     for vm in configuration.vms {
       guard configuredVMs[vm.name] == nil else { throw ConfigurationError("VM \(vm.name) is defined twice") }
-      guard case .success(.fd(let fd)) = perform(.kvmCreateVM(type: vm.type)) else {
+      // As a VMM does: create the VM and its first vCPU.
+      guard case .success(.fd(let fd)) = perform(.kvmCreateVM(type: vm.type)),
+            case .success = perform(.kvmCreateVCPU(vm: fd, id: 0)) else {
         throw ConfigurationError("VM \(vm.name) could not be created")
       }
       configuredVMs[vm.name] = fd
-      if case .vm(let id)? = try? files.lookup(fd) { vms[id] = VMRecord(id: id, name: vm.name, type: vm.type) }
     }
     _ = trace.drain()
   }
@@ -89,9 +86,11 @@ public struct Machine: Hashable, Sendable {
 
   /// Performs one operation in `context`.
   public mutating func perform(_ op: Operation, context: ContextID) -> OpResult {
+    defer { trace.absorb(&kvm.tdx.trace) }
     do throws(OpFailure) {
       return .success(try dispatch(op, context: context))
     } catch {
+      trace.absorb(&kvm.tdx.trace)
       trace.emit(.platform, "-> \(error)")
       return .failure(error)
     }

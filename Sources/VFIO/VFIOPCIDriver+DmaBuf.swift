@@ -14,7 +14,8 @@ extension VFIOPCIDriver {
   /// - `rfcV1`: zero ranges, a region index past BAR 5, a zero-size BAR, an unaligned offset or
   ///   length, or a range past the BAR -> `EINVAL` (overflow included); (0, 0) is the whole BAR.
   /// Then the device registration is taken (`ENODEV` if it cannot be) and the buffer starts
-  /// revoked when memory decode is off. A private device exports a private buffer.
+  /// revoked when memory decode is off (in `reviewed`, also when a private device's TDI is not
+  /// running). A private device exports a private buffer.
   public mutating func exportDmaBuf(_ fileID: VFIOFileID, request: VFIODeviceFeatureDmaBuf,
                                     dmabufCore: inout DmaBufCore, trace: inout Trace) throws(Errno) -> DmaBufID {
     let id = try boundDevice(fileID)
@@ -28,7 +29,7 @@ extension VFIOPCIDriver {
     guard device.registrations > 0 else { throw .ENODEV }
     let buffer = try dmabufCore.export(size: size, exporter: ExporterRef(name: Self.exporterName, key: id.rawValue),
                                        openFlags: request.openFlags, trace: &trace)
-    let revoked = !device.memoryEnabled
+    let revoked = !buffersUsable(id)
     dmabufs[buffer] = VFIOPCIDmaBuf(buffer: buffer, device: id, regionIndex: request.regionIndex,
                                     ranges: ranges, size: size, revoked: revoked,
                                     isPrivate: device.isPrivate, vm: device.binding?.vm)

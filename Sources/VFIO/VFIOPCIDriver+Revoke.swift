@@ -16,11 +16,13 @@ extension VFIOPCIDriver {
     let id = try boundDevice(fileID)
     try withMemoryLock(id, context) { (driver: inout VFIOPCIDriver) throws(Errno) in
       if !enable {
+        driver.unbindTSM(id, sink: &sink, trace: &trace)
         driver.dmaBufMove(id, revoked: true, context: context, dmabufCore: &dmabufCore, sink: &sink, trace: &trace)
       }
       var command = driver.devices[id]!.function.command
       if enable { command.insert(.memorySpace) } else { command.remove(.memorySpace) }
       driver.devices[id]!.function.writeCommand(command, trace: &trace)
+      sink.functionChanged(id, driver.devices[id]!.function, trace: &trace)
       driver.restoreIfEnabled(id, context: context, dmabufCore: &dmabufCore, sink: &sink, trace: &trace)
     }
   }
@@ -34,9 +36,11 @@ extension VFIOPCIDriver {
     let id = try boundDevice(fileID)
     try withMemoryLock(id, context) { (driver: inout VFIOPCIDriver) throws(Errno) in
       if state != .d0 {
+        driver.unbindTSM(id, sink: &sink, trace: &trace)
         driver.dmaBufMove(id, revoked: true, context: context, dmabufCore: &dmabufCore, sink: &sink, trace: &trace)
       }
       driver.devices[id]!.function.writePowerState(state, trace: &trace)
+      sink.functionChanged(id, driver.devices[id]!.function, trace: &trace)
       driver.restoreIfEnabled(id, context: context, dmabufCore: &dmabufCore, sink: &sink, trace: &trace)
     }
   }
@@ -63,6 +67,7 @@ extension VFIOPCIDriver {
   ) throws(Errno) {
     let id = try boundDevice(fileID)
     try withMemoryLock(id, context) { (driver: inout VFIOPCIDriver) throws(Errno) in
+      driver.unbindTSM(id, sink: &sink, trace: &trace)
       driver.dmaBufMove(id, revoked: true, context: context, dmabufCore: &dmabufCore, sink: &sink, trace: &trace)
       trace.emit(.vfio, "\(kind.rawValue) of vfio-dev\(id.rawValue)")
       // pci_try_reset_function() / the bus reset save and restore config space around the
@@ -74,6 +79,7 @@ extension VFIOPCIDriver {
       case .hotReset: driver.devices[id]!.function.conventionalReset(trace: &trace)
       }
       driver.devices[id]!.function.writeCommand(saved, trace: &trace)
+      sink.functionChanged(id, driver.devices[id]!.function, trace: &trace)
       if kind == .configFLR && driver.variant == .rfcV1 {
         if driver.devices[id]!.memoryEnabled {
           driver.dmaBufMove(id, revoked: true, context: context, dmabufCore: &dmabufCore, sink: &sink, trace: &trace)
@@ -82,6 +88,18 @@ extension VFIOPCIDriver {
         driver.restoreIfEnabled(id, context: context, dmabufCore: &dmabufCore, sink: &sink, trace: &trace)
       }
     }
+  }
+
+  /// Ends the TDI's trusted state before its MMIO goes away (`vfio_pci_tsm_unbind()` in later
+  /// series): TDISP STOP_INTERFACE for a private device whose interface is locked or running,
+  /// so that the TD's Secure-EPT entries may be unmapped. The posted RFC has no such step
+  /// (`rfcV1`): its revoke reaches KVM while the TDI is still trusted.
+  mutating func unbindTSM<Sink: MoveNotifySink>(_ id: VFIODeviceID, sink: inout Sink, trace: inout Trace) {
+    guard variant == .reviewed, let device = devices[id], device.isPrivate,
+          device.function.tdi?.state.isLocked == true else { return }
+    trace.emit(.vfio, "TSM unbind of vfio-dev\(id.rawValue) before revoke")
+    try? devices[id]!.function.tdispStopInterface(trace: &trace)
+    sink.functionChanged(id, devices[id]!.function, trace: &trace)
   }
 
   /// `down_write(&vdev->memory_lock)` around `body`, released on every path.
@@ -93,10 +111,32 @@ extension VFIOPCIDriver {
     try body(&self)
   }
 
+  /// Whether the device's buffers may be mapped by importers: memory enabled and, in
+  /// `reviewed`, for a private device only while its TDI runs. The RFC restores on memory
+  /// enable alone, so after a reset a TD could map MMIO of an interface it no longer trusts
+  /// (nothing in patch 12 checks the TDI state).
+  public func buffersUsable(_ id: VFIODeviceID) -> Bool {
+    guard let device = devices[id], device.memoryEnabled else { return false }
+    return variant == .rfcV1 || !device.isPrivate || device.function.tdiState == .run
+  }
+
+  /// The device's TDISP state changed outside VFIO (the TSM started or stopped the
+  /// interface). In `reviewed`, private buffers follow it: revoked when the interface stops
+  /// being trusted, restored when it runs again. The RFC has no such link.
+  public mutating func tsmStateChanged<Sink: MoveNotifySink>(
+    _ id: VFIODeviceID, context: ContextID, dmabufCore: inout DmaBufCore, sink: inout Sink, trace: inout Trace
+  ) throws(Errno) {
+    guard variant == .reviewed, devices[id]?.isPrivate == true else { return }
+    try withMemoryLock(id, context) { (driver: inout VFIOPCIDriver) throws(Errno) in
+      driver.dmaBufMove(id, revoked: !driver.buffersUsable(id), context: context, dmabufCore: &dmabufCore,
+                        sink: &sink, trace: &trace)
+    }
+  }
+
   private mutating func restoreIfEnabled<Sink: MoveNotifySink>(
     _ id: VFIODeviceID, context: ContextID, dmabufCore: inout DmaBufCore, sink: inout Sink, trace: inout Trace
   ) {
-    if devices[id]!.memoryEnabled {
+    if buffersUsable(id) {
       dmaBufMove(id, revoked: false, context: context, dmabufCore: &dmabufCore, sink: &sink, trace: &trace)
     }
   }

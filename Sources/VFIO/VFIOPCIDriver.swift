@@ -7,6 +7,13 @@ import HashTreeCollections
 /// while the buffer's resv lock is held (the importers: KVM memslots, test importers).
 public protocol MoveNotifySink {
   mutating func moveNotify(_ attachment: DmaBufAttachment, revoked: Bool, context: ContextID, trace: inout Trace)
+  /// The function's state changed inside a VFIO operation (reset, decode, power, TSM unbind):
+  /// whoever relays its security state (the TSM, and through it the TDX module) learns it here.
+  mutating func functionChanged(_ device: VFIODeviceID, _ function: PCIFunction, trace: inout Trace)
+}
+
+extension MoveNotifySink {
+  public mutating func functionChanged(_ device: VFIODeviceID, _ function: PCIFunction, trace: inout Trace) {}
 }
 
 /// vfio-pci (`drivers/vfio/pci/vfio_pci_core.c`, `vfio_pci_config.c`, `vfio_pci_rdwr.c`,
@@ -99,6 +106,7 @@ public struct VFIOPCIDriver: Hashable, Sendable {
     trace.emit(.vfio, "close vfio-dev\(file.device.rawValue) (file \(fileID.rawValue))")
     guard file.accessGranted, devices[file.device] != nil else { return }
     let id = file.device
+    unbindTSM(id, sink: &sink, trace: &trace)
     switch variant {
     case .rfcV1:
       disableAndReset(id, dmabufCore: dmabufCore, trace: &trace)
@@ -107,6 +115,7 @@ public struct VFIOPCIDriver: Hashable, Sendable {
       cleanupDmaBufs(id, context: context, dmabufCore: &dmabufCore, sink: &sink, trace: &trace)
       disableAndReset(id, dmabufCore: dmabufCore, trace: &trace)
     }
+    sink.functionChanged(id, devices[id]!.function, trace: &trace)
     devices[id]!.openCount = 0
     devices[id]!.binding = nil
     devices[id]!.hostMappings = []

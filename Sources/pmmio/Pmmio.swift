@@ -11,7 +11,7 @@ struct Pmmio: ParsableCommand {
     commandName: "pmmio",
     abstract: "An executable model of the Linux private-MMIO stack (VFIO dma-buf, KVM, TDX).",
     discussion: "Without a subcommand, runs `run`: `pmmio` alone replays the embedded default scenario.",
-    subcommands: [RunCommand.self],
+    subcommands: [RunCommand.self, KVMCommand.self],
     defaultSubcommand: RunCommand.self)
 
   /// Replaces ArgumentParser's `main()`, whose usage errors exit 64 (EX_USAGE): here they exit 2.

@@ -48,10 +48,15 @@ struct Bench {
     return nil
   }
 
-  /// open + bind (private to td0, or plain).
+  /// open + bind (private to td0, or plain); a private device's interface is then locked and
+  /// started, as the TSM does before the TD may use it.
   mutating func openDevice(private isPrivate: Bool = true) throws -> FD {
     let dev = try fd(.vfioOpen(device: "nic0"))
     try ok(.vfioBindIOMMUFD(fd: dev, private: isPrivate, vm: isPrivate ? td : nil))
+    if isPrivate {
+      try ok(.tdispLock(device: "nic0"))
+      try ok(.tdispStart(device: "nic0", nonce: .echo))
+    }
     return dev
   }
 

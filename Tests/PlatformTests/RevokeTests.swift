@@ -4,8 +4,9 @@ import DmaBuf
 import VFIO
 @testable import Platform
 
-/// Revoke and restore for each trigger, in both variants: the buffer's state after, how many
-/// `move_notify` calls the importer got, and which invariants report the RFC's bugs.
+/// Revoke and restore for each trigger on a shared (not private) device, in both variants:
+/// the buffer's state after, how many `move_notify` calls the importer got, and which
+/// invariants report the RFC's bugs.
 @Suite struct RevokeTests {
   enum Trigger: String, CaseIterable, Sendable {
     case decodeOffOn, d3hotD0, ioctlReset, configFLR, hotReset, externalFLR
@@ -40,7 +41,7 @@ import VFIO
   @Test(arguments: cases)
   func trigger(c: Case) throws {
     var bench = try Bench(c.variant)
-    let dev = try bench.openDevice()
+    let dev = try bench.openDevice(private: false)
     let buf = try bench.exportBAR0(dev)
     let a = try bench.attach(buf)
     switch c.trigger {
@@ -70,7 +71,7 @@ import VFIO
   @Test(arguments: Variant.allCases)
   func closeRevokesForGood(variant: Variant) throws {
     var bench = try Bench(variant)
-    let dev = try bench.openDevice()
+    let dev = try bench.openDevice(private: false)
     let buf = try bench.exportBAR0(dev)
     let a = try bench.attach(buf)
     try bench.ok(.vfioClose(fd: dev))
@@ -82,7 +83,7 @@ import VFIO
     // rfc-v1 disables and resets the device before it revokes: importers could still map it.
     #expect(bench.violated() == (variant == .rfcV1 ? ["NoResetUnderLiveImport"] : []))
     // Reopening does not bring a closed device's buffers back.
-    let again = try bench.openDevice()
+    let again = try bench.openDevice(private: false)
     try bench.ok(.vfioSetMemoryDecode(fd: again, enable: true))
     #expect(bench.priv(buf)?.revoked == true)
   }
@@ -90,7 +91,7 @@ import VFIO
   @Test(arguments: Variant.allCases)
   func revokeWithoutImportersNeedsNoNotification(variant: Variant) throws {
     var bench = try Bench(variant)
-    let dev = try bench.openDevice()
+    let dev = try bench.openDevice(private: false)
     let buf = try bench.exportBAR0(dev)
     try bench.ok(.vfioReset(fd: dev))
     try bench.ok(.pciFLR(device: "nic0"))     // nothing attached: no importer to strand
@@ -100,11 +101,102 @@ import VFIO
 
   @Test func rawCommandWriteBypassesVFIO() throws {
     var bench = try Bench(.reviewed)
-    let dev = try bench.openDevice()
+    let dev = try bench.openDevice(private: false)
     let buf = try bench.exportBAR0(dev)
     try bench.ok(.pciWriteCommand(device: "nic0", memory: false, busMaster: nil))
     #expect(bench.priv(buf)?.revoked == false)
     #expect(bench.violated() == ["DecodeOffImpliesRevoked"])
+  }
+}
+
+/// Revoke and restore of a private device's buffers, whose TDI runs when they are exported.
+///
+/// `reviewed` unbinds the TSM (TDISP STOP) before every revoke and restores private buffers
+/// only while the TDI runs again: after any trigger they stay revoked until the interface is
+/// locked and started anew. The RFC revokes with the TDI still running and restores on memory
+/// enable alone: the TD could map MMIO of an interface in ERROR (`PrivateMMIOOnlyWhileTDIRuns`).
+@Suite struct PrivateRevokeTests {
+  struct Case: CustomTestStringConvertible, Sendable {
+    let variant: Variant
+    let trigger: RevokeTests.Trigger
+    let revokedAfter: Bool
+    let tdiAfter: String
+    let notifications: Int
+    let violations: [String]
+    var testDescription: String { "\(variant) \(trigger.rawValue)" }
+  }
+
+  static let gap = ["PrivateMMIOOnlyWhileTDIRuns"]
+  static let cases: [Case] = [
+    Case(variant: .reviewed, trigger: .decodeOffOn, revokedAfter: true, tdiAfter: "CONFIG_UNLOCKED", notifications: 1, violations: []),
+    Case(variant: .reviewed, trigger: .d3hotD0, revokedAfter: true, tdiAfter: "CONFIG_UNLOCKED", notifications: 1, violations: []),
+    Case(variant: .reviewed, trigger: .ioctlReset, revokedAfter: true, tdiAfter: "CONFIG_UNLOCKED", notifications: 1, violations: []),
+    Case(variant: .reviewed, trigger: .configFLR, revokedAfter: true, tdiAfter: "CONFIG_UNLOCKED", notifications: 1, violations: []),
+    Case(variant: .reviewed, trigger: .hotReset, revokedAfter: true, tdiAfter: "CONFIG_UNLOCKED", notifications: 1, violations: []),
+    // A reset VFIO never saw: the TSM notices the TDI in ERROR and revokes only afterwards.
+    Case(variant: .reviewed, trigger: .externalFLR, revokedAfter: true, tdiAfter: "ERROR", notifications: 1,
+         violations: ["NoResetUnderLiveImport"]),
+    Case(variant: .rfcV1, trigger: .decodeOffOn, revokedAfter: false, tdiAfter: "ERROR", notifications: 2, violations: gap),
+    Case(variant: .rfcV1, trigger: .d3hotD0, revokedAfter: false, tdiAfter: "ERROR", notifications: 2, violations: gap),
+    Case(variant: .rfcV1, trigger: .ioctlReset, revokedAfter: false, tdiAfter: "ERROR", notifications: 2, violations: gap),
+    Case(variant: .rfcV1, trigger: .configFLR, revokedAfter: true, tdiAfter: "ERROR", notifications: 1,
+         violations: ["UsableDeviceBuffersRestored"]),
+    Case(variant: .rfcV1, trigger: .hotReset, revokedAfter: false, tdiAfter: "CONFIG_UNLOCKED", notifications: 2, violations: gap),
+    Case(variant: .rfcV1, trigger: .externalFLR, revokedAfter: false, tdiAfter: "ERROR", notifications: 0,
+         violations: ["NoResetUnderLiveImport"] + gap),
+  ]
+
+  @Test(arguments: cases)
+  func trigger(c: Case) throws {
+    var bench = try Bench(c.variant)
+    let dev = try bench.openDevice(private: true)
+    let buf = try bench.exportBAR0(dev)
+    let a = try bench.attach(buf)
+    #expect(bench.priv(buf)?.revoked == false)
+    switch c.trigger {
+    case .decodeOffOn:
+      try bench.ok(.vfioSetMemoryDecode(fd: dev, enable: false))
+      try bench.ok(.vfioSetMemoryDecode(fd: dev, enable: true))
+    case .d3hotD0:
+      try bench.ok(.vfioSetPower(fd: dev, state: .d3hot))
+      try bench.ok(.vfioSetPower(fd: dev, state: .d0))
+    case .ioctlReset: try bench.ok(.vfioReset(fd: dev))
+    case .configFLR: try bench.ok(.vfioFLR(fd: dev))
+    case .hotReset: try bench.ok(.vfioHotReset(fd: dev))
+    case .externalFLR: try bench.ok(.pciFLR(device: "nic0"))
+    }
+    #expect(bench.priv(buf)?.revoked == c.revokedAfter)
+    #expect(bench.machine.vfio.device(VFIODeviceID(1))?.function.tdiState?.specName == c.tdiAfter)
+    #expect(bench.notifications(a) == c.notifications)
+    #expect(bench.violated() == c.violations)
+  }
+
+  /// In `reviewed` a private buffer follows the interface: STOP revokes it, a new LOCK and
+  /// START (the guest's bind, attest, accept again) restores it.
+  @Test func reviewedBuffersFollowTheInterface() throws {
+    var bench = try Bench(.reviewed)
+    let dev = try bench.openDevice(private: true)
+    let buf = try bench.exportBAR0(dev)
+    let a = try bench.attach(buf)
+    try bench.ok(.tdispStop(device: "nic0"))
+    #expect(bench.priv(buf)?.revoked == true)
+    try bench.ok(.tdispLock(device: "nic0"))
+    #expect(bench.priv(buf)?.revoked == true)
+    try bench.ok(.tdispStart(device: "nic0", nonce: .echo))
+    #expect(bench.priv(buf)?.revoked == false)
+    #expect(bench.notifications(a) == 2)
+    #expect(bench.violated().isEmpty)
+  }
+
+  @Test(arguments: Variant.allCases)
+  func exportBeforeStart(variant: Variant) throws {
+    var bench = try Bench(variant)
+    let dev = try bench.fd(.vfioOpen(device: "nic0"))
+    try bench.ok(.vfioBindIOMMUFD(fd: dev, private: true, vm: bench.td))
+    let buf = try bench.exportBAR0(dev)
+    // reviewed: not mappable before the interface runs; the RFC hands it out at once.
+    #expect(bench.priv(buf)?.revoked == (variant == .reviewed))
+    #expect(bench.violated() == (variant == .reviewed ? [] : Self.gap))
   }
 }
 

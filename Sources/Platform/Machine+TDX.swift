@@ -1,0 +1,68 @@
+import KernelCore
+import PCI
+import VFIO
+import TDX
+
+extension Machine {
+  /// The host's TDX Connect calls for a device (through the TSM) and raw SEAMCALLs.
+  mutating func performTDX(_ op: Operation) throws(OpFailure) -> OpValue {
+    switch op {
+    case .tdxDevifCreate(let vmFD, let name):
+      let id = try liveVM(vmFD)
+      let device = try pciDevice(named: name)
+      guard let td = kvm.tds[id] else { throw .errno(.EINVAL) }
+      let devif = try status { () throws(TDXStatus) in
+        try kvm.tdx.tdhDevifCreate(td: td, interface: KVMHost.routingID(device))
+      }
+      // The module trusts only TDISP states it has seen: relay the interface's current one.
+      relayTDIState(device)
+      trace.emit(.tdx, "DEVIF \(devif) binds \(name) to td\(td.rawValue)")
+      return .none
+
+    case .tdxDevifRemove(let vmFD, let name):
+      _ = try errno { () throws(Errno) in try vm(vmFD) }
+      let devif = try devif(of: try pciDevice(named: name))
+      try status { () throws(TDXStatus) in try kvm.tdx.tdhDevifRemove(devif: devif) }
+      return .none
+
+    case .tdxMMIOMTAdd(let name):
+      let device = try pciDevice(named: name)
+      let devif = try devif(of: device)
+      guard let function = vfio.device(device)?.function else { throw .errno(.ENODEV) }
+      let report: TDISPInterfaceReport
+      do { report = try function.tdispInterfaceReport() } catch { throw .tdisp(code: error.code, name: error.name) }
+      // Every range or none: the module is updated only when all of them were accepted.
+      var module = kvm.tdx
+      for range in report.mmioRanges {
+        try status { () throws(TDXStatus) in
+          try module.tdhMMIOMTAdd(devif: devif, first: report.hostFirstPage(of: range).hpa,
+                                  count: UInt64(range.numberOfPages),
+                                  attributes: MMIOMTAttributes(rawValue: UInt32(range.attributes.rawValue)))
+        }
+      }
+      kvm.tdx = module
+      return .none
+
+    case .tdxStreamBlock(let name):
+      let devif = try devif(of: try pciDevice(named: name))
+      try status { () throws(TDXStatus) in try kvm.tdx.ideStreamBlocked(devif: devif) }
+      return .none
+
+    case .tdxSeamcall(let leaf, let args):
+      switch kvm.tdx.seamcall(leaf: leaf, args: args) {
+      case .success(let registers): return .seamcall(registers)
+      case .failure(let status): throw .tdx(status)
+      }
+
+    default:
+      throw .errno(.EINVAL)
+    }
+  }
+
+  /// The DEVIF the TDX module holds for a device. The host keeps the handle DEVIF.CREATE
+  /// returned; without one there is nothing to pass (`ENOENT`).
+  func devif(of device: VFIODeviceID) throws(OpFailure) -> DevifID {
+    guard let devif = kvm.tdx.devif(for: KVMHost.routingID(device)) else { throw .errno(.ENOENT) }
+    return devif
+  }
+}

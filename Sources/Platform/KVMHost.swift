@@ -121,11 +121,16 @@ extension KVMHost: MoveNotifySink {
       trace.emit(.dmabuf, "\(attachment.importer): move_notify (attachment \(attachment.id.rawValue), \(revoked ? "revoked" : "restored"))")
       return
     }
+    // The RFC's slot move freed this attachment's slot without detaching: whatever the zap
+    // does next, it works on freed memory.
+    if vms[id]!.bindings[attachment.id]?.isStale == true {
+      staleMoveNotifies += 1
+      trace.emit(.kvm, "vm\(id.rawValue): move_notify through attachment \(attachment.id.rawValue) reaches a freed slot")
+    }
     do {
       switch try vms[id]!.dmaBufMoveNotify(attachment.id, ctx: context) {
-      case .done(let stale):
-        trace.emit(.kvm, "vm\(id.rawValue): move_notify zapped the slot of attachment \(attachment.id.rawValue)\(stale ? " (a freed slot!)" : "")")
-        if stale { staleMoveNotifies += 1 }
+      case .done:
+        trace.emit(.kvm, "vm\(id.rawValue): move_notify zapped the slot of attachment \(attachment.id.rawValue)")
       case .secureZap(let path):
         let outcome = try drive(path, vm: id, trace: &trace)
         trace.emit(.kvm, "vm\(id.rawValue): move_notify zap of private MMIO: \(outcome)")

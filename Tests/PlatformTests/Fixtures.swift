@@ -60,6 +60,13 @@ struct Bench {
     return dev
   }
 
+  /// DEVIF.CREATE for td0 and MMIO.MT.ADD from the interface report: what the TDX module
+  /// needs before it maps the device's MMIO into the TD.
+  mutating func bindToTD() throws {
+    try ok(.tdxDevifCreate(vm: td, device: "nic0"))
+    try ok(.tdxMMIOMTAdd(device: "nic0"))
+  }
+
   /// Exports the whole of BAR0.
   mutating func exportBAR0(_ dev: FD) throws -> FD {
     try fd(.vfioDmaBuf(fd: dev, regionIndex: 0, ranges: [DmaRange(offset: 0, length: Self.bar0)], openFlags: 0, flags: 0))

@@ -1,0 +1,179 @@
+import Testing
+import KernelCore
+import DmaBuf
+import VFIO
+import KVM
+import TDX
+@testable import Platform
+
+extension Bench {
+  /// The seed's flow up to a mapped slot: bind private, lock, DEVIF, MMIOMT, start, export,
+  /// slot 1 of td0 at 2 GiB.
+  mutating func tdSlot() throws -> (dev: FD, buf: FD) {
+    let dev = try fd(.vfioOpen(device: "nic0"))
+    try ok(.vfioBindIOMMUFD(fd: dev, private: true, vm: td))
+    try ok(.tdispLock(device: "nic0"))
+    try bindToTD()
+    try ok(.tdispStart(device: "nic0", nonce: .echo))
+    let buf = try exportBAR0(dev)
+    try ok(.kvmSetUserMemoryRegion2(vm: td, region: MemoryRegion2(
+      slot: 1, flags: vfioDmaBuf, guestPhysAddr: gpaBase, memorySize: Bench.bar0, guestMemfd: buf.rawValue)))
+    return (dev, buf)
+  }
+
+  var tdID: TDID? {
+    guard case .vm(let id)? = try? machine.files.lookup(td) else { return nil }
+    return machine.kvm.tds[id]
+  }
+
+  func sept(_ gpa: UInt64) -> SEPTState? {
+    tdID.flatMap { machine.kvm.tdx.septEntry(td: $0, gpa: GPA(gpa))?.state }
+  }
+
+  func tdx(_ result: OpResult) -> String? {
+    if case .failure(.tdx(let s)) = result { return s.name }
+    return nil
+  }
+}
+
+@Suite struct TDXFlowTests {
+  @Test(arguments: Variant.allCases)
+  func mapAcceptAccessAndTearDown(variant: Variant) throws {
+    var bench = try Bench(variant)
+    let (dev, buf) = try bench.tdSlot()
+    #expect(bench.machine.perform(.guestAcceptMMIO(vm: bench.td, gpa: GPA(gpaBase), expectHPA: nil))
+            == .success(.guestAccess("accepted")))
+    #expect(bench.sept(gpaBase) == .mmioMapped)
+    #expect(bench.access(bench.td, gpaBase) == .success(.guestAccess("already_mapped")))
+    #expect(bench.violated().isEmpty)
+    // Teardown: the interface stops being trusted, the buffer is revoked (by STOP in reviewed,
+    // by a reset in the RFC), KVM's zap blocks, tracks, kicks and unmaps.
+    try bench.ok(.tdispStop(device: "nic0"))
+    if variant == .rfcV1 { try bench.ok(.vfioReset(fd: dev)); try bench.ok(.vfioSetMemoryDecode(fd: dev, enable: false)) }
+    #expect(bench.priv(buf)?.revoked == true)
+    #expect(bench.sept(gpaBase) == nil)
+    #expect(bench.vm(bench.td)?.mmu.mappedPages == 0)
+    try bench.ok(.tdxDevifRemove(vm: bench.td, device: "nic0"))
+    #expect(bench.violated().isEmpty)
+    let trace = bench.machine.trace.events.map(\.description).joined(separator: "\n")
+    for leaf in ["TDH.MMIO.MAP", "TDG.MMIO.ACCEPT", "TDH.MMIO.BLOCK", "TDH.MEM.TRACK", "TDH.MMIO.UNMAP", "TDH.DEVIF.REMOVE"] {
+      #expect(trace.contains(leaf), "the trace shows \(leaf)")
+    }
+  }
+
+  @Test func accessBeforeAcceptKillsTheTD() throws {
+    var bench = try Bench(.reviewed)
+    _ = try bench.tdSlot()
+    #expect(bench.access(bench.td, gpaBase + 0x3000) == .success(.guestAccess("killed")))
+    #expect(bench.sept(gpaBase + 0x3000) == .mmioPending)
+    #expect(bench.access(bench.td, gpaBase) == .success(.guestAccess("killed")))
+    #expect(bench.machine.perform(.guestAcceptMMIO(vm: bench.td, gpa: GPA(gpaBase), expectHPA: nil)).isFailure)
+  }
+
+  @Test func acceptWithTheWrongHPA() throws {
+    var bench = try Bench(.reviewed)
+    _ = try bench.tdSlot()
+    let wrong = HPA(bench.bar0Base.rawValue + 0x1000)
+    let result = bench.machine.perform(.guestAcceptMMIO(vm: bench.td, gpa: GPA(gpaBase), expectHPA: wrong))
+    #expect(bench.tdx(result) == "TDX_MMIO_INVALID_HPA_OFFSET")
+    #expect(bench.sept(gpaBase) == .mmioPending)          // the fault mapped it; the accept failed
+    #expect(bench.machine.perform(.guestAcceptMMIO(vm: bench.td, gpa: GPA(gpaBase), expectHPA: bench.bar0Base))
+            == .success(.guestAccess("accepted")))
+  }
+
+  @Test func busyIsRetried() throws {
+    var bench = try Bench(.reviewed)
+    _ = try bench.tdSlot()
+    bench.machine.kvm.tdx.busyInjections = [BusyInjection(.seamcall(.mmioMap), operand: TDXOperand.sept),
+                                            BusyInjection(.seamcall(.mmioMap), operand: TDXOperand.sept)]
+    #expect(bench.machine.perform(.guestAcceptMMIO(vm: bench.td, gpa: GPA(gpaBase), expectHPA: nil))
+            == .success(.guestAccess("accepted")))
+    #expect(bench.machine.kvm.tdx.busyInjections.isEmpty)
+    #expect(bench.machine.trace.events.contains { $0.description.contains("after 2 retries") })
+    #expect(bench.violated().isEmpty)
+  }
+
+  @Test func anUnexpectedStatusKillsTheVM() throws {
+    var bench = try Bench(.reviewed)
+    let dev = try bench.fd(.vfioOpen(device: "nic0"))
+    try bench.ok(.vfioBindIOMMUFD(fd: dev, private: true, vm: bench.td))
+    try bench.ok(.tdispLock(device: "nic0"))
+    try bench.ok(.tdispStart(device: "nic0", nonce: .echo))
+    let buf = try bench.exportBAR0(dev)
+    try bench.ok(.kvmSetUserMemoryRegion2(vm: bench.td, region: MemoryRegion2(
+      slot: 1, flags: vfioDmaBuf, guestPhysAddr: gpaBase, memorySize: Bench.bar0, guestMemfd: buf.rawValue)))
+    // No DEVIF, no MMIOMT: TDH.MMIO.MAP fails with a status KVM does not expect.
+    #expect(bench.access(bench.td, gpaBase) == .failure(.errno(.EIO)))
+    #expect(bench.violated() == ["NoKVMBugOn"])
+    for op: Operation in [.kvmCreateVCPU(vm: bench.td, id: 1), .guestRead(vm: bench.td, gpa: GPA(gpaBase), size: 4),
+                          .kvmSetUserMemoryRegion2(vm: bench.td, region: MemoryRegion2(slot: 2, flags: 0, guestPhysAddr: 0, memorySize: 0x1000)),
+                          .guestAcceptMMIO(vm: bench.td, gpa: GPA(gpaBase), expectHPA: nil), .tdxDevifCreate(vm: bench.td, device: "nic0")] {
+      #expect(bench.errno(op) == .EIO, "\(op) on a dead VM")
+    }
+  }
+
+  @Test func devifRemoveWithMappedPages() throws {
+    var bench = try Bench(.reviewed)
+    _ = try bench.tdSlot()
+    try bench.ok(.guestAcceptMMIO(vm: bench.td, gpa: GPA(gpaBase), expectHPA: nil))
+    #expect(bench.tdx(bench.machine.perform(.tdxDevifRemove(vm: bench.td, device: "nic0"))) == "TDX_DEVIF_HAS_MAPPED_MMIO")
+  }
+
+  @Test func hostSideErrors() throws {
+    var bench = try Bench(.reviewed)
+    #expect(bench.errno(.tdxDevifCreate(vm: bench.plain, device: "nic0")) == .EINVAL)   // not a TD
+    #expect(bench.errno(.tdxDevifCreate(vm: bench.td, device: "nope")) == .ENODEV)
+    #expect(bench.errno(.tdxMMIOMTAdd(device: "nic0")) == .ENOENT)                    // no DEVIF yet
+    #expect(bench.errno(.tdxStreamBlock(device: "nic0")) == .ENOENT)
+    try bench.ok(.tdxDevifCreate(vm: bench.td, device: "nic0"))
+    // The report exists only while the interface is locked or running.
+    #expect(bench.machine.perform(.tdxMMIOMTAdd(device: "nic0")) == .failure(.tdisp(code: 4, name: "INVALID_INTERFACE_STATE")))
+    #expect(bench.tdx(bench.machine.perform(.tdxSeamcall(leaf: 9999, args: []))) == "TDX_OPERAND_INVALID")
+    #expect(bench.errno(.guestAcceptMMIO(vm: bench.plain, gpa: GPA(gpaBase), expectHPA: nil)) == .EINVAL)
+    #expect(bench.errno(.guestAcceptMMIO(vm: bench.td, gpa: GPA(gpaBase), expectHPA: nil)) == .EINVAL)  // no slot: no HPA to expect
+  }
+}
+
+/// The ordering question the RFC leaves open: a revoke (here an FLR started through config
+/// space, as a guest does) while the TDI is still RUN.
+@Suite struct FLRWhileRunTests {
+  @Test(arguments: Variant.allCases)
+  func flrWhileRun(variant: Variant) throws {
+    var bench = try Bench(variant)
+    let (dev, buf) = try bench.tdSlot()
+    try bench.ok(.guestAcceptMMIO(vm: bench.td, gpa: GPA(gpaBase), expectHPA: nil))
+    try bench.ok(.vfioFLR(fd: dev))
+    switch variant {
+    case .reviewed:
+      // The TSM unbind stops the interface first, so UNMAP is allowed; the buffer stays revoked
+      // until the guest locks, attests and starts the interface again.
+      #expect(bench.sept(gpaBase) == nil)
+      #expect(bench.priv(buf)?.revoked == true)
+      #expect(bench.vm(bench.td)?.isDead == false)
+      #expect(bench.violated().isEmpty)
+    case .rfcV1:
+      // The revoke reaches KVM with the TDI still RUN: TDH.MMIO.UNMAP fails
+      // TDX_DEVIF_TDISP_INVALID_STATE, KVM_BUG_ON kills the VM, and the TD keeps its mapping
+      // of a device that is then reset. (The config-space FLR also leaves the buffer revoked:
+      // the RFC's other FLR bug.)
+      #expect(bench.vm(bench.td)?.isDead == true)
+      #expect(bench.sept(gpaBase) == .mmioBlocked)
+      #expect(bench.violated() == ["UsableDeviceBuffersRestored", "RevokedImpliesNoSPTE", "NoKVMBugOn"])
+      #expect(bench.machine.kvm.bugs.first?.contains("TDX_DEVIF_TDISP_INVALID_STATE") == true)
+    }
+  }
+
+  @Test func blockingTheStreamAlsoAllowsUnmap() throws {
+    var bench = try Bench(.rfcV1)
+    let (dev, _) = try bench.tdSlot()
+    try bench.ok(.guestAcceptMMIO(vm: bench.td, gpa: GPA(gpaBase), expectHPA: nil))
+    try bench.ok(.tdxStreamBlock(device: "nic0"))
+    try bench.ok(.vfioSetMemoryDecode(fd: dev, enable: false))
+    #expect(bench.sept(gpaBase) == nil)
+    #expect(bench.vm(bench.td)?.isDead == false)
+  }
+}
+
+extension Result {
+  var isFailure: Bool { if case .failure = self { true } else { false } }
+}

@@ -47,9 +47,11 @@ public struct KVMHost: Hashable, Sendable {
   }
 
   /// Runs one SEAMCALL and classifies it; an unexpected status is recorded as a KVM bug.
-  mutating func seamcall(_ vm: VMID, _ what: String, _ body: (inout TDXModule) throws(TDXStatus) -> Void) -> SecureCallResult {
+  mutating func seamcall(_ vm: VMID, _ what: String, trace: inout Trace,
+                         _ body: (inout TDXModule) throws(TDXStatus) -> Void) -> SecureCallResult {
     let result: Result<Void, TDXStatus>
     do { try body(&tdx); result = .success(()) } catch { result = .failure(error) }
+    trace.absorb(&tdx.trace)
     let classified = Self.classify(result)
     if case .failed(let raw) = classified {
       bugs.append("vm\(vm.rawValue): \(what) returned \(TDXStatus(rawValue: raw))")
@@ -69,16 +71,16 @@ public struct KVMHost: Hashable, Sendable {
       let result: SecureCallResult
       switch action {
       case .secureBlock(let gpa, let level):
-        result = seamcall(id, "TDH.MMIO.BLOCK \(gpa)") { (m: inout TDXModule) throws(TDXStatus) in
+        result = seamcall(id, "TDH.MMIO.BLOCK \(gpa)", trace: &trace) { (m: inout TDXModule) throws(TDXStatus) in
           try m.tdhMMIOBlock(td: td, gpa: gpa, level: SEPTLevel(level))
         }
       case .secureTrack:
-        result = seamcall(id, "TDH.MEM.TRACK") { (m: inout TDXModule) throws(TDXStatus) in try m.tdhMemTrack(td: td) }
+        result = seamcall(id, "TDH.MEM.TRACK", trace: &trace) { (m: inout TDXModule) throws(TDXStatus) in try m.tdhMemTrack(td: td) }
       case .kickVCPUs:
         kick(td, trace: &trace)
         result = .success
       case .secureUnmap(let gpa, let level):
-        result = seamcall(id, "TDH.MMIO.UNMAP \(gpa)") { (m: inout TDXModule) throws(TDXStatus) in
+        result = seamcall(id, "TDH.MMIO.UNMAP \(gpa)", trace: &trace) { (m: inout TDXModule) throws(TDXStatus) in
           try m.tdhMMIOUnmap(td: td, gpa: gpa, level: SEPTLevel(level))
         }
       case .complete(let outcome):
@@ -93,11 +95,12 @@ public struct KVMHost: Hashable, Sendable {
   /// an IPI, exits, and re-enters in the new epoch.
   mutating func kick(_ td: TDID, trace: inout Trace) {
     guard let state = tdx.tds[td] else { return }
+    trace.emit(.kvm, "kick all vCPUs of td\(td.rawValue) out of guest mode")
     for (index, vcpu) in state.vcpus.enumerated() where vcpu.inGuest {
       try? tdx.tdExit(td: td, vcpu: UInt32(index))
       try? tdx.tdhVPEnter(td: td, vcpu: UInt32(index))
     }
-    trace.emit(.kvm, "kick all vCPUs of td\(td.rawValue) out of guest mode")
+    trace.absorb(&tdx.trace)
   }
 }
 
@@ -144,12 +147,13 @@ extension KVMHost: MoveNotifySink {
 
   /// The TSM relays the TDI's state to the TDX module, which trusts only what it observes.
   public mutating func functionChanged(_ device: VFIODeviceID, _ function: PCIFunction, trace: inout Trace) {
-    observe(device, function)
+    observe(device, function, trace: &trace)
   }
 
-  mutating func observe(_ device: VFIODeviceID, _ function: PCIFunction) {
+  mutating func observe(_ device: VFIODeviceID, _ function: PCIFunction, trace: inout Trace) {
     guard let state = function.tdiState, let devif = tdx.devif(for: Self.routingID(device)),
           let mirrored = DevifTDISPState(rawValue: state.rawValue) else { return }
     try? tdx.observeTDISPState(devif: devif, state: mirrored)
+    trace.absorb(&tdx.trace)
   }
 }

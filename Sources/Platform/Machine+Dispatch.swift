@@ -237,7 +237,7 @@ extension Machine {
   /// Tells the TDX module (through the TSM) the device's TDI state after a host-side change,
   /// then lets VFIO bring private buffers in line with it.
   mutating func relayTDIState(_ id: VFIODeviceID, context: ContextID = .ioctl) {
-    if let function = vfio.device(id)?.function { kvm.observe(id, function) }
+    if let function = vfio.device(id)?.function { kvm.observe(id, function, trace: &trace) }
     try? vfio.tsmStateChanged(id, context: context, dmabufCore: &dmabufCore, sink: &kvm, trace: &trace)
   }
 

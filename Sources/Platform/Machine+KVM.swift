@@ -47,6 +47,7 @@ extension Machine {
     let id = kvm.vms.keys.max()?.next ?? VMID(1)
     if type == .tdx {
       kvm.tds[id] = try status { () throws(TDXStatus) in try kvm.tdx.tdhMngCreate(vcpuCount: KVMHost.tdVCPUs) }
+      trace.absorb(&kvm.tdx.trace)
     }
     let fd = try errno { () throws(Errno) in try files.install(.vm(id)) }
     kvm.vms[id] = VirtualMachine(id: id, type: type == .tdx ? .tdx : .default)
@@ -60,8 +61,8 @@ extension Machine {
     let id = try liveVM(vmFD)
     if kvm.tds[id] != nil, vcpu >= KVMHost.tdVCPUs { throw .errno(.EINVAL) }
     try errno { () throws(Errno) in try kvm.vms[id]!.createVCPU(vcpu) }
-    if let td = kvm.tds[id] { try? kvm.tdx.tdhVPEnter(td: td, vcpu: vcpu) }
     trace.emit(.kvm, "KVM_CREATE_VCPU vm\(id.rawValue) vcpu \(vcpu)")
+    if let td = kvm.tds[id] { try? kvm.tdx.tdhVPEnter(td: td, vcpu: vcpu) }
     return .none
   }
 
@@ -140,6 +141,7 @@ extension Machine {
     kvm.leaked.formUnion(leaked)
     if let td = kvm.tds[id] {
       try? kvm.tdx.tdTeardown(td: td)
+      trace.absorb(&kvm.tdx.trace)
       kvm.tds[id] = nil
     }
     kvm.vms[id] = nil
@@ -157,7 +159,9 @@ extension Machine {
     guard kvm.vms[id]!.vcpus.isEmpty == false else { throw .errno(.EINVAL) }
     guard [1, 2, 4, 8].contains(size), gpa.pageOffset + size <= pageSize else { throw .errno(.EINVAL) }
     if let td = kvm.tds[id] {
-      switch kvm.tdx.guestAccess(td: td, gpa: gpa) {
+      let first = kvm.tdx.guestAccess(td: td, gpa: gpa)
+      trace.absorb(&kvm.tdx.trace)
+      switch first {
       case .mapped: return .guestAccess(FaultOutcome.alreadyMapped.rawValue)
       case .killedTD, .tdNotRunnable: return .guestAccess(FaultOutcome.killed.rawValue)
       case .virtualizationException: return .guestAccess("ve")
@@ -166,7 +170,9 @@ extension Machine {
       let outcome = try fault(id, gpa: gpa, access: access, context: context)
       guard outcome == .mapped || outcome == .alreadyMapped else { return try report(outcome) }
       // The vCPU re-executes the access against the new entry.
-      switch kvm.tdx.guestAccess(td: td, gpa: gpa) {
+      let again = kvm.tdx.guestAccess(td: td, gpa: gpa)
+      trace.absorb(&kvm.tdx.trace)
+      switch again {
       case .killedTD, .tdNotRunnable: return .guestAccess(FaultOutcome.killed.rawValue)
       default: return try report(outcome)
       }
@@ -198,7 +204,7 @@ extension Machine {
           action = path.pfnResolved(resolvePFN(request, context: context))
         case .secureMap(let gpa, let hpa, let level):
           guard let td = kvm.tds[id] else { throw OpFailure.errno(.EIO) }
-          let result = kvm.seamcall(id, "TDH.MMIO.MAP \(gpa)") { (m: inout TDXModule) throws(TDXStatus) in
+          let result = kvm.seamcall(id, "TDH.MMIO.MAP \(gpa)", trace: &trace) { (m: inout TDXModule) throws(TDXStatus) in
             try m.tdhMMIOMap(td: td, gpa: gpa, level: SEPTLevel(level), hpa: hpa)
           }
           action = try path.secureMapCompleted(result, vm: &kvm.vms[id]!)
@@ -247,10 +253,12 @@ extension Machine {
       let outcome = try status { () throws(TDXStatus) in
         try kvm.tdx.tdgMMIOAccept(td: td, vcpu: 0, gpa: gpa, expectedHPA: expected)
       }
+      trace.absorb(&kvm.tdx.trace)
       switch outcome {
       case .accepted:
         return .guestAccess("accepted")
       case .eptViolation:
+
         let fault = try fault(id, gpa: gpa, access: .read, context: context)
         guard fault == .mapped || fault == .alreadyMapped else { return try report(fault) }
       }

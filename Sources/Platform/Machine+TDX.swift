@@ -14,6 +14,7 @@ extension Machine {
       let devif = try status { () throws(TDXStatus) in
         try kvm.tdx.tdhDevifCreate(td: td, interface: KVMHost.routingID(device))
       }
+      trace.absorb(&kvm.tdx.trace)
       // The module trusts only TDISP states it has seen: relay the interface's current one.
       relayTDIState(device)
       trace.emit(.tdx, "DEVIF \(devif) binds \(name) to td\(td.rawValue)")
@@ -41,6 +42,7 @@ extension Machine {
         }
       }
       kvm.tdx = module
+      trace.absorb(&kvm.tdx.trace)
       return .none
 
     case .tdxStreamBlock(let name):

@@ -3,11 +3,14 @@ public enum BuiltinScenarios {
   /// The file name positions in the default scenario carry.
   public static let defaultFile = "<builtin:default>"
 
-  /// The seed's flow, VFIO side: a TDISP device bound private to a TD, its BAR exported as a
-  /// private dma-buf, an importer asking for PFNs, the host refused, and an FLR through config
-  /// space revoking the buffer.
+  /// The seed's whole flow for a TD: a TDISP device bound private, its interface locked and
+  /// bound to the TD in the TDX module, its BAR exported as a private dma-buf and put in a
+  /// memslot; the guest's first touch faults, KVM maps it with TDH.MMIO.MAP, the guest accepts
+  /// and then reads without an exit. Teardown: the interface is stopped, the buffer revoked,
+  /// KVM blocks, tracks and unmaps, the DEVIF goes. Under `--variant rfc-v1` the same steps
+  /// show what the posted series gets wrong.
   public static let defaultYAML = """
-    name: private-mmio-vfio
+    name: private-mmio-td
     machine:
       devices:
         - name: nic0
@@ -17,26 +20,33 @@ public enum BuiltinScenarios {
       vms:
         - { name: td0, type: tdx }
     steps:
-      # The device is bound private to the TD (RFC patch 8) and its interface locked and started.
+      # VFIO binds the device private to the TD (RFC patch 8); the host loses access to its BARs.
       - { op: vfio.open, device: nic0, as: dev, expect: ok }
       - { op: vfio.bind_iommufd, fd: dev, private: true, vm: td0, expect: ok }
-      - { op: tdisp.lock, device: nic0, expect: { state: CONFIG_LOCKED } }
-      - { op: tdisp.start, device: nic0, nonce: echo, expect: { state: RUN } }
-      # Its regions say PRIVATE, and the host can neither read nor map them.
       - { op: vfio.region_info, fd: dev, region_index: 0, expect: { flags: [READ, WRITE, MMAP, PRIVATE] } }
       - { op: vfio.read, fd: dev, region_index: 0, offset: 0, size: 4, expect: { errno: EINVAL } }
       - { op: vfio.mmap, fd: dev, region_index: 0, expect: { errno: EINVAL } }
-      # The BAR leaves VFIO as a private dma-buf; an importer gets PFNs, never a host mapping.
+      # The TSM locks the interface; the TDX module gets a DEVIF and the MMIO ranges of the report.
+      - { op: tdisp.lock, device: nic0, expect: { state: CONFIG_LOCKED } }
+      - { op: tdx.devif_create, vm: td0, device: nic0, expect: ok }
+      - { op: tdx.mmio_mt_add, device: nic0, expect: ok }
+      - { op: tdisp.start, device: nic0, nonce: echo, expect: { state: RUN } }
+      # The BAR leaves VFIO as a private dma-buf and becomes a memslot of the TD (patches 4-10).
       - { op: vfio.dma_buf, fd: dev, region_index: 0, ranges: [[0, 0x200000]], as: buf, expect: ok }
-      - { op: dmabuf.attach, fd: buf, importer: kvm, dynamic: true, peer2peer: true, as: kvm_att, expect: ok }
-      - { op: dmabuf.get_pfn, attachment: kvm_att, pgoff: 0, expect: ok }
-      - { op: dmabuf.get_pfn, attachment: kvm_att, pgoff: 0x1ff, expect: ok }
-      - { op: dmabuf.get_pfn, attachment: kvm_att, pgoff: 0x200, expect: { errno: EINVAL } }
-      # A guest-initiated FLR through config space revokes the buffer: lookups fail ENODEV.
-      - { op: vfio.flr, fd: dev, expect: ok }
-      - { op: dmabuf.get_pfn, attachment: kvm_att, pgoff: 0, expect: { errno: ENODEV } }
-      # Teardown, then a closed fd is EBADF.
-      - { op: dmabuf.detach, attachment: kvm_att, expect: ok }
+      - { op: kvm.set_user_memory_region2, vm: td0, slot: 1, flags: [vfio_dmabuf],
+          guest_phys_addr: 0x80000000, memory_size: 0x200000, fd: buf, expect: ok }
+      # The guest accepts: EPT violation -> fault -> TDH.MMIO.MAP (MMIO_PENDING) -> TDG.MMIO.ACCEPT.
+      - { op: guest.accept_mmio, vm: td0, gpa: 0x80000000, expect: ok }
+      - { op: guest.read, vm: td0, gpa: 0x80000000, size: 4, expect: { fault: already_mapped } }
+      - { op: guest.accept_mmio, vm: td0, gpa: 0x80001000, expect: ok }
+      - { op: guest.write, vm: td0, gpa: 0x80001008, size: 8, expect: { fault: already_mapped } }
+      # Teardown. Stopping the interface ends the TD's trust in it: the buffer is revoked and
+      # KVM's move_notify runs TDH.MMIO.BLOCK, TDH.MEM.TRACK, the vCPU kick and TDH.MMIO.UNMAP.
+      - { op: tdisp.stop, device: nic0, expect: { state: CONFIG_UNLOCKED } }
+      - { op: guest.read, vm: td0, gpa: 0x80000000, size: 4, expect: { fault: eio } }
+      - { op: kvm.set_user_memory_region2, vm: td0, slot: 1, flags: [vfio_dmabuf],
+          guest_phys_addr: 0x80000000, memory_size: 0, expect: ok }
+      - { op: tdx.devif_remove, vm: td0, device: nic0, expect: ok }
       - { op: dmabuf.close, fd: buf, expect: ok }
       - { op: vfio.close, fd: dev, expect: ok }
       - { op: vfio.region_info, fd: dev, region_index: 0, expect: { errno: EBADF } }

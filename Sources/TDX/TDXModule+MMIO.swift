@@ -164,13 +164,15 @@ extension TDXModule {
   ///   `TDX_MMIO_INVALID_HPA_OFFSET` (operand RDX) when the entry maps another HPA — the
   ///   choice of this status for a mismatch is not certain.
   public mutating func tdgMMIOAccept(td: TDID, vcpu: UInt32, gpa: GPA, expectedHPA: HPA) throws(TDXStatus) -> MMIOAcceptOutcome {
-    try traced("TDG.MMIO.ACCEPT td \(td) vcpu \(vcpu) gpa \(gpa) hpa \(expectedHPA)") { (m: inout TDXModule) throws(TDXStatus) -> MMIOAcceptOutcome in
+    let outcome = try traced("TDG.MMIO.ACCEPT td \(td) vcpu \(vcpu) gpa \(gpa) hpa \(expectedHPA)", tracingSuccess: false) { (m: inout TDXModule) throws(TDXStatus) -> MMIOAcceptOutcome in
       try m.consumeBusy(.tdcall(.mmioAccept), td: td)
       let state = try m.liveTD(td, register: TDXOperand.rcx)
       guard Int(vcpu) < state.vcpus.count, gpa.isPageAligned else {
         throw TDXStatus.operandInvalid.with(operand: TDXOperand.rcx)
       }
       guard let entry = state.sept[gpa], entry.state != .mmioBlocked, entry.state != .blocked else {
+        // No status comes back: the TDCALL itself takes an EPT violation and the TD exits.
+        m.trace.emit(.tdx, "TDG.MMIO.ACCEPT td \(td) gpa \(gpa): not present, EPT violation (TD exit)")
         return .eptViolation
       }
       switch entry.state {
@@ -184,6 +186,10 @@ extension TDXModule {
       m.tds[td]?.sept[gpa]?.state = .mmioMapped
       return .accepted
     }
+    if outcome == .accepted {
+      trace.emit(.tdx, "TDG.MMIO.ACCEPT td \(td) vcpu \(vcpu) gpa \(gpa) hpa \(expectedHPA) -> TDX_SUCCESS")
+    }
+    return outcome
   }
 
   /// A guest load or store at private `gpa` of `td`, as the CPU's Secure-EPT walk resolves it.

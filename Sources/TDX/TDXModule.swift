@@ -158,11 +158,11 @@ extension TDXModule {
   }
 
   /// Records a call's outcome in the trace and passes a failure on.
-  mutating func traced<T>(_ what: @autoclosure () -> String,
+  mutating func traced<T>(_ what: @autoclosure () -> String, tracingSuccess: Bool = true,
                           _ body: (inout TDXModule) throws(TDXStatus) -> T) throws(TDXStatus) -> T {
     do {
       let result = try body(&self)
-      trace.emit(.tdx, "\(what()) -> TDX_SUCCESS")
+      if tracingSuccess { trace.emit(.tdx, "\(what()) -> TDX_SUCCESS") }
       return result
     } catch {
       trace.emit(.tdx, "\(what()) -> \(error)")

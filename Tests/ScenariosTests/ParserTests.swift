@@ -94,7 +94,7 @@ func opTable() {
 @Test("the built-in default scenario parses")
 func builtinParses() throws {
   let scenario = try BuiltinScenarios.defaultScenario()
-  #expect(scenario.name == "private-mmio-vfio")
+  #expect(scenario.name == "private-mmio-td")
   #expect(scenario.steps.count >= 10)
   #expect(scenario.steps.allSatisfy { $0.expectation != nil })
 }

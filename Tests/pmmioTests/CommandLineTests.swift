@@ -120,7 +120,16 @@ func traces() throws {
 @Test("plain pmmio runs the embedded default scenario")
 func defaultScenario() throws {
   let result = try pmmio([])
-  #expect(result.status == 0 || result.status == 1)
-  #expect(result.stdout.hasPrefix("scenario private-mmio-vfio (variant reviewed)\n"))
-  #expect(result.stdout.contains("summary:"))
+  #expect(result.status == 0)
+  #expect(result.stdout.hasPrefix("scenario private-mmio-td (variant reviewed)\n"))
+  #expect(result.stdout.contains("expectations: 22 met, 0 failed"))
+  #expect(result.stdout.contains("TDH.MMIO.UNMAP"))
+}
+
+@Test("the default scenario under rfc-v1 shows the TD still mapping a stopped interface")
+func defaultScenarioRFC() throws {
+  let result = try pmmio(["--variant", "rfc-v1"])
+  #expect(result.status == 1)
+  #expect(result.stdout.contains("FAILED: expected fault eio, got ok fault already_mapped"))
+  #expect(result.stdout.contains("violated: PrivateMMIOOnlyWhileTDIRuns"))
 }

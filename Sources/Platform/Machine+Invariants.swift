@@ -37,7 +37,7 @@ extension Machine {
               summary: "a buffer of a device whose memory decode is off (or not in D0) is revoked",
               check: { $0.decodeOffButLive() }),
     Invariant(name: "UsableDeviceBuffersRestored",
-              summary: "a buffer of an open device whose memory is enabled is not left revoked",
+              summary: "a buffer of an open device whose memory is enabled (and, in reviewed, whose TDI runs if private) is not left revoked",
               check: { $0.usableButRevoked() }),
     Invariant(name: "ClosedDeviceBuffersRevoked",
               summary: "a buffer whose device was closed is revoked for good",
@@ -72,8 +72,13 @@ extension Machine {
     Invariant(name: "SEPTMatchesMirror",
               summary: "a TD's Secure-EPT MMIO entries and KVM's mirror SPTEs agree",
               check: { $0.septMirrorMismatches() }),
-  ] + ["EpochRefcountsBalance", "SEPTMMIOEntryOwnedByTD", "NoRemovedDevifHasMappedMMIO", "DevifMappedCountBalances"].map { name in
-    Invariant(name: name, summary: "the TDX module's own \(name)",
+  ] + [
+    ("SEPTMMIOEntryOwnedByTD", "every MMIO Secure-EPT entry maps a TEE page whose MMIOMT owner DEVIF belongs to that TD"),
+    ("NoRemovedDevifHasMappedMMIO", "a removed DEVIF has no mapped pages, and the MMIOMT agrees with the Secure EPT"),
+    ("DevifMappedCountBalances", "a DEVIF's count of mapped pages equals the pages mapped through it"),
+    ("EpochRefcountsBalance", "a TD's per-epoch vCPU counts equal the vCPUs in the guest"),
+  ].map { name, summary in
+    Invariant(name: name, summary: summary,
               check: { m in m.kvm.tdx.invariantViolations().filter { $0.name == name }.map(\.message) })
   }
 

@@ -297,7 +297,9 @@ extension OpSpec {
         case .optional: "`\(key.name)?`: \(key.kind.summary)"
         }
       }
-      lines.append("| `\(spec.name)` | \(keys.joined(separator: "; ")) | \(spec.mirrors) |")
+      // A bar inside a cell (`D0|D3hot`, `O_RDWR|O_CLOEXEC`) would end the cell in Markdown.
+      let cells = [keys.joined(separator: "; "), spec.mirrors].map { $0.replacingOccurrences(of: "|", with: "\\|") }
+      lines.append("| `\(spec.name)` | \(cells[0]) | \(cells[1]) |")
     }
     return lines.joined(separator: "\n") + "\n"
   }

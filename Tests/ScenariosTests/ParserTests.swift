@@ -88,7 +88,7 @@ func opTable() {
   #expect(names.count == 36)
   let table = OpSpec.referenceTable
   for name in names { #expect(table.contains("| `\(name)` |")) }
-  #expect(table.contains("`open_flags`: u32 = 0x80002 (O_RDWR|O_CLOEXEC)"))
+  #expect(table.contains("`open_flags`: u32 = 0x80002 (O_RDWR\\|O_CLOEXEC)"))   // escaped for Markdown
 }
 
 @Test("the built-in default scenario parses")

@@ -6,7 +6,8 @@ import Synchronization
 /// `move_notify` (`dma_buf_attach_ops`) when the exporter revokes the buffer.
 ///
 /// PFNs name pages of the back end's device memory (for `LazyBARVM`: page N of its backing file).
-/// The platform model's VFIO dma-buf will be wired behind this protocol, so it stays this small.
+/// The platform model's VFIO dma-buf answers through this protocol (`ModelBARExporter`), so it stays
+/// this small.
 public protocol BARExporter: Sendable {
   /// The exported size in bytes; a multiple of 4 KiB.
   var size: UInt64 { get }
@@ -23,9 +24,21 @@ public protocol BARExporter: Sendable {
   func attach(moveNotify: @escaping @Sendable () -> Void)
 }
 
+/// An exporter a test or `pmmio kvm` can revoke on demand, as an FLR or memory decode off revokes a
+/// VFIO dma-buf. Not part of what an importer sees: KVM only ever learns of a revoke through
+/// `move_notify` and `ENODEV`.
+public protocol RevocableBARExporter: BARExporter {
+  /// Revokes the buffer: later lookups fail `ENODEV`, and every importer's `move_notify` has
+  /// returned before this does. Revoking a revoked buffer notifies nobody.
+  func revoke() throws(Errno)
+
+  /// Whether the buffer is revoked now.
+  var isRevoked: Bool { get }
+}
+
 /// A thread-safe exporter over a fixed run of PFNs, revocable as an FLR or decode-off would revoke
-/// a VFIO dma-buf. For tests, and for `pmmio kvm`.
-public final class InMemoryBARExporter: BARExporter {
+/// a VFIO dma-buf. For tests, and for `pmmio kvm --exporter in-memory`.
+public final class InMemoryBARExporter: RevocableBARExporter {
   struct State {
     var revoked = false
     var notifiers: [@Sendable () -> Void] = []
@@ -66,6 +79,31 @@ public final class InMemoryBARExporter: BARExporter {
       guard !state.revoked else { return }
       state.revoked = true
       for notify in state.notifiers { notify() }
+    }
+  }
+}
+
+/// Which exporter the Swift back end asks for the BAR's PFNs.
+public enum BARExporterKind: Hashable, Sendable, CustomStringConvertible {
+  /// The platform model's VFIO dma-buf (`ModelBARExporter`), in this variant.
+  case model(Variant)
+  /// `InMemoryBARExporter`: a flag and a PFN run, for comparison with the model's cost.
+  case inMemory
+
+  /// A fresh exporter of this kind over `size` bytes, PFN N being page N of the device memory.
+  /// - Throws: as `ModelBARExporter.init` or `InMemoryBARExporter.init`.
+  public func make(size: UInt64 = GuestProgram.barSize) throws(Errno) -> any RevocableBARExporter {
+    switch self {
+    case .model(let variant): try ModelBARExporter(size: size, variant: variant)
+    case .inMemory: try InMemoryBARExporter(size: size)
+    }
+  }
+
+  /// `vfio-dma-buf model (reviewed)` or `in-memory`, as `pmmio kvm` prints it.
+  public var description: String {
+    switch self {
+    case .model(let variant): "vfio-dma-buf model (\(variant.rawValue))"
+    case .inMemory: "in-memory"
     }
   }
 }

@@ -3,27 +3,32 @@ import Glibc
 import KernelCore
 
 /// Revoke under a running vCPU: a second thread waits until the guest has done `revokeAfter`
-/// iterations of a lazily mapped run, revokes the exporter (as an FLR would), then plants the
+/// iterations of a lazily mapped run, revokes the exporter (for the model: memory decode off, a
+/// device being torn down), then plants the
 /// sentinel in the old backing. The guest loops until it has read all-ones
 /// `GuestProgram.allOnesToStop` times, so the revoke lands while it runs however late the
 /// revoking thread is scheduled.
 public struct RevokeRun: Hashable, Sendable {
   public var guest: GuestRunReport
-  /// `InMemoryBARExporter.revoke()`: mark revoked plus `move_notify` (slot delete).
+  /// `RevocableBARExporter.revoke()`: the exporter's revoke plus `move_notify` (slot delete).
   public var revokeNanoseconds: UInt64
+  /// The exporter says revoked after the run (for the model: its `priv->revoked`).
+  public var exporterRevoked: Bool
   /// The sentinel planted after revoke is still in register 2: no guest write reached the backing.
   public var backingUntouched: Bool
   public var backing: BARBackingKind
 
-  /// - Throws: `EINVAL` for `revokeAfter == 0`; the errno of any failing step; `ETIMEDOUT` when
-  ///   the guest ran out of its bound before the revoke took effect.
-  public static func run(system: KVMSystem, revokeAfter: UInt64, preferGuestMemfd: Bool = false)
-    throws(Errno) -> RevokeRun
-  {
+  /// - Throws: `EINVAL` for `revokeAfter == 0`; the errno of any failing step (the exporter's
+  ///   revoke included); `ETIMEDOUT` when the guest ran out of its bound before the revoke took
+  ///   effect.
+  public static func run(
+    system: KVMSystem, revokeAfter: UInt64, preferGuestMemfd: Bool = false,
+    exporter kind: BARExporterKind = .model(.reviewed)
+  ) throws(Errno) -> RevokeRun {
     guard revokeAfter > 0 else { throw .EINVAL }
     let bound = revokeAfter + GuestProgram.revokeBound
     guard bound <= UInt64(UInt32.max) else { throw .EINVAL }
-    let exporter = try InMemoryBARExporter(size: GuestProgram.barSize)
+    let exporter = try kind.make()
     let vm = try LazyBARVM(system: system, exporter: exporter, mode: .lazyMapped,
       iterations: bound, preferGuestMemfd: preferGuestMemfd)
     let revoker = Revoker(exporter: exporter, memory: vm.deviceMemory,
@@ -47,23 +52,25 @@ public struct RevokeRun: Hashable, Sendable {
       throw error
     }
     pthread_join(thread, nil)
+    if let e = revoker.error { throw e }
     guard guest.allOnesReads >= GuestProgram.allOnesToStop else { throw .ETIMEDOUT }
     return RevokeRun(
-      guest: guest, revokeNanoseconds: revoker.elapsed,
+      guest: guest, revokeNanoseconds: revoker.elapsed, exporterRevoked: exporter.isRevoked,
       backingUntouched: vm.deviceMemory.load32(offset: GuestProgram.countdownOffset) == GuestProgram.sentinel,
       backing: vm.backing)
   }
 }
 
 final class Revoker: @unchecked Sendable {
-  let exporter: InMemoryBARExporter
+  let exporter: any RevocableBARExporter
   let memory: DeviceMemory
   let until: UInt32
   // Written by the revoking thread before pthread_join returns; read only after it.
   var elapsed: UInt64 = 0
+  var error: Errno?
   private let cancelled = UnsafeMutablePointer<UInt32>.allocate(capacity: 1)
 
-  init(exporter: InMemoryBARExporter, memory: DeviceMemory, until: UInt32) {
+  init(exporter: any RevocableBARExporter, memory: DeviceMemory, until: UInt32) {
     self.exporter = exporter
     self.memory = memory
     self.until = until
@@ -82,7 +89,13 @@ final class Revoker: @unchecked Sendable {
       sched_yield()
     }
     let t0 = ContinuousClock.now
-    exporter.revoke()
+    do throws(Errno) {
+      try exporter.revoke()
+    } catch {
+      // Nothing was revoked: the guest runs out its bound and the caller reports this errno.
+      self.error = error
+      return
+    }
     elapsed = (ContinuousClock.now - t0).nanoseconds
     memory.store32(offset: 0, GuestProgram.sentinel)
     memory.store32(offset: GuestProgram.countdownOffset, GuestProgram.sentinel)

@@ -13,6 +13,10 @@ struct KVMCommand: ParsableCommand {
       user space. Mapped: the first access exits, the back end asks the exporter for the range \
       and installs a memslot, later accesses run without exits. With --revoke-after N a second \
       thread revokes the buffer after N iterations; later reads return all-ones.
+      The Swift back end asks the platform model's VFIO dma-buf for the BAR's PFNs by default \
+      (open, bind, VFIO_DEVICE_FEATURE_DMA_BUF, dynamic attach; get_pfn per page; revoke by \
+      memory decode off); --exporter in-memory asks a plain in-memory exporter instead, for \
+      comparison. The C reference VMM always uses its own in-memory exporter.
       Exit status: 0 when the runs behaved (one exit mapped, no stale read after revoke), \
       1 when they did not, 2 when /dev/kvm is absent or unusable or on bad usage.
       """)
@@ -29,8 +33,26 @@ struct KVMCommand: ParsableCommand {
   @Flag(name: .customLong("guest-memfd"), help: "Back the BAR slot with guest_memfd where the host offers it.")
   var guestMemfd = false
 
+  @Option(help: "Who the Swift back end asks for PFNs: 'model' (the VFIO dma-buf model) or 'in-memory'.")
+  var exporter: ExporterName = .model
+
+  @Option(help: "The model's variant with --exporter model: rfc-v1 or reviewed.")
+  var variant: Variant = .reviewed
+
   @Flag(help: "Print one JSON document: {\"swift\": {...}, \"c\": {...}}.")
   var json = false
+
+  enum ExporterName: String, ExpressibleByArgument, CaseIterable {
+    case model
+    case inMemory = "in-memory"
+  }
+
+  var exporterKind: BARExporterKind {
+    switch exporter {
+    case .model: .model(variant)
+    case .inMemory: .inMemory
+    }
+  }
 
   func validate() throws {
     guard iterations > 0, iterations <= UInt64(UInt32.max) else {
@@ -50,7 +72,7 @@ struct KVMCommand: ParsableCommand {
     do throws(Errno) {
       result = try KVMComparison.measure(
         iterations: iterations, revokeAfter: revokeAfter, preferGuestMemfd: guestMemfd,
-        trappedOnly: trapped)
+        trappedOnly: trapped, exporter: exporterKind)
     } catch {
       print("pmmio kvm: a run failed: \(error.name)")
       throw ExitCode(1)
@@ -95,6 +117,7 @@ struct KVMCommand: ParsableCommand {
     let backing = r.swift.backing == BARBackingKind.guestMemfd.rawValue
       ? "guest_memfd" : r.swift.backing == "none" ? "none (trapped only)" : "memfd mapping"
     print("pmmio kvm: \(iterations) iterations x 2 BAR accesses per run; BAR slot backing: \(backing)")
+    print("exporter: swift asks the \(r.swift.exporter ?? "-") exporter; c asks its own \(r.c.exporter ?? "-")")
     row("", "swift", "c", "swift/c")
     row("trapped ns/access", num(r.swift.trappedNsPerAccess), num(r.c.trappedNsPerAccess),
       ratio(r.swift.trappedNsPerAccess, r.c.trappedNsPerAccess))
@@ -106,6 +129,14 @@ struct KVMCommand: ParsableCommand {
       row("trapped/mapped", num(r.swift.trappedOverMapped, 2), num(r.c.trappedOverMapped, 2), "")
       row("first (lazy) fault us", num(r.swift.firstFaultMicroseconds), num(r.c.firstFaultMicroseconds),
         ratio(r.swift.firstFaultMicroseconds, r.c.firstFaultMicroseconds))
+      if r.swift.firstFaultInMemoryMicroseconds != nil {
+        row("  same, in-memory exporter", num(r.swift.firstFaultInMemoryMicroseconds), num(r.c.firstFaultMicroseconds),
+          ratio(r.swift.firstFaultInMemoryMicroseconds, r.c.firstFaultMicroseconds))
+      }
+    }
+    row("exporter lookup ns/page", num(r.swift.exporterLookupNs), "-", "")
+    if r.swift.inMemoryLookupNs != nil {
+      row("  same, in-memory exporter", num(r.swift.inMemoryLookupNs), "-", "")
     }
     if r.swift.revokeMicroseconds != nil {
       row("revoke us", num(r.swift.revokeMicroseconds), num(r.c.revokeMicroseconds),

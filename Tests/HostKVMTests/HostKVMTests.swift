@@ -98,15 +98,18 @@ final class Counter: Sendable {
   .enabled(if: kvmUsable, "needs a usable /dev/kvm (absent or not openable here)"))
 struct RealKVMTests {
   static let iterations: UInt64 = 50
+  /// The back end asks the platform model by default; the in-memory exporter stays as a baseline.
+  static let exporters: [BARExporterKind] = [.model(.reviewed), .model(.rfcV1), .inMemory]
 
   @Test("KVM_GET_API_VERSION is 12")
   func apiVersion() throws {
     #expect(try KVMSystem().apiVersion() == 12)
   }
 
-  @Test("lazily mapped: exactly one MMIO exit, the first access; every read sees the register")
-  func mappedOneExit() throws {
-    let vm = try LazyBARVM(system: KVMSystem(), exporter: InMemoryBARExporter(size: GuestProgram.barSize),
+  @Test("lazily mapped: exactly one MMIO exit, the first access; every read sees the register",
+        arguments: exporters)
+  func mappedOneExit(exporter: BARExporterKind) throws {
+    let vm = try LazyBARVM(system: KVMSystem(), exporter: exporter.make(),
       mode: .lazyMapped, iterations: Self.iterations)
     let r = try vm.run()
     #expect(r.mmioExits == 1)
@@ -117,9 +120,10 @@ struct RealKVMTests {
     #expect(vm.deviceMemory.load32(offset: GuestProgram.countdownOffset) == 1)
   }
 
-  @Test("trapped: one MMIO exit per access, two per iteration, completed in user space")
-  func trappedEveryAccess() throws {
-    let vm = try LazyBARVM(system: KVMSystem(), exporter: InMemoryBARExporter(size: GuestProgram.barSize),
+  @Test("trapped: one MMIO exit per access, two per iteration, completed in user space",
+        arguments: exporters)
+  func trappedEveryAccess(exporter: BARExporterKind) throws {
+    let vm = try LazyBARVM(system: KVMSystem(), exporter: exporter.make(),
       mode: .trapped, iterations: Self.iterations)
     let r = try vm.run()
     #expect(r.mmioExits == 2 * Self.iterations)
@@ -128,11 +132,12 @@ struct RealKVMTests {
     #expect(vm.deviceMemory.load32(offset: GuestProgram.countdownOffset) == 1)
   }
 
-  @Test("revoked before the first access: every read is all-ones, nothing is mapped or written")
-  func revokedBeforeStart() throws {
-    let exporter = try InMemoryBARExporter(size: GuestProgram.barSize)
+  @Test("revoked before the first access: every read is all-ones, nothing is mapped or written",
+        arguments: exporters)
+  func revokedBeforeStart(kind: BARExporterKind) throws {
+    let exporter = try kind.make()
     let vm = try LazyBARVM(system: KVMSystem(), exporter: exporter, mode: .lazyMapped, iterations: 1000)
-    exporter.revoke()
+    try exporter.revoke()
     let r = try vm.run()
     #expect(r.allOnesReads == GuestProgram.allOnesToStop)
     #expect(r.mmioExits == 2 * UInt64(GuestProgram.allOnesToStop))
@@ -140,9 +145,11 @@ struct RealKVMTests {
     #expect(vm.deviceMemory.load32(offset: GuestProgram.countdownOffset) == 0)
   }
 
-  @Test("revoke under a running vCPU: later reads all-ones, never stale, no write reaches the backing")
-  func revokeUnderRunningVCPU() throws {
-    let r = try RevokeRun.run(system: KVMSystem(), revokeAfter: 20)
+  @Test("revoke under a running vCPU: later reads all-ones, never stale, no write reaches the backing",
+        arguments: exporters)
+  func revokeUnderRunningVCPU(exporter: BARExporterKind) throws {
+    let r = try RevokeRun.run(system: KVMSystem(), revokeAfter: 20, exporter: exporter)
+    #expect(r.exporterRevoked)
     #expect(r.guest.allOnesReads == GuestProgram.allOnesToStop)
     #expect(r.guest.sentinelReads == 0)
     #expect(r.backingUntouched)
@@ -151,6 +158,33 @@ struct RealKVMTests {
     // mapped) and its write.
     let afterRevoke = 1 + 2 * UInt64(GuestProgram.allOnesToStop)
     #expect((afterRevoke...afterRevoke + 1).contains(r.guest.mmioExits))
+  }
+
+  @Test("model exporter: revoke after a mapped run deletes the slot through one move_notify; the next run reads all-ones")
+  func modelRevokeDeletesSlot() throws {
+    let exporter = try ModelBARExporter()
+    let vm = try LazyBARVM(system: KVMSystem(), exporter: exporter, mode: .lazyMapped, iterations: Self.iterations)
+    #expect(try vm.run().mmioExits == 1)
+    #expect(vm.slots.state.withLock { $0.installed } == [1])
+    try exporter.revoke()
+    #expect(exporter.moveNotifications == 1)
+    #expect(vm.slots.state.withLock { ($0.installed, $0.invalidateSeq) } == ([], 1))
+    // The old backing now holds the sentinel: a read or write reaching it would show.
+    vm.deviceMemory.store32(offset: 0, GuestProgram.sentinel)
+    vm.deviceMemory.store32(offset: GuestProgram.countdownOffset, GuestProgram.sentinel)
+    // The guest halted; start it over (at the code, with fresh counters) and it exits on every
+    // access because the model answers ENODEV.
+    var regs = try vm.vcpu.getRegs()
+    regs.rip = GuestProgram.codeGPA.rawValue
+    regs.rcx = 1000
+    (regs.rbx, regs.rbp) = (0, 0)
+    try vm.vcpu.setRegs(regs)
+    let r = try vm.run()
+    #expect(r.allOnesReads == GuestProgram.allOnesToStop)
+    #expect(r.sentinelReads == 0)
+    #expect(r.mmioExits == 2 * UInt64(GuestProgram.allOnesToStop))
+    #expect(r.firstFaultNanoseconds == nil)
+    #expect(vm.deviceMemory.load32(offset: GuestProgram.countdownOffset) == GuestProgram.sentinel)
   }
 
   @Test("a thousand VMs opened and closed leave the process's fd count where it was")

@@ -1,0 +1,75 @@
+import Foundation
+import Glibc
+import Testing
+
+/// The built `pmmio` binary, found as CommandLineTests finds it: next to the test bundle in
+/// `.build/<config>/`, else the package's own `.build/debug`.
+private func kvmPmmioURL() -> URL? {
+  var candidates = [Bundle.main.bundleURL, Bundle.main.bundleURL.deletingLastPathComponent(),
+                    URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()]
+  let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+  candidates.append(root.appendingPathComponent(".build/debug"))
+  return candidates.map { $0.appendingPathComponent("pmmio") }
+    .first { FileManager.default.isExecutableFile(atPath: $0.path) }
+}
+
+/// Whether this process can open /dev/kvm and create a VM (`KVM_CREATE_VM`, `_IO(0xAE, 0x01)`):
+/// where it cannot, `pmmio kvm` says so and exits 2, and there is nothing to measure.
+private let kvmUsable: Bool = {
+  let kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC)
+  guard kvm >= 0 else { return false }
+  defer { close(kvm) }
+  let vm = ioctl(kvm, UInt(0xAE01), CInt(0))
+  guard vm >= 0 else { return false }
+  close(vm)
+  return true
+}()
+
+private func runPmmio(_ arguments: [String]) throws -> (status: Int32, stdout: Data) {
+  let url = try #require(kvmPmmioURL(), "pmmio binary not found next to the tests")
+  let process = Process()
+  process.executableURL = url
+  process.arguments = arguments
+  let out = Pipe()
+  process.standardOutput = out
+  process.standardError = FileHandle.nullDevice
+  try process.run()
+  // Read before waiting: a full pipe would otherwise block the child.
+  let stdout = out.fileHandleForReading.readDataToEndOfFile()
+  process.waitUntilExit()
+  return (process.terminationStatus, stdout)
+}
+
+@Test(
+  "pmmio kvm --json: exit 0, Swift (asking the dma-buf model) and C figures, one exit mapped",
+  .enabled(if: kvmUsable, "needs a usable /dev/kvm (absent, not openable, or KVM_CREATE_VM fails here)"))
+func kvmJSONEndToEnd() throws {
+  let result = try runPmmio(["kvm", "--iterations", "200", "--revoke-after", "50", "--json"])
+  #expect(result.status == 0)
+  let document = try #require(try JSONSerialization.jsonObject(with: result.stdout) as? [String: Any])
+  for side in ["swift", "c"] {
+    let figures = try #require(document[side] as? [String: Any], "no \(side) object")
+    for key in ["trapped_ns_per_access", "mapped_ns_per_access", "first_fault_us", "revoke_us"] {
+      let value = try #require(figures[key] as? Double, "\(side).\(key) missing")
+      #expect(value > 0, "\(side).\(key)")
+    }
+    #expect(figures["mapped_exits"] as? Int == 1, "\(side).mapped_exits")
+    #expect(figures["trapped_exits"] as? Int == 400, "\(side).trapped_exits")
+    #expect(figures["revoke_stale_reads"] as? Int == 0, "\(side).revoke_stale_reads")
+  }
+  let swift = try #require(document["swift"] as? [String: Any])
+  #expect(swift["exporter"] as? String == "vfio-dma-buf model (reviewed)")
+}
+
+@Test(
+  "pmmio kvm --exporter in-memory keeps the in-memory exporter for comparison",
+  .enabled(if: kvmUsable, "needs a usable /dev/kvm (absent, not openable, or KVM_CREATE_VM fails here)"))
+func kvmInMemoryExporter() throws {
+  let result = try runPmmio(["kvm", "--iterations", "50", "--revoke-after", "0", "--exporter", "in-memory", "--json"])
+  #expect(result.status == 0)
+  let document = try #require(try JSONSerialization.jsonObject(with: result.stdout) as? [String: Any])
+  let swift = try #require(document["swift"] as? [String: Any])
+  #expect(swift["exporter"] as? String == "in-memory")
+  #expect(swift["mapped_exits"] as? Int == 1)
+  #expect(swift["revoke_us"] == nil)
+}

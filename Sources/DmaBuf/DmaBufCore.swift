@@ -97,27 +97,39 @@ public struct DmaBufCore: Hashable, Sendable {
   /// buffer, without a DMA mapping. The resv lock is taken only around the exporter callback,
   /// so this is one atomic region; the caller's sequence check closes the race with revoke.
   /// - Throws: `EINVAL` for an unknown attachment or an exporter without `get_pfn`; the
-  ///   exporter's errno (`ENODEV` revoked, `EINVAL` past the end).
+  ///   exporter's errno (`ENODEV` revoked, `EINVAL` past the end); `EAGAIN` when another
+  ///   context holds resv (this context would block there).
   public func getPfnUnlocked(_ attachmentID: AttachmentID, pgoff: PageIndex, context: ContextID,
                              exporter: some DmaBufExporter) throws(Errno) -> PFNLookup {
-    guard let attachment = attachments[attachmentID], let buffer = buffers[attachment.buffer] else {
-      throw .EINVAL
-    }
-    // The resv lock is taken and dropped inside this atomic region; if another context holds
-    // it (a revoke in progress), this context would block here.
-    if let holder = buffer.resv.holder, holder != context { throw .EAGAIN }
-    guard let result = exporter.getPfn(buffer: buffer, pgoff: pgoff) else { throw .EINVAL }
-    return try result.get()
+    try lookupUnderResv(attachmentID, pgoff: pgoff, context: context, exporter: exporter)
   }
 
-  /// The importer-facing PFN lookup with the resv lock already held by `context` (the reviewed
-  /// variant's ordering against `move_notify`). - Throws: as ``getPfnUnlocked``.
+  /// The reviewed importer's lookup: `dma_resv_lock()`, the exporter's PFN, `dma_resv_unlock()`
+  /// by the importer itself. As one atomic region it takes and drops the lock just as
+  /// ``getPfnUnlocked`` does inside the kAPI, so nothing is stored. - Throws: as
+  /// ``getPfnUnlocked``.
+  public func getPfnWithResv(_ attachmentID: AttachmentID, pgoff: PageIndex, context: ContextID,
+                             exporter: some DmaBufExporter) throws(Errno) -> PFNLookup {
+    try lookupUnderResv(attachmentID, pgoff: pgoff, context: context, exporter: exporter)
+  }
+
+  /// The importer-facing PFN lookup with the resv lock already held by `context`.
+  /// - Throws: `EINVAL` unless `context` holds it; else as ``getPfnUnlocked``.
   public func getPfnLocked(_ attachmentID: AttachmentID, pgoff: PageIndex, context: ContextID,
                            exporter: some DmaBufExporter) throws(Errno) -> PFNLookup {
+    guard let buffer = attachments[attachmentID].flatMap({ buffers[$0.buffer] }), buffer.resv.holder == context else {
+      throw .EINVAL
+    }
+    return try lookupUnderResv(attachmentID, pgoff: pgoff, context: context, exporter: exporter)
+  }
+
+  /// The exporter's answer for page `pgoff`, with resv free or held by `context`.
+  private func lookupUnderResv(_ attachmentID: AttachmentID, pgoff: PageIndex, context: ContextID,
+                               exporter: some DmaBufExporter) throws(Errno) -> PFNLookup {
     guard let attachment = attachments[attachmentID], let buffer = buffers[attachment.buffer] else {
       throw .EINVAL
     }
-    guard buffer.resv.holder == context else { throw .EINVAL }
+    if let holder = buffer.resv.holder, holder != context { throw .EAGAIN }
     guard let result = exporter.getPfn(buffer: buffer, pgoff: pgoff) else { throw .EINVAL }
     return try result.get()
   }

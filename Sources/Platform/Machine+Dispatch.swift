@@ -160,16 +160,15 @@ extension Machine {
 
   /// The importer-facing PFN lookup as each variant orders it against `move_notify`: the RFC's
   /// `dma_buf_get_pfn_unlocked()` (resv lock only around the callback), or the reviewed
-  /// lookup under the resv lock held by the caller.
+  /// lookup under the resv lock, which the caller takes and drops around it here. Both are one
+  /// atomic region: another context's revoke holds resv across its flip and notify, so a
+  /// lookup sees the buffer before or after it, and the fault's sequence check does the rest.
   func lookupPfn(_ attachment: AttachmentID, pgoff: PageIndex, context: ContextID) throws(Errno) -> PFNLookup {
     switch variant {
     case .rfcV1:
       return try dmabufCore.getPfnUnlocked(attachment, pgoff: pgoff, context: context, exporter: vfio)
     case .reviewed:
-      guard let buffer = dmabufCore.attachment(attachment)?.buffer else { throw .EINVAL }
-      var core = dmabufCore
-      guard (try? core.lockResv(buffer, context: context)) == true else { throw .EAGAIN }
-      return try core.getPfnLocked(attachment, pgoff: pgoff, context: context, exporter: vfio)
+      return try dmabufCore.getPfnWithResv(attachment, pgoff: pgoff, context: context, exporter: vfio)
     }
   }
 

@@ -123,6 +123,18 @@ public struct DmaBufCore: Hashable, Sendable {
     return try lookupUnderResv(attachmentID, pgoff: pgoff, context: context, exporter: exporter)
   }
 
+  /// The merged kernel's importer view: the buffer as physical ranges (`phys_vec`), as
+  /// iommufd gets it through `vfio_pci_dma_buf_iommufd_map()`, with resv held by the caller
+  /// (`dma_resv_assert_held`). - Throws: `EINVAL` for an unknown attachment or when `context`
+  /// does not hold resv; the exporter's errno (`ENODEV` while revoked).
+  public func physRanges(_ attachmentID: AttachmentID, context: ContextID,
+                         exporter: some DmaBufExporter) throws(Errno) -> [PhysRange] {
+    guard let buffer = attachments[attachmentID].flatMap({ buffers[$0.buffer] }), buffer.resv.holder == context else {
+      throw .EINVAL
+    }
+    return try exporter.physRanges(buffer: buffer)
+  }
+
   /// The exporter's answer for page `pgoff`, with resv free or held by `context`.
   private func lookupUnderResv(_ attachmentID: AttachmentID, pgoff: PageIndex, context: ContextID,
                                exporter: some DmaBufExporter) throws(Errno) -> PFNLookup {

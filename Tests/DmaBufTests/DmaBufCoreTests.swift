@@ -164,6 +164,19 @@ func makeCore(size: UInt64 = 0x4000) throws -> (DmaBufCore, DmaBufID) {
   }
 }
 
+@Suite struct PhysRangeTests {
+  @Test func physRangesNeedResvAndFollowRevoke() throws {
+    var (core, id) = try makeCore()
+    var trace = Trace()
+    let a = try core.attach(id, importer: "iommufd", ops: dynamicP2P, exporter: FakeExporter(), trace: &trace)
+    #expect(throws: Errno.EINVAL) { try core.physRanges(a, context: ctx, exporter: FakeExporter()) }
+    #expect(try core.lockResv(id, context: ctx))
+    #expect(try core.physRanges(a, context: ctx, exporter: FakeExporter()) == [PhysRange(start: PFN(0x4000000).hpa, length: 0x4000)])
+    #expect(throws: Errno.ENODEV) { try core.physRanges(a, context: ctx, exporter: FakeExporter(revoked: true)) }
+    #expect(throws: Errno.EINVAL) { try core.physRanges(AttachmentID(9), context: ctx, exporter: FakeExporter()) }
+  }
+}
+
 @Suite struct MoveNotifyTests {
   @Test func requiresTheResvLock() throws {
     var (core, id) = try makeCore()

@@ -27,12 +27,12 @@ let package = Package(
     .target(name: "TDX", dependencies: ["KernelCore", collections]),
     .target(name: "KVM", dependencies: ["KernelCore", "DmaBuf", collections]),
     .target(name: "Platform", dependencies: ["KernelCore", "PCI", "DmaBuf", "VFIO", "TDX", "KVM", collections]),
-    .target(name: "Scenarios", dependencies: ["KernelCore", "Platform", .product(name: "Yams", package: "Yams")]),
+    .target(name: "Scenarios", dependencies: ["KernelCore", "DmaBuf", "KVM", "Platform", .product(name: "Yams", package: "Yams")]),
     // Real /dev/kvm: a C shim for the ioctl numbers Swift cannot import, and a plain-C reference VMM
     // that runs the same guest in the same process, so figures are compared side by side.
     .target(name: "CKVMShim", path: "Sources/CKVMShim"),
     .target(name: "CReferenceVMM", dependencies: ["CKVMShim"], path: "Sources/CReferenceVMM"),
-    .target(name: "HostKVM", dependencies: ["KernelCore", "Platform", "CKVMShim", "CReferenceVMM"]),
+    .target(name: "HostKVM", dependencies: ["KernelCore", "DmaBuf", "Platform", "CKVMShim", "CReferenceVMM"]),
     .executableTarget(name: "pmmio", dependencies: [
       "KernelCore", "Platform", "Scenarios", "HostKVM",
       .product(name: "ArgumentParser", package: "swift-argument-parser"),

@@ -73,11 +73,7 @@ extension Machine {
   /// commit fails.
   mutating func setUserMemoryRegion2(_ vmFD: FD, _ region: MemoryRegion2, context: ContextID) throws(OpFailure) -> OpValue {
     let id = try liveVM(vmFD)
-    let mem = UserspaceMemoryRegion2(
-      slot: region.slot, flags: MemslotFlags(rawValue: region.flags), guestPhysAddr: region.guestPhysAddr,
-      memorySize: region.memorySize, userspaceAddr: region.userspaceAddr,
-      guestMemfdOffset: region.guestMemfdOffset, guestMemfd: UInt32(bitPattern: region.guestMemfd))
-    let plan = try errno { () throws(Errno) in try kvm.vms[id]!.prepareSetUserMemoryRegion2(mem, variant: variant) }
+    let plan = try errno { () throws(Errno) in try kvm.vms[id]!.prepareSetUserMemoryRegion2(region, variant: variant) }
     var binding: DmaBufBinding?
     if let fd = plan.dmaBufFD {
       binding = try errno { () throws(Errno) in try bindDmaBuf(fd, plan: plan, vm: id) }

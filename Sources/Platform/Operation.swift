@@ -1,5 +1,6 @@
 import KernelCore
 import DmaBuf
+import KVM
 
 /// Every operation a user (a scenario, the fuzzer, a VMM's test) can perform on a ``Machine``.
 ///
@@ -97,20 +98,16 @@ public enum NonceChoice: String, Hashable, Sendable, CaseIterable { case echo, w
 /// `KVM_CREATE_VM`'s type: `KVM_X86_DEFAULT_VM` (0) or `KVM_X86_TDX_VM` (2).
 public enum VMTypeName: String, Hashable, Sendable, CaseIterable { case `default`, tdx }
 
-/// `struct kvm_userspace_memory_region2`, field for field (`include/uapi/linux/kvm.h`).
-public struct MemoryRegion2: Hashable, Sendable {
-  public var slot: UInt32
-  public var flags: UInt32
-  public var guestPhysAddr: UInt64
-  public var memorySize: UInt64
-  public var userspaceAddr: UInt64
-  public var guestMemfdOffset: UInt64
-  /// The fd field (`guest_memfd`); with `KVM_MEM_VFIO_DMABUF` it carries the dma-buf fd.
-  public var guestMemfd: Int32
+/// `struct kvm_userspace_memory_region2`: KVM's own mirror of it, as the ioctl passes it.
+public typealias MemoryRegion2 = UserspaceMemoryRegion2
+
+extension UserspaceMemoryRegion2 {
+  /// The struct as a VMM fills it in: raw flag bits, and the fd as the signed `int` user space
+  /// holds (`-1` for none), stored in the `__u32 guest_memfd` field as the kernel reads it.
   public init(slot: UInt32, flags: UInt32, guestPhysAddr: UInt64, memorySize: UInt64,
               userspaceAddr: UInt64 = 0, guestMemfdOffset: UInt64 = 0, guestMemfd: Int32 = -1) {
-    self.slot = slot; self.flags = flags; self.guestPhysAddr = guestPhysAddr
-    self.memorySize = memorySize; self.userspaceAddr = userspaceAddr
-    self.guestMemfdOffset = guestMemfdOffset; self.guestMemfd = guestMemfd
+    self.init(slot: slot, flags: MemslotFlags(rawValue: flags), guestPhysAddr: guestPhysAddr,
+              memorySize: memorySize, userspaceAddr: userspaceAddr, guestMemfdOffset: guestMemfdOffset,
+              guestMemfd: UInt32(bitPattern: guestMemfd))
   }
 }

@@ -1,4 +1,5 @@
 import KernelCore
+import KVM
 import TDX
 import Platform
 
@@ -67,22 +68,11 @@ public enum StepExpectation: Hashable, Sendable, CustomStringConvertible {
   }
 }
 
-/// How a whole guest access ended, as `OpValue.guestAccess` names it, or the errno the vCPU
-/// run returned.
-public enum GuestFault: String, Hashable, Sendable, CaseIterable {
-  /// The fault installed a mapping and the access completed.
-  case mapped
-  /// The page was mapped already; no exit.
-  case alreadyMapped = "already_mapped"
-  /// The access exited to user space as `KVM_EXIT_MMIO` (emulated MMIO).
-  case exitMMIO = "exit_mmio"
-  /// `KVM_RUN` failed EFAULT (a memory-fault exit user space would read as a conversion).
-  case efault
-  /// `KVM_RUN` failed EIO (the exporter refused the PFN, or the VM is dead).
-  case eio
-  /// The TD was killed (an access to an unaccepted MMIO page).
-  case killed
+/// How a whole guest access ended: KVM's own outcome names (`OpValue.guestAccess`), or the
+/// errno the vCPU run returned for `efault` and `eio`.
+public typealias GuestFault = FaultOutcome
 
+extension FaultOutcome {
   func matches(_ result: OpResult) -> Bool {
     switch (self, result) {
     case (.efault, .failure(.errno(let e))): e == .EFAULT

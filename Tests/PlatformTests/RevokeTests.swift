@@ -44,21 +44,9 @@ import VFIO
     let dev = try bench.openDevice(private: false)
     let buf = try bench.exportBAR0(dev)
     let a = try bench.attach(buf)
-    switch c.trigger {
-    case .decodeOffOn:
-      try bench.ok(.vfioSetMemoryDecode(fd: dev, enable: false))
+    try bench.apply(c.trigger, to: dev) { bench in
       #expect(bench.priv(buf)?.revoked == c.revokedMidway)
       #expect(bench.errno(.dmabufGetPfn(attachment: a, pgoff: PageIndex(0))) == .ENODEV)
-      try bench.ok(.vfioSetMemoryDecode(fd: dev, enable: true))
-    case .d3hotD0:
-      try bench.ok(.vfioSetPower(fd: dev, state: .d3hot))
-      #expect(bench.priv(buf)?.revoked == c.revokedMidway)
-      #expect(bench.errno(.dmabufGetPfn(attachment: a, pgoff: PageIndex(0))) == .ENODEV)
-      try bench.ok(.vfioSetPower(fd: dev, state: .d0))
-    case .ioctlReset: try bench.ok(.vfioReset(fd: dev))
-    case .configFLR: try bench.ok(.vfioFLR(fd: dev))
-    case .hotReset: try bench.ok(.vfioHotReset(fd: dev))
-    case .externalFLR: try bench.ok(.pciFLR(device: "nic0"))
     }
     #expect(bench.priv(buf)?.revoked == c.revokedAfter)
     #expect(bench.notifications(a) == c.notifications)
@@ -109,6 +97,27 @@ import VFIO
   }
 }
 
+extension Bench {
+  /// Runs one revoke trigger on the device behind `dev`. Two-step triggers (decode off then
+  /// on, D3hot then D0) call `between` after their first step.
+  mutating func apply(_ trigger: RevokeTests.Trigger, to dev: FD, between: (inout Bench) -> Void = { _ in }) throws {
+    switch trigger {
+    case .decodeOffOn:
+      try ok(.vfioSetMemoryDecode(fd: dev, enable: false))
+      between(&self)
+      try ok(.vfioSetMemoryDecode(fd: dev, enable: true))
+    case .d3hotD0:
+      try ok(.vfioSetPower(fd: dev, state: .d3hot))
+      between(&self)
+      try ok(.vfioSetPower(fd: dev, state: .d0))
+    case .ioctlReset: try ok(.vfioReset(fd: dev))
+    case .configFLR: try ok(.vfioFLR(fd: dev))
+    case .hotReset: try ok(.vfioHotReset(fd: dev))
+    case .externalFLR: try ok(.pciFLR(device: "nic0"))
+    }
+  }
+}
+
 /// Revoke and restore of a private device's buffers, whose TDI runs when they are exported.
 ///
 /// `reviewed` unbinds the TSM (TDISP STOP) before every revoke and restores private buffers
@@ -153,18 +162,7 @@ import VFIO
     let buf = try bench.exportBAR0(dev)
     let a = try bench.attach(buf)
     #expect(bench.priv(buf)?.revoked == false)
-    switch c.trigger {
-    case .decodeOffOn:
-      try bench.ok(.vfioSetMemoryDecode(fd: dev, enable: false))
-      try bench.ok(.vfioSetMemoryDecode(fd: dev, enable: true))
-    case .d3hotD0:
-      try bench.ok(.vfioSetPower(fd: dev, state: .d3hot))
-      try bench.ok(.vfioSetPower(fd: dev, state: .d0))
-    case .ioctlReset: try bench.ok(.vfioReset(fd: dev))
-    case .configFLR: try bench.ok(.vfioFLR(fd: dev))
-    case .hotReset: try bench.ok(.vfioHotReset(fd: dev))
-    case .externalFLR: try bench.ok(.pciFLR(device: "nic0"))
-    }
+    try bench.apply(c.trigger, to: dev)
     #expect(bench.priv(buf)?.revoked == c.revokedAfter)
     #expect(bench.machine.vfio.device(VFIODeviceID(1))?.function.tdiState?.specName == c.tdiAfter)
     #expect(bench.notifications(a) == c.notifications)

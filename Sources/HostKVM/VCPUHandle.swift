@@ -84,11 +84,18 @@ public final class VCPUHandle {
   /// - Throws: `EFAULT` when guest memory behind a slot cannot be faulted, `EIO` when the VM is
   ///   dead, `ENOEXEC`/`EINVAL` for a vCPU state KVM cannot run.
   public func run() throws(Errno) -> VCPUExit {
+    try runTimed().exit
+  }
+
+  /// `run()`, also returning `ckvm_now_ns()` read as soon as `KVM_RUN` returned, before the exit
+  /// is decoded: where the C reference VMM starts timing an exit's handling.
+  func runTimed() throws(Errno) -> (exit: VCPUExit, returnedAt: UInt64) {
     while true {
       let r = ckvm_ioctl_val(fd, ckvm_KVM_RUN, 0)
+      let returnedAt = ckvm_now_ns()
       if r == -Errno.EINTR.rawValue || r == -Errno.EAGAIN.rawValue { continue }
       if r < 0 { throw Errno(rawValue: -r) }
-      return decodeExit()
+      return (decodeExit(), returnedAt)
     }
   }
 

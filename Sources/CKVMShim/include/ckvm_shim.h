@@ -11,6 +11,7 @@
 #include <linux/kvm.h>
 #include <stdint.h>
 #include <sys/ioctl.h>
+#include <time.h>
 
 #ifndef KVM_SET_USER_MEMORY_REGION2
 /* include/uapi/linux/kvm.h, Linux 6.8 */
@@ -101,4 +102,14 @@ static inline uint8_t *ckvm_run_io_data(struct kvm_run *run) {
  */
 static inline uint32_t ckvm_load32(const void *p) { return *(const volatile uint32_t *)p; }
 static inline void ckvm_store32(void *p, uint32_t v) { *(volatile uint32_t *)p = v; }
+
+/*
+ * CLOCK_MONOTONIC in nanoseconds. HostKVM and the C reference VMM both time their exits with this
+ * one clock, so a Swift-vs-C ratio never compares two clocks (ContinuousClock is CLOCK_BOOTTIME).
+ */
+static inline uint64_t ckvm_now_ns(void) {
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
 #endif

@@ -216,12 +216,11 @@ public final class LazyBARVM {
       case .failure: throw .EIO
       }
     case .lazyMapped:
-      switch try faultIn() {
+      switch try faultIn(page: page) {
       case .revoked: return completeRevoked(isWrite: isWrite)
-      case .mapped(let pfns):
+      case .mapped(let p):
         installed = true
-        guard page.rawValue < UInt64(pfns.count) else { throw .EIO }
-        pfn = pfns[Int(page.rawValue)]
+        pfn = p
       }
     }
     // The faulting access itself still has to complete: KVM has decoded it and waits for data.
@@ -240,53 +239,45 @@ public final class LazyBARVM {
     return false
   }
 
-  enum FaultResult { case mapped([PFN]), revoked }
+  enum FaultResult { case mapped(PFN), revoked }
 
   /// `kvm_faultin_pfn()` for the whole BAR: look the PFNs up without the slots lock, then install
   /// under it unless an invalidation ran in between (then retry, as `RET_PF_RETRY` would).
-  func faultIn() throws(Errno) -> FaultResult {
-    while true {
-      let seq = slots.state.withLock { $0.invalidateSeq }
-      var pfns: [PFN] = []
-      pfns.reserveCapacity(Int(GuestProgram.barSize.pages))
-      for i in 0..<GuestProgram.barSize.pages {
-        switch exporter.lookup(pageIndex: PageIndex(i)) {
-        case .success(let p):
-          guard p.rawValue < deviceMemory.size.pages else { throw .EIO }
-          pfns.append(p)
-        case .failure(.ENODEV): return .revoked
-        case .failure: throw .EIO
+  /// Returns the PFN of `page`. The PFNs live in stack scratch space and runs are coalesced while
+  /// installing, so the fault path allocates nothing.
+  func faultIn(page: PageIndex) throws(Errno) -> FaultResult {
+    let pages = Int(exporter.size.pages)
+    guard page.rawValue < UInt64(pages) else { throw .EIO }
+    return try withUnsafeTemporaryAllocation(of: PFN.self, capacity: pages) {
+      (pfns) throws(Errno) -> FaultResult in
+      while true {
+        let seq = slots.state.withLock { $0.invalidateSeq }
+        for i in 0..<pages {
+          switch exporter.lookup(pageIndex: PageIndex(UInt64(i))) {
+          case .success(let p):
+            guard p.rawValue < deviceMemory.size.pages else { throw .EIO }
+            pfns.initializeElement(at: i, to: p)
+          case .failure(.ENODEV): return .revoked
+          case .failure: throw .EIO
+          }
         }
-      }
-      // Runs of contiguous PFNs: each becomes one slot.
-      var runs: [(page: UInt64, pfn: PFN, pages: UInt64)] = []
-      for (i, p) in pfns.enumerated() {
-        if let last = runs.last, last.pfn.advanced(by: last.pages) == p {
-          runs[runs.count - 1].pages += 1
-        } else {
-          runs.append((UInt64(i), p, 1))
+        let done = try slots.state.withLock { (s) throws(Errno) -> Bool in
+          guard s.invalidateSeq == seq else { return false }
+          guard s.installed.isEmpty else { return true }
+          // Each run of contiguous PFNs becomes one slot.
+          var start = 0
+          for i in 1...pages where i == pages || pfns[i] != pfns[i - 1].advanced(by: 1) {
+            let slot = UInt32(1 + s.installed.count)
+            try slots.vm.setUserMemoryRegion2(slots.region(
+              slot: slot, gpa: GuestProgram.barGPA.advanced(by: UInt64(start) << pageShift),
+              size: UInt64(i - start) << pageShift, fileOffset: pfns[start].rawValue << pageShift))
+            s.installed.append(slot)
+            start = i
+          }
+          return true
         }
+        if done { return .mapped(pfns[Int(page.rawValue)]) }
       }
-      let done = try slots.state.withLock { (s) throws(Errno) -> Bool in
-        guard s.invalidateSeq == seq else { return false }
-        guard s.installed.isEmpty else { return true }
-        for (n, r) in runs.enumerated() {
-          let slot = UInt32(1 + n)
-          try slots.vm.setUserMemoryRegion2(slots.region(
-            slot: slot, gpa: GuestProgram.barGPA.advanced(by: r.page << pageShift),
-            size: r.pages << pageShift, fileOffset: r.pfn.rawValue << pageShift))
-          s.installed.append(slot)
-        }
-        return true
-      }
-      if done { return .mapped(pfns) }
     }
-  }
-}
-
-extension Duration {
-  var nanoseconds: UInt64 {
-    let (s, a) = components
-    return UInt64(max(0, s)) &* 1_000_000_000 &+ UInt64(max(0, a / 1_000_000_000))
   }
 }

@@ -97,6 +97,14 @@ static inline uint8_t *ckvm_run_io_data(struct kvm_run *run) {
 	return (uint8_t *)run + run->io.data_offset;
 }
 /*
+ * KVM_EXIT_MMIO's payload by pointer: Swift imports the anonymous union as computed properties,
+ * so `run.pointee.mmio.data` would copy the union out and back on every exit.
+ */
+static inline uint64_t ckvm_run_mmio_phys_addr(const struct kvm_run *run) { return run->mmio.phys_addr; }
+static inline uint32_t ckvm_run_mmio_len(const struct kvm_run *run) { return run->mmio.len; }
+static inline uint8_t ckvm_run_mmio_is_write(const struct kvm_run *run) { return run->mmio.is_write; }
+static inline uint8_t *ckvm_run_mmio_data(struct kvm_run *run) { return run->mmio.data; }
+/*
  * Loads and stores through a shared mapping that another thread, or the guest, may change under
  * us: volatile so the compiler neither caches nor drops them.
  */

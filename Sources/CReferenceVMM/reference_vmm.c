@@ -44,6 +44,17 @@ const uint8_t *rvmm_guest_code_bytes(void) { return rvmm_guest_code; }
 
 enum mode { MODE_TRAPPED, MODE_MAPPED };
 
+/*
+ * The exporter, as HostKVM's InMemoryBARExporter: a revoked flag and a run of PFNs under its own
+ * lock, a lookup per page, and a move_notify called under that lock on revoke.
+ */
+struct exporter {
+	pthread_mutex_t lock;
+	int revoked;
+	uint64_t pages;
+	struct vm *importer; /* whose move_notify revoke calls */
+};
+
 struct vm {
 	int kvm, vm, vcpu;
 	struct kvm_run *run;
@@ -53,20 +64,20 @@ struct vm {
 	volatile uint8_t *dev; /* host view, to complete exits and check the sentinel */
 	int guest_memfd;
 	int has_region2;
-	/* The exporter's side: a revoked flag and the slot, both under one lock. */
-	pthread_mutex_t lock;
-	int revoked;
-	int bar_mapped;
+	struct exporter exp;
+	/* The importer's side, as HostKVM's BARSlots: installed slots and the invalidation sequence
+	 * that closes the race between an unlocked lookup and move_notify (mmu_invalidate_seq). */
+	pthread_mutex_t slots_lock;
+	uint64_t invalidate_seq;
+	uint32_t installed[RVMM_BAR_SIZE / 4096];
+	int n_installed;
+	int notify_error;
 	uint64_t mmio_exits;
 	uint32_t allones, stale;
-	double first_fault_ns;
+	uint64_t first_fault_ns;
 };
 
-static double now_ns(void) {
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
-}
+static uint64_t now_ns(void) { return ckvm_now_ns(); }
 
 static int fail(struct rvmm_result *out, const char *step, int err) {
 	out->status = err < 0 ? err : -err;
@@ -75,11 +86,11 @@ static int fail(struct rvmm_result *out, const char *step, int err) {
 }
 
 static int set_slot(struct vm *v, uint32_t slot, uint32_t flags, uint64_t gpa, uint64_t size,
-                    uint64_t uaddr, int gmem_fd) {
+                    uint64_t uaddr, uint64_t gmem_offset, int gmem_fd) {
 	if (v->has_region2) {
 		struct kvm_userspace_memory_region2 r = {
 			.slot = slot, .flags = flags, .guest_phys_addr = gpa, .memory_size = size,
-			.userspace_addr = uaddr, .guest_memfd_offset = 0, .guest_memfd = (uint32_t)gmem_fd,
+			.userspace_addr = uaddr, .guest_memfd_offset = gmem_offset, .guest_memfd = (uint32_t)gmem_fd,
 		};
 		return ckvm_ioctl_ptr(v->vm, KVM_SET_USER_MEMORY_REGION2, &r);
 	}
@@ -98,14 +109,18 @@ static void vm_close(struct vm *v) {
 	if (v->vcpu >= 0) close(v->vcpu);
 	if (v->vm >= 0) close(v->vm);
 	if (v->kvm >= 0) close(v->kvm);
-	pthread_mutex_destroy(&v->lock);
+	pthread_mutex_destroy(&v->exp.lock);
+	pthread_mutex_destroy(&v->slots_lock);
 }
 
 static int vm_open(struct vm *v, const struct rvmm_config *c, struct rvmm_result *out,
                    uint64_t iterations) {
 	memset(v, 0, sizeof *v);
 	v->kvm = v->vm = v->vcpu = v->dev_fd = -1;
-	pthread_mutex_init(&v->lock, NULL);
+	pthread_mutex_init(&v->exp.lock, NULL);
+	pthread_mutex_init(&v->slots_lock, NULL);
+	v->exp.pages = RVMM_BAR_SIZE / 4096;
+	v->exp.importer = v;
 	int r;
 	if ((v->kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC)) < 0) return fail(out, "open /dev/kvm", errno);
 	if ((r = ckvm_ioctl_val(v->kvm, KVM_CREATE_VM, 0)) < 0) return fail(out, "KVM_CREATE_VM", r);
@@ -135,7 +150,7 @@ static int vm_open(struct vm *v, const struct rvmm_config *c, struct rvmm_result
 	if (ram == MAP_FAILED) return fail(out, "mmap RAM", errno);
 	v->ram = ram;
 	memcpy(v->ram + RVMM_CODE_GPA, rvmm_guest_code, sizeof rvmm_guest_code);
-	if ((r = set_slot(v, 0, 0, 0, RVMM_RAM_SIZE, (uint64_t)(uintptr_t)ram, 0)) < 0)
+	if ((r = set_slot(v, 0, 0, 0, RVMM_RAM_SIZE, (uint64_t)(uintptr_t)ram, 0, 0)) < 0)
 		return fail(out, "KVM_SET_USER_MEMORY_REGION2 ram", r);
 
 	if ((r = ckvm_ioctl_val(v->vm, KVM_CREATE_VCPU, 0)) < 0) return fail(out, "KVM_CREATE_VCPU", r);
@@ -163,62 +178,120 @@ static int vm_open(struct vm *v, const struct rvmm_config *c, struct rvmm_result
 	return 0;
 }
 
-/* Exporter lookup plus memslot install, under the exporter lock so revoke cannot slip between. */
-static int fault_in(struct vm *v) {
-	pthread_mutex_lock(&v->lock);
-	int r = -ENODEV;
-	if (!v->revoked) {
-		r = set_slot(v, 1, v->guest_memfd ? KVM_MEM_GUEST_MEMFD : 0, RVMM_BAR_GPA, RVMM_BAR_SIZE,
-		             (uint64_t)(uintptr_t)v->dev, v->guest_memfd ? v->dev_fd : 0);
-		if (r == 0) v->bar_mapped = 1;
-	}
-	pthread_mutex_unlock(&v->lock);
-	return r;
+/* InMemoryBARExporter.lookup: -ENODEV once revoked, -EINVAL past the end; PFN N is page N. */
+static int exporter_lookup(struct exporter *e, uint64_t page, uint64_t *pfn) {
+	pthread_mutex_lock(&e->lock);
+	int revoked = e->revoked;
+	pthread_mutex_unlock(&e->lock);
+	if (revoked) return -ENODEV;
+	if (page >= e->pages) return -EINVAL;
+	*pfn = page;
+	return 0;
 }
 
-static int revoke_bar(struct vm *v) {
-	pthread_mutex_lock(&v->lock);
-	v->revoked = 1;
-	int r = 0;
-	if (v->bar_mapped) {
-		r = set_slot(v, 1, v->guest_memfd ? KVM_MEM_GUEST_MEMFD : 0, RVMM_BAR_GPA, 0, 0,
-		             v->guest_memfd ? v->dev_fd : 0);
-		v->bar_mapped = 0;
+/* BARSlots.region: the slot points at the mapping of the device memory at the PFN's page, and
+ * for guest_memfd at the same offset of the guest_memfd. */
+static int set_bar_slot(struct vm *v, uint32_t slot, uint64_t gpa, uint64_t size, uint64_t off) {
+	return set_slot(v, slot, v->guest_memfd ? KVM_MEM_GUEST_MEMFD : 0, gpa, size,
+	                size ? (uint64_t)(uintptr_t)v->dev + off : 0, v->guest_memfd ? off : 0,
+	                v->guest_memfd ? v->dev_fd : 0);
+}
+
+/* BARSlots.moveNotify: delete every BAR slot, bump the sequence. Called under the exporter lock. */
+static void move_notify(struct vm *v) {
+	pthread_mutex_lock(&v->slots_lock);
+	for (int i = 0; i < v->n_installed; i++) {
+		int r = set_bar_slot(v, v->installed[i], RVMM_BAR_GPA, 0, 0);
+		if (r < 0 && v->notify_error == 0) v->notify_error = r;
 	}
-	pthread_mutex_unlock(&v->lock);
-	return r;
+	v->n_installed = 0;
+	v->invalidate_seq++;
+	pthread_mutex_unlock(&v->slots_lock);
+}
+
+/* InMemoryBARExporter.revoke: later lookups fail, and move_notify has returned. */
+static int exporter_revoke(struct exporter *e) {
+	pthread_mutex_lock(&e->lock);
+	if (!e->revoked) {
+		e->revoked = 1;
+		move_notify(e->importer);
+	}
+	pthread_mutex_unlock(&e->lock);
+	return e->importer->notify_error;
+}
+
+/*
+ * LazyBARVM.faultIn: look every page up without the slots lock, then install one slot per run of
+ * contiguous PFNs under it unless an invalidation ran in between (then retry). Returns 0 with
+ * *pfn the faulting page's PFN, -ENODEV when revoked, or the failing errno.
+ */
+static int fault_in(struct vm *v, uint64_t page, uint64_t *pfn) {
+	enum { PAGES = RVMM_BAR_SIZE / 4096 };
+	for (;;) {
+		pthread_mutex_lock(&v->slots_lock);
+		uint64_t seq = v->invalidate_seq;
+		pthread_mutex_unlock(&v->slots_lock);
+		uint64_t pfns[PAGES];
+		for (uint64_t i = 0; i < PAGES; i++) {
+			int r = exporter_lookup(&v->exp, i, &pfns[i]);
+			if (r == -ENODEV) return r;
+			if (r < 0 || pfns[i] >= PAGES) return -EIO;
+		}
+		pthread_mutex_lock(&v->slots_lock);
+		if (v->invalidate_seq != seq) {
+			pthread_mutex_unlock(&v->slots_lock);
+			continue;
+		}
+		int r = 0;
+		if (v->n_installed == 0) {
+			uint64_t start = 0;
+			for (uint64_t i = 1; i <= PAGES && r == 0; i++) {
+				if (i < PAGES && pfns[i] == pfns[i - 1] + 1) continue;
+				uint32_t slot = (uint32_t)(1 + v->n_installed);
+				r = set_bar_slot(v, slot, RVMM_BAR_GPA + (start << 12), (i - start) << 12,
+				                 pfns[start] << 12);
+				if (r == 0) v->installed[v->n_installed++] = slot;
+				start = i;
+			}
+		}
+		pthread_mutex_unlock(&v->slots_lock);
+		if (r < 0) return r;
+		*pfn = pfns[page];
+		return 0;
+	}
 }
 
 static int run_guest(struct vm *v, enum mode mode, struct rvmm_result *out) {
 	for (;;) {
 		int r = ckvm_ioctl_val(v->vcpu, KVM_RUN, 0);
+		/* The exit's handling is timed from here, KVM_RUN having returned, to the completed
+		 * access, as HostKVM times it. */
+		uint64_t t0 = now_ns();
 		if (r == -EINTR || r == -EAGAIN) continue;
 		if (r < 0) return fail(out, "KVM_RUN", r);
 		struct kvm_run *run = v->run;
 		switch (run->exit_reason) {
 		case KVM_EXIT_MMIO: {
-			double t0 = now_ns();
 			v->mmio_exits++;
 			uint64_t off = run->mmio.phys_addr - RVMM_BAR_GPA;
 			uint32_t len = run->mmio.len;
 			if (run->mmio.phys_addr < RVMM_BAR_GPA || off + len > RVMM_BAR_SIZE || len > 8)
 				return fail(out, "MMIO outside the BAR", -EFAULT);
+			uint64_t page = off >> 12, pfn = 0;
 			int first = 0;
-			pthread_mutex_lock(&v->lock);
-			int revoked = v->revoked;
-			pthread_mutex_unlock(&v->lock);
-			if (!revoked && mode == MODE_MAPPED) {
-				r = fault_in(v);
-				if (r == -ENODEV) revoked = 1;
-				else if (r < 0) return fail(out, "KVM_SET_USER_MEMORY_REGION2 bar", r);
-				else first = 1;
-			}
-			if (revoked) {
-				if (!run->mmio.is_write) memset(run->mmio.data, 0xFF, len);
-			} else if (run->mmio.is_write) {
-				memcpy((void *)(v->dev + off), run->mmio.data, len);
+			if (mode == MODE_TRAPPED) {
+				r = exporter_lookup(&v->exp, page, &pfn);
 			} else {
-				memcpy(run->mmio.data, (void *)(v->dev + off), len);
+				r = fault_in(v, page, &pfn);
+				first = r == 0;
+			}
+			if (r < 0 && r != -ENODEV) return fail(out, "BAR fault", r);
+			if (r == -ENODEV) {
+				if (!run->mmio.is_write) memset(run->mmio.data, 0xFF, len);
+			} else {
+				volatile uint8_t *p = v->dev + (pfn << 12) + (off & 4095);
+				if (run->mmio.is_write) memcpy((void *)p, run->mmio.data, len);
+				else memcpy(run->mmio.data, (void *)p, len);
 			}
 			if (first && v->first_fault_ns == 0) v->first_fault_ns = now_ns() - t0;
 			break;
@@ -231,6 +304,7 @@ static int run_guest(struct vm *v, enum mode mode, struct rvmm_result *out) {
 			break;
 		}
 		case KVM_EXIT_HLT:
+			if (v->notify_error) return fail(out, "KVM_SET_USER_MEMORY_REGION2 delete", v->notify_error);
 			return 0;
 		case KVM_EXIT_SHUTDOWN:
 			return fail(out, "KVM_EXIT_SHUTDOWN", -EIO);
@@ -247,7 +321,7 @@ static int run_guest(struct vm *v, enum mode mode, struct rvmm_result *out) {
 struct revoker {
 	struct vm *v;
 	uint64_t iterations, revoke_after;
-	double revoke_ns;
+	uint64_t revoke_ns;
 	int status;
 };
 
@@ -257,8 +331,8 @@ static void *revoker_main(void *arg) {
 	/* Register 2 counts down from `iterations`: wait until the guest has done revoke_after. */
 	uint32_t until = (uint32_t)(rv->iterations - rv->revoke_after);
 	while (*left == 0 || *left > until) sched_yield();
-	double t0 = now_ns();
-	rv->status = revoke_bar(rv->v);
+	uint64_t t0 = now_ns();
+	rv->status = exporter_revoke(&rv->v->exp);
 	rv->revoke_ns = now_ns() - t0;
 	/* The old backing now holds the sentinel: a stale read or write would show. */
 	*(volatile uint32_t *)(rv->v->dev + 0) = RVMM_SENTINEL;
@@ -266,37 +340,45 @@ static void *revoker_main(void *arg) {
 	return NULL;
 }
 
-int rvmm_run(const struct rvmm_config *c, struct rvmm_result *out) {
-	memset(out, 0, sizeof *out);
+int rvmm_run_trapped(const struct rvmm_config *c, struct rvmm_result *out) {
 	uint64_t n = c->iterations ? c->iterations : 1;
 	struct vm v;
 	int r;
-
 	if ((r = vm_open(&v, c, out, n)) == 0) {
-		double t0 = now_ns();
+		uint64_t t0 = now_ns();
 		if ((r = run_guest(&v, MODE_TRAPPED, out)) == 0) {
-			out->trapped_ns_per_access = (now_ns() - t0) / (double)(2 * n);
+			out->trapped_ns_per_access = (double)(now_ns() - t0) / (double)(2 * n);
 			out->trapped_exits = v.mmio_exits;
 		}
 	}
 	vm_close(&v);
-	if (r || c->trapped_only) return r;
+	return r;
+}
 
+int rvmm_run_mapped(const struct rvmm_config *c, struct rvmm_result *out) {
+	uint64_t n = c->iterations ? c->iterations : 1;
+	struct vm v;
+	int r;
 	if ((r = vm_open(&v, c, out, n)) == 0) {
 		out->guest_memfd = v.guest_memfd;
-		double t0 = now_ns();
+		uint64_t t0 = now_ns();
 		if ((r = run_guest(&v, MODE_MAPPED, out)) == 0) {
-			out->mapped_ns_per_access = (now_ns() - t0) / (double)(2 * n);
+			out->mapped_ns_per_access = (double)(now_ns() - t0) / (double)(2 * n);
 			out->mapped_exits = v.mmio_exits;
-			out->first_fault_us = v.first_fault_ns / 1e3;
+			out->first_fault_us = (double)v.first_fault_ns / 1e3;
 		}
 	}
 	vm_close(&v);
-	if (r || c->revoke_after == 0) return r;
+	return r;
+}
 
+int rvmm_run_revoke(const struct rvmm_config *c, struct rvmm_result *out) {
 	/* The revoke run loops until the guest has seen RVMM_ALLONES_TO_STOP all-ones reads, however
 	 * late the revoking thread is scheduled; the bound only stops a guest whose revoke never came. */
+	if (c->revoke_after == 0) return fail(out, "revoke_after", -EINVAL);
 	uint64_t bound = c->revoke_after + RVMM_REVOKE_BOUND;
+	struct vm v;
+	int r;
 	if ((r = vm_open(&v, c, out, bound)) == 0) {
 		struct revoker rv = { .v = &v, .iterations = bound, .revoke_after = c->revoke_after };
 		pthread_t t;
@@ -306,7 +388,7 @@ int rvmm_run(const struct rvmm_config *c, struct rvmm_result *out) {
 			r = run_guest(&v, MODE_MAPPED, out);
 			pthread_join(t, NULL);
 			if (r == 0 && rv.status < 0) r = fail(out, "KVM_SET_USER_MEMORY_REGION2 delete", rv.status);
-			out->revoke_us = rv.revoke_ns / 1e3;
+			out->revoke_us = (double)rv.revoke_ns / 1e3;
 			out->revoke_allones_reads = v.allones;
 			out->revoke_stale_reads = v.stale;
 			out->revoke_backing_untouched = *(volatile uint32_t *)(v.dev + 8) == RVMM_SENTINEL;
@@ -314,4 +396,12 @@ int rvmm_run(const struct rvmm_config *c, struct rvmm_result *out) {
 	}
 	vm_close(&v);
 	return r;
+}
+
+int rvmm_run(const struct rvmm_config *c, struct rvmm_result *out) {
+	memset(out, 0, sizeof *out);
+	int r = rvmm_run_trapped(c, out);
+	if (r || c->trapped_only) return r;
+	if ((r = rvmm_run_mapped(c, out)) || c->revoke_after == 0) return r;
+	return rvmm_run_revoke(c, out);
 }

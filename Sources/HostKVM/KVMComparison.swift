@@ -1,7 +1,9 @@
+import CKVMShim
 import CReferenceVMM
 import KernelCore
 
-/// The figures of one VMM (Swift or the C reference) over the same three runs.
+/// The figures of one VMM (Swift or the C reference): a trapped and a lazily mapped run, and the
+/// first-fault and revoke figures over `repeat` fresh VMs each.
 public struct KVMFigures: Hashable, Sendable, Codable {
   public var backing: String
   /// Who answered the PFN lookups: `BARExporterKind.description` for Swift; the C reference VMM
@@ -18,8 +20,24 @@ public struct KVMFigures: Hashable, Sendable, Codable {
   /// The lazily mapped run's figures; `nil` for a trapped-only measurement.
   public var mappedExits: UInt64?
   public var mappedNsPerAccess: Double?
+  /// The median over `repeat` fresh VMs of the first (lazy) fault's handling, in microseconds,
+  /// and the fastest and slowest of them.
   public var firstFaultMicroseconds: Double?
+  public var firstFaultMinMicroseconds: Double?
+  public var firstFaultMaxMicroseconds: Double?
+  /// With the model exporter: the in-memory exporter's figures, sampled in the same rounds.
+  public var firstFaultInMemoryMinMicroseconds: Double?
+  public var firstFaultInMemoryMaxMicroseconds: Double?
+  /// The median over `repeat` revoke runs of the exporter's revoke (with `move_notify`), and the
+  /// fastest and slowest of them.
   public var revokeMicroseconds: Double?
+  public var revokeMinMicroseconds: Double?
+  public var revokeMaxMicroseconds: Double?
+  public var revokeInMemoryMicroseconds: Double?
+  public var revokeInMemoryMinMicroseconds: Double?
+  public var revokeInMemoryMaxMicroseconds: Double?
+  /// Fresh VMs sampled for each first-fault and revoke figure.
+  public var `repeat`: Int?
   public var revokeAllOnesReads: UInt64?
   public var revokeStaleReads: UInt64?
   public var revokeBackingUntouched: Bool?
@@ -41,7 +59,17 @@ public struct KVMFigures: Hashable, Sendable, Codable {
     case mappedExits = "mapped_exits"
     case mappedNsPerAccess = "mapped_ns_per_access"
     case firstFaultMicroseconds = "first_fault_us"
+    case firstFaultMinMicroseconds = "first_fault_us_min"
+    case firstFaultMaxMicroseconds = "first_fault_us_max"
+    case firstFaultInMemoryMinMicroseconds = "first_fault_in_memory_us_min"
+    case firstFaultInMemoryMaxMicroseconds = "first_fault_in_memory_us_max"
     case revokeMicroseconds = "revoke_us"
+    case revokeMinMicroseconds = "revoke_us_min"
+    case revokeMaxMicroseconds = "revoke_us_max"
+    case revokeInMemoryMicroseconds = "revoke_in_memory_us"
+    case revokeInMemoryMinMicroseconds = "revoke_in_memory_us_min"
+    case revokeInMemoryMaxMicroseconds = "revoke_in_memory_us_max"
+    case `repeat`
     case revokeAllOnesReads = "revoke_allones_reads"
     case revokeStaleReads = "revoke_stale_reads"
     case revokeBackingUntouched = "revoke_backing_untouched"
@@ -89,6 +117,16 @@ public struct KVMFigures: Hashable, Sendable, Codable {
       exporterLookupNs: try c.decodeIfPresent(Double.self, forKey: .exporterLookupNs),
       inMemoryLookupNs: try c.decodeIfPresent(Double.self, forKey: .inMemoryLookupNs),
       firstFaultInMemoryMicroseconds: try c.decodeIfPresent(Double.self, forKey: .firstFaultInMemoryMicroseconds))
+    firstFaultMinMicroseconds = try c.decodeIfPresent(Double.self, forKey: .firstFaultMinMicroseconds)
+    firstFaultMaxMicroseconds = try c.decodeIfPresent(Double.self, forKey: .firstFaultMaxMicroseconds)
+    firstFaultInMemoryMinMicroseconds = try c.decodeIfPresent(Double.self, forKey: .firstFaultInMemoryMinMicroseconds)
+    firstFaultInMemoryMaxMicroseconds = try c.decodeIfPresent(Double.self, forKey: .firstFaultInMemoryMaxMicroseconds)
+    revokeMinMicroseconds = try c.decodeIfPresent(Double.self, forKey: .revokeMinMicroseconds)
+    revokeMaxMicroseconds = try c.decodeIfPresent(Double.self, forKey: .revokeMaxMicroseconds)
+    revokeInMemoryMicroseconds = try c.decodeIfPresent(Double.self, forKey: .revokeInMemoryMicroseconds)
+    revokeInMemoryMinMicroseconds = try c.decodeIfPresent(Double.self, forKey: .revokeInMemoryMinMicroseconds)
+    revokeInMemoryMaxMicroseconds = try c.decodeIfPresent(Double.self, forKey: .revokeInMemoryMaxMicroseconds)
+    `repeat` = try c.decodeIfPresent(Int.self, forKey: .repeat)
   }
 
   public func encode(to encoder: any Encoder) throws {
@@ -103,11 +141,38 @@ public struct KVMFigures: Hashable, Sendable, Codable {
     try c.encodeIfPresent(mappedExits, forKey: .mappedExits)
     try c.encodeIfPresent(mappedNsPerAccess, forKey: .mappedNsPerAccess)
     try c.encodeIfPresent(firstFaultMicroseconds, forKey: .firstFaultMicroseconds)
+    try c.encodeIfPresent(firstFaultMinMicroseconds, forKey: .firstFaultMinMicroseconds)
+    try c.encodeIfPresent(firstFaultMaxMicroseconds, forKey: .firstFaultMaxMicroseconds)
+    try c.encodeIfPresent(firstFaultInMemoryMinMicroseconds, forKey: .firstFaultInMemoryMinMicroseconds)
+    try c.encodeIfPresent(firstFaultInMemoryMaxMicroseconds, forKey: .firstFaultInMemoryMaxMicroseconds)
     try c.encodeIfPresent(trappedOverMapped, forKey: .trappedOverMapped)
     try c.encodeIfPresent(revokeMicroseconds, forKey: .revokeMicroseconds)
+    try c.encodeIfPresent(revokeMinMicroseconds, forKey: .revokeMinMicroseconds)
+    try c.encodeIfPresent(revokeMaxMicroseconds, forKey: .revokeMaxMicroseconds)
+    try c.encodeIfPresent(revokeInMemoryMicroseconds, forKey: .revokeInMemoryMicroseconds)
+    try c.encodeIfPresent(revokeInMemoryMinMicroseconds, forKey: .revokeInMemoryMinMicroseconds)
+    try c.encodeIfPresent(revokeInMemoryMaxMicroseconds, forKey: .revokeInMemoryMaxMicroseconds)
+    try c.encodeIfPresent(`repeat`, forKey: .repeat)
     try c.encodeIfPresent(revokeAllOnesReads, forKey: .revokeAllOnesReads)
     try c.encodeIfPresent(revokeStaleReads, forKey: .revokeStaleReads)
     try c.encodeIfPresent(revokeBackingUntouched, forKey: .revokeBackingUntouched)
+  }
+}
+
+/// The median, fastest and slowest of a set of samples.
+public struct SampleSpread: Hashable, Sendable {
+  public var median: Double
+  public var min: Double
+  public var max: Double
+
+  /// `nil` for no samples; an even count's median is the mean of the middle two.
+  public init?(_ samples: [Double]) {
+    guard !samples.isEmpty else { return nil }
+    let sorted = samples.sorted()
+    let mid = sorted.count / 2
+    median = sorted.count % 2 == 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2
+    min = sorted[0]
+    max = sorted[sorted.count - 1]
   }
 }
 
@@ -116,25 +181,156 @@ public struct KVMComparison: Hashable, Sendable, Codable {
   public var swift: KVMFigures
   public var c: KVMFigures
 
-  /// Runs the Swift back end asking `exporter` (trapped, lazily mapped, and with
-  /// `revokeAfter > 0` a revoke run), then the C reference VMM with the same parameters.
+  /// Fresh VMs per first-fault and revoke figure unless asked otherwise (`pmmio kvm --repeat`).
+  public static let defaultRepeat = 7
+  /// Guest iterations of a first-fault sample: its first access is all that is timed.
+  static let sampleIterations: UInt64 = 16
+
+  /// Who one sample runs: the Swift back end asking an exporter of a kind, or the C reference VMM.
+  enum Side: Hashable {
+    case swift(BARExporterKind)
+    case c
+  }
+
+  /// The trapped and lazily mapped runs once each (Swift, then C: their per-access figures average
+  /// over `iterations`), then the first-fault and revoke figures as the median over `repeat` fresh
+  /// VMs per side. The sides of those samples are interleaved — after one untimed warm-up run of
+  /// each, round r runs them in order, round r + 1 in reverse — so warm-up and machine load fall on
+  /// Swift and C alike. With the model exporter the Swift in-memory exporter is a side of its own.
   ///
-  /// - Throws: the errno of the first failing step of either VMM (`ENOENT`/`EACCES` when
-  ///   `/dev/kvm` cannot be opened).
+  /// - Throws: `EINVAL` for `repeat < 1`; the errno of the first failing step of either VMM
+  ///   (`ENOENT`/`EACCES` when `/dev/kvm` cannot be opened).
   public static func measure(
     iterations: UInt64, revokeAfter: UInt64, preferGuestMemfd: Bool, trappedOnly: Bool = false,
-    exporter: BARExporterKind = .model(.reviewed)
+    exporter: BARExporterKind = .model(.reviewed), repeat repeatCount: Int = defaultRepeat
   )
     throws(Errno) -> KVMComparison
   {
-    let swift = try measureSwift(iterations: iterations, revokeAfter: revokeAfter,
-      preferGuestMemfd: preferGuestMemfd, trappedOnly: trappedOnly, exporter: exporter)
-    let c = try measureC(iterations: iterations, revokeAfter: revokeAfter,
-      preferGuestMemfd: preferGuestMemfd, trappedOnly: trappedOnly)
+    guard repeatCount > 0 else { throw .EINVAL }
+    let system = try KVMSystem()
+    let accesses = Double(2 * iterations)
+    var config = rvmm_config(iterations: iterations, revoke_after: revokeAfter,
+      allow_guest_memfd: preferGuestMemfd ? 1 : 0, trapped_only: trappedOnly ? 1 : 0)
+
+    let trapped = try LazyBARVM(system: system, exporter: exporter.make(),
+      mode: .trapped, iterations: iterations, preferGuestMemfd: preferGuestMemfd).run()
+    var cr = rvmm_result()
+    try check(rvmm_run_trapped(&config, &cr))
+    var swift = KVMFigures(backing: "none", trappedExits: trapped.mmioExits,
+      trappedNsPerAccess: Double(trapped.elapsedNanoseconds) / accesses,
+      exporter: exporter.description, exporterLookupNs: try lookupCost(exporter.make()))
+    var c = KVMFigures(backing: "none", trappedExits: cr.trapped_exits,
+      trappedNsPerAccess: cr.trapped_ns_per_access, exporter: cExporter)
+    if exporter != .inMemory {
+      swift.inMemoryLookupNs = try lookupCost(InMemoryBARExporter(size: GuestProgram.barSize))
+    }
+    if trappedOnly { return KVMComparison(swift: swift, c: c) }
+
+    let vm = try LazyBARVM(system: system, exporter: exporter.make(),
+      mode: .lazyMapped, iterations: iterations, preferGuestMemfd: preferGuestMemfd)
+    let mapped = try vm.run()
+    swift.backing = vm.backing.rawValue
+    swift.mappedExits = mapped.mmioExits
+    swift.mappedNsPerAccess = Double(mapped.elapsedNanoseconds) / accesses
+    try check(rvmm_run_mapped(&config, &cr))
+    c.backing = cr.guest_memfd != 0 ? BARBackingKind.guestMemfd.rawValue : BARBackingKind.memfd.rawValue
+    c.mappedExits = cr.mapped_exits
+    c.mappedNsPerAccess = cr.mapped_ns_per_access
+    swift.repeat = repeatCount
+    c.repeat = repeatCount
+
+    let sides: [Side] = exporter == .inMemory ? [.swift(.inMemory), .c] : [.swift(exporter), .swift(.inMemory), .c]
+    var sampleConfig = config
+    sampleConfig.iterations = Swift.min(iterations, sampleIterations)
+    let faults = try interleaved(sides, repeat: repeatCount) { (side) throws(Errno) -> Double in
+      switch side {
+      case .swift(let kind):
+        let r = try LazyBARVM(system: system, exporter: kind.make(), mode: .lazyMapped,
+          iterations: sampleConfig.iterations, preferGuestMemfd: preferGuestMemfd).run()
+        guard let ns = r.firstFaultNanoseconds else { throw .EIO }
+        return Double(ns) / 1e3
+      case .c:
+        var r = rvmm_result()
+        try check(rvmm_run_mapped(&sampleConfig, &r))
+        return r.first_fault_us
+      }
+    }
+    let own = SampleSpread(faults[.swift(exporter)] ?? [])
+    (swift.firstFaultMicroseconds, swift.firstFaultMinMicroseconds, swift.firstFaultMaxMicroseconds) =
+      (own?.median, own?.min, own?.max)
+    if exporter != .inMemory {
+      let plain = SampleSpread(faults[.swift(.inMemory)] ?? [])
+      (swift.firstFaultInMemoryMicroseconds, swift.firstFaultInMemoryMinMicroseconds,
+        swift.firstFaultInMemoryMaxMicroseconds) = (plain?.median, plain?.min, plain?.max)
+    }
+    let cf = SampleSpread(faults[.c] ?? [])
+    (c.firstFaultMicroseconds, c.firstFaultMinMicroseconds, c.firstFaultMaxMicroseconds) =
+      (cf?.median, cf?.min, cf?.max)
+    guard revokeAfter > 0 else { return KVMComparison(swift: swift, c: c) }
+
+    let revokes = try interleaved(sides, repeat: repeatCount) { (side) throws(Errno) -> RevokeSample in
+      switch side {
+      case .swift(let kind):
+        let r = try RevokeRun.run(system: system, revokeAfter: revokeAfter,
+          preferGuestMemfd: preferGuestMemfd, exporter: kind)
+        return RevokeSample(microseconds: Double(r.revokeNanoseconds) / 1e3,
+          allOnesReads: UInt64(r.guest.allOnesReads), staleReads: UInt64(r.guest.sentinelReads),
+          backingUntouched: r.backingUntouched)
+      case .c:
+        var r = rvmm_result()
+        try check(rvmm_run_revoke(&config, &r))
+        return RevokeSample(microseconds: r.revoke_us, allOnesReads: r.revoke_allones_reads,
+          staleReads: r.revoke_stale_reads, backingUntouched: r.revoke_backing_untouched != 0)
+      }
+    }
+    func apply(_ samples: [RevokeSample], to f: inout KVMFigures, inMemory: [RevokeSample] = []) {
+      let spread = SampleSpread(samples.map(\.microseconds))
+      (f.revokeMicroseconds, f.revokeMinMicroseconds, f.revokeMaxMicroseconds) =
+        (spread?.median, spread?.min, spread?.max)
+      // Every revoke run of the side must behave: the fewest all-ones, the most stale reads.
+      let all = samples + inMemory
+      f.revokeAllOnesReads = all.map(\.allOnesReads).min()
+      f.revokeStaleReads = all.map(\.staleReads).max()
+      f.revokeBackingUntouched = all.allSatisfy(\.backingUntouched)
+    }
+    let plainRevokes = exporter == .inMemory ? [] : revokes[.swift(.inMemory)] ?? []
+    apply(revokes[.swift(exporter)] ?? [], to: &swift, inMemory: plainRevokes)
+    if exporter != .inMemory {
+      let plain = SampleSpread(plainRevokes.map(\.microseconds))
+      (swift.revokeInMemoryMicroseconds, swift.revokeInMemoryMinMicroseconds,
+        swift.revokeInMemoryMaxMicroseconds) = (plain?.median, plain?.min, plain?.max)
+    }
+    apply(revokes[.c] ?? [], to: &c)
     return KVMComparison(swift: swift, c: c)
   }
 
-  /// The C reference VMM's `rvmm_run()`.
+  struct RevokeSample {
+    var microseconds: Double
+    var allOnesReads: UInt64
+    var staleReads: UInt64
+    var backingUntouched: Bool
+  }
+
+  /// One untimed warm-up run per side, then `repeat` rounds over the sides, alternating forward
+  /// and reverse order so that no side always runs first or right after another.
+  static func interleaved<T>(
+    _ sides: [Side], repeat repeatCount: Int, _ sample: (Side) throws(Errno) -> T
+  ) throws(Errno) -> [Side: [T]] {
+    for side in sides { _ = try sample(side) }
+    var samples: [Side: [T]] = [:]
+    for round in 0..<repeatCount {
+      for side in round % 2 == 0 ? sides : sides.reversed() {
+        samples[side, default: []].append(try sample(side))
+      }
+    }
+    return samples
+  }
+
+  static func check(_ status: Int32) throws(Errno) {
+    if status < 0 { throw Errno(rawValue: -status) }
+  }
+
+  /// The C reference VMM's `rvmm_run()`: its trapped, mapped and revoke runs once each.
   public static func measureC(
     iterations: UInt64, revokeAfter: UInt64, preferGuestMemfd: Bool, trappedOnly: Bool = false
   )
@@ -143,8 +339,7 @@ public struct KVMComparison: Hashable, Sendable, Codable {
     var config = rvmm_config(iterations: iterations, revoke_after: trappedOnly ? 0 : revokeAfter,
       allow_guest_memfd: preferGuestMemfd ? 1 : 0, trapped_only: trappedOnly ? 1 : 0)
     var r = rvmm_result()
-    let status = rvmm_run(&config, &r)
-    if status < 0 { throw Errno(rawValue: -status) }
+    try check(rvmm_run(&config, &r))
     let revoked = revokeAfter > 0 && !trappedOnly
     return KVMFigures(
       backing: trappedOnly ? "none"
@@ -168,55 +363,10 @@ public struct KVMComparison: Hashable, Sendable, Codable {
   public static func lookupCost(_ exporter: any BARExporter, count: Int = 4096) throws(Errno) -> Double {
     let pages = exporter.size.pages
     guard pages > 0, count > 0 else { throw .EINVAL }
-    let t0 = ContinuousClock.now
+    let t0 = ckvm_now_ns()
     for i in 0..<UInt64(count) {
       guard case .success = exporter.lookup(pageIndex: PageIndex(i % pages)) else { throw .EIO }
     }
-    return Double((ContinuousClock.now - t0).nanoseconds) / Double(count)
-  }
-
-  /// The same runs through `LazyBARVM`, each with a fresh exporter of kind `exporter`. With the
-  /// model, also the first fault and lookup cost of `InMemoryBARExporter`, for comparison.
-  public static func measureSwift(
-    iterations: UInt64, revokeAfter: UInt64, preferGuestMemfd: Bool, trappedOnly: Bool = false,
-    exporter: BARExporterKind = .model(.reviewed)
-  )
-    throws(Errno) -> KVMFigures
-  {
-    let system = try KVMSystem()
-    let accesses = Double(2 * iterations)
-    let lookupNs = try lookupCost(exporter.make())
-    let trapped = try LazyBARVM(system: system, exporter: exporter.make(),
-      mode: .trapped, iterations: iterations, preferGuestMemfd: preferGuestMemfd).run()
-    if trappedOnly {
-      return KVMFigures(backing: "none", trappedExits: trapped.mmioExits,
-        trappedNsPerAccess: Double(trapped.elapsedNanoseconds) / accesses,
-        exporter: exporter.description, exporterLookupNs: lookupNs)
-    }
-    let vm = try LazyBARVM(system: system, exporter: exporter.make(),
-      mode: .lazyMapped, iterations: iterations, preferGuestMemfd: preferGuestMemfd)
-    let mapped = try vm.run()
-    var figures = KVMFigures(
-      backing: vm.backing.rawValue,
-      trappedExits: trapped.mmioExits, trappedNsPerAccess: Double(trapped.elapsedNanoseconds) / accesses,
-      mappedExits: mapped.mmioExits, mappedNsPerAccess: Double(mapped.elapsedNanoseconds) / accesses,
-      firstFaultMicroseconds: Double(mapped.firstFaultNanoseconds ?? 0) / 1e3,
-      exporter: exporter.description, exporterLookupNs: lookupNs)
-    if exporter != .inMemory {
-      // One short lazily mapped run: its first fault is all that is wanted here.
-      let plain = try LazyBARVM(system: system, exporter: InMemoryBARExporter(size: GuestProgram.barSize),
-        mode: .lazyMapped, iterations: 1, preferGuestMemfd: preferGuestMemfd).run()
-      figures.firstFaultInMemoryMicroseconds = Double(plain.firstFaultNanoseconds ?? 0) / 1e3
-      figures.inMemoryLookupNs = try lookupCost(InMemoryBARExporter(size: GuestProgram.barSize))
-    }
-    if revokeAfter > 0 {
-      let r = try RevokeRun.run(system: system, revokeAfter: revokeAfter, preferGuestMemfd: preferGuestMemfd,
-        exporter: exporter)
-      figures.revokeMicroseconds = Double(r.revokeNanoseconds) / 1e3
-      figures.revokeAllOnesReads = UInt64(r.guest.allOnesReads)
-      figures.revokeStaleReads = UInt64(r.guest.sentinelReads)
-      figures.revokeBackingUntouched = r.backingUntouched
-    }
-    return figures
+    return Double(ckvm_now_ns() &- t0) / Double(count)
   }
 }

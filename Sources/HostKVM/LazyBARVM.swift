@@ -22,8 +22,10 @@ public struct GuestRunReport: Hashable, Sendable {
   public var sentinelReads: UInt32 = 0
   /// From the first `KVM_RUN` to `KVM_EXIT_HLT`.
   public var elapsedNanoseconds: UInt64 = 0
-  /// Handling of the exit that installed the memslot: lookup, `KVM_SET_USER_MEMORY_REGION2`,
-  /// completion. `nil` when no slot was installed.
+  /// Handling of the exit that installed the memslot, from `KVM_RUN`'s return to the completed
+  /// access (decode, the sequence read, one lookup per BAR page, `KVM_SET_USER_MEMORY_REGION2` per
+  /// run of contiguous PFNs, completion), on `ckvm_now_ns()` as the C reference VMM times it.
+  /// `nil` when no slot was installed.
   public var firstFaultNanoseconds: UInt64?
 }
 
@@ -32,6 +34,8 @@ public struct GuestRunReport: Hashable, Sendable {
 /// `mmu_invalidate_seq` does in `kvm_faultin_pfn()` / `mmu_invalidate_retry_gfn()`.
 final class BARSlots: Sendable {
   struct State {
+    /// Room for one slot per BAR page is reserved up front, so installing allocates nothing on
+    /// the fault path.
     var installed: [UInt32] = []
     var invalidateSeq: UInt64 = 0
     /// A slot delete that failed inside `move_notify`, reported by the next `run()`.
@@ -39,11 +43,14 @@ final class BARSlots: Sendable {
   }
   let vm: VMHandle
   let memory: DeviceMemory
-  let state = Mutex(State())
+  let state: Mutex<State>
 
   init(vm: VMHandle, memory: DeviceMemory) {
     self.vm = vm
     self.memory = memory
+    var s = State()
+    s.installed.reserveCapacity(Int(memory.size.pages))
+    self.state = Mutex(s)
   }
 
   func region(slot: UInt32, gpa: GPA, size: UInt64, fileOffset: UInt64) -> UserMemoryRegion {
@@ -69,7 +76,7 @@ final class BARSlots: Sendable {
           s.notifyError = s.notifyError ?? error
         }
       }
-      s.installed.removeAll()
+      s.installed.removeAll(keepingCapacity: true)
       s.invalidateSeq &+= 1
     }
   }
@@ -171,24 +178,23 @@ public final class LazyBARVM {
   ///   `KVM_RUN`'s own errno otherwise.
   public func run() throws(Errno) -> GuestRunReport {
     var report = GuestRunReport()
-    let start = ContinuousClock.now
+    let start = ckvm_now_ns()
     while true {
-      let exit = try vcpu.run()
+      let (exit, t0) = try vcpu.runTimed()
       switch exit {
       case .mmio(let gpa, let length, let isWrite, let data):
         report.mmioExits += 1
-        let t0 = ContinuousClock.now
         guard let offset = gpa.offset(from: GuestProgram.barGPA), offset < GuestProgram.barSize
         else { throw .EIO }
         let installed = try handleMMIO(offset: offset, length: length, isWrite: isWrite, data: data)
         if installed, report.firstFaultNanoseconds == nil {
-          report.firstFaultNanoseconds = (ContinuousClock.now - t0).nanoseconds
+          report.firstFaultNanoseconds = ckvm_now_ns() &- t0
         }
       case .io(let port, true, _, _, let value):
         if port == GuestProgram.reportPort { report.allOnesReads = value }
         if port == GuestProgram.reportPort + 1 { report.sentinelReads = value }
       case .hlt:
-        report.elapsedNanoseconds = (ContinuousClock.now - start).nanoseconds
+        report.elapsedNanoseconds = ckvm_now_ns() &- start
         if let e = slots.state.withLock({ $0.notifyError }) { throw e }
         return report
       case .io, .shutdown, .failEntry, .internalError, .other:
@@ -210,12 +216,11 @@ public final class LazyBARVM {
       case .failure: throw .EIO
       }
     case .lazyMapped:
-      switch try faultIn() {
+      switch try faultIn(page: page) {
       case .revoked: return completeRevoked(isWrite: isWrite)
-      case .mapped(let pfns):
+      case .mapped(let p):
         installed = true
-        guard page.rawValue < UInt64(pfns.count) else { throw .EIO }
-        pfn = pfns[Int(page.rawValue)]
+        pfn = p
       }
     }
     // The faulting access itself still has to complete: KVM has decoded it and waits for data.
@@ -234,53 +239,45 @@ public final class LazyBARVM {
     return false
   }
 
-  enum FaultResult { case mapped([PFN]), revoked }
+  enum FaultResult { case mapped(PFN), revoked }
 
   /// `kvm_faultin_pfn()` for the whole BAR: look the PFNs up without the slots lock, then install
   /// under it unless an invalidation ran in between (then retry, as `RET_PF_RETRY` would).
-  func faultIn() throws(Errno) -> FaultResult {
-    while true {
-      let seq = slots.state.withLock { $0.invalidateSeq }
-      var pfns: [PFN] = []
-      pfns.reserveCapacity(Int(GuestProgram.barSize.pages))
-      for i in 0..<GuestProgram.barSize.pages {
-        switch exporter.lookup(pageIndex: PageIndex(i)) {
-        case .success(let p):
-          guard p.rawValue < deviceMemory.size.pages else { throw .EIO }
-          pfns.append(p)
-        case .failure(.ENODEV): return .revoked
-        case .failure: throw .EIO
+  /// Returns the PFN of `page`. The PFNs live in stack scratch space and runs are coalesced while
+  /// installing, so the fault path allocates nothing.
+  func faultIn(page: PageIndex) throws(Errno) -> FaultResult {
+    let pages = Int(exporter.size.pages)
+    guard page.rawValue < UInt64(pages) else { throw .EIO }
+    return try withUnsafeTemporaryAllocation(of: PFN.self, capacity: pages) {
+      (pfns) throws(Errno) -> FaultResult in
+      while true {
+        let seq = slots.state.withLock { $0.invalidateSeq }
+        for i in 0..<pages {
+          switch exporter.lookup(pageIndex: PageIndex(UInt64(i))) {
+          case .success(let p):
+            guard p.rawValue < deviceMemory.size.pages else { throw .EIO }
+            pfns.initializeElement(at: i, to: p)
+          case .failure(.ENODEV): return .revoked
+          case .failure: throw .EIO
+          }
         }
-      }
-      // Runs of contiguous PFNs: each becomes one slot.
-      var runs: [(page: UInt64, pfn: PFN, pages: UInt64)] = []
-      for (i, p) in pfns.enumerated() {
-        if let last = runs.last, last.pfn.advanced(by: last.pages) == p {
-          runs[runs.count - 1].pages += 1
-        } else {
-          runs.append((UInt64(i), p, 1))
+        let done = try slots.state.withLock { (s) throws(Errno) -> Bool in
+          guard s.invalidateSeq == seq else { return false }
+          guard s.installed.isEmpty else { return true }
+          // Each run of contiguous PFNs becomes one slot.
+          var start = 0
+          for i in 1...pages where i == pages || pfns[i] != pfns[i - 1].advanced(by: 1) {
+            let slot = UInt32(1 + s.installed.count)
+            try slots.vm.setUserMemoryRegion2(slots.region(
+              slot: slot, gpa: GuestProgram.barGPA.advanced(by: UInt64(start) << pageShift),
+              size: UInt64(i - start) << pageShift, fileOffset: pfns[start].rawValue << pageShift))
+            s.installed.append(slot)
+            start = i
+          }
+          return true
         }
+        if done { return .mapped(pfns[Int(page.rawValue)]) }
       }
-      let done = try slots.state.withLock { (s) throws(Errno) -> Bool in
-        guard s.invalidateSeq == seq else { return false }
-        guard s.installed.isEmpty else { return true }
-        for (n, r) in runs.enumerated() {
-          let slot = UInt32(1 + n)
-          try slots.vm.setUserMemoryRegion2(slots.region(
-            slot: slot, gpa: GuestProgram.barGPA.advanced(by: r.page << pageShift),
-            size: r.pages << pageShift, fileOffset: r.pfn.rawValue << pageShift))
-          s.installed.append(slot)
-        }
-        return true
-      }
-      if done { return .mapped(pfns) }
     }
-  }
-}
-
-extension Duration {
-  var nanoseconds: UInt64 {
-    let (s, a) = components
-    return UInt64(max(0, s)) &* 1_000_000_000 &+ UInt64(max(0, a / 1_000_000_000))
   }
 }

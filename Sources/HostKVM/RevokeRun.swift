@@ -88,7 +88,7 @@ final class Revoker: @unchecked Sendable {
       if left != 0, left <= until { break }
       sched_yield()
     }
-    let t0 = ContinuousClock.now
+    let t0 = ckvm_now_ns()
     do throws(Errno) {
       try exporter.revoke()
     } catch {
@@ -96,7 +96,7 @@ final class Revoker: @unchecked Sendable {
       self.error = error
       return
     }
-    elapsed = (ContinuousClock.now - t0).nanoseconds
+    elapsed = ckvm_now_ns() &- t0
     memory.store32(offset: 0, GuestProgram.sentinel)
     memory.store32(offset: GuestProgram.countdownOffset, GuestProgram.sentinel)
   }

@@ -84,24 +84,30 @@ public final class VCPUHandle {
   /// - Throws: `EFAULT` when guest memory behind a slot cannot be faulted, `EIO` when the VM is
   ///   dead, `ENOEXEC`/`EINVAL` for a vCPU state KVM cannot run.
   public func run() throws(Errno) -> VCPUExit {
+    try runTimed().exit
+  }
+
+  /// `run()`, also returning `ckvm_now_ns()` read as soon as `KVM_RUN` returned, before the exit
+  /// is decoded: where the C reference VMM starts timing an exit's handling.
+  func runTimed() throws(Errno) -> (exit: VCPUExit, returnedAt: UInt64) {
     while true {
       let r = ckvm_ioctl_val(fd, ckvm_KVM_RUN, 0)
+      let returnedAt = ckvm_now_ns()
       if r == -Errno.EINTR.rawValue || r == -Errno.EAGAIN.rawValue { continue }
       if r < 0 { throw Errno(rawValue: -r) }
-      return decodeExit()
+      return (decodeExit(), returnedAt)
     }
   }
 
   func decodeExit() -> VCPUExit {
     switch Int32(kvmRun.pointee.exit_reason) {
     case KVM_EXIT_MMIO:
-      let m = kvmRun.pointee.mmio
-      let length = Int(min(m.len, 8))
+      let length = Int(min(ckvm_run_mmio_len(kvmRun), 8))
+      let bytes = ckvm_run_mmio_data(kvmRun)!
       var data: UInt64 = 0
-      withUnsafeBytes(of: m.data) { raw in
-        for i in 0..<length { data |= UInt64(raw[i]) << (8 * UInt64(i)) }
-      }
-      return .mmio(gpa: GPA(m.phys_addr), length: length, isWrite: m.is_write != 0, data: data)
+      for i in 0..<length { data |= UInt64(bytes[i]) << (8 * UInt64(i)) }
+      return .mmio(gpa: GPA(ckvm_run_mmio_phys_addr(kvmRun)), length: length,
+        isWrite: ckvm_run_mmio_is_write(kvmRun) != 0, data: data)
     case KVM_EXIT_IO:
       let io = kvmRun.pointee.io
       var value: UInt32 = 0
@@ -126,8 +132,7 @@ public final class VCPUHandle {
   /// Supplies the bytes of the pending `KVM_EXIT_MMIO` read (little-endian); the next `run()`
   /// completes the guest instruction with them (`complete_emulated_mmio()` in `x86.c`).
   public func completeMMIORead(_ value: UInt64) {
-    withUnsafeMutableBytes(of: &kvmRun.pointee.mmio.data) { raw in
-      for i in 0..<8 { raw[i] = UInt8(truncatingIfNeeded: value >> (8 * UInt64(i))) }
-    }
+    let bytes = ckvm_run_mmio_data(kvmRun)!
+    for i in 0..<8 { bytes[i] = UInt8(truncatingIfNeeded: value >> (8 * UInt64(i))) }
   }
 }

@@ -73,3 +73,25 @@ func kvmInMemoryExporter() throws {
   #expect(swift["mapped_exits"] as? Int == 1)
   #expect(swift["revoke_us"] == nil)
 }
+
+@Test(
+  "pmmio kvm --repeat K: both sides report repeat K and a median between min and max",
+  .enabled(if: kvmUsable, "needs a usable /dev/kvm (absent, not openable, or KVM_CREATE_VM fails here)"),
+  arguments: [1, 3])
+func kvmRepeatHonoured(repeatCount: Int) throws {
+  let result = try runPmmio(["kvm", "--iterations", "20", "--revoke-after", "10", "--repeat", "\(repeatCount)",
+                             "--exporter", "in-memory", "--json"])
+  #expect(result.status == 0)
+  let document = try #require(try JSONSerialization.jsonObject(with: result.stdout) as? [String: Any])
+  for side in ["swift", "c"] {
+    let figures = try #require(document[side] as? [String: Any], "no \(side) object")
+    #expect(figures["repeat"] as? Int == repeatCount, "\(side).repeat")
+    for key in ["first_fault_us", "revoke_us"] {
+      let median = try #require(figures[key] as? Double, "\(side).\(key)")
+      let low = try #require(figures[key + "_min"] as? Double, "\(side).\(key)_min")
+      let high = try #require(figures[key + "_max"] as? Double, "\(side).\(key)_max")
+      #expect(low <= median && median <= high, "\(side).\(key)")
+      if repeatCount == 1 { #expect(low == high, "\(side).\(key): one sample") }
+    }
+  }
+}

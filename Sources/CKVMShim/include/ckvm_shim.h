@@ -11,6 +11,7 @@
 #include <linux/kvm.h>
 #include <stdint.h>
 #include <sys/ioctl.h>
+#include <time.h>
 
 #ifndef KVM_SET_USER_MEMORY_REGION2
 /* include/uapi/linux/kvm.h, Linux 6.8 */
@@ -96,9 +97,27 @@ static inline uint8_t *ckvm_run_io_data(struct kvm_run *run) {
 	return (uint8_t *)run + run->io.data_offset;
 }
 /*
+ * KVM_EXIT_MMIO's payload by pointer: Swift imports the anonymous union as computed properties,
+ * so `run.pointee.mmio.data` would copy the union out and back on every exit.
+ */
+static inline uint64_t ckvm_run_mmio_phys_addr(const struct kvm_run *run) { return run->mmio.phys_addr; }
+static inline uint32_t ckvm_run_mmio_len(const struct kvm_run *run) { return run->mmio.len; }
+static inline uint8_t ckvm_run_mmio_is_write(const struct kvm_run *run) { return run->mmio.is_write; }
+static inline uint8_t *ckvm_run_mmio_data(struct kvm_run *run) { return run->mmio.data; }
+/*
  * Loads and stores through a shared mapping that another thread, or the guest, may change under
  * us: volatile so the compiler neither caches nor drops them.
  */
 static inline uint32_t ckvm_load32(const void *p) { return *(const volatile uint32_t *)p; }
 static inline void ckvm_store32(void *p, uint32_t v) { *(volatile uint32_t *)p = v; }
+
+/*
+ * CLOCK_MONOTONIC in nanoseconds. HostKVM and the C reference VMM both time their exits with this
+ * one clock, so a Swift-vs-C ratio never compares two clocks (ContinuousClock is CLOCK_BOOTTIME).
+ */
+static inline uint64_t ckvm_now_ns(void) {
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
 #endif

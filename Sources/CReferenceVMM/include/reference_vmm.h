@@ -39,8 +39,13 @@ struct rvmm_result {
 	uint64_t mapped_exits;    /* MMIO exits of the lazily mapped run */
 	double trapped_ns_per_access;
 	double mapped_ns_per_access;
-	double first_fault_us;    /* exit handling of the first access: lookup, memslot, completion */
-	double revoke_us;         /* revoke: mark revoked and delete the slot under a running vCPU */
+	/* Handling of the exit that installed the BAR slot, from KVM_RUN's return to the completed
+	 * access: the seq read, one exporter lookup per BAR page, KVM_SET_USER_MEMORY_REGION2 per run
+	 * of contiguous PFNs, the MMIO completion; timed with ckvm_now_ns() as HostKVM times it. */
+	double first_fault_us;
+	/* The exporter's revoke: mark revoked and, under its lock, move_notify deleting the slot under
+	 * a running vCPU. */
+	double revoke_us;
 	uint64_t revoke_allones_reads; /* guest reads that returned all-ones after revoke */
 	uint64_t revoke_stale_reads;   /* guest reads that returned the sentinel: must be 0 */
 	int revoke_backing_untouched;  /* 1 when no guest write reached the backing after revoke */
@@ -54,4 +59,12 @@ const uint8_t *rvmm_guest_code_bytes(void);
 
 /* Runs the trapped, lazily mapped and (if asked) revoke runs; fills *out. Returns out->status. */
 int rvmm_run(const struct rvmm_config *config, struct rvmm_result *out);
+/*
+ * One run each, on a fresh VM, filling only that run's fields of *out (which they do not clear):
+ * trapped (trapped_*), lazily mapped (mapped_*, first_fault_us, guest_memfd) and revoke (revoke_*;
+ * -EINVAL for revoke_after == 0). Each returns 0 or -errno (and sets status and failed_step).
+ */
+int rvmm_run_trapped(const struct rvmm_config *config, struct rvmm_result *out);
+int rvmm_run_mapped(const struct rvmm_config *config, struct rvmm_result *out);
+int rvmm_run_revoke(const struct rvmm_config *config, struct rvmm_result *out);
 #endif

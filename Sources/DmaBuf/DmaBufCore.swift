@@ -96,12 +96,15 @@ public struct DmaBufCore: Hashable, Sendable {
   /// `dma_buf_get_pfn_unlocked()` (RFC patch 1): the PFN behind page `pgoff` of the attached
   /// buffer, without a DMA mapping. The resv lock is taken only around the exporter callback,
   /// so this is one atomic region; the caller's sequence check closes the race with revoke.
-  /// - Throws: `EINVAL` for an unknown attachment or an exporter without `get_pfn`; the
-  ///   exporter's errno (`ENODEV` revoked, `EINVAL` past the end); `EAGAIN` when another
-  ///   context holds resv (this context would block there).
+  /// - Throws: `EINVAL` for an unknown attachment or an exporter without `get_pfn`; `ENOENT`
+  ///   for an importer without `move_notify` (the RFC's refusal); the exporter's errno
+  ///   (`ENODEV` revoked, `EINVAL` past the end); `EAGAIN` when another context holds resv
+  ///   (this context would block there).
   public func getPfnUnlocked(_ attachmentID: AttachmentID, pgoff: PageIndex, context: ContextID,
                              exporter: some DmaBufExporter) throws(Errno) -> PFNLookup {
-    try lookupUnderResv(attachmentID, pgoff: pgoff, context: context, exporter: exporter)
+    // Only an importer that can be told of a move may hold PFNs outside a mapping.
+    if let attachment = attachments[attachmentID], !attachment.ops.hasMoveNotify { throw .ENOENT }
+    return try lookupUnderResv(attachmentID, pgoff: pgoff, context: context, exporter: exporter)
   }
 
   /// The reviewed importer's lookup: `dma_resv_lock()`, the exporter's PFN, `dma_resv_unlock()`

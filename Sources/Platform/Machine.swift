@@ -49,12 +49,18 @@ public struct Machine: Hashable, Sendable {
         guard bar.size >= pageSize, bar.size & (bar.size - 1) == 0 else {
           throw ConfigurationError("BAR \(bar.index) of \(device.name): size 0x\(String(bar.size, radix: 16)) is not a power of two of at least 4 KiB")
         }
-        cursor = (cursor + bar.size - 1) & ~(bar.size - 1)
+        // Natural alignment, checked: a BAR that does not fit below 2^64 is a bad machine.
+        let (aligned, wrapped) = cursor.addingReportingOverflow(bar.size - 1)
+        let (end, past) = (aligned & ~(bar.size - 1)).addingReportingOverflow(bar.size)
+        guard !wrapped, !past else {
+          throw ConfigurationError("BAR \(bar.index) of \(device.name): size 0x\(String(bar.size, radix: 16)) does not fit in the physical address space")
+        }
+        cursor = aligned & ~(bar.size - 1)
         bars.append(BAR(index: bar.index, size: bar.size, base: HPA(cursor), is64Bit: bar.is64Bit,
                         prefetchable: bar.prefetchable,
                         msixTable: bar.msixTable.map { BARSpan(offset: $0.offset, size: $0.length) },
                         msixPBA: bar.msixPBA.map { BARSpan(offset: $0.offset, size: $0.length) }))
-        cursor += bar.size
+        cursor = end
       }
       let function: PCIFunction
       do { function = try PCIFunction(name: device.name, bars: bars, tdisp: device.tdisp) } catch {

@@ -8,8 +8,8 @@ extension VFIOPCIDriver {
   ///
   /// Checks, in the kernel's order for each variant:
   /// - `reviewed` (6.19): `nr_ranges == 0` or `flags != 0` -> `EINVAL`; region index past BAR 5
-  ///   -> `ENODEV`; a range of length 0 or not page aligned -> `EINVAL`; total length overflow
-  ///   -> `EINVAL`; the region is not a memory BAR -> `EINVAL`; BAR start + offset + length
+  ///   -> `ENODEV`; a range of length 0 or not page aligned -> `EINVAL`; total length overflow,
+  ///   or a total with bit 63 (`DMA_IOVA_USE_SWIOTLB`) set -> `EINVAL`; the region is not a memory BAR -> `EINVAL`; BAR start + offset + length
   ///   overflow -> `EOVERFLOW`; a range past the BAR -> `EINVAL`.
   /// - `rfcV1`: zero ranges, a region index past BAR 5, a zero-size BAR, an unaligned offset or
   ///   length, or a range past the BAR -> `EINVAL` (overflow included); (0, 0) is the whole BAR.
@@ -51,6 +51,8 @@ extension VFIOPCIDriver {
       if overflow { throw .EINVAL }
       total = sum
     }
+    // `DMA_IOVA_USE_SWIOTLB` (bit 63) marks a size the DMA layer would misread.
+    if total & (1 << 63) != 0 { throw .EINVAL }
     guard let bar = function.bar(request.regionIndex), bar.size > 0 else { throw .EINVAL }
     let barEnd = bar.base.rawValue &+ bar.size
     var phys: [PhysRange] = []

@@ -166,7 +166,9 @@ extension VFIOPCIDriver {
     devices[id]!.dmabufs = []
   }
 
-  /// One buffer's revoke or restore: lock resv, flip, notify importers, unlock.
+  /// One buffer's revoke or restore: lock resv, flip, notify importers, unlock. The whole
+  /// trigger is one atomic region here, so no other context can hold resv; an explorer that
+  /// interleaves revoke with lookups must split this per buffer, where the kernel blocks.
   private mutating func flip<Sink: MoveNotifySink>(
     _ buffer: DmaBufID, revoked: Bool, context: ContextID,
     dmabufCore: inout DmaBufCore, sink: inout Sink, trace: inout Trace, force: Bool = false

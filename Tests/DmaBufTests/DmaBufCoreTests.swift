@@ -151,6 +151,15 @@ func makeCore(size: UInt64 = 0x4000) throws -> (DmaBufCore, DmaBufID) {
     #expect(throws: Errno.EINVAL) { try core.getPfnUnlocked(AttachmentID(9), pgoff: PageIndex(0), context: ctx, exporter: FakeExporter()) }
   }
 
+  @Test func anImporterWithoutMoveNotifyGetsNoPfn() throws {
+    var (core, id) = try makeCore()
+    var trace = Trace()
+    let exporter = FakeExporter(requiresPeer2Peer: false)
+    let a = try core.attach(id, importer: "static", ops: ImporterOps(dynamic: false, hasMoveNotify: false, allowPeer2Peer: false),
+                            exporter: exporter, trace: &trace)
+    #expect(throws: Errno.ENOENT) { try core.getPfnUnlocked(a, pgoff: PageIndex(0), context: ctx, exporter: exporter) }
+  }
+
   @Test func lookupWaitsWhileAnotherContextHoldsResv() throws {
     var (core, id) = try makeCore()
     var trace = Trace()

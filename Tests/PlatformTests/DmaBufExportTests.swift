@@ -28,6 +28,8 @@ import VFIO
     Case(label: "unaligned length", variant: .reviewed, region: 0, ranges: [(0, 0x1800)], expected: .EINVAL),
     Case(label: "total length overflows", variant: .reviewed, region: 0,
          ranges: [(0, 1 << 63), (0, 1 << 63)], expected: .EINVAL),
+    Case(label: "total length has bit 63 (DMA_IOVA_USE_SWIOTLB)", variant: .reviewed, region: 0,
+         ranges: [(0x1000, 0xFFFF_FFFF_FFFF_F000)], expected: .EINVAL),
     Case(label: "no such BAR", variant: .reviewed, region: 1, ranges: [(0, page)], expected: .EINVAL),
     Case(label: "physical address overflows", variant: .reviewed, region: 0,
          ranges: [(0xFFFF_FFFF_FFFF_0000, page)], expected: .EOVERFLOW),

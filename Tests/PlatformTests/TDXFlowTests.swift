@@ -132,6 +132,16 @@ extension Bench {
     #expect(bench.errno(.guestAcceptMMIO(vm: bench.plain, gpa: GPA(gpaBase), expectHPA: nil)) == .EINVAL)
     #expect(bench.errno(.guestAcceptMMIO(vm: bench.td, gpa: GPA(gpaBase), expectHPA: nil)) == .EINVAL)  // no slot: no HPA to expect
   }
+
+  /// A TD's private GPA with no memslot is not emulated MMIO: KVM_RUN fails EFAULT
+  /// (KVM_EXIT_MEMORY_FAULT), for an access and for an accept alike.
+  @Test func privateGPAWithoutASlot() throws {
+    var bench = try Bench(.reviewed)
+    _ = try bench.tdSlot()
+    #expect(bench.access(bench.td, 0x1000) == .failure(.errno(.EFAULT)))
+    #expect(bench.machine.perform(.guestAcceptMMIO(vm: bench.td, gpa: GPA(0x1000), expectHPA: bench.bar0Base))
+            == .failure(.errno(.EFAULT)))
+  }
 }
 
 /// The ordering question the RFC leaves open: a revoke (here an FLR started through config

@@ -16,6 +16,25 @@ struct SeededGenerator: RandomNumberGenerator {
   }
 }
 
+@Suite struct ConfigurationTests {
+  @Test(arguments: [0x8000_0000_0000_0000, 0x800, 0x3000] as [UInt64])
+  func barsThatCannotBePlacedAreRefused(size: UInt64) {
+    let configuration = MachineConfiguration(devices: [DeviceConfiguration(name: "n", bars: [BARConfiguration(index: 0, size: size)])])
+    #expect(throws: ConfigurationError.self) { try Machine(configuration: configuration) }
+  }
+
+  @Test func namesAreUnique() {
+    let bar = [BARConfiguration(index: 0, size: 0x1000)]
+    #expect(throws: ConfigurationError.self) {
+      try Machine(configuration: MachineConfiguration(devices: [DeviceConfiguration(name: "n", bars: bar),
+                                                                DeviceConfiguration(name: "n", bars: bar)]))
+    }
+    #expect(throws: ConfigurationError.self) {
+      try Machine(configuration: MachineConfiguration(vms: [VMConfiguration(name: "v", type: .tdx), VMConfiguration(name: "v", type: .default)]))
+    }
+  }
+}
+
 /// "A failed operation changes nothing": over many random machines, every operation with bad
 /// arguments fails and leaves the machine equal to what it was.
 @Suite struct UnchangedOnErrorTests {

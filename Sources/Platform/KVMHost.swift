@@ -20,6 +20,12 @@ public struct KVMHost: Hashable, Sendable {
   public internal(set) var staleMoveNotifies = 0
   /// VMs that died through `KVM_BUG_ON` (an unexpected TDX status), with the status.
   public internal(set) var bugs: [String] = []
+  /// `TDH.MMIO.UNMAP` calls KVM issued for an entry whose block epoch was not yet tracked.
+  public internal(set) var untrackedUnmaps = 0
+  /// TD accesses to an MMIO_PENDING page that did not end the TD.
+  public internal(set) var unpunishedPendingAccesses = 0
+  /// Ioctls that succeeded on a VM already dead.
+  public internal(set) var deadVMIoctls = 0
   /// Attachments a destroyed VM left behind (bound to slots freed by an `rfc-v1` move):
   /// nothing will ever detach them.
   public internal(set) var leaked: TreeSet<AttachmentID> = []
@@ -80,6 +86,12 @@ public struct KVMHost: Hashable, Sendable {
         kick(td, trace: &trace)
         result = .success
       case .secureUnmap(let gpa, let level):
+        // KVM's protocol must never reach UNMAP before the entry's epoch is tracked; the
+        // module would refuse it, but the invariant is about what KVM tries.
+        if let entry = tdx.septEntry(td: td, gpa: gpa), entry.state == .mmioBlocked,
+           !tdx.tlbTracked(td: td, bepoch: entry.bepoch) {
+          untrackedUnmaps += 1
+        }
         result = seamcall(id, "TDH.MMIO.UNMAP \(gpa)", trace: &trace) { (m: inout TDXModule) throws(TDXStatus) in
           try m.tdhMMIOUnmap(td: td, gpa: gpa, level: SEPTLevel(level))
         }

@@ -155,8 +155,10 @@ extension Machine {
     guard kvm.vms[id]!.vcpus.isEmpty == false else { throw .errno(.EINVAL) }
     guard [1, 2, 4, 8].contains(size), gpa.pageOffset + size <= pageSize else { throw .errno(.EINVAL) }
     if let td = kvm.tds[id] {
+      let wasPending = kvm.tdx.septEntry(td: td, gpa: GPA(gpa.rawValue & ~(pageSize - 1)))?.state == .mmioPending
       let first = kvm.tdx.guestAccess(td: td, gpa: gpa)
       trace.absorb(&kvm.tdx.trace)
+      if wasPending, first != .killedTD { kvm.unpunishedPendingAccesses += 1 }
       switch first {
       case .mapped: return .guestAccess(FaultOutcome.alreadyMapped.rawValue)
       case .killedTD, .tdNotRunnable: return .guestAccess(FaultOutcome.killed.rawValue)

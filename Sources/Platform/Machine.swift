@@ -93,8 +93,11 @@ public struct Machine: Hashable, Sendable {
   /// Performs one operation in `context`.
   public mutating func perform(_ op: Operation, context: ContextID) -> OpResult {
     defer { trace.absorb(&kvm.tdx.trace) }
+    let deadTarget = targetsDeadVM(op)
     do throws(OpFailure) {
-      return .success(try dispatch(op, context: context))
+      let value = try dispatch(op, context: context)
+      if deadTarget { kvm.deadVMIoctls += 1 }
+      return .success(value)
     } catch {
       trace.absorb(&kvm.tdx.trace)
       trace.emit(.platform, "-> \(error)")
@@ -128,6 +131,20 @@ extension Machine {
   func vm(_ fd: FD) throws(Errno) -> VMID {
     guard case .vm(let id) = try files.lookup(fd) else { throw .EINVAL }
     return id
+  }
+
+  /// Whether `op` is an ioctl on a VM that is already dead (closing its fd is not).
+  func targetsDeadVM(_ op: Operation) -> Bool {
+    let fd: FD
+    switch op {
+    case .kvmCreateVCPU(let vm, _), .kvmSetUserMemoryRegion2(let vm, _), .guestRead(let vm, _, _),
+         .guestWrite(let vm, _, _), .guestAcceptMMIO(let vm, _, _), .tdxDevifCreate(let vm, _):
+      fd = vm
+    default:
+      return false
+    }
+    guard case .vm(let id)? = try? files.lookup(fd) else { return false }
+    return kvm.vms[id]?.isDead == true
   }
 
   /// A free fd must exist before an operation commits anything it would hand out as an fd.

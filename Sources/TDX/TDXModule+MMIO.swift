@@ -172,7 +172,7 @@ extension TDXModule {
       }
       guard let entry = state.sept[gpa], entry.state != .mmioBlocked, entry.state != .blocked else {
         // No status comes back: the TDCALL itself takes an EPT violation and the TD exits.
-        m.trace.emit(.tdx, "TDG.MMIO.ACCEPT td \(td) gpa \(gpa): not present, EPT violation (TD exit)")
+        m.trace.emit(.tdx, "\(Self.withLeafNumber("TDG.MMIO.ACCEPT td \(td) gpa \(gpa)")): not present, EPT violation (TD exit)")
         return .eptViolation
       }
       switch entry.state {
@@ -187,7 +187,7 @@ extension TDXModule {
       return .accepted
     }
     if outcome == .accepted {
-      trace.emit(.tdx, "TDG.MMIO.ACCEPT td \(td) vcpu \(vcpu) gpa \(gpa) hpa \(expectedHPA) -> TDX_SUCCESS")
+      trace.emit(.tdx, "\(Self.withLeafNumber("TDG.MMIO.ACCEPT td \(td) vcpu \(vcpu) gpa \(gpa) hpa \(expectedHPA)")) -> TDX_SUCCESS")
     }
     return outcome
   }

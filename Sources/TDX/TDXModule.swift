@@ -162,12 +162,22 @@ extension TDXModule {
                           _ body: (inout TDXModule) throws(TDXStatus) -> T) throws(TDXStatus) -> T {
     do {
       let result = try body(&self)
-      if tracingSuccess { trace.emit(.tdx, "\(what()) -> TDX_SUCCESS") }
+      if tracingSuccess { trace.emit(.tdx, "\(Self.withLeafNumber(what())) -> TDX_SUCCESS") }
       return result
     } catch {
-      trace.emit(.tdx, "\(what()) -> \(error)")
+      trace.emit(.tdx, "\(Self.withLeafNumber(what())) -> \(error)")
       throw error
     }
+  }
+
+  /// `TDH.MMIO.MAP td …` becomes `TDH.MMIO.MAP(158) td …`: a trace names each call by its ABI
+  /// name and the leaf number in RAX.
+  static func withLeafNumber(_ call: String) -> String {
+    let name = call.prefix { $0 != " " }
+    let leaf = SeamcallLeaf.allNamed.first { $0.name == name }?.leaf.rawValue
+      ?? (name == "\(TdcallLeaf.mmioAccept)" ? TdcallLeaf.mmioAccept.rawValue : nil)
+    guard let leaf else { return call }
+    return "\(name)(\(leaf))" + call.dropFirst(name.count)
   }
 
   // MARK: TD creation and teardown

@@ -187,3 +187,34 @@ extension Bench {
 extension Result {
   var isFailure: Bool { if case .failure = self { true } else { false } }
 }
+
+/// The history invariants: what they count cannot be seen in the state after a step, so they
+/// count it on the way. Driving the machine correctly leaves them at zero; a count is reported
+/// by name.
+@Suite struct HistoryInvariantTests {
+  @Test func theCorrectFlowsCountNothing() throws {
+    var teardown = try Bench(.reviewed)
+    let (dev, _) = try teardown.tdSlot()
+    try teardown.ok(.guestAcceptMMIO(vm: teardown.td, gpa: GPA(gpaBase), expectHPA: nil))
+    try teardown.ok(.vfioSetMemoryDecode(fd: dev, enable: false))     // block, track, kick, unmap
+    #expect(teardown.machine.kvm.untrackedUnmaps == 0)
+    #expect(teardown.violated().isEmpty)
+
+    var early = try Bench(.reviewed)
+    _ = try early.tdSlot()
+    #expect(early.access(early.td, gpaBase + 0x2000) == .success(.guestAccess("killed")))
+    #expect(early.machine.kvm.unpunishedPendingAccesses == 0)
+    #expect(early.violated().isEmpty)
+  }
+
+  @Test(arguments: ["NoUnmapBeforeTracking", "PendingAccessKillsTD", "DeadVMAcceptsNoIoctl"])
+  func aCountIsReportedByName(name: String) throws {
+    var bench = try Bench(.reviewed)
+    switch name {
+    case "NoUnmapBeforeTracking": bench.machine.kvm.untrackedUnmaps = 1
+    case "PendingAccessKillsTD": bench.machine.kvm.unpunishedPendingAccesses = 1
+    default: bench.machine.kvm.deadVMIoctls = 1
+    }
+    #expect(bench.violated() == [name])
+  }
+}

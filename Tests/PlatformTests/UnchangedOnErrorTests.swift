@@ -43,7 +43,13 @@ struct SeededGenerator: RandomNumberGenerator {
     let fd = fds.randomElement(using: &rng) ?? FD(3)
     let attachment = attachments.randomElement(using: &rng) ?? AttachmentID(1)
     let page = UInt64(0x1000)
-    switch Int.random(in: 0..<16, using: &rng) {
+    switch Int.random(in: 0..<20, using: &rng) {
+    case 16: return .kvmSetUserMemoryRegion2(vm: fds.randomElement(using: &rng) ?? fd, region: MemoryRegion2(
+      slot: UInt32.random(in: 1...2, using: &rng), flags: 1 << 3, guestPhysAddr: 0x8000_0000 + page * UInt64.random(in: 0..<2, using: &rng) * 0x200,
+      memorySize: [0, page, 0x20_0000].randomElement(using: &rng)!, guestMemfd: fd.rawValue))
+    case 17: return .tdxDevifCreate(vm: fds.randomElement(using: &rng) ?? fd, device: "nic0")
+    case 18: return .tdxMMIOMTAdd(device: "nic0")
+    case 19: return .kvmCreateVCPU(vm: fds.randomElement(using: &rng) ?? fd, id: UInt32.random(in: 0..<3, using: &rng))
     case 0, 1: return .vfioOpen(device: "nic0")
     case 2: return .vfioBindIOMMUFD(fd: fd, private: Bool.random(using: &rng), vm: fds.randomElement(using: &rng))
     case 3, 4: return .vfioDmaBuf(fd: fd, regionIndex: 0,
@@ -80,7 +86,28 @@ struct SeededGenerator: RandomNumberGenerator {
       .tdispLock(device: "missing"), .tdispStart(device: "missing", nonce: .echo), .tdispStop(device: "missing"),
       .tdispReport(device: "missing"), .pciFLR(device: "missing"), .pciWriteCommand(device: "missing", memory: true, busMaster: nil),
       .tdispStart(device: "nic0", nonce: .wrong),
+      .kvmCreateVCPU(vm: dead, id: 0), .kvmDestroyVM(vm: dead),
+      .kvmSetUserMemoryRegion2(vm: dead, region: MemoryRegion2(slot: 1, flags: 0, guestPhysAddr: 0, memorySize: 0x1000)),
+      .guestRead(vm: dead, gpa: GPA(0x1000), size: 4), .guestWrite(vm: dead, gpa: GPA(0x1000), size: 4),
+      .guestAcceptMMIO(vm: dead, gpa: GPA(0x1000), expectHPA: nil),
+      .tdxDevifCreate(vm: dead, device: "nic0"), .tdxDevifRemove(vm: dead, device: "nic0"),
+      .tdxMMIOMTAdd(device: "missing"), .tdxStreamBlock(device: "missing"), .tdxSeamcall(leaf: 9999, args: []),
     ]
+    for vm in fds.prefix(2) {   // td0 and vm0
+      ops += [
+        .kvmCreateVCPU(vm: vm, id: 4096),
+        .kvmSetUserMemoryRegion2(vm: vm, region: MemoryRegion2(slot: 1, flags: 0, guestPhysAddr: 0x800, memorySize: 0x1000)),
+        .kvmSetUserMemoryRegion2(vm: vm, region: MemoryRegion2(slot: 40_000, flags: 0, guestPhysAddr: 0, memorySize: 0x1000)),
+        .kvmSetUserMemoryRegion2(vm: vm, region: MemoryRegion2(slot: 3, flags: 1 << 3, guestPhysAddr: 0x1_0000_0000,
+                                                               memorySize: 0x1000, guestMemfd: dead.rawValue)),
+        .kvmSetUserMemoryRegion2(vm: vm, region: MemoryRegion2(slot: 3, flags: 1 << 9, guestPhysAddr: 0x1_0000_0000, memorySize: 0x1000)),
+        .guestRead(vm: vm, gpa: GPA(0x8000_0000), size: 3), .guestWrite(vm: vm, gpa: GPA(0x8000_0FFE), size: 4),
+        .tdxDevifRemove(vm: vm, device: "missing"),
+      ]
+    }
+    if let plain = fds.dropFirst().first {
+      ops += [.guestAcceptMMIO(vm: plain, gpa: GPA(0x8000_0000), expectHPA: nil), .tdxDevifCreate(vm: plain, device: "nic0")]
+    }
     for fd in fds {
       ops += [
         .vfioDmaBuf(fd: fd, regionIndex: 0, ranges: [], openFlags: 0, flags: 0),

@@ -26,8 +26,10 @@ public struct RevokeRun: Hashable, Sendable {
     exporter kind: BARExporterKind = .model(.reviewed)
   ) throws(Errno) -> RevokeRun {
     guard revokeAfter > 0 else { throw .EINVAL }
-    let bound = revokeAfter + GuestProgram.revokeBound
-    guard bound <= UInt64(UInt32.max) else { throw .EINVAL }
+    // The guest counts iterations in a 32-bit register: the bound must fit, and the sum is
+    // checked so a huge `revokeAfter` is an error rather than a trap.
+    let (bound, overflow) = revokeAfter.addingReportingOverflow(GuestProgram.revokeBound)
+    guard !overflow, bound <= UInt64(UInt32.max) else { throw .EINVAL }
     let exporter = try kind.make()
     let vm = try LazyBARVM(system: system, exporter: exporter, mode: .lazyMapped,
       iterations: bound, preferGuestMemfd: preferGuestMemfd)

@@ -70,6 +70,11 @@ struct KVMCommand: ParsableCommand {
     guard repeatCount > 0, repeatCount <= 1000 else {
       throw ValidationError("--repeat must be between 1 and 1000")
     }
+    // The revoke run's guest loops revokeAfter + the revoke bound times, counted in 32 bits.
+    let limit = UInt64(UInt32.max) - GuestProgram.revokeBound
+    guard revokeAfter <= limit else {
+      throw ValidationError("--revoke-after must be between 0 and \(limit)")
+    }
   }
 
   func run() throws {

@@ -1,40 +1,6 @@
 import Foundation
 import Testing
 
-/// The built `pmmio` binary: next to the test bundle in `.build/<config>/`.
-private func pmmioURL() -> URL? {
-  var candidates = [Bundle.main.bundleURL, Bundle.main.bundleURL.deletingLastPathComponent(),
-                    URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()]
-  // Fallback: the package's own .build/debug, found from this file's path.
-  let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-  candidates.append(root.appendingPathComponent(".build/debug"))
-  return candidates.map { $0.appendingPathComponent("pmmio") }
-    .first { FileManager.default.isExecutableFile(atPath: $0.path) }
-}
-
-struct Outcome {
-  var status: Int32
-  var stdout: String
-  var stderr: String
-}
-
-private func pmmio(_ arguments: [String]) throws -> Outcome {
-  let url = try #require(pmmioURL(), "pmmio binary not found next to the tests")
-  let process = Process()
-  process.executableURL = url
-  process.arguments = arguments
-  let out = Pipe(), err = Pipe()
-  process.standardOutput = out
-  process.standardError = err
-  try process.run()
-  // Read before waiting: a full pipe would otherwise block the child.
-  let stdout = out.fileHandleForReading.readDataToEndOfFile()
-  let stderr = err.fileHandleForReading.readDataToEndOfFile()
-  process.waitUntilExit()
-  return Outcome(status: process.terminationStatus, stdout: String(decoding: stdout, as: UTF8.self),
-                 stderr: String(decoding: stderr, as: UTF8.self))
-}
-
 /// Writes `contents` to a fresh file and returns its path.
 private func scenarioFile(_ contents: String, name: String = "scenario.yaml") throws -> String {
   let dir = FileManager.default.temporaryDirectory.appendingPathComponent("pmmio-tests-\(UUID().uuidString)")

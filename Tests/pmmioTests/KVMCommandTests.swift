@@ -2,17 +2,6 @@ import Foundation
 import Glibc
 import Testing
 
-/// The built `pmmio` binary, found as CommandLineTests finds it: next to the test bundle in
-/// `.build/<config>/`, else the package's own `.build/debug`.
-private func kvmPmmioURL() -> URL? {
-  var candidates = [Bundle.main.bundleURL, Bundle.main.bundleURL.deletingLastPathComponent(),
-                    URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()]
-  let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-  candidates.append(root.appendingPathComponent(".build/debug"))
-  return candidates.map { $0.appendingPathComponent("pmmio") }
-    .first { FileManager.default.isExecutableFile(atPath: $0.path) }
-}
-
 /// Whether this process can open /dev/kvm and create a VM (`KVM_CREATE_VM`, `_IO(0xAE, 0x01)`):
 /// where it cannot, `pmmio kvm` says so and exits 2, and there is nothing to measure.
 private let kvmUsable: Bool = {
@@ -25,19 +14,10 @@ private let kvmUsable: Bool = {
   return true
 }()
 
+/// Runs `pmmio` and keeps stdout as bytes, for the JSON decoder.
 private func runPmmio(_ arguments: [String]) throws -> (status: Int32, stdout: Data) {
-  let url = try #require(kvmPmmioURL(), "pmmio binary not found next to the tests")
-  let process = Process()
-  process.executableURL = url
-  process.arguments = arguments
-  let out = Pipe()
-  process.standardOutput = out
-  process.standardError = FileHandle.nullDevice
-  try process.run()
-  // Read before waiting: a full pipe would otherwise block the child.
-  let stdout = out.fileHandleForReading.readDataToEndOfFile()
-  process.waitUntilExit()
-  return (process.terminationStatus, stdout)
+  let outcome = try pmmio(arguments)
+  return (outcome.status, Data(outcome.stdout.utf8))
 }
 
 @Test(
@@ -94,4 +74,13 @@ func kvmRepeatHonoured(repeatCount: Int) throws {
       if repeatCount == 1 { #expect(low == high, "\(side).\(key): one sample") }
     }
   }
+}
+
+@Test("pmmio kvm refuses counts the guest cannot loop, as a usage error",
+      arguments: [["--revoke-after", "18446744073709551615"], ["--revoke-after", "4294967296"],
+                  ["--iterations", "0"], ["--repeat", "0"]])
+func kvmUsageErrors(arguments: [String]) throws {
+  let outcome = try pmmio(["kvm"] + arguments)
+  #expect(outcome.status == 2)
+  #expect(outcome.stderr.contains("must be between"))
 }

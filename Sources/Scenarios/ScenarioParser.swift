@@ -250,8 +250,20 @@ struct ScenarioReader {
     for item in try list(try required(fields, "bars", in: node, what: "a device"), key: "bars") {
       let keys = ["index", "size", "is64", "prefetchable", "msix_table", "msix_pba"]
       let bar = try entries(item, what: "a BAR", allowed: keys)
-      let index = try number(try required(bar, "index", in: item, what: "a BAR"), key: "index", max: UInt64(UInt32.max))
-      let size = try number(try required(bar, "size", in: item, what: "a BAR"), key: "size")
+      let indexNode = try required(bar, "index", in: item, what: "a BAR")
+      let index = try number(indexNode, key: "index", max: UInt64(UInt32.max))
+      // A PCI function has six BAR registers (index 0...5).
+      guard index <= 5 else { throw fail(indexNode, "BAR index \(index) is past BAR 5") }
+      guard !bars.contains(where: { $0.index == UInt32(index) }) else {
+        throw fail(indexNode, "BAR \(index) is defined twice")
+      }
+      let sizeNode = try required(bar, "size", in: item, what: "a BAR")
+      let size = try number(sizeNode, key: "size")
+      // Memory BARs are naturally aligned powers of two of at least a page, below the x86-64
+      // physical address limit (2^52).
+      guard size >= 0x1000, size & (size - 1) == 0, size <= 1 << 51 else {
+        throw fail(sizeNode, "BAR size 0x\(String(size, radix: 16)) must be a power of two between 4 KiB and 2^51 bytes")
+      }
       bars.append(BARConfiguration(
         index: UInt32(index), size: size,
         is64Bit: try value(bar, "is64").map { n throws(ScenarioError) in try bool(n, key: "is64") } ?? true,

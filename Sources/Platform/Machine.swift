@@ -64,7 +64,8 @@ public struct Machine: Hashable, Sendable {
       }
       let function: PCIFunction
       do { function = try PCIFunction(name: device.name, bars: bars, tdisp: device.tdisp) } catch {
-        throw ConfigurationError("device \(device.name): its BARs are invalid (\(error.name))")
+        throw ConfigurationError("device \(device.name): its BARs are invalid (\(error.name)): a 64-bit BAR takes two "
+                                 + "registers (BAR 5 cannot be 64-bit; a 64-bit BAR n leaves no BAR n+1), and BARs may not overlap")
       }
       names[device.name] = vfio.registerDevice(function)
     }

@@ -166,3 +166,21 @@ struct SeededGenerator: RandomNumberGenerator {
     }
   }
 }
+
+/// The README's library example, as written there.
+@Test func readmeLibraryExample() throws {
+  var machine = try Machine(configuration: MachineConfiguration(
+    devices: [DeviceConfiguration(name: "nic0", bars: [BARConfiguration(index: 0, size: 0x20_0000)])],
+    vms: [VMConfiguration(name: "vm0", type: .default)]))
+  guard case .success(.fd(let dev)) = machine.perform(.vfioOpen(device: "nic0")) else {
+    Issue.record("open failed")
+    return
+  }
+  _ = machine.perform(.vfioBindIOMMUFD(fd: dev, private: false, vm: nil))
+  let result = machine.perform(.vfioDmaBuf(fd: dev, regionIndex: 6, ranges: [DmaRange(offset: 0, length: 0x1000)],
+                                           openFlags: 0, flags: 0))
+  #expect(result == .failure(.errno(.ENODEV)))
+  let snapshot = machine
+  #expect(snapshot == machine)
+  #expect(machine.checkInvariants().filter { !$0.held }.isEmpty)
+}

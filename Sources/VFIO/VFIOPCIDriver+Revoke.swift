@@ -13,17 +13,11 @@ extension VFIOPCIDriver {
     _ fileID: VFIOFileID, enable: Bool, context: ContextID,
     dmabufCore: inout DmaBufCore, sink: inout Sink, trace: inout Trace
   ) throws(Errno) {
-    let id = try boundDevice(fileID)
-    try withMemoryLock(id, context) { (driver: inout VFIOPCIDriver) throws(Errno) in
-      if !enable {
-        driver.unbindTSM(id, sink: &sink, trace: &trace)
-        driver.dmaBufMove(id, revoked: true, context: context, dmabufCore: &dmabufCore, sink: &sink, trace: &trace)
-      }
-      var command = driver.devices[id]!.function.command
+    try configWrite(fileID, takesMemoryAway: !enable, context: context, dmabufCore: &dmabufCore,
+                    sink: &sink, trace: &trace) { (function: inout PCIFunction, trace: inout Trace) in
+      var command = function.command
       if enable { command.insert(.memorySpace) } else { command.remove(.memorySpace) }
-      driver.devices[id]!.function.writeCommand(command, trace: &trace)
-      sink.functionChanged(id, driver.devices[id]!.function, trace: &trace)
-      driver.restoreIfEnabled(id, context: context, dmabufCore: &dmabufCore, sink: &sink, trace: &trace)
+      function.writeCommand(command, trace: &trace)
     }
   }
 
@@ -33,13 +27,27 @@ extension VFIOPCIDriver {
     _ fileID: VFIOFileID, state: PCIPowerState, context: ContextID,
     dmabufCore: inout DmaBufCore, sink: inout Sink, trace: inout Trace
   ) throws(Errno) {
+    try configWrite(fileID, takesMemoryAway: state != .d0, context: context, dmabufCore: &dmabufCore,
+                    sink: &sink, trace: &trace) { (function: inout PCIFunction, trace: inout Trace) in
+      function.writePowerState(state, trace: &trace)
+    }
+  }
+
+  /// The shape both config writes share, under `memory_lock` held for write: when the write
+  /// takes memory away, unbind the TSM and revoke before it; after it, tell the sink what the
+  /// function looks like and restore what is usable again.
+  private mutating func configWrite<Sink: MoveNotifySink>(
+    _ fileID: VFIOFileID, takesMemoryAway: Bool, context: ContextID,
+    dmabufCore: inout DmaBufCore, sink: inout Sink, trace: inout Trace,
+    _ write: (inout PCIFunction, inout Trace) -> Void
+  ) throws(Errno) {
     let id = try boundDevice(fileID)
     try withMemoryLock(id, context) { (driver: inout VFIOPCIDriver) throws(Errno) in
-      if state != .d0 {
+      if takesMemoryAway {
         driver.unbindTSM(id, sink: &sink, trace: &trace)
         driver.dmaBufMove(id, revoked: true, context: context, dmabufCore: &dmabufCore, sink: &sink, trace: &trace)
       }
-      driver.devices[id]!.function.writePowerState(state, trace: &trace)
+      write(&driver.devices[id]!.function, &trace)
       sink.functionChanged(id, driver.devices[id]!.function, trace: &trace)
       driver.restoreIfEnabled(id, context: context, dmabufCore: &dmabufCore, sink: &sink, trace: &trace)
     }

@@ -135,6 +135,17 @@ struct KVMCommand: ParsableCommand {
       print(name.padding(toLength: 28, withPad: " ", startingAt: 0)
         + s.leftPadded(16) + c.leftPadded(16) + sc.leftPadded(10))
     }
+    /// A sampled figure: median (min, max).
+    typealias Spread = (median: Double?, min: Double?, max: Double?)
+    /// The median row, its min-max row, and the same for Swift's in-memory exporter where it
+    /// was sampled: the like-for-like comparison with C.
+    func spreadRows(_ name: String, swift: Spread, inMemory: Spread, c: Spread) {
+      row(name, num(swift.median), num(c.median), ratio(swift.median, c.median))
+      row("  min-max", span(swift.min, swift.max), span(c.min, c.max), "")
+      guard inMemory.median != nil else { return }
+      row("  swift in-memory exporter", num(inMemory.median), num(c.median), ratio(inMemory.median, c.median))
+      row("  min-max", span(inMemory.min, inMemory.max), span(c.min, c.max), "")
+    }
     let backing = r.swift.backing == BARBackingKind.guestMemfd.rawValue
       ? "guest_memfd" : r.swift.backing == "none" ? "none (trapped only)" : "memfd mapping"
     print("pmmio kvm: \(iterations) iterations x 2 BAR accesses per run; BAR slot backing: \(backing)")
@@ -152,32 +163,22 @@ struct KVMCommand: ParsableCommand {
       row("mapped MMIO exits", int(r.swift.mappedExits), int(r.c.mappedExits), "")
       row("trapped/mapped", num(r.swift.trappedOverMapped, 2), num(r.c.trappedOverMapped, 2), "")
       print("first (lazy) fault and revoke: median [min-max] of \(repeatCount) fresh VMs per side, interleaved")
-      row("first fault us", num(r.swift.firstFaultMicroseconds), num(r.c.firstFaultMicroseconds),
-        ratio(r.swift.firstFaultMicroseconds, r.c.firstFaultMicroseconds))
-      row("  min-max", span(r.swift.firstFaultMinMicroseconds, r.swift.firstFaultMaxMicroseconds),
-        span(r.c.firstFaultMinMicroseconds, r.c.firstFaultMaxMicroseconds), "")
-      if r.swift.firstFaultInMemoryMicroseconds != nil {
-        row("  swift in-memory exporter", num(r.swift.firstFaultInMemoryMicroseconds), num(r.c.firstFaultMicroseconds),
-          ratio(r.swift.firstFaultInMemoryMicroseconds, r.c.firstFaultMicroseconds))
-        row("  min-max", span(r.swift.firstFaultInMemoryMinMicroseconds, r.swift.firstFaultInMemoryMaxMicroseconds),
-          span(r.c.firstFaultMinMicroseconds, r.c.firstFaultMaxMicroseconds), "")
-      }
+      spreadRows("first fault us",
+                 swift: (r.swift.firstFaultMicroseconds, r.swift.firstFaultMinMicroseconds, r.swift.firstFaultMaxMicroseconds),
+                 inMemory: (r.swift.firstFaultInMemoryMicroseconds, r.swift.firstFaultInMemoryMinMicroseconds,
+                            r.swift.firstFaultInMemoryMaxMicroseconds),
+                 c: (r.c.firstFaultMicroseconds, r.c.firstFaultMinMicroseconds, r.c.firstFaultMaxMicroseconds))
     }
     row("exporter lookup ns/page", num(r.swift.exporterLookupNs), "-", "")
     if r.swift.inMemoryLookupNs != nil {
       row("  same, in-memory exporter", num(r.swift.inMemoryLookupNs), "-", "")
     }
     if r.swift.revokeMicroseconds != nil {
-      row("revoke us", num(r.swift.revokeMicroseconds), num(r.c.revokeMicroseconds),
-        ratio(r.swift.revokeMicroseconds, r.c.revokeMicroseconds))
-      row("  min-max", span(r.swift.revokeMinMicroseconds, r.swift.revokeMaxMicroseconds),
-        span(r.c.revokeMinMicroseconds, r.c.revokeMaxMicroseconds), "")
-      if r.swift.revokeInMemoryMicroseconds != nil {
-        row("  swift in-memory exporter", num(r.swift.revokeInMemoryMicroseconds), num(r.c.revokeMicroseconds),
-          ratio(r.swift.revokeInMemoryMicroseconds, r.c.revokeMicroseconds))
-        row("  min-max", span(r.swift.revokeInMemoryMinMicroseconds, r.swift.revokeInMemoryMaxMicroseconds),
-          span(r.c.revokeMinMicroseconds, r.c.revokeMaxMicroseconds), "")
-      }
+      spreadRows("revoke us",
+                 swift: (r.swift.revokeMicroseconds, r.swift.revokeMinMicroseconds, r.swift.revokeMaxMicroseconds),
+                 inMemory: (r.swift.revokeInMemoryMicroseconds, r.swift.revokeInMemoryMinMicroseconds,
+                            r.swift.revokeInMemoryMaxMicroseconds),
+                 c: (r.c.revokeMicroseconds, r.c.revokeMinMicroseconds, r.c.revokeMaxMicroseconds))
       row("all-ones reads after revoke", int(r.swift.revokeAllOnesReads), int(r.c.revokeAllOnesReads), "")
       row("stale reads after revoke", int(r.swift.revokeStaleReads), int(r.c.revokeStaleReads), "")
       row("backing untouched", r.swift.revokeBackingUntouched == true ? "yes" : "NO",

@@ -2,8 +2,9 @@ import CKVMShim
 import CReferenceVMM
 import KernelCore
 
-/// The figures of one VMM (Swift or the C reference): a trapped and a lazily mapped run, and the
-/// first-fault and revoke figures over `repeat` fresh VMs each.
+/// The figures of one VMM (Swift or the C reference): the trapped and lazily mapped per-access,
+/// first-fault and revoke figures, each the median over `repeat` fresh VMs with its fastest and
+/// slowest sample.
 public struct KVMFigures: Hashable, Sendable, Codable {
   public var backing: String
   /// Who answered the PFN lookups: `BARExporterKind.description` for Swift; the C reference VMM
@@ -15,11 +16,32 @@ public struct KVMFigures: Hashable, Sendable, Codable {
   /// of the first fault is visible rather than folded into the Swift-vs-C ratio.
   public var inMemoryLookupNs: Double?
   public var firstFaultInMemoryMicroseconds: Double?
+  /// MMIO exits of one trapped run. Of all the side's sampled runs (with the model exporter, its
+  /// in-memory runs too) this is the count farthest from one exit per access, so a single run that
+  /// misbehaved shows here rather than being hidden in a median.
   public var trappedExits: UInt64
+  /// The median over `repeat` trapped runs of `iterations` guest loops each of the mean cost of
+  /// one access, in ns, and the fastest and slowest run.
   public var trappedNsPerAccess: Double
-  /// The lazily mapped run's figures; `nil` for a trapped-only measurement.
+  public var trappedNsPerAccessMin: Double?
+  public var trappedNsPerAccessMax: Double?
+  /// With the model exporter: the same for `InMemoryBARExporter`, sampled in the same rounds, the
+  /// like-for-like comparison with C (the model's lookup on every trapped access is work C does
+  /// not do).
+  public var trappedNsPerAccessInMemory: Double?
+  public var trappedNsPerAccessInMemoryMin: Double?
+  public var trappedNsPerAccessInMemoryMax: Double?
+  /// MMIO exits of one lazily mapped run: as `trappedExits`, the count farthest from one exit
+  /// over all the side's sampled runs. `nil` for a trapped-only measurement, as are the others.
   public var mappedExits: UInt64?
+  /// The median, fastest and slowest over `repeat` lazily mapped runs of the mean cost of one
+  /// access, in ns; and the same for the in-memory exporter where the model was asked.
   public var mappedNsPerAccess: Double?
+  public var mappedNsPerAccessMin: Double?
+  public var mappedNsPerAccessMax: Double?
+  public var mappedNsPerAccessInMemory: Double?
+  public var mappedNsPerAccessInMemoryMin: Double?
+  public var mappedNsPerAccessInMemoryMax: Double?
   /// The median over `repeat` fresh VMs of the first (lazy) fault's handling, in microseconds,
   /// and the fastest and slowest of them.
   public var firstFaultMicroseconds: Double?
@@ -36,13 +58,13 @@ public struct KVMFigures: Hashable, Sendable, Codable {
   public var revokeInMemoryMicroseconds: Double?
   public var revokeInMemoryMinMicroseconds: Double?
   public var revokeInMemoryMaxMicroseconds: Double?
-  /// Fresh VMs sampled for each first-fault and revoke figure.
+  /// Fresh VMs sampled per side for each per-access, first-fault and revoke figure.
   public var `repeat`: Int?
   public var revokeAllOnesReads: UInt64?
   public var revokeStaleReads: UInt64?
   public var revokeBackingUntouched: Bool?
 
-  /// Trapped over mapped cost per access.
+  /// Trapped over mapped cost per access (the medians).
   public var trappedOverMapped: Double? {
     guard let mapped = mappedNsPerAccess, mapped > 0 else { return nil }
     return trappedNsPerAccess / mapped
@@ -56,8 +78,18 @@ public struct KVMFigures: Hashable, Sendable, Codable {
     case firstFaultInMemoryMicroseconds = "first_fault_in_memory_us"
     case trappedExits = "trapped_exits"
     case trappedNsPerAccess = "trapped_ns_per_access"
+    case trappedNsPerAccessMin = "trapped_ns_per_access_min"
+    case trappedNsPerAccessMax = "trapped_ns_per_access_max"
+    case trappedNsPerAccessInMemory = "trapped_ns_per_access_in_memory"
+    case trappedNsPerAccessInMemoryMin = "trapped_ns_per_access_in_memory_min"
+    case trappedNsPerAccessInMemoryMax = "trapped_ns_per_access_in_memory_max"
     case mappedExits = "mapped_exits"
     case mappedNsPerAccess = "mapped_ns_per_access"
+    case mappedNsPerAccessMin = "mapped_ns_per_access_min"
+    case mappedNsPerAccessMax = "mapped_ns_per_access_max"
+    case mappedNsPerAccessInMemory = "mapped_ns_per_access_in_memory"
+    case mappedNsPerAccessInMemoryMin = "mapped_ns_per_access_in_memory_min"
+    case mappedNsPerAccessInMemoryMax = "mapped_ns_per_access_in_memory_max"
     case firstFaultMicroseconds = "first_fault_us"
     case firstFaultMinMicroseconds = "first_fault_us_min"
     case firstFaultMaxMicroseconds = "first_fault_us_max"
@@ -117,6 +149,16 @@ public struct KVMFigures: Hashable, Sendable, Codable {
       exporterLookupNs: try c.decodeIfPresent(Double.self, forKey: .exporterLookupNs),
       inMemoryLookupNs: try c.decodeIfPresent(Double.self, forKey: .inMemoryLookupNs),
       firstFaultInMemoryMicroseconds: try c.decodeIfPresent(Double.self, forKey: .firstFaultInMemoryMicroseconds))
+    trappedNsPerAccessMin = try c.decodeIfPresent(Double.self, forKey: .trappedNsPerAccessMin)
+    trappedNsPerAccessMax = try c.decodeIfPresent(Double.self, forKey: .trappedNsPerAccessMax)
+    trappedNsPerAccessInMemory = try c.decodeIfPresent(Double.self, forKey: .trappedNsPerAccessInMemory)
+    trappedNsPerAccessInMemoryMin = try c.decodeIfPresent(Double.self, forKey: .trappedNsPerAccessInMemoryMin)
+    trappedNsPerAccessInMemoryMax = try c.decodeIfPresent(Double.self, forKey: .trappedNsPerAccessInMemoryMax)
+    mappedNsPerAccessMin = try c.decodeIfPresent(Double.self, forKey: .mappedNsPerAccessMin)
+    mappedNsPerAccessMax = try c.decodeIfPresent(Double.self, forKey: .mappedNsPerAccessMax)
+    mappedNsPerAccessInMemory = try c.decodeIfPresent(Double.self, forKey: .mappedNsPerAccessInMemory)
+    mappedNsPerAccessInMemoryMin = try c.decodeIfPresent(Double.self, forKey: .mappedNsPerAccessInMemoryMin)
+    mappedNsPerAccessInMemoryMax = try c.decodeIfPresent(Double.self, forKey: .mappedNsPerAccessInMemoryMax)
     firstFaultMinMicroseconds = try c.decodeIfPresent(Double.self, forKey: .firstFaultMinMicroseconds)
     firstFaultMaxMicroseconds = try c.decodeIfPresent(Double.self, forKey: .firstFaultMaxMicroseconds)
     firstFaultInMemoryMinMicroseconds = try c.decodeIfPresent(Double.self, forKey: .firstFaultInMemoryMinMicroseconds)
@@ -138,8 +180,18 @@ public struct KVMFigures: Hashable, Sendable, Codable {
     try c.encodeIfPresent(firstFaultInMemoryMicroseconds, forKey: .firstFaultInMemoryMicroseconds)
     try c.encode(trappedExits, forKey: .trappedExits)
     try c.encode(trappedNsPerAccess, forKey: .trappedNsPerAccess)
+    try c.encodeIfPresent(trappedNsPerAccessMin, forKey: .trappedNsPerAccessMin)
+    try c.encodeIfPresent(trappedNsPerAccessMax, forKey: .trappedNsPerAccessMax)
+    try c.encodeIfPresent(trappedNsPerAccessInMemory, forKey: .trappedNsPerAccessInMemory)
+    try c.encodeIfPresent(trappedNsPerAccessInMemoryMin, forKey: .trappedNsPerAccessInMemoryMin)
+    try c.encodeIfPresent(trappedNsPerAccessInMemoryMax, forKey: .trappedNsPerAccessInMemoryMax)
     try c.encodeIfPresent(mappedExits, forKey: .mappedExits)
     try c.encodeIfPresent(mappedNsPerAccess, forKey: .mappedNsPerAccess)
+    try c.encodeIfPresent(mappedNsPerAccessMin, forKey: .mappedNsPerAccessMin)
+    try c.encodeIfPresent(mappedNsPerAccessMax, forKey: .mappedNsPerAccessMax)
+    try c.encodeIfPresent(mappedNsPerAccessInMemory, forKey: .mappedNsPerAccessInMemory)
+    try c.encodeIfPresent(mappedNsPerAccessInMemoryMin, forKey: .mappedNsPerAccessInMemoryMin)
+    try c.encodeIfPresent(mappedNsPerAccessInMemoryMax, forKey: .mappedNsPerAccessInMemoryMax)
     try c.encodeIfPresent(firstFaultMicroseconds, forKey: .firstFaultMicroseconds)
     try c.encodeIfPresent(firstFaultMinMicroseconds, forKey: .firstFaultMinMicroseconds)
     try c.encodeIfPresent(firstFaultMaxMicroseconds, forKey: .firstFaultMaxMicroseconds)
@@ -181,7 +233,7 @@ public struct KVMComparison: Hashable, Sendable, Codable {
   public var swift: KVMFigures
   public var c: KVMFigures
 
-  /// Fresh VMs per first-fault and revoke figure unless asked otherwise (`pmmio kvm --repeat`).
+  /// Fresh VMs per side for each figure unless asked otherwise (`pmmio kvm --repeat`).
   public static let defaultRepeat = 7
   /// Guest iterations of a first-fault sample: its first access is all that is timed.
   static let sampleIterations: UInt64 = 16
@@ -192,11 +244,12 @@ public struct KVMComparison: Hashable, Sendable, Codable {
     case c
   }
 
-  /// The trapped and lazily mapped runs once each (Swift, then C: their per-access figures average
-  /// over `iterations`), then the first-fault and revoke figures as the median over `repeat` fresh
-  /// VMs per side. The sides of those samples are interleaved — after one untimed warm-up run of
-  /// each, round r runs them in order, round r + 1 in reverse — so warm-up and machine load fall on
-  /// Swift and C alike. With the model exporter the Swift in-memory exporter is a side of its own.
+  /// Every figure is the median over `repeat` fresh VMs per side. The sides of those samples are
+  /// interleaved — after one untimed warm-up run of each, round r runs them in order, round r + 1
+  /// in reverse — so warm-up and machine load fall on Swift and C alike. With the model exporter
+  /// the Swift in-memory exporter is a side of its own. First the per-access figures (a sample is
+  /// one trapped run of `iterations` guest loops, then, unless `trappedOnly`, one lazily mapped
+  /// run of as many), then first fault, then revoke.
   ///
   /// - Throws: `EINVAL` for `repeat < 1`; the errno of the first failing step of either VMM
   ///   (`ENOENT`/`EACCES` when `/dev/kvm` cannot be opened).
@@ -211,35 +264,44 @@ public struct KVMComparison: Hashable, Sendable, Codable {
     let accesses = Double(2 * iterations)
     var config = rvmm_config(iterations: iterations, revoke_after: revokeAfter,
       allow_guest_memfd: preferGuestMemfd ? 1 : 0, trapped_only: trappedOnly ? 1 : 0)
+    let sides: [Side] = exporter == .inMemory ? [.swift(.inMemory), .c] : [.swift(exporter), .swift(.inMemory), .c]
 
-    let trapped = try LazyBARVM(system: system, exporter: exporter.make(),
-      mode: .trapped, iterations: iterations, preferGuestMemfd: preferGuestMemfd).run()
-    var cr = rvmm_result()
-    try check(rvmm_run_trapped(&config, &cr))
-    var swift = KVMFigures(backing: "none", trappedExits: trapped.mmioExits,
-      trappedNsPerAccess: Double(trapped.elapsedNanoseconds) / accesses,
-      exporter: exporter.description, exporterLookupNs: try lookupCost(exporter.make()))
-    var c = KVMFigures(backing: "none", trappedExits: cr.trapped_exits,
-      trappedNsPerAccess: cr.trapped_ns_per_access, exporter: cExporter)
+    let perAccess = try interleaved(sides, repeat: repeatCount) { (side) throws(Errno) -> AccessSample in
+      switch side {
+      case .swift(let kind):
+        let t = try LazyBARVM(system: system, exporter: kind.make(), mode: .trapped,
+          iterations: iterations, preferGuestMemfd: preferGuestMemfd).run()
+        var sample = AccessSample(trappedNs: Double(t.elapsedNanoseconds) / accesses, trappedExits: t.mmioExits)
+        if trappedOnly { return sample }
+        let vm = try LazyBARVM(system: system, exporter: kind.make(), mode: .lazyMapped,
+          iterations: iterations, preferGuestMemfd: preferGuestMemfd)
+        let m = try vm.run()
+        (sample.mappedNs, sample.mappedExits, sample.backing) =
+          (Double(m.elapsedNanoseconds) / accesses, m.mmioExits, vm.backing.rawValue)
+        return sample
+      case .c:
+        var r = rvmm_result()
+        try check(rvmm_run_trapped(&config, &r))
+        var sample = AccessSample(trappedNs: r.trapped_ns_per_access, trappedExits: r.trapped_exits)
+        if trappedOnly { return sample }
+        try check(rvmm_run_mapped(&config, &r))
+        (sample.mappedNs, sample.mappedExits, sample.backing) = (r.mapped_ns_per_access, r.mapped_exits,
+          r.guest_memfd != 0 ? BARBackingKind.guestMemfd.rawValue : BARBackingKind.memfd.rawValue)
+        return sample
+      }
+    }
+    var swift = try figures(perAccess[.swift(exporter)] ?? [],
+      inMemory: exporter == .inMemory ? nil : perAccess[.swift(.inMemory)] ?? [],
+      iterations: iterations, exporter: exporter.description)
+    var c = try figures(perAccess[.c] ?? [], inMemory: nil, iterations: iterations, exporter: cExporter)
+    swift.exporterLookupNs = try lookupCost(exporter.make())
     if exporter != .inMemory {
       swift.inMemoryLookupNs = try lookupCost(InMemoryBARExporter(size: GuestProgram.barSize))
     }
-    if trappedOnly { return KVMComparison(swift: swift, c: c) }
-
-    let vm = try LazyBARVM(system: system, exporter: exporter.make(),
-      mode: .lazyMapped, iterations: iterations, preferGuestMemfd: preferGuestMemfd)
-    let mapped = try vm.run()
-    swift.backing = vm.backing.rawValue
-    swift.mappedExits = mapped.mmioExits
-    swift.mappedNsPerAccess = Double(mapped.elapsedNanoseconds) / accesses
-    try check(rvmm_run_mapped(&config, &cr))
-    c.backing = cr.guest_memfd != 0 ? BARBackingKind.guestMemfd.rawValue : BARBackingKind.memfd.rawValue
-    c.mappedExits = cr.mapped_exits
-    c.mappedNsPerAccess = cr.mapped_ns_per_access
     swift.repeat = repeatCount
     c.repeat = repeatCount
+    if trappedOnly { return KVMComparison(swift: swift, c: c) }
 
-    let sides: [Side] = exporter == .inMemory ? [.swift(.inMemory), .c] : [.swift(exporter), .swift(.inMemory), .c]
     var sampleConfig = config
     sampleConfig.iterations = Swift.min(iterations, sampleIterations)
     let faults = try interleaved(sides, repeat: repeatCount) { (side) throws(Errno) -> Double in
@@ -302,6 +364,47 @@ public struct KVMComparison: Hashable, Sendable, Codable {
     }
     apply(revokes[.c] ?? [], to: &c)
     return KVMComparison(swift: swift, c: c)
+  }
+
+  /// One per-access sample: a trapped run and, unless trapped only, a lazily mapped run.
+  struct AccessSample {
+    var trappedNs: Double
+    var trappedExits: UInt64
+    var mappedNs: Double?
+    var mappedExits: UInt64?
+    var backing: String?
+  }
+
+  /// A side's per-access figures from its samples, and from the in-memory exporter's where the
+  /// side asked the model (`nil` otherwise). Exit counts are checked run by run: the figure is the
+  /// count farthest from the expected one over all of them.
+  /// - Throws: `EINVAL` for no samples (`interleaved` gives each side at least one).
+  static func figures(
+    _ own: [AccessSample], inMemory: [AccessSample]?, iterations: UInt64, exporter: String
+  ) throws(Errno) -> KVMFigures {
+    guard let trapped = SampleSpread(own.map(\.trappedNs)) else { throw .EINVAL }
+    let all = own + (inMemory ?? [])
+    func farthest(_ counts: [UInt64], from expected: UInt64) -> UInt64? {
+      counts.max { a, b in
+        (a > expected ? a - expected : expected - a) < (b > expected ? b - expected : expected - b)
+      }
+    }
+    var f = KVMFigures(backing: own.first?.backing ?? "none",
+      trappedExits: farthest(all.map(\.trappedExits), from: 2 * iterations) ?? 0,
+      trappedNsPerAccess: trapped.median, exporter: exporter)
+    (f.trappedNsPerAccessMin, f.trappedNsPerAccessMax) = (trapped.min, trapped.max)
+    let mapped = SampleSpread(own.compactMap(\.mappedNs))
+    (f.mappedNsPerAccess, f.mappedNsPerAccessMin, f.mappedNsPerAccessMax) = (mapped?.median, mapped?.min, mapped?.max)
+    f.mappedExits = farthest(all.compactMap(\.mappedExits), from: 1)
+    if let inMemory {
+      let t = SampleSpread(inMemory.map(\.trappedNs))
+      (f.trappedNsPerAccessInMemory, f.trappedNsPerAccessInMemoryMin, f.trappedNsPerAccessInMemoryMax) =
+        (t?.median, t?.min, t?.max)
+      let m = SampleSpread(inMemory.compactMap(\.mappedNs))
+      (f.mappedNsPerAccessInMemory, f.mappedNsPerAccessInMemoryMin, f.mappedNsPerAccessInMemoryMax) =
+        (m?.median, m?.min, m?.max)
+    }
+    return f
   }
 
   struct RevokeSample {

@@ -17,12 +17,15 @@ struct KVMCommand: ParsableCommand {
       (open, bind, VFIO_DEVICE_FEATURE_DMA_BUF, dynamic attach; get_pfn per page; revoke by \
       memory decode off); --exporter in-memory asks a plain in-memory exporter instead, for \
       comparison. The C reference VMM always uses its own in-memory exporter, so the 1.2x \
-      first-fault target compares Swift's in-memory figure with C's; the model's lookups are \
-      work C does not do.
-      First-fault and revoke figures are the median (min, max) over --repeat fresh VMs per \
-      side, run interleaved (Swift, C, C, Swift, ...) after one untimed warm-up run of each; \
-      both VMMs time an exit from KVM_RUN's return to the completed access on one clock.
-      Exit status: 0 when the runs behaved (one exit mapped, no stale read after revoke), \
+      targets compare Swift's in-memory figures with C's; the model's lookups (one per trapped \
+      access, one per page at the first fault) are work C does not do.
+      Every figure (trapped and mapped ns per access, first fault, revoke) is the median \
+      (min, max) over --repeat fresh VMs per side, run interleaved (Swift, C, C, Swift, ...) \
+      after one untimed warm-up run of each; a trapped or mapped sample is one run of \
+      --iterations loops. Both VMMs time an exit from KVM_RUN's return to the completed access \
+      on one clock.
+      Exit status: 0 when every run behaved (one exit per trapped access, one exit per mapped \
+      run, no stale read after revoke), \
       1 when they did not, 2 when /dev/kvm is absent or unusable or on bad usage.
       """)
 
@@ -45,7 +48,7 @@ struct KVMCommand: ParsableCommand {
   var variant: Variant = .reviewed
 
   @Option(name: .customLong("repeat"),
-    help: "Fresh VMs per side for the first-fault and revoke figures (median, min, max).")
+    help: "Fresh VMs per side for each figure (median, min, max).")
   var repeatCount: Int = KVMComparison.defaultRepeat
 
   @Flag(help: "Print one JSON document: {\"swift\": {...}, \"c\": {...}}.")
@@ -153,16 +156,22 @@ struct KVMCommand: ParsableCommand {
     if exporter == .model {
       print("the like-for-like Swift-vs-C rows are 'swift in-memory exporter': the model's lookups are work C does not do")
     }
+    print("every figure: median [min-max] of \(repeatCount) fresh VMs per side, interleaved")
     row("", "swift", "c", "swift/c")
-    row("trapped ns/access", num(r.swift.trappedNsPerAccess), num(r.c.trappedNsPerAccess),
-      ratio(r.swift.trappedNsPerAccess, r.c.trappedNsPerAccess))
-    row("trapped MMIO exits", int(r.swift.trappedExits), int(r.c.trappedExits), "")
+    spreadRows("trapped ns/access",
+               swift: (r.swift.trappedNsPerAccess, r.swift.trappedNsPerAccessMin, r.swift.trappedNsPerAccessMax),
+               inMemory: (r.swift.trappedNsPerAccessInMemory, r.swift.trappedNsPerAccessInMemoryMin,
+                          r.swift.trappedNsPerAccessInMemoryMax),
+               c: (r.c.trappedNsPerAccess, r.c.trappedNsPerAccessMin, r.c.trappedNsPerAccessMax))
+    row("trapped MMIO exits per run", int(r.swift.trappedExits), int(r.c.trappedExits), "")
     if !trapped {
-      row("mapped ns/access", num(r.swift.mappedNsPerAccess), num(r.c.mappedNsPerAccess),
-        ratio(r.swift.mappedNsPerAccess, r.c.mappedNsPerAccess))
-      row("mapped MMIO exits", int(r.swift.mappedExits), int(r.c.mappedExits), "")
-      row("trapped/mapped", num(r.swift.trappedOverMapped, 2), num(r.c.trappedOverMapped, 2), "")
-      print("first (lazy) fault and revoke: median [min-max] of \(repeatCount) fresh VMs per side, interleaved")
+      spreadRows("mapped ns/access",
+                 swift: (r.swift.mappedNsPerAccess, r.swift.mappedNsPerAccessMin, r.swift.mappedNsPerAccessMax),
+                 inMemory: (r.swift.mappedNsPerAccessInMemory, r.swift.mappedNsPerAccessInMemoryMin,
+                            r.swift.mappedNsPerAccessInMemoryMax),
+                 c: (r.c.mappedNsPerAccess, r.c.mappedNsPerAccessMin, r.c.mappedNsPerAccessMax))
+      row("mapped MMIO exits per run", int(r.swift.mappedExits), int(r.c.mappedExits), "")
+      row("trapped/mapped (medians)", num(r.swift.trappedOverMapped, 2), num(r.c.trappedOverMapped, 2), "")
       spreadRows("first fault us",
                  swift: (r.swift.firstFaultMicroseconds, r.swift.firstFaultMinMicroseconds, r.swift.firstFaultMaxMicroseconds),
                  inMemory: (r.swift.firstFaultInMemoryMicroseconds, r.swift.firstFaultInMemoryMinMicroseconds,

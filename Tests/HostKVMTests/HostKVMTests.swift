@@ -256,3 +256,52 @@ struct SampleSpreadTests {
     #expect(SampleSpread([]) == nil)
   }
 }
+
+private typealias Sample = KVMComparison.AccessSample
+
+/// A per-access sample of 10 iterations that behaved: 20 exits trapped, one mapped.
+private func good(_ trappedNs: Double, _ mappedNs: Double) -> Sample {
+  Sample(trappedNs: trappedNs, trappedExits: 20, mappedNs: mappedNs, mappedExits: 1, backing: "memfd")
+}
+
+struct PerAccessFiguresTests {
+
+  @Test("one misbehaving run, of the side's own or its in-memory exporter's, shows in the exit count",
+        arguments: [
+          ([good(1, 1), good(2, 2), good(3, 3)], [good(1, 1)], UInt64(20), UInt64(1)),
+          ([good(1, 1), Sample(trappedNs: 2, trappedExits: 19, mappedNs: 2, mappedExits: 1)], [good(1, 1)], 19, 1),
+          ([good(1, 1), good(2, 2)], [good(1, 1), Sample(trappedNs: 1, trappedExits: 20, mappedNs: 1, mappedExits: 2)], 20, 2),
+          ([good(1, 1), Sample(trappedNs: 2, trappedExits: 21, mappedNs: 2, mappedExits: 1)], [Sample(trappedNs: 1, trappedExits: 17)], 17, 1),
+        ])
+  fileprivate func exitCounts(own: [Sample], inMemory: [Sample], trappedExits: UInt64, mappedExits: UInt64) throws {
+    let f = try KVMComparison.figures(own, inMemory: inMemory, iterations: 10, exporter: "x")
+    #expect(f.trappedExits == trappedExits)
+    #expect(f.mappedExits == mappedExits)
+  }
+
+  @Test("median, min and max of the side's own runs; the in-memory exporter's apart")
+  func spreads() throws {
+    let f = try KVMComparison.figures([good(30, 7), good(10, 9), good(20, 8)],
+      inMemory: [good(5, 2), good(4, 3)], iterations: 10, exporter: "x")
+    #expect([f.trappedNsPerAccess, f.trappedNsPerAccessMin, f.trappedNsPerAccessMax] == [20, 10, 30])
+    #expect([f.mappedNsPerAccess, f.mappedNsPerAccessMin, f.mappedNsPerAccessMax] == [8, 7, 9])
+    #expect([f.trappedNsPerAccessInMemory, f.trappedNsPerAccessInMemoryMin, f.trappedNsPerAccessInMemoryMax] == [4.5, 4, 5])
+    #expect([f.mappedNsPerAccessInMemory, f.mappedNsPerAccessInMemoryMin, f.mappedNsPerAccessInMemoryMax] == [2.5, 2, 3])
+    #expect(f.backing == "memfd")
+  }
+
+  @Test("no in-memory side, no in-memory figures; trapped only, no mapped figures")
+  func absent() throws {
+    let f = try KVMComparison.figures([Sample(trappedNs: 3, trappedExits: 20)], inMemory: nil,
+      iterations: 10, exporter: "x")
+    #expect(f.trappedNsPerAccess == 3)
+    #expect(f.trappedNsPerAccessInMemory == nil && f.mappedNsPerAccessInMemory == nil)
+    #expect(f.mappedNsPerAccess == nil && f.mappedExits == nil)
+    #expect(f.backing == "none")
+  }
+
+  @Test("no samples is EINVAL")
+  func empty() {
+    #expect(throws: Errno.EINVAL) { try KVMComparison.figures([], inMemory: nil, iterations: 10, exporter: "x") }
+  }
+}

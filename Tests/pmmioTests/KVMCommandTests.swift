@@ -55,23 +55,39 @@ func kvmInMemoryExporter() throws {
 }
 
 @Test(
-  "pmmio kvm --repeat K: both sides report repeat K and a median between min and max",
+  "pmmio kvm --repeat K: both sides report repeat K and every figure's median between min and max",
   .enabled(if: kvmUsable, "needs a usable /dev/kvm (absent, not openable, or KVM_CREATE_VM fails here)"),
-  arguments: [1, 3])
-func kvmRepeatHonoured(repeatCount: Int) throws {
+  arguments: [(1, "in-memory"), (3, "in-memory"), (3, "model")])
+func kvmRepeatHonoured(repeatCount: Int, exporter: String) throws {
   let result = try runPmmio(["kvm", "--iterations", "20", "--revoke-after", "10", "--repeat", "\(repeatCount)",
-                             "--exporter", "in-memory", "--json"])
+                             "--exporter", exporter, "--json"])
   #expect(result.status == 0)
   let document = try #require(try JSONSerialization.jsonObject(with: result.stdout) as? [String: Any])
+  func checkSpread(_ figures: [String: Any], _ key: String, _ side: String) throws {
+    let median = try #require(figures[key] as? Double, "\(side).\(key)")
+    let low = try #require(figures[key + "_min"] as? Double, "\(side).\(key)_min")
+    let high = try #require(figures[key + "_max"] as? Double, "\(side).\(key)_max")
+    #expect(low <= median && median <= high, "\(side).\(key)")
+    if repeatCount == 1 { #expect(low == high, "\(side).\(key): one sample") }
+  }
+  // Each sampled figure and its key for Swift's in-memory exporter, sampled alongside the model.
+  let sampled = [("trapped_ns_per_access", "trapped_ns_per_access_in_memory"),
+                 ("mapped_ns_per_access", "mapped_ns_per_access_in_memory"),
+                 ("first_fault_us", "first_fault_in_memory_us"), ("revoke_us", "revoke_in_memory_us")]
   for side in ["swift", "c"] {
     let figures = try #require(document[side] as? [String: Any], "no \(side) object")
     #expect(figures["repeat"] as? Int == repeatCount, "\(side).repeat")
-    for key in ["first_fault_us", "revoke_us"] {
-      let median = try #require(figures[key] as? Double, "\(side).\(key)")
-      let low = try #require(figures[key + "_min"] as? Double, "\(side).\(key)_min")
-      let high = try #require(figures[key + "_max"] as? Double, "\(side).\(key)_max")
-      #expect(low <= median && median <= high, "\(side).\(key)")
-      if repeatCount == 1 { #expect(low == high, "\(side).\(key): one sample") }
+    #expect(figures["trapped_exits"] as? Int == 40, "\(side).trapped_exits")
+    #expect(figures["mapped_exits"] as? Int == 1, "\(side).mapped_exits")
+    // Only Swift asking the model has a like-for-like in-memory side of its own.
+    let inMemory = side == "swift" && exporter == "model"
+    for (key, inMemoryKey) in sampled {
+      try checkSpread(figures, key, side)
+      if inMemory {
+        try checkSpread(figures, inMemoryKey, side)
+      } else {
+        #expect(figures[inMemoryKey] == nil, "\(side).\(inMemoryKey)")
+      }
     }
   }
 }

@@ -150,12 +150,7 @@ extension Machine {
   /// The PFN the exporter's physical ranges give for page `pgoff` of a buffer (revoked or not:
   /// a stale mapping of a revoked buffer is `RevokedImpliesNoSPTE`'s to report).
   func exporterPFN(_ buffer: DmaBufID, _ pgoff: PageIndex) -> PFN? {
-    guard var page = Optional(pgoff.rawValue), let priv = vfio.dmaBuf(buffer) else { return nil }
-    for range in priv.ranges {
-      if page < range.length.pages { return PFN(range.start.pfn.rawValue + page) }
-      page -= range.length.pages
-    }
-    return nil
+    vfio.dmaBuf(buffer)?.locate(page: pgoff.rawValue)?.pfn
   }
 
   /// KVM's attachments to buffers that are revoked, or gone.

@@ -277,11 +277,7 @@ extension Machine {
   func reportedHPA(_ id: VMID, gpa: GPA) -> HPA? {
     guard let slot = kvm.vms[id]?.memslot(containing: gpa.gfn), let binding = slot.dmaBuf,
           let buffer = vfio.dmaBuf(binding.dmaBuf) else { return nil }
-    var page = binding.pgoff.rawValue + (gpa.gfn.rawValue - slot.baseGFN.rawValue)
-    for range in buffer.ranges {
-      if page < range.length.pages { return range.start.advanced(by: page << pageShift + gpa.pageOffset) }
-      page -= range.length.pages
-    }
-    return nil
+    let page = binding.pgoff.rawValue + (gpa.gfn.rawValue - slot.baseGFN.rawValue)
+    return buffer.locate(page: page).map { $0.pfn.hpa.advanced(by: gpa.pageOffset) }
   }
 }

@@ -116,7 +116,7 @@ extension Machine {
 
   /// ``device(named:)`` for paths that report TDISP and TDX failures too.
   func pciDevice(named name: String) throws(OpFailure) -> VFIODeviceID {
-    do { return try device(named: name) } catch { throw .errno(error) }
+    try errno { () throws(Errno) in try device(named: name) }
   }
 
   func vfioFile(_ fd: FD) throws(Errno) -> VFIOFileID {

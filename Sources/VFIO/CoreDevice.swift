@@ -69,4 +69,17 @@ public struct VFIOPCIDmaBuf: Hashable, Sendable {
   /// Patch 9's exporter data, fixed at export.
   public let isPrivate: Bool
   public let vm: VMID?
+
+  /// Where buffer page `page` lives: its PFN, and the span of buffer pages its physical range
+  /// covers (what a huge mapping must stay inside). `nil` at or past the end. Revoked or not:
+  /// this is the buffer's layout, not a lookup an importer may make.
+  public func locate(page: UInt64) -> (pfn: PFN, rangePages: Range<UInt64>)? {
+    var first: UInt64 = 0
+    for range in ranges {
+      let pages = range.length.pages
+      if page < first + pages { return (PFN(range.start.pfn.rawValue + (page - first)), first ..< first + pages) }
+      first += pages
+    }
+    return nil
+  }
 }

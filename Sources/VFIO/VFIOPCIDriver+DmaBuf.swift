@@ -115,27 +115,19 @@ extension VFIOPCIDriver: DmaBufExporter {
   public func getPfn(buffer: DmaBufObject, pgoff: PageIndex) -> Result<PFNLookup, Errno>? {
     guard let priv = dmabufs[buffer.id] else { return .failure(.EINVAL) }
     if priv.revoked { return .failure(.ENODEV) }
-    guard pgoff.rawValue < priv.size.pages else { return .failure(.EINVAL) }
-    var rangeFirstPage: UInt64 = 0
-    for range in priv.ranges {
-      let pages = range.length.pages
-      defer { rangeFirstPage += pages }
-      guard pgoff.rawValue < rangeFirstPage + pages else { continue }
-      let pfn = PFN(range.start.pfn.rawValue + (pgoff.rawValue - rangeFirstPage))
-      guard variant == .reviewed else { return .success(PFNLookup(pfn: pfn, order: 0)) }
-      var order: UInt8 = 18
-      while order > 0 {
-        let block = UInt64(1) << order
-        let blockStart = pgoff.rawValue & ~(block - 1)
-        if blockStart >= rangeFirstPage, blockStart + block <= rangeFirstPage + pages,
-           pfn.rawValue & (block - 1) == pgoff.rawValue & (block - 1) {
-          break
-        }
-        order -= 1
+    guard let (pfn, span) = priv.locate(page: pgoff.rawValue) else { return .failure(.EINVAL) }
+    guard variant == .reviewed else { return .success(PFNLookup(pfn: pfn, order: 0)) }
+    var order: UInt8 = 18
+    while order > 0 {
+      let block = UInt64(1) << order
+      let blockStart = pgoff.rawValue & ~(block - 1)
+      if blockStart >= span.lowerBound, blockStart + block <= span.upperBound,
+         pfn.rawValue & (block - 1) == pgoff.rawValue & (block - 1) {
+        break
       }
-      return .success(PFNLookup(pfn: pfn, order: order))
+      order -= 1
     }
-    return .failure(.EINVAL)
+    return .success(PFNLookup(pfn: pfn, order: order))
   }
 
   /// The merged kernel's `phys_vec` (what `vfio_pci_dma_buf_iommufd_map` hands out); `ENODEV`

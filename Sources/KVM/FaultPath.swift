@@ -154,7 +154,9 @@ public struct FaultPath: Hashable, Sendable {
       // The sequence is read before the slot and the PFN: whatever invalidation starts
       // after this point is seen under mmu_lock.
       let mmuSeq = vm.invalidation.seq
-      guard let slot = vm.memslot(containing: gfn) else { return finish(.exitMMIO) }
+      // No slot: ordinary guests exit to user space to emulate MMIO; a private-memory guest's
+      // GPA is never emulated, KVM exits with KVM_EXIT_MEMORY_FAULT and KVM_RUN fails EFAULT.
+      guard let slot = vm.memslot(containing: gfn) else { return finish(vm.type.hasPrivateMemory ? .efault : .exitMMIO) }
       if access == .write && slot.flags.contains(.readonly) { return finish(.exitMMIO) }
       let rel = gfn.rawValue - slot.baseGFN.rawValue
       let request: PFNRequest

@@ -165,7 +165,7 @@ extension Machine {
       case .virtualizationException: return .guestAccess("ve")
       case .eptViolation: break
       }
-      let outcome = try privateFault(id, gpa: gpa, access: access, context: context)
+      let outcome = try fault(id, gpa: gpa, access: access, context: context)
       guard outcome == .mapped || outcome == .alreadyMapped else { return try report(outcome) }
       // The vCPU re-executes the access against the new entry.
       let again = kvm.tdx.guestAccess(td: td, gpa: gpa)
@@ -224,14 +224,6 @@ extension Machine {
     }
   }
 
-  /// A TD's fault on a private GPA. With no memslot there KVM does not emulate: it exits with
-  /// `KVM_EXIT_MEMORY_FAULT` and `KVM_RUN` fails `EFAULT` (private memory is never MMIO to user
-  /// space).
-  mutating func privateFault(_ id: VMID, gpa: GPA, access: AccessKind, context: ContextID) throws(OpFailure) -> FaultOutcome {
-    let outcome = try fault(id, gpa: gpa, access: access, context: context)
-    return outcome == .exitMMIO ? .efault : outcome
-  }
-
   /// Where a fault's PFN comes from: the dma-buf exporter for a dma-buf slot; for ordinary
   /// slots the model gives each host page of user memory or guest_memfd a RAM PFN.
   func resolvePFN(_ request: PFNRequest, context: ContextID) -> Result<ResolvedPFN, Errno> {
@@ -265,7 +257,7 @@ extension Machine {
         return .guestAccess("accepted")
       case .eptViolation:
 
-        let fault = try privateFault(id, gpa: gpa, access: .read, context: context)
+        let fault = try fault(id, gpa: gpa, access: .read, context: context)
         guard fault == .mapped || fault == .alreadyMapped else { return try report(fault) }
       }
     }

@@ -69,6 +69,14 @@ func defaultVMWithDmaBufSlot() throws -> VirtualMachine {
   #expect(try runFault(&vm, gpa: GPA(0x1000)).outcome == .exitMMIO)
 }
 
+/// A TD's GPA is private: with no slot there is nothing to emulate, KVM_RUN fails EFAULT
+/// (KVM_EXIT_MEMORY_FAULT), and nothing is mapped.
+@Test func noSlotInATDIsAMemoryFault() throws {
+  var vm = try tdWithSlot()
+  #expect(try runFault(&vm, gpa: GPA(0x1000)).outcome == .efault)
+  #expect(vm.mmu.lookup(GPA(0x1000).gfn) == nil)
+}
+
 @Test func writeToReadOnlySlotExitsToUserSpace() throws {
   var vm = VirtualMachine(id: VMID(1), type: .default)
   _ = try vm.commitSetUserMemoryRegion2(try vm.prepareSetUserMemoryRegion2(region(2, .readonly), variant: .reviewed))

@@ -2,10 +2,27 @@
 ///
 /// Values are the x86-64 Linux ones from `include/uapi/asm-generic/errno-base.h` and
 /// `errno.h`. Every member's doc line gives the C spelling so it can be grepped.
+///
+/// An errno may carry a ``Refusal``: the kernel function and the check that refused the call
+/// (`throw .EINVAL.because("vfio_pci_core_feature_dma_buf", "nr_ranges is 0")`). The reason
+/// is an observation, like a trace line: it takes no part in `==` or hashing, so `.EINVAL`
+/// with and without a reason compare equal.
 @frozen
 public struct Errno: RawRepresentable, Hashable, Sendable, Error, CustomStringConvertible {
   public let rawValue: Int32
-  @inlinable public init(rawValue: Int32) { self.rawValue = rawValue }
+  /// Why the call was refused, when the refusing code said so.
+  public var reason: Refusal?
+  @inlinable public init(rawValue: Int32) { self.rawValue = rawValue; reason = nil }
+
+  @inlinable public static func == (a: Errno, b: Errno) -> Bool { a.rawValue == b.rawValue }
+  @inlinable public func hash(into hasher: inout Hasher) { hasher.combine(rawValue) }
+
+  /// This errno with the reason `function: check`, in the kernel's words.
+  @inlinable public func because(_ function: StaticString, _ check: @autoclosure () -> String) -> Errno {
+    var copy = self
+    copy.reason = Refusal(function: function, check: check())
+    return copy
+  }
 
   /// The corresponding C value is `EPERM`.
   public static let EPERM = Errno(rawValue: 1)
@@ -78,4 +95,20 @@ public struct Errno: RawRepresentable, Hashable, Sendable, Error, CustomStringCo
   }
 
   public var description: String { name }
+}
+
+/// The kernel (or TDX module) function that refused a call and the check that did it, as a
+/// kernel engineer would name them: `__kvm_set_memory_region: overlaps slot 2 [0x80000000,
+/// +0x200000)`.
+public struct Refusal: Hashable, Sendable, CustomStringConvertible {
+  /// The C function (or SEAMCALL leaf name) whose check failed.
+  public let function: String
+  /// The check, in the kernel's words.
+  public let check: String
+  @inlinable public init(function: StaticString, check: String) {
+    self.function = function.description
+    self.check = check
+  }
+  public init(function: String, check: String) { self.function = function; self.check = check }
+  public var description: String { "\(function): \(check)" }
 }

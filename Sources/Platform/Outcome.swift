@@ -35,6 +35,15 @@ public enum OpFailure: Error, Hashable, Sendable, CustomStringConvertible {
   /// The device answered a TDISP request with this error code (`INVALID_NONCE` …).
   case tdisp(code: UInt16, name: String)
 
+  /// The function and check that refused the call, when the refusing code named them.
+  public var reason: Refusal? {
+    switch self {
+    case .errno(let e): e.reason
+    case .tdx(let s): s.reason
+    case .tdisp: nil
+    }
+  }
+
   public var description: String {
     switch self {
     case .errno(let e): "errno \(e.name)"

@@ -9,7 +9,20 @@ import KernelCore
 @frozen
 public struct TDXStatus: RawRepresentable, Hashable, Sendable, Error, CustomStringConvertible {
   public let rawValue: UInt64
-  @inlinable public init(rawValue: UInt64) { self.rawValue = rawValue }
+  /// The module's check that produced the status, when the model said which; like
+  /// ``Errno/reason`` it takes no part in `==` or hashing.
+  public var reason: Refusal?
+  @inlinable public init(rawValue: UInt64) { self.rawValue = rawValue; reason = nil }
+
+  @inlinable public static func == (a: TDXStatus, b: TDXStatus) -> Bool { a.rawValue == b.rawValue }
+  @inlinable public func hash(into hasher: inout Hasher) { hasher.combine(rawValue) }
+
+  /// This status with the reason `leaf: check`.
+  @inlinable public func because(_ function: StaticString, _ check: @autoclosure () -> String) -> TDXStatus {
+    var copy = self
+    copy.reason = Refusal(function: function, check: check())
+    return copy
+  }
 
   /// The status without its operand field (bits 31:0), which is what callers compare.
   @inlinable public var code: TDXStatus { TDXStatus(rawValue: rawValue & 0xFFFF_FFFF_0000_0000) }
@@ -17,7 +30,9 @@ public struct TDXStatus: RawRepresentable, Hashable, Sendable, Error, CustomStri
   @inlinable public var operand: UInt32 { UInt32(truncatingIfNeeded: rawValue) }
   /// This status with `operand` in bits 31:0.
   @inlinable public func with(operand: UInt32) -> TDXStatus {
-    TDXStatus(rawValue: code.rawValue | UInt64(operand))
+    var status = TDXStatus(rawValue: code.rawValue | UInt64(operand))
+    status.reason = reason
+    return status
   }
   /// Bit 63: the call failed.
   @inlinable public var isError: Bool { rawValue & (1 << 63) != 0 }

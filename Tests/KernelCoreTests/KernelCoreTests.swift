@@ -114,3 +114,17 @@ import Testing
     #expect(t1.events.isEmpty)
   }
 }
+
+@Suite("Errno reasons")
+struct ErrnoReasonTests {
+  @Test("a reason is carried but takes no part in equality or hashing")
+  func reasonIsAnObservation() {
+    let plain = Errno.EINVAL
+    let explained = Errno.EINVAL.because("__kvm_set_memory_region", "memory_size is not page aligned")
+    #expect(plain == explained)
+    #expect(plain.hashValue == explained.hashValue)
+    #expect(plain.reason == nil)
+    #expect(explained.reason?.description == "__kvm_set_memory_region: memory_size is not page aligned")
+    #expect(explained != Errno.EEXIST.because("__kvm_set_memory_region", "memory_size is not page aligned"))
+  }
+}

@@ -63,7 +63,7 @@ public struct DmaBufCore: Hashable, Sendable {
     try exporter.attach(buffer: buffer, peer2peer: peer2peer)
     let attachmentID = attachments.keys.max()?.next ?? AttachmentID(1)
     attachments[attachmentID] = DmaBufAttachment(id: attachmentID, buffer: id, importer: importer, ops: ops,
-                                           peer2peer: peer2peer, pinned: false, moveNotifications: 0)
+                                                 peer2peer: peer2peer, pinned: false)
     buffers[id]!.attachments.append(attachmentID)
     // The attachment keeps the buffer alive (the importer's dma_buf_get reference).
     buffers[id]!.fileRefs += 1
@@ -96,34 +96,37 @@ public struct DmaBufCore: Hashable, Sendable {
   /// `dma_buf_get_pfn_unlocked()` (RFC patch 1): the PFN behind page `pgoff` of the attached
   /// buffer, without a DMA mapping. The resv lock is taken only around the exporter callback,
   /// so this is one atomic region; the caller's sequence check closes the race with revoke.
+  /// The caller has checked ``resvWait(for:context:)``: the lock is free or its own.
   /// - Throws: `EINVAL` for an unknown attachment or an exporter without `get_pfn`; `ENOENT`
   ///   for an importer without `move_notify` (the RFC's refusal); the exporter's errno
-  ///   (`ENODEV` revoked, `EINVAL` past the end); `EAGAIN` when another context holds resv
-  ///   (this context would block there).
-  public func getPfnUnlocked(_ attachmentID: AttachmentID, pgoff: PageIndex, context: ContextID,
+  ///   (`ENODEV` revoked, `EINVAL` past the end).
+  public func getPfnUnlocked(_ attachmentID: AttachmentID, pgoff: PageIndex,
                              exporter: some DmaBufExporter) throws(Errno) -> PFNLookup {
     // Only an importer that can be told of a move may hold PFNs outside a mapping.
-    if let attachment = attachments[attachmentID], !attachment.ops.hasMoveNotify { throw .ENOENT }
-    return try lookupUnderResv(attachmentID, pgoff: pgoff, context: context, exporter: exporter)
+    if let attachment = attachments[attachmentID], !attachment.ops.hasMoveNotify {
+      throw Errno.ENOENT.because("dma_buf_get_pfn_unlocked", "the importer has no move_notify")
+    }
+    return try lookupUnderResv(attachmentID, pgoff: pgoff, exporter: exporter)
   }
 
   /// The reviewed importer's lookup: `dma_resv_lock()`, the exporter's PFN, `dma_resv_unlock()`
-  /// by the importer itself. As one atomic region it takes and drops the lock just as
-  /// ``getPfnUnlocked`` does inside the kAPI, so nothing is stored. - Throws: as
-  /// ``getPfnUnlocked``.
-  public func getPfnWithResv(_ attachmentID: AttachmentID, pgoff: PageIndex, context: ContextID,
+  /// by the importer itself, as one atomic region that takes and drops the lock just as
+  /// ``getPfnUnlocked(_:pgoff:exporter:)`` does inside the kAPI. - Throws: as that.
+  public func getPfnWithResv(_ attachmentID: AttachmentID, pgoff: PageIndex,
                              exporter: some DmaBufExporter) throws(Errno) -> PFNLookup {
-    try lookupUnderResv(attachmentID, pgoff: pgoff, context: context, exporter: exporter)
+    try lookupUnderResv(attachmentID, pgoff: pgoff, exporter: exporter)
   }
 
-  /// The importer-facing PFN lookup with the resv lock already held by `context`.
-  /// - Throws: `EINVAL` unless `context` holds it; else as ``getPfnUnlocked``.
-  public func getPfnLocked(_ attachmentID: AttachmentID, pgoff: PageIndex, context: ContextID,
-                           exporter: some DmaBufExporter) throws(Errno) -> PFNLookup {
-    guard let buffer = attachments[attachmentID].flatMap({ buffers[$0.buffer] }), buffer.resv.holder == context else {
-      throw .EINVAL
-    }
-    return try lookupUnderResv(attachmentID, pgoff: pgoff, context: context, exporter: exporter)
+  /// What `context` waits for before it can take the resv lock of the buffer `attachmentID`
+  /// is attached to; `nil` when the lock is free or already its own.
+  public func resvWait(for attachmentID: AttachmentID, context: ContextID) -> Wait? {
+    guard let buffer = attachments[attachmentID].flatMap({ buffers[$0.buffer] }) else { return nil }
+    return buffer.resv.wait(for: context)
+  }
+
+  /// What `context` waits for before it can take buffer `id`'s resv lock; `nil` when free.
+  public func resvWait(buffer id: DmaBufID, context: ContextID) -> Wait? {
+    buffers[id]?.resv.wait(for: context)
   }
 
   /// The merged kernel's importer view: the buffer as physical ranges (`phys_vec`), as
@@ -133,24 +136,25 @@ public struct DmaBufCore: Hashable, Sendable {
   public func physRanges(_ attachmentID: AttachmentID, context: ContextID,
                          exporter: some DmaBufExporter) throws(Errno) -> [PhysRange] {
     guard let buffer = attachments[attachmentID].flatMap({ buffers[$0.buffer] }), buffer.resv.holder == context else {
-      throw .EINVAL
+      throw Errno.EINVAL.because("dma_resv_assert_held", "the caller does not hold the buffer's resv lock")
     }
     return try exporter.physRanges(buffer: buffer)
   }
 
-  /// The exporter's answer for page `pgoff`, with resv free or held by `context`.
-  private func lookupUnderResv(_ attachmentID: AttachmentID, pgoff: PageIndex, context: ContextID,
+  /// The exporter's answer for page `pgoff`.
+  private func lookupUnderResv(_ attachmentID: AttachmentID, pgoff: PageIndex,
                                exporter: some DmaBufExporter) throws(Errno) -> PFNLookup {
     guard let attachment = attachments[attachmentID], let buffer = buffers[attachment.buffer] else {
-      throw .EINVAL
+      throw Errno.EINVAL.because("dma_buf_get_pfn_unlocked", "no such attachment")
     }
-    if let holder = buffer.resv.holder, holder != context { throw .EAGAIN }
-    guard let result = exporter.getPfn(buffer: buffer, pgoff: pgoff) else { throw .EINVAL }
+    guard let result = exporter.getPfn(buffer: buffer, pgoff: pgoff) else {
+      throw Errno.EINVAL.because("dma_buf_get_pfn_unlocked", "the exporter has no get_pfn")
+    }
     return try result.get()
   }
 
   /// Takes the buffer's resv lock for `context` (`dma_resv_lock`).
-  /// - Returns: `false` when another context holds it.
+  /// - Returns: `false` when another context holds it (nothing changed).
   public mutating func lockResv(_ id: DmaBufID, context: ContextID) throws(LockViolation) -> Bool {
     guard buffers[id] != nil else { return false }
     return try buffers[id]!.resv.tryLock(context)
@@ -158,13 +162,16 @@ public struct DmaBufCore: Hashable, Sendable {
 
   /// `dma_resv_unlock`.
   public mutating func unlockResv(_ id: DmaBufID, context: ContextID) throws(LockViolation) {
-    guard buffers[id] != nil else { return }
+    guard buffers[id] != nil else {
+      throw LockViolation(lock: "dmabuf\(id.rawValue)->resv", message: "\(context) unlocks the resv of a buffer that is gone")
+    }
     try buffers[id]!.resv.unlock(context)
   }
 
   /// `dma_buf_move_notify()`: with the resv lock held by `context`, every dynamic attachment is
   /// told its mapping moved (for VFIO: was revoked or restored). Returns the attachments, in
-  /// order, so the platform can run each importer's `move_notify` under the same lock.
+  /// order; each stays ``DmaBufAttachment/inMoveNotify`` until the platform has run its
+  /// importer's work and called ``moveNotifyReturned(_:context:)``.
   public mutating func moveNotify(_ id: DmaBufID, context: ContextID,
                                   trace: inout Trace) throws(LockViolation) -> [DmaBufAttachment] {
     guard let buffer = buffers[id] else { return [] }
@@ -172,12 +179,20 @@ public struct DmaBufCore: Hashable, Sendable {
     var notified: [DmaBufAttachment] = []
     for attachmentID in buffer.attachments {
       guard var attachment = attachments[attachmentID], attachment.ops.dynamic else { continue }
-      attachment.moveNotifications += 1
+      attachment.observedMoveNotifications.value += 1
+      attachment.inMoveNotify = true
       attachments[attachmentID] = attachment
       notified.append(attachment)
     }
     trace.emit(.dmabuf, "move_notify dmabuf\(id.rawValue): \(notified.count) importer(s)")
     return notified
+  }
+
+  /// The importer's `move_notify` for `attachmentID` returned (resv still held by `context`).
+  public mutating func moveNotifyReturned(_ attachmentID: AttachmentID, context: ContextID) throws(LockViolation) {
+    guard let attachment = attachments[attachmentID] else { return }
+    if let buffer = buffers[attachment.buffer] { try buffer.resv.assertHeld(by: context) }
+    attachments[attachmentID]?.inMoveNotify = false
   }
 
   /// Whether the reference counts balance: every buffer's file references equal its fds plus

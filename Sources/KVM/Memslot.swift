@@ -102,6 +102,8 @@ public struct Memslot: Hashable, Sendable, CustomStringConvertible {
   public let guestMemfdOffset: UInt64
   /// Set for a ``MemslotFlags/vfioDmaBuf`` slot.
   public let dmaBuf: DmaBufBinding?
+  /// `KVM_MEMSLOT_INVALID`: the slot is being deleted or moved; a fault that finds it retries.
+  public internal(set) var isInvalid = false
 
   /// GFNs the slot covers.
   public var gfns: Range<GFN> { baseGFN ..< GFN(baseGFN.rawValue + npages) }
@@ -139,8 +141,6 @@ public struct MemslotPlan: Hashable, Sendable {
   /// The dma-buf fd to resolve and attach, for a new dma-buf slot (create, and in `rfc-v1`
   /// the re-created slot of a move or flags change).
   public let dmaBufFD: FD?
-  /// The VM's memslot generation the plan was made against.
-  let generation: UInt64
 
   /// The slot's pages.
   public var npages: UInt64 { region.memorySize.pages }
@@ -186,6 +186,4 @@ public struct MemslotCommit: Hashable, Sendable {
   public let detach: [AttachmentID]
   /// Attachments the change left bound to a freed slot (`rfc-v1` move / flags change).
   public let leftDangling: [AttachmentID]
-  /// Mappings removed from the TDP MMU (`kvm_arch_flush_shadow_memslot()`).
-  public let zapped: [MappedLeaf]
 }

@@ -34,12 +34,17 @@ public struct VirtualMachine: Hashable, Sendable {
   public internal(set) var invalidation = MMUInvalidation()
   /// `kvm->mmu_lock` (an rwlock on x86: faults read, invalidations write).
   public internal(set) var mmuLock = KernelRWSemaphore("kvm->mmu_lock")
+  /// `kvm->slots_lock`: held across a whole memslot update.
+  public internal(set) var slotsLock = KernelMutex("kvm->slots_lock")
+  /// `kvm->srcu`: vCPUs read memslots inside it; memslot updates synchronize on it.
+  public internal(set) var srcu = SRCUState()
+  /// vCPUs with `KVM_REQ_OUTSIDE_GUEST_MODE` pending whose IPI has not been answered: each
+  /// must leave guest mode before the kicker (`kvm_make_all_cpus_request()` waits) goes on.
+  public internal(set) var pendingKicks: TreeSet<UInt32> = []
   /// `kvm->vm_bugged`.
   public internal(set) var isDead = false
   /// Host RAM, as PFN ranges: a PFN outside all of them is MMIO (``isMMIOPFN(_:)``).
   public let ramPFNs: [Range<PFN>]
-  /// Bumped by every committed memslot change; a plan made before one is refused.
-  public private(set) var memslotGeneration: UInt64 = 0
 
   public init(id: VMID, type: VMType, ramPFNs: [Range<PFN>] = [PFN(0) ..< PFN(0x100000)]) {
     self.id = id; self.type = type; self.ramPFNs = ramPFNs
@@ -65,7 +70,8 @@ public struct VirtualMachine: Hashable, Sendable {
 
   // MARK: Memslots
 
-  /// The slot containing `gfn` in address space 0 (`gfn_to_memslot()`).
+  /// The slot containing `gfn` in address space 0 (`gfn_to_memslot()`); a slot being deleted
+  /// or moved is returned with ``Memslot/isInvalid`` set.
   public func memslot(containing gfn: GFN, asID: UInt16 = 0) -> Memslot? {
     memslots.values.first { $0.key.asID == asID && $0.contains(gfn) }
   }
@@ -125,8 +131,7 @@ public struct VirtualMachine: Hashable, Sendable {
     let baseGFN = GPA(mem.guestPhysAddr).gfn
     let npages = mem.memorySize.pages
     func plan(_ change: MemslotChange, fd: FD? = nil) -> MemslotPlan {
-      MemslotPlan(key: key, change: change, region: mem, old: old, dmaBufFD: fd,
-                  generation: memslotGeneration)
+      MemslotPlan(key: key, change: change, region: mem, old: old, dmaBufFD: fd)
     }
     let dmaBufFD: FD? = flags.contains(.vfioDmaBuf) ? FD(Int32(bitPattern: mem.guestMemfd)) : nil
 
@@ -181,32 +186,30 @@ public struct VirtualMachine: Hashable, Sendable {
     }
   }
 
-  /// Applies a plan (`kvm_set_memslot()`): the mutating half of `KVM_SET_USER_MEMORY_REGION2`.
-  ///
-  /// A delete or move first zaps the old slot's GFNs inside an invalidation (so a fault in
-  /// flight on them retries); for a TD the caller runs the private-MMIO ``ZapPath`` over the
-  /// slot before committing, and this zap then only clears what is left of the mirror.
+  /// `kvm_invalidate_memslot()`: a slot about to be deleted or moved is marked
+  /// `KVM_MEMSLOT_INVALID` in the active memslots, so a fault that finds it retries; the
+  /// caller then waits for SRCU readers and flushes the slot's mappings.
+  public mutating func invalidateMemslot(_ key: SlotKey) {
+    memslots[key]?.isInvalid = true
+  }
+
+  /// Applies a plan (`kvm_set_memslot()`'s create, delete, move or flags-only): the mutating
+  /// half of `KVM_SET_USER_MEMORY_REGION2`, with `slots_lock` held by `ctx`. A delete or move
+  /// has been invalidated, synchronized and flushed by the caller before this.
   /// - Parameter binding: the new attachment, when the plan asked for a dma-buf.
-  /// - Throws: `EIO` on a dead VM; `EAGAIN` when the memslots changed since the plan was made
-  ///   (the kernel holds `slots_lock` across the whole ioctl, so a caller that does the same
-  ///   never sees it); `EINVAL` when a dma-buf slot is committed without a binding.
-  public mutating func commitSetUserMemoryRegion2(_ plan: MemslotPlan,
-                                                  binding: DmaBufBinding? = nil) throws(Errno) -> MemslotCommit {
-    guard !isDead else { throw .EIO }
-    guard plan.generation == memslotGeneration else { throw .EAGAIN }
-    guard (plan.dmaBufFD == nil) == (binding == nil) else { throw .EINVAL }
+  /// - Throws: a lock violation when `ctx` does not hold `slots_lock`.
+  public mutating func commitSetUserMemoryRegion2(_ plan: MemslotPlan, binding: DmaBufBinding? = nil,
+                                                  ctx: ContextID) throws(LockViolation) -> MemslotCommit {
+    try slotsLock.assertHeld(by: ctx)
+    guard (plan.dmaBufFD == nil) == (binding == nil) else {
+      throw LockViolation(lock: slotsLock.name, message: "a dma-buf slot committed without its attachment")
+    }
     if plan.change == .unchanged {
-      return MemslotCommit(change: .unchanged, detach: [], leftDangling: [], zapped: [])
+      return MemslotCommit(change: .unchanged, detach: [], leftDangling: [])
     }
     var detach: [AttachmentID] = []
     var dangling: [AttachmentID] = []
-    var zapped: [MappedLeaf] = []
     if let old = plan.old {
-      if plan.change == .delete || plan.change == .move {
-        invalidation.begin(old.gfns)
-        zapped = mmu.zap(old.gfns)
-        invalidation.end()
-      }
       memslots[old.key] = nil
       if let b = old.dmaBuf {
         if plan.change == .delete {
@@ -231,8 +234,7 @@ public struct VirtualMachine: Hashable, Sendable {
                                                    isStale: false)
       }
     }
-    memslotGeneration &+= 1
-    return MemslotCommit(change: plan.change, detach: detach, leftDangling: dangling, zapped: zapped)
+    return MemslotCommit(change: plan.change, detach: detach, leftDangling: dangling)
   }
 
   /// `kvm_destroy_vm()`: frees every slot (detaching its dma-buf) and the MMU.
@@ -257,10 +259,13 @@ public struct VirtualMachine: Hashable, Sendable {
 
   /// Zaps `gfns` from the TDP MMU directly (a non-TD VM; a TD's private MMIO goes through
   /// ``ZapPath``), with `mmu_lock` held for write by `ctx`.
+  /// - Returns: how many 4 KiB pages were unmapped.
   @discardableResult
-  public mutating func zapRange(_ gfns: Range<GFN>, ctx: ContextID) throws(LockViolation) -> [MappedLeaf] {
+  public mutating func zapRange(_ gfns: Range<GFN>, ctx: ContextID) throws(LockViolation) -> UInt64 {
     try mmuLock.assertHeldWrite(by: ctx)
-    return mmu.zap(gfns)
+    let before = mmu.mappedPages
+    mmu.zap(gfns)
+    return before - mmu.mappedPages
   }
 
   /// `kvm_mmu_invalidate_end()` with `mmu_lock` held for write by `ctx`.
@@ -271,40 +276,78 @@ public struct VirtualMachine: Hashable, Sendable {
     }
   }
 
-  /// KVM's `move_notify` for a dma-buf slot (patch 6): take `mmu_lock` for write, invalidate
-  /// begin over the whole slot, zap it (private and shared), invalidate end, unlock.
-  ///
-  /// For a TD this returns a ``ZapPath`` that owns the rest of the region: the caller drives
-  /// it (its SEAMCALLs) and it ends the invalidation and drops `mmu_lock` when it completes.
-  /// Through a stale binding (`rfc-v1`) it zaps the GFNs the freed slot had.
-  /// - Returns: `nil` when the work is done, or the TD's zap path; `.blocked` if `mmu_lock`
-  ///   is held by another context (try again later).
-  /// - Throws: a lock violation (e.g. `ctx` already holds `mmu_lock`).
+  /// Whether a `move_notify` through `attachment` would have slot mappings to zap, and where.
+  public func moveNotifyTarget(_ attachment: AttachmentID) -> SlotBinding? { bindings[attachment] }
+
+  /// KVM's `move_notify` for a dma-buf slot of a VM without a TDX module (patch 6), as one
+  /// region: take `mmu_lock` for write, invalidate begin over the whole slot, zap it (private
+  /// and shared), flush, invalidate end, unlock. Through a stale binding (`rfc-v1`) it zaps
+  /// the GFNs the freed slot had.
+  /// - Returns: what `ctx` waits for when `mmu_lock` is held (nothing changed), else `nil`.
   public mutating func dmaBufMoveNotify(_ attachment: AttachmentID,
-                                        ctx: ContextID) throws(LockViolation) -> MoveNotifyResult {
-    guard let bound = bindings[attachment] else { return .notBound }
-    guard try mmuLock.tryLockWrite(ctx) else { return .blocked }
-    let gfns = bound.gfns
-    invalidation.begin(gfns)
-    if type == .tdx {
-      return .secureZap(ZapPath(vm: self, gfns: gfns, ctx: ctx))
-    }
-    mmu.zap(gfns)
+                                        ctx: ContextID) throws(LockViolation) -> Wait? {
+    guard let bound = bindings[attachment] else { return nil }
+    if let wait = mmuLock.writeWait(for: ctx) { return wait }
+    _ = try mmuLock.tryLockWrite(ctx)
+    invalidation.begin(bound.gfns)
+    mmu.zap(bound.gfns)
     _ = invalidation.end()
     try mmuLock.unlock(ctx)
-    return .done(staleSlot: bound.isStale)
+    return nil
   }
+
+  /// The start of a TD's `move_notify` or slot flush: `mmu_lock` for write and an
+  /// invalidation over `gfns`; the returned ``ZapPath`` unmaps the Secure-EPT entries and
+  /// ends both.
+  /// - Returns: the path, or what `ctx` waits for (nothing changed).
+  public mutating func beginSecureZap(_ gfns: Range<GFN>,
+                                      ctx: ContextID) throws(LockViolation) -> Result<ZapPath, WaitError> {
+    if let wait = mmuLock.writeWait(for: ctx) { return .failure(WaitError(wait: wait)) }
+    _ = try mmuLock.tryLockWrite(ctx)
+    invalidation.begin(gfns)
+    return .success(ZapPath(vm: self, gfns: gfns, ctx: ctx))
+  }
+
+  // MARK: Locks the platform's paths take
+
+  /// `mutex_lock(&kvm->slots_lock)`; the caller checked that it is free.
+  public mutating func lockSlots(_ ctx: ContextID) throws(LockViolation) {
+    guard try slotsLock.tryLock(ctx) else {
+      throw LockViolation(lock: slotsLock.name, message: "\(ctx) takes it while \(slotsLock.holder.map(\.description) ?? "someone") holds it")
+    }
+  }
+
+  /// `mutex_unlock(&kvm->slots_lock)`.
+  public mutating func unlockSlots(_ ctx: ContextID) throws(LockViolation) { try slotsLock.unlock(ctx) }
+
+  /// `kvm_arch_flush_shadow_memslot()` for a VM without a TDX module, as one region: `mmu_lock`
+  /// for write, zap the slot's GFNs, unlock. The caller checked that `mmu_lock` is free.
+  public mutating func flushShadowMemslot(_ gfns: Range<GFN>, ctx: ContextID) throws(LockViolation) {
+    guard try mmuLock.tryLockWrite(ctx) else {
+      throw LockViolation(lock: mmuLock.name, message: "\(ctx) takes it for write while it is held")
+    }
+    mmu.zap(gfns)
+    try mmuLock.unlock(ctx)
+  }
+
+  /// Subtracts `base` from `mmu_invalidate_seq` (see ``MMUInvalidation/rebase(by:)``).
+  public mutating func rebaseInvalidationSeq(by base: UInt64) { invalidation.rebase(by: base) }
+
+  // MARK: vCPU kicks
+
+  /// `kvm_make_all_cpus_request(kvm, KVM_REQ_OUTSIDE_GUEST_MODE)` with `KVM_REQUEST_WAIT`:
+  /// the request goes to every vCPU in `inGuestMode`, and the caller waits until each has
+  /// answered the IPI by leaving guest mode (``answerKick(_:)``).
+  public mutating func requestOutsideGuestMode(_ inGuestMode: [UInt32]) {
+    for vcpu in inGuestMode { pendingKicks.insert(vcpu) }
+  }
+
+  /// The IPI reached `vcpu`, or it left guest mode for another reason first.
+  public mutating func answerKick(_ vcpu: UInt32) { pendingKicks.remove(vcpu) }
 }
 
-/// What ``VirtualMachine/dmaBufMoveNotify(_:ctx:)`` did.
-public enum MoveNotifyResult: Hashable, Sendable {
-  /// The slot's mappings are gone and the invalidation ended. `staleSlot`: the attachment's
-  /// slot had been freed (the `rfc-v1` move bug), so the zap used freed memory.
-  case done(staleSlot: Bool)
-  /// A TD: drive this path to unmap the Secure EPT entries; it ends the invalidation.
-  case secureZap(ZapPath)
-  /// `mmu_lock` is held by another context; nothing changed.
-  case blocked
-  /// KVM holds no such attachment; nothing changed.
-  case notBound
+/// A wait carried as an error value, for APIs that either begin a region or must wait.
+public struct WaitError: Error, Hashable, Sendable {
+  public let wait: Wait
+  public init(wait: Wait) { self.wait = wait }
 }

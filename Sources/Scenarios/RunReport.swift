@@ -41,7 +41,7 @@ public struct StepReport: Codable, Hashable, Sendable {
   public var index: Int
   /// `steps`, or `concurrent[N]` (0-based).
   public var path: String
-  /// The kernel context that ran it (`ioctl`, `ctx1` …): one Perfetto track each.
+  /// The thread that ran it (`ioctl`, `vcpu1`, `ctx2` …): one Perfetto track each.
   public var context: String
   public var line: Int
   public var column: Int
@@ -64,13 +64,14 @@ public struct StepReport: Codable, Hashable, Sendable {
   public var invariantViolations: [InvariantViolation]
   public var nanoseconds: UInt64
 
-  init(step: ScenarioStep, result: OpResult, trace: [TraceLine], violations: [InvariantViolation], nanoseconds: UInt64) {
+  init(step: ScenarioStep, thread: String, result: OpResult, trace: [TraceLine], violations: [InvariantViolation],
+       nanoseconds: UInt64) {
     index = step.index
     switch step.path {
     case .main: path = "steps"
     case .concurrent(let n): path = "concurrent[\(n)]"
     }
-    context = step.path.context.description
+    context = thread
     line = step.position.line
     column = step.position.column
     op = step.opName
@@ -81,6 +82,7 @@ public struct StepReport: Codable, Hashable, Sendable {
     case .failure(.errno(let e)): succeeded = false; errno = e.name
     case .failure(.tdx(let s)): succeeded = false; tdx = s.name
     case .failure(.tdisp(_, let name)): succeeded = false; tdisp = name
+    case .failure(.livelock), .failure(.deadlock), .failure(.lockViolation): succeeded = false
     }
     expectation = step.expectation?.description
     if let expected = step.expectation {

@@ -17,7 +17,6 @@ extension TDXModule {
       _ = try m.liveTD(td, register: TDXOperand.rcx)
       guard m.devif(for: interface) == nil else { throw TDXStatus.operandInvalid.with(operand: TDXOperand.rdx) }
       let id = m.nextDevif
-      m.nextDevif = id.next
       m.devifs[id] = DevifState(td: td, interface: interface)
       return id
     }

@@ -108,6 +108,7 @@ extension TDXModule {
         throw TDXStatus.eptEntryStateIncorrect.with(operand: TDXOperand.sept)
       }
       m.tds[td]?.sept[gpa]?.state = .mmioBlocked
+      m.tds[td]?.blockedEntries += 1
       m.tds[td]?.sept[gpa]?.bepoch = state.epoch
     }
   }
@@ -142,6 +143,7 @@ extension TDXModule {
       }
 
       m.tds[td]?.sept[gpa] = nil
+      m.tds[td]?.blockedEntries -= 1
       if let mt = m.mmiomt[entry.hpa.pfn] {
         m.mmiomt[entry.hpa.pfn]?.mapping = nil
         m.devifs[mt.owner]?.mappedPages -= 1

@@ -18,8 +18,18 @@ public struct TDXModule: Hashable, Sendable {
   public internal(set) var devifs: TreeDictionary<DevifID, DevifState> = [:]
   /// The MMIO metadata table (MMIOMT): one entry per device MMIO host page it describes.
   public internal(set) var mmiomt: TreeDictionary<PFN, MMIOMTEntry> = [:]
-  var nextTD = TDID(1)
-  var nextDevif = DevifID(1)
+  /// The handle a new TD gets: the lowest one no live TD has, so the module's state holds no
+  /// counter and two modules with the same TDs compare equal.
+  var nextTD: TDID { Self.lowestFree(tds.keys) }
+  /// The handle a new DEVIF gets, chosen as ``nextTD`` is.
+  var nextDevif: DevifID { Self.lowestFree(devifs.keys) }
+
+  static func lowestFree<Tag, Keys: Sequence>(_ used: Keys) -> ObjectID<Tag> where Keys.Element == ObjectID<Tag> {
+    let taken = Set(used.map(\.rawValue))
+    var candidate: UInt32 = 1
+    while taken.contains(candidate) { candidate += 1 }
+    return ObjectID<Tag>(candidate)
+  }
 
   /// Contention to inject: the next call of a matching leaf consumes the first matching entry
   /// and fails `TDX_OPERAND_BUSY` with the entry's operand, before it looks at anything else
@@ -52,6 +62,8 @@ public struct TDState: Hashable, Sendable {
   public internal(set) var vcpus: [TDVCPUState]
   /// Private GPA -> leaf entry. Absent means FREE.
   public internal(set) var sept: TreeDictionary<GPA, SEPTEntry> = [:]
+  /// MMIO entries in MMIO_BLOCKED (their `bepoch` refers to an epoch the TD must keep).
+  public internal(set) var blockedEntries = 0
   /// Set once the TD has hit a fatal error (a guest access to an unaccepted MMIO page):
   /// no vCPU runs again and every call on the TD fails `TDX_NON_RECOVERABLE_TD`.
   public internal(set) var isFatal = false
@@ -194,7 +206,6 @@ extension TDXModule {
       try m.consumeBusy(.seamcall(.mngCreate), td: nil)
       guard vcpuCount > 0 else { throw TDXStatus.operandInvalid.with(operand: TDXOperand.rcx) }
       let id = m.nextTD
-      m.nextTD = id.next
       m.tds[id] = TDState(vcpuCount: vcpuCount)
       return id
     }

@@ -3,19 +3,6 @@ import PCI
 import DmaBuf
 import HashTreeCollections
 
-/// Receives `move_notify` for every dynamic attachment of a buffer being revoked or restored,
-/// while the buffer's resv lock is held (the importers: KVM memslots, test importers).
-public protocol MoveNotifySink {
-  mutating func moveNotify(_ attachment: DmaBufAttachment, revoked: Bool, context: ContextID, trace: inout Trace)
-  /// The function's state changed inside a VFIO operation (reset, decode, power, TSM unbind):
-  /// whoever relays its security state (the TSM, and through it the TDX module) learns it here.
-  mutating func functionChanged(_ device: VFIODeviceID, _ function: PCIFunction, trace: inout Trace)
-}
-
-extension MoveNotifySink {
-  public mutating func functionChanged(_ device: VFIODeviceID, _ function: PCIFunction, trace: inout Trace) {}
-}
-
 /// vfio-pci (`drivers/vfio/pci/vfio_pci_core.c`, `vfio_pci_config.c`, `vfio_pci_rdwr.c`,
 /// `vfio_pci_dmabuf.c`): the devices it drives, their open files and their exported buffers.
 public struct VFIOPCIDriver: Hashable, Sendable {
@@ -91,55 +78,6 @@ public struct VFIOPCIDriver: Hashable, Sendable {
     guard let file = files[fileID] else { throw .EBADF }
     guard file.accessGranted else { throw .EINVAL }
     return file.device
-  }
-
-  /// The last `close()` of a cdev file (`vfio_device_fops_release`). A bound file closes the
-  /// device (`vfio_pci_core_close_device`): disable and reset the function, and revoke every
-  /// exported buffer for good, dropping its registration.
-  ///
-  /// `rfcV1` revokes only after the disable and reset (the posted order: importers keep
-  /// mappings of a device that is being reset); `reviewed` revokes first.
-  public mutating func release<Sink: MoveNotifySink>(_ fileID: VFIOFileID, context: ContextID,
-                                                     dmabufCore: inout DmaBufCore, sink: inout Sink,
-                                                     trace: inout Trace) throws(Errno) {
-    guard let file = files.removeValue(forKey: fileID) else { throw .EBADF }
-    trace.emit(.vfio, "close vfio-dev\(file.device.rawValue) (file \(fileID.rawValue))")
-    guard file.accessGranted, devices[file.device] != nil else { return }
-    let id = file.device
-    unbindTSM(id, sink: &sink, trace: &trace)
-    switch variant {
-    case .rfcV1:
-      disableAndReset(id, dmabufCore: dmabufCore, trace: &trace)
-      cleanupDmaBufs(id, context: context, dmabufCore: &dmabufCore, sink: &sink, trace: &trace)
-    case .reviewed:
-      cleanupDmaBufs(id, context: context, dmabufCore: &dmabufCore, sink: &sink, trace: &trace)
-      disableAndReset(id, dmabufCore: dmabufCore, trace: &trace)
-    }
-    sink.functionChanged(id, devices[id]!.function, trace: &trace)
-    devices[id]!.openCount = 0
-    devices[id]!.binding = nil
-    devices[id]!.hostMappings = []
-  }
-
-  /// `vfio_pci_core_disable()`: bus mastering off, memory decode off, then a function reset.
-  private mutating func disableAndReset(_ id: VFIODeviceID, dmabufCore: DmaBufCore, trace: inout Trace) {
-    trace.emit(.vfio, "disable and reset vfio-dev\(id.rawValue)")
-    devices[id]!.function.writeCommand([], trace: &trace)
-    noteReset(of: id, dmabufCore: dmabufCore, trace: &trace)
-    devices[id]!.function.functionLevelReset(trace: &trace)
-  }
-
-  /// Records a reset of the device's function that importers may not have been told of: one
-  /// of its buffers is still live (not revoked) and attached. VFIO's own resets revoke first;
-  /// the RFC's close path and resets from outside VFIO (sysfs) do not.
-  public mutating func noteReset(of id: VFIODeviceID, dmabufCore: DmaBufCore, trace: inout Trace) {
-    guard let device = devices[id] else { return }
-    let live = device.dmabufs.filter { buffer in
-      dmabufs[buffer]?.revoked == false && !(dmabufCore.buffer(buffer)?.attachments.isEmpty ?? true)
-    }
-    guard !live.isEmpty else { return }
-    devices[id]!.resetsUnderLiveImport += 1
-    trace.emit(.vfio, "reset of vfio-dev\(id.rawValue) while dmabuf\(live.map { String($0.rawValue) }.joined(separator: ",")) still mapped by importers")
   }
 
   // MARK: - Regions

@@ -139,16 +139,16 @@ func makeCore(size: UInt64 = 0x4000) throws -> (DmaBufCore, DmaBufID) {
     var (core, id) = try makeCore()
     var trace = Trace()
     let a = try core.attach(id, importer: "t", ops: dynamicP2P, exporter: FakeExporter(), trace: &trace)
-    #expect(try core.getPfnUnlocked(a, pgoff: PageIndex(3), context: ctx, exporter: FakeExporter())
+    #expect(try core.getPfnUnlocked(a, pgoff: PageIndex(3), exporter: FakeExporter())
             == PFNLookup(pfn: PFN(0x4000003), order: 0))
-    #expect(throws: Errno.EINVAL) { try core.getPfnUnlocked(a, pgoff: PageIndex(4), context: ctx, exporter: FakeExporter()) }
+    #expect(throws: Errno.EINVAL) { try core.getPfnUnlocked(a, pgoff: PageIndex(4), exporter: FakeExporter()) }
     #expect(throws: Errno.ENODEV) {
-      try core.getPfnUnlocked(a, pgoff: PageIndex(0), context: ctx, exporter: FakeExporter(revoked: true))
+      try core.getPfnUnlocked(a, pgoff: PageIndex(0), exporter: FakeExporter(revoked: true))
     }
     #expect(throws: Errno.EINVAL) {
-      try core.getPfnUnlocked(a, pgoff: PageIndex(0), context: ctx, exporter: FakeExporter(hasGetPfn: false))
+      try core.getPfnUnlocked(a, pgoff: PageIndex(0), exporter: FakeExporter(hasGetPfn: false))
     }
-    #expect(throws: Errno.EINVAL) { try core.getPfnUnlocked(AttachmentID(9), pgoff: PageIndex(0), context: ctx, exporter: FakeExporter()) }
+    #expect(throws: Errno.EINVAL) { try core.getPfnUnlocked(AttachmentID(9), pgoff: PageIndex(0), exporter: FakeExporter()) }
   }
 
   @Test func anImporterWithoutMoveNotifyGetsNoPfn() throws {
@@ -157,19 +157,21 @@ func makeCore(size: UInt64 = 0x4000) throws -> (DmaBufCore, DmaBufID) {
     let exporter = FakeExporter(requiresPeer2Peer: false)
     let a = try core.attach(id, importer: "static", ops: ImporterOps(dynamic: false, hasMoveNotify: false, allowPeer2Peer: false),
                             exporter: exporter, trace: &trace)
-    #expect(throws: Errno.ENOENT) { try core.getPfnUnlocked(a, pgoff: PageIndex(0), context: ctx, exporter: exporter) }
+    #expect(throws: Errno.ENOENT) { try core.getPfnUnlocked(a, pgoff: PageIndex(0), exporter: exporter) }
   }
 
   @Test func lookupWaitsWhileAnotherContextHoldsResv() throws {
     var (core, id) = try makeCore()
     var trace = Trace()
     let a = try core.attach(id, importer: "t", ops: dynamicP2P, exporter: FakeExporter(), trace: &trace)
+    #expect(core.resvWait(for: a, context: ctx) == nil)
     #expect(try core.lockResv(id, context: other))
-    #expect(throws: Errno.EAGAIN) { try core.getPfnUnlocked(a, pgoff: PageIndex(0), context: ctx, exporter: FakeExporter()) }
-    #expect(throws: Errno.EINVAL) { try core.getPfnLocked(a, pgoff: PageIndex(0), context: ctx, exporter: FakeExporter()) }
+    // The lookup takes resv around the exporter's callback: another holder makes it wait.
+    #expect(core.resvWait(for: a, context: ctx) == .lock("dmabuf1->resv", heldBy: other))
+    #expect(core.resvWait(for: a, context: other) == nil)
     try core.unlockResv(id, context: other)
-    #expect(try core.lockResv(id, context: ctx))
-    #expect(try core.getPfnLocked(a, pgoff: PageIndex(1), context: ctx, exporter: FakeExporter()).pfn == PFN(0x4000001))
+    #expect(core.resvWait(for: a, context: ctx) == nil)
+    #expect(try core.getPfnWithResv(a, pgoff: PageIndex(1), exporter: FakeExporter()).pfn == PFN(0x4000001))
   }
 }
 

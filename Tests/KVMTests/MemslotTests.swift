@@ -191,15 +191,19 @@ func patch10SanityChecks(type: VMType, isPrivate: Bool, owner: UInt32?, errno: E
   #expect(vm.bindings.isEmpty && vm.memslots.isEmpty)
 }
 
-@Test func failedPrepareChangesNothingAndStalePlanIsRefused() throws {
+@Test func failedPrepareChangesNothingAndSlotsLockSerialisesUpdates() throws {
   var vm = try vmWithRAMSlot(.default)
   let before = vm
   #expect(throws: Errno.EEXIST) { try vm.prepareSetUserMemoryRegion2(region(2, gpa: 0), variant: .reviewed) }
   #expect(vm == before)
-  let p1 = try vm.prepareSetUserMemoryRegion2(region(2, gpa: 2 * gib), variant: .reviewed)
-  let p2 = try vm.prepareSetUserMemoryRegion2(region(3, gpa: 2 * gib), variant: .reviewed)
-  _ = try vm.commitSetUserMemoryRegion2(p1)
-  #expect(throws: Errno.EAGAIN) { try vm.commitSetUserMemoryRegion2(p2) }
+  // The ioctl holds slots_lock from its checks to its commit: another update waits for it,
+  // so no plan can be made against memslots that change before it commits.
+  try vm.lockSlots(ioctlThread)
+  let other = ContextID(rawValue: 2)
+  #expect(vm.slotsLock.wait(for: other) == .lock("kvm->slots_lock", heldBy: ioctlThread))
+  #expect(throws: LockViolation.self) { try vm.lockSlots(other) }
+  try vm.unlockSlots(ioctlThread)
+  #expect(vm.slotsLock.wait(for: other) == nil)
 }
 
 @Test(arguments: [(UInt32(0), Errno?.none), (4095, nil), (4096, .EINVAL)])

@@ -123,7 +123,8 @@ extension Bench {
 /// `reviewed` unbinds the TSM (TDISP STOP) before every revoke and restores private buffers
 /// only while the TDI runs again: after any trigger they stay revoked until the interface is
 /// locked and started anew. The RFC revokes with the TDI still running and restores on memory
-/// enable alone: the TD could map MMIO of an interface in ERROR (`PrivateMMIOOnlyWhileTDIRuns`).
+/// enable alone: the buffer is live again for an interface in ERROR. With nothing mapped no
+/// harm is done yet, so no invariant fires here; `TDXFlowTests` shows the TD mapping it.
 @Suite struct PrivateRevokeTests {
   struct Case: CustomTestStringConvertible, Sendable {
     let variant: Variant
@@ -135,7 +136,6 @@ extension Bench {
     var testDescription: String { "\(variant) \(trigger.rawValue)" }
   }
 
-  static let gap = ["PrivateMMIOOnlyWhileTDIRuns"]
   static let cases: [Case] = [
     Case(variant: .reviewed, trigger: .decodeOffOn, revokedAfter: true, tdiAfter: "CONFIG_UNLOCKED", notifications: 1, violations: []),
     Case(variant: .reviewed, trigger: .d3hotD0, revokedAfter: true, tdiAfter: "CONFIG_UNLOCKED", notifications: 1, violations: []),
@@ -145,14 +145,14 @@ extension Bench {
     // A reset VFIO never saw: the TSM notices the TDI in ERROR and revokes only afterwards.
     Case(variant: .reviewed, trigger: .externalFLR, revokedAfter: true, tdiAfter: "ERROR", notifications: 1,
          violations: ["NoResetUnderLiveImport"]),
-    Case(variant: .rfcV1, trigger: .decodeOffOn, revokedAfter: false, tdiAfter: "ERROR", notifications: 2, violations: gap),
-    Case(variant: .rfcV1, trigger: .d3hotD0, revokedAfter: false, tdiAfter: "ERROR", notifications: 2, violations: gap),
-    Case(variant: .rfcV1, trigger: .ioctlReset, revokedAfter: false, tdiAfter: "ERROR", notifications: 2, violations: gap),
+    Case(variant: .rfcV1, trigger: .decodeOffOn, revokedAfter: false, tdiAfter: "ERROR", notifications: 2, violations: []),
+    Case(variant: .rfcV1, trigger: .d3hotD0, revokedAfter: false, tdiAfter: "ERROR", notifications: 2, violations: []),
+    Case(variant: .rfcV1, trigger: .ioctlReset, revokedAfter: false, tdiAfter: "ERROR", notifications: 2, violations: []),
     Case(variant: .rfcV1, trigger: .configFLR, revokedAfter: true, tdiAfter: "ERROR", notifications: 1,
          violations: ["UsableDeviceBuffersRestored"]),
-    Case(variant: .rfcV1, trigger: .hotReset, revokedAfter: false, tdiAfter: "CONFIG_UNLOCKED", notifications: 2, violations: gap),
+    Case(variant: .rfcV1, trigger: .hotReset, revokedAfter: false, tdiAfter: "CONFIG_UNLOCKED", notifications: 2, violations: []),
     Case(variant: .rfcV1, trigger: .externalFLR, revokedAfter: false, tdiAfter: "ERROR", notifications: 0,
-         violations: ["NoResetUnderLiveImport"] + gap),
+         violations: ["NoResetUnderLiveImport"]),
   ]
 
   @Test(arguments: cases)
@@ -192,9 +192,10 @@ extension Bench {
     let dev = try bench.fd(.vfioOpen(device: "nic0"))
     try bench.ok(.vfioBindIOMMUFD(fd: dev, private: true, vm: bench.td))
     let buf = try bench.exportBAR0(dev)
-    // reviewed: not mappable before the interface runs; the RFC hands it out at once.
+    // reviewed: not mappable before the interface runs; the RFC hands it out at once (but
+    // nothing maps it yet, so nothing is harmed).
     #expect(bench.priv(buf)?.revoked == (variant == .reviewed))
-    #expect(bench.violated() == (variant == .reviewed ? [] : Self.gap))
+    #expect(bench.violated().isEmpty)
   }
 }
 

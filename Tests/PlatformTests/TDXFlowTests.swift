@@ -197,13 +197,13 @@ extension Result {
     let (dev, _) = try teardown.tdSlot()
     try teardown.ok(.guestAcceptMMIO(vm: teardown.td, gpa: GPA(gpaBase), expectHPA: nil))
     try teardown.ok(.vfioSetMemoryDecode(fd: dev, enable: false))     // block, track, kick, unmap
-    #expect(teardown.machine.kvm.untrackedUnmaps == 0)
+    #expect(teardown.machine.kvm.observed.value.untrackedUnmaps == 0)
     #expect(teardown.violated().isEmpty)
 
     var early = try Bench(.reviewed)
     _ = try early.tdSlot()
     #expect(early.access(early.td, gpaBase + 0x2000) == .success(.guestAccess("killed")))
-    #expect(early.machine.kvm.unpunishedPendingAccesses == 0)
+    #expect(early.machine.kvm.observed.value.unpunishedPendingAccesses == 0)
     #expect(early.violated().isEmpty)
   }
 
@@ -211,9 +211,9 @@ extension Result {
   func aCountIsReportedByName(name: String) throws {
     var bench = try Bench(.reviewed)
     switch name {
-    case "NoUnmapBeforeTracking": bench.machine.kvm.untrackedUnmaps = 1
-    case "PendingAccessKillsTD": bench.machine.kvm.unpunishedPendingAccesses = 1
-    default: bench.machine.kvm.deadVMIoctls = 1
+    case "NoUnmapBeforeTracking": bench.machine.kvm.observed.value.untrackedUnmaps = 1
+    case "PendingAccessKillsTD": bench.machine.kvm.observed.value.unpunishedPendingAccesses = 1
+    default: bench.machine.kvm.observed.value.deadVMIoctls = 1
     }
     #expect(bench.violated() == [name])
   }

@@ -25,10 +25,10 @@ import KernelCore
          violated: ["UsableDeviceBuffersRestored", "RevokedImpliesNoSPTE", "NoKVMBugOn"]),
     Case(file: "slot-move.yaml", variant: .reviewed, failedExpectations: 0, violated: []),
     Case(file: "slot-move.yaml", variant: .rfcV1, failedExpectations: 1,
-         violated: ["PrivateMMIOOnlyWhileTDIRuns", "NoDanglingBinding", "NoMoveNotifyOnFreedSlot"]),
+         violated: ["NoDanglingBinding", "NoMoveNotifyOnFreedSlot"]),
     Case(file: "design-sample.yaml", variant: .reviewed, failedExpectations: 0, violated: []),
     Case(file: "design-sample.yaml", variant: .rfcV1, failedExpectations: 0,
-         violated: ["PrivateMMIOOnlyWhileTDIRuns", "NoKVMBugOn"]),
+         violated: ["NoKVMBugOn"]),
   ]
 
   static let examples = URL(fileURLWithPath: #filePath)

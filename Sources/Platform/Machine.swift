@@ -107,7 +107,7 @@ public struct Machine: Hashable, Sendable {
   /// was already in, so it would loop for ever; the result is ``OpFailure/livelock(_:)``.
   public mutating func perform(_ op: Operation, context: ContextID, contention: inout Contention) -> OpResult {
     var thread = startThread(op, context: context)
-    var lastRetry: (machine: Machine, thread: KernelThread)?
+    var lastRetry: (machine: Machine, thread: KernelThread, contention: Contention)?
     var retries = 0
     while true {
       switch step(&thread, choices: &contention) {
@@ -116,13 +116,14 @@ public struct Machine: Hashable, Sendable {
         if case .failure(let failure) = result { trace.emit(.platform, "-> \(failure)") }
         return result
       case .ran:
-        // At each retry the thread is back at the start of its access: if the machine and
-        // the thread equal what they were at the previous retry, nothing can ever change.
+        // At each retry the thread is back at the start of its access: if the machine, the
+        // thread and the contention still to come equal what they were at the previous retry,
+        // nothing can ever change.
         if thread.retries != retries {
           retries = thread.retries
-          var now = (machine: self, thread: thread)
+          var now = (machine: self, thread: thread, contention: contention)
           now.machine.canonicalize(&now.thread)
-          if let last = lastRetry, last.machine == now.machine, last.thread == now.thread {
+          if let last = lastRetry, last.machine == now.machine, last.thread == now.thread, last.contention == now.contention {
             let failure = OpFailure.livelock("\(thread.name): \(op.name) retries for ever (\(retries) retries, each back in the same state)")
             trace.emit(.platform, "-> \(failure)")
             return .failure(failure)

@@ -81,18 +81,6 @@ extension Bench {
             == .success(.guestAccess("accepted")))
   }
 
-  @Test func busyIsRetried() throws {
-    var bench = try Bench(.reviewed)
-    _ = try bench.tdSlot()
-    bench.machine.kvm.tdx.busyInjections = [BusyInjection(.seamcall(.mmioMap), operand: TDXOperand.sept),
-                                            BusyInjection(.seamcall(.mmioMap), operand: TDXOperand.sept)]
-    #expect(bench.machine.perform(.guestAcceptMMIO(vm: bench.td, gpa: GPA(gpaBase), expectHPA: nil))
-            == .success(.guestAccess("accepted")))
-    #expect(bench.machine.kvm.tdx.busyInjections.isEmpty)
-    #expect(bench.machine.trace.events.contains { $0.description.contains("after 2 retries") })
-    #expect(bench.violated().isEmpty)
-  }
-
   @Test func anUnexpectedStatusKillsTheVM() throws {
     var bench = try Bench(.reviewed)
     let dev = try bench.fd(.vfioOpen(device: "nic0"))

@@ -32,7 +32,7 @@ let package = Package(
     // that runs the same guest in the same process, so figures are compared side by side.
     .target(name: "CKVMShim", path: "Sources/CKVMShim"),
     .target(name: "CReferenceVMM", dependencies: ["CKVMShim"], path: "Sources/CReferenceVMM"),
-    .target(name: "HostKVM", dependencies: ["KernelCore", "DmaBuf", "Platform", "CKVMShim", "CReferenceVMM"]),
+    .target(name: "HostKVM", dependencies: ["KernelCore", "DmaBuf", "KVM", "Platform", "CKVMShim", "CReferenceVMM"]),
     .executableTarget(name: "pmmio", dependencies: [
       "KernelCore", "Platform", "Scenarios", "HostKVM",
       .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -46,7 +46,7 @@ let package = Package(
     .testTarget(name: "KVMTests", dependencies: ["KernelCore", "DmaBuf", "KVM"]),
     .testTarget(name: "PlatformTests", dependencies: ["KernelCore", "Platform", "PCI", "DmaBuf", "VFIO", "TDX", "KVM"]),
     .testTarget(name: "ScenariosTests", dependencies: ["KernelCore", "Platform", "Scenarios"]),
-    .testTarget(name: "HostKVMTests", dependencies: ["KernelCore", "Platform", "HostKVM"]),
+    .testTarget(name: "HostKVMTests", dependencies: ["KernelCore", "KVM", "Platform", "HostKVM"]),
     .testTarget(name: "pmmioTests", dependencies: ["pmmio"]),
   ]
 )

@@ -17,10 +17,14 @@ public struct DmaBufCore: Hashable, Sendable {
   public func attachment(_ id: AttachmentID) -> DmaBufAttachment? { attachments[id] }
 
   /// `dma_buf_export()`: a new buffer holding one file reference (the one `dma_buf_fd()` hands
-  /// to the new fd). - Throws: `EINVAL` for a size that is zero or not page aligned.
+  /// to the new fd). - Throws: `EINVAL` for a size that is zero or not page aligned (the
+  /// kernel checks only `!exp_info->size`; page alignment is the model's, every exporter here
+  /// exports whole pages).
   public mutating func export(size: UInt64, exporter: ExporterRef, openFlags: UInt32,
                               trace: inout Trace) throws(Errno) -> DmaBufID {
-    guard size > 0, size.isPageAligned else { throw .EINVAL }
+    guard size > 0, size.isPageAligned else {
+      throw Errno.EINVAL.because("dma_buf_export", "size 0x\(String(size, radix: 16)) is 0 or not page aligned")
+    }
     // Ids are the lowest unused number above every live one, so the state holds no counter
     // and a failed operation cannot leave one advanced.
     let id = buffers.keys.max()?.next ?? DmaBufID(1)
@@ -33,7 +37,7 @@ public struct DmaBufCore: Hashable, Sendable {
   /// `get_file(dmabuf->file)` / `dma_buf_get()`: one more reference.
   /// - Throws: `EBADF` for a buffer that no longer exists.
   public mutating func get(_ id: DmaBufID) throws(Errno) {
-    guard buffers[id] != nil else { throw .EBADF }
+    guard buffers[id] != nil else { throw Errno.EBADF.because("dma_buf_get", "dmabuf\(id.rawValue) is not a dma-buf") }
     buffers[id]!.fileRefs += 1
   }
 
@@ -49,18 +53,28 @@ public struct DmaBufCore: Hashable, Sendable {
     return buffer
   }
 
-  /// `dma_buf_dynamic_attach()` (or `dma_buf_attach()` for a non-dynamic importer).
-  ///
-  /// Order as in the kernel: a dynamic importer must supply `move_notify` (`EINVAL`, a WARN
-  /// there); `peer2peer` is what the importer allows; then the exporter's `attach` may refuse.
-  /// - Throws: `EBADF` for a buffer that does not exist, or the exporter's errno.
+  /// `dma_buf_dynamic_attach()` (or `dma_buf_attach()` for a non-dynamic importer), in
+  /// `drivers/dma-buf/dma-buf.c`'s order:
+  /// 1. `WARN_ON(importer_ops && !importer_ops->move_notify)` -> `EINVAL`;
+  /// 2. `attach->peer2peer = importer_ops->allow_peer2peer` (only importer_ops carry it);
+  /// 3. `dmabuf->ops->attach` may refuse (6.19 VFIO: no peer2peer `EOPNOTSUPP`, revoked
+  ///    `ENODEV`; the RFC's VFIO has no `.attach`, so a dynamic importer attaches even without
+  ///    peer2peer and even to a revoked buffer);
+  /// 4. a static importer of a dynamic exporter (`dma_buf_attachment_is_dynamic(attach) !=
+  ///    dma_buf_is_dynamic(dmabuf)`) is pinned right away (`dma_buf_pin()`, under resv): the
+  ///    RFC's VFIO refuses with `EINVAL`. (The RFC's base kernel does this at attach; later
+  ///    kernels pin a static importer at map time, which the model has no operation for.)
+  /// - Throws: `EBADF` for a buffer that does not exist, or the errno above.
   public mutating func attach(_ id: DmaBufID, importer: String, ops: ImporterOps,
                               exporter: some DmaBufExporter, trace: inout Trace) throws(Errno) -> AttachmentID {
-    guard let buffer = buffers[id] else { throw .EBADF }
-    if ops.dynamic && !ops.hasMoveNotify { throw .EINVAL }
+    guard let buffer = buffers[id] else { throw Errno.EBADF.because("dma_buf_get", "dmabuf\(id.rawValue) is not a dma-buf") }
+    if ops.dynamic && !ops.hasMoveNotify {
+      throw Errno.EINVAL.because("dma_buf_dynamic_attach", "WARN_ON(importer_ops && !importer_ops->move_notify)")
+    }
     // Only dynamic importers pass importer_ops, and only importer_ops carry allow_peer2peer.
     let peer2peer = ops.dynamic && ops.allowPeer2Peer
     try exporter.attach(buffer: buffer, peer2peer: peer2peer)
+    if !ops.dynamic && exporter.isDynamic { try exporter.pin(buffer: buffer) }
     let attachmentID = attachments.keys.max()?.next ?? AttachmentID(1)
     attachments[attachmentID] = DmaBufAttachment(id: attachmentID, buffer: id, importer: importer, ops: ops,
                                                  peer2peer: peer2peer, pinned: false)
@@ -73,22 +87,25 @@ public struct DmaBufCore: Hashable, Sendable {
 
   /// `dma_buf_detach()` followed by the importer's `dma_buf_put()`.
   /// - Returns: the buffer when that put was its last reference (the caller releases it).
-  /// - Throws: `EINVAL` for an attachment that does not exist.
+  /// - Throws: `EINVAL` for an attachment that does not exist (`WARN_ON(!dmabuf || !attach)`
+  ///   returns without an error in the kernel; the model's callers get `EINVAL`).
   public mutating func detach(_ attachmentID: AttachmentID, trace: inout Trace) throws(Errno) -> DmaBufObject? {
-    guard let attachment = attachments[attachmentID] else { throw .EINVAL }
+    guard let attachment = attachments[attachmentID] else {
+      throw Errno.EINVAL.because("dma_buf_detach", "attachment \(attachmentID.rawValue) does not exist")
+    }
     attachments[attachmentID] = nil
     buffers[attachment.buffer]?.attachments.removeAll { $0 == attachmentID }
     trace.emit(.dmabuf, "detach attachment \(attachmentID.rawValue) (\(attachment.importer)) from dmabuf\(attachment.buffer.rawValue)")
     return put(attachment.buffer, trace: &trace)
   }
 
-  /// `dma_buf_pin()`: only dynamic importers pin (a WARN and `EINVAL` otherwise here); the
-  /// exporter decides. - Throws: `EINVAL` for an unknown attachment, the exporter's errno.
+  /// `dma_buf_pin()`: `WARN_ON(!attach->importer_ops)` only warns; the exporter's `pin`
+  /// decides (`if (dmabuf->ops->pin) ret = dmabuf->ops->pin(attach)`).
+  /// - Throws: `EINVAL` for an unknown attachment (the model's), the exporter's errno.
   public mutating func pin(_ attachmentID: AttachmentID, exporter: some DmaBufExporter) throws(Errno) {
     guard let attachment = attachments[attachmentID], let buffer = buffers[attachment.buffer] else {
-      throw .EINVAL
+      throw Errno.EINVAL.because("dma_buf_pin", "attachment \(attachmentID.rawValue) does not exist")
     }
-    guard attachment.ops.dynamic else { throw .EINVAL }
     try exporter.pin(buffer: buffer)
     attachments[attachmentID]!.pinned = true
   }

@@ -154,10 +154,16 @@ public struct MemslotPlan: Hashable, Sendable {
   public func checkDmaBuf(_ buffer: DmaBufDescription, variant: Variant) throws(Errno) {
     switch variant {
     case .rfcV1:
-      guard region.guestMemfdOffset == 0, region.memorySize == buffer.size else { throw .EINVAL }
+      // kvm_vfio_dmabuf_bind(): `size != dmabuf->size` right after dma_buf_get(); the offset
+      // was checked to be 0 before (prepareSetUserMemoryRegion2).
+      guard region.memorySize == buffer.size else {
+        throw Errno.EINVAL.because("kvm_vfio_dmabuf_bind", "size 0x\(String(region.memorySize, radix: 16)) != dmabuf->size 0x\(String(buffer.size, radix: 16))")
+      }
     case .reviewed:
       let (end, overflow) = region.guestMemfdOffset.addingReportingOverflow(region.memorySize)
-      guard !overflow, end <= buffer.size else { throw .EINVAL }
+      guard !overflow, end <= buffer.size else {
+        throw Errno.EINVAL.because("kvm_vfio_dmabuf_bind", "model (reviewed): offset + size past the dma-buf's end")
+      }
     }
   }
 }

@@ -2,18 +2,21 @@ import Testing
 import KernelCore
 @testable import DmaBuf
 
-/// An exporter whose answers a test sets: revoked or not, p2p required or not, get_pfn or not.
+/// An exporter whose answers a test sets: revoked or not, p2p required or not, get_pfn or not,
+/// a `.pin` op (refusing, as VFIO's) or none.
 struct FakeExporter: DmaBufExporter {
   var revoked = false
   var requiresPeer2Peer = true
   var hasGetPfn = true
+  var hasPin = false
   var base = PFN(0x4000000)
+  var isDynamic: Bool { hasPin }
 
   func attach(buffer: DmaBufObject, peer2peer: Bool) throws(Errno) {
     if requiresPeer2Peer && !peer2peer { throw .EOPNOTSUPP }
     if revoked { throw .ENODEV }
   }
-  func pin(buffer: DmaBufObject) throws(Errno) { throw .EOPNOTSUPP }
+  func pin(buffer: DmaBufObject) throws(Errno) { if hasPin { throw .EOPNOTSUPP } }
   func getPfn(buffer: DmaBufObject, pgoff: PageIndex) -> Result<PFNLookup, Errno>? {
     guard hasGetPfn else { return nil }
     if revoked { return .failure(.ENODEV) }
@@ -89,6 +92,11 @@ func makeCore(size: UInt64 = 0x4000) throws -> (DmaBufCore, DmaBufID) {
     Case(label: "revoked", ops: dynamicP2P, exporter: FakeExporter(revoked: true), expected: .ENODEV),
     Case(label: "exporter accepting static importers", ops: ImporterOps(dynamic: false, hasMoveNotify: false, allowPeer2Peer: false),
          exporter: FakeExporter(requiresPeer2Peer: false), expected: nil),
+    // dma_buf_dynamic_attach(): a static importer of a dynamic exporter (one with .pin) is
+    // pinned at attach, and the exporter's refusal fails the attach (the RFC's VFIO: EINVAL).
+    Case(label: "static importer of a dynamic exporter is pinned at attach",
+         ops: ImporterOps(dynamic: false, hasMoveNotify: false, allowPeer2Peer: false),
+         exporter: FakeExporter(requiresPeer2Peer: false, hasPin: true), expected: .EOPNOTSUPP),
   ]
 
   @Test(arguments: cases)
@@ -124,12 +132,16 @@ func makeCore(size: UInt64 = 0x4000) throws -> (DmaBufCore, DmaBufID) {
     #expect(throws: Errno.EINVAL) { try core.detach(a, trace: &trace) }
   }
 
-  @Test func pinIsForDynamicImportersAndTheExporterDecides() throws {
+  /// `dma_buf_pin()`: `WARN_ON(!attach->importer_ops)` only warns; `if (dmabuf->ops->pin)`
+  /// the exporter decides, and without the op the pin succeeds.
+  @Test func theExporterDecidesAPin() throws {
     var (core, id) = try makeCore()
     var trace = Trace()
     let a = try core.attach(id, importer: "t", ops: dynamicP2P, exporter: FakeExporter(), trace: &trace)
-    #expect(throws: Errno.EOPNOTSUPP) { try core.pin(a, exporter: FakeExporter()) }
+    #expect(throws: Errno.EOPNOTSUPP) { try core.pin(a, exporter: FakeExporter(hasPin: true)) }
     #expect(core.attachment(a)?.pinned == false)
+    try core.pin(a, exporter: FakeExporter())
+    #expect(core.attachment(a)?.pinned == true)
     #expect(throws: Errno.EINVAL) { try core.pin(AttachmentID(42), exporter: FakeExporter()) }
   }
 }

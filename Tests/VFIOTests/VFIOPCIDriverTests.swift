@@ -148,3 +148,88 @@ struct Rig {
     #expect(rig.driver.device(rig.device)?.memoryLock.isLocked == false)
   }
 }
+
+/// `vfio_pci_core_feature_dma_buf()` per variant: two violations at once, the earlier check
+/// answers, with its function. Sources: 6.19 `drivers/vfio/pci/vfio_pci_dmabuf.c`; RFC patch 4
+/// `check_dma_ranges()`.
+@Suite struct ExportCheckOrderTests {
+  struct Case: CustomTestStringConvertible, Sendable {
+    let name: String
+    let variant: Variant
+    let regionIndex: UInt32
+    let flags: UInt32
+    let ranges: [VFIODmaRange]
+    let errno: Errno
+    let function: String
+    var testDescription: String { "\(name) [\(variant)]" }
+  }
+
+  static let cases: [Case] = [
+    Case(name: "flags before the region index", variant: .reviewed, regionIndex: 9, flags: 1,
+         ranges: [VFIODmaRange(regionIndex: 9, offset: 0, length: 0x1000)], errno: .EINVAL, function: "vfio_pci_core_feature_dma_buf"),
+    Case(name: "region index before the ranges", variant: .reviewed, regionIndex: 6, flags: 0,
+         ranges: [VFIODmaRange(regionIndex: 6, offset: 0x10, length: 0)], errno: .ENODEV, function: "vfio_pci_core_feature_dma_buf"),
+    Case(name: "range shape before the BAR", variant: .reviewed, regionIndex: 1, flags: 0,
+         ranges: [VFIODmaRange(regionIndex: 1, offset: 0x10, length: 0x1000)], errno: .EINVAL, function: "validate_dmabuf_input"),
+    Case(name: "no provider for a missing BAR", variant: .reviewed, regionIndex: 1, flags: 0,
+         ranges: [VFIODmaRange(regionIndex: 1, offset: 0, length: 0x1000)], errno: .EINVAL, function: "vfio_pci_core_get_dmabuf_phys"),
+    Case(name: "overflow", variant: .reviewed, regionIndex: 0, flags: 0,
+         ranges: [VFIODmaRange(regionIndex: 0, offset: ~UInt64(0xfff), length: 0x1000)], errno: .EOVERFLOW, function: "vfio_pci_core_fill_phys_vec"),
+    Case(name: "past the BAR", variant: .reviewed, regionIndex: 0, flags: 0,
+         ranges: [VFIODmaRange(regionIndex: 0, offset: 0x40_0000, length: 0x1000)], errno: .EINVAL, function: "vfio_pci_core_fill_phys_vec"),
+    Case(name: "rfc: region index past BAR 5", variant: .rfcV1, regionIndex: 6, flags: 0,
+         ranges: [VFIODmaRange(regionIndex: 6, offset: 0, length: 0x1000)], errno: .EINVAL, function: "check_dma_ranges"),
+    Case(name: "rfc: zero-size BAR before the range shape", variant: .rfcV1, regionIndex: 1, flags: 0,
+         ranges: [VFIODmaRange(regionIndex: 1, offset: 0x10, length: 0x10)], errno: .EINVAL, function: "check_dma_ranges"),
+    Case(name: "rfc: offset at the BAR's end", variant: .rfcV1, regionIndex: 0, flags: 0,
+         ranges: [VFIODmaRange(regionIndex: 0, offset: 0x40_0000, length: 0x1000)], errno: .EINVAL, function: "check_dma_ranges"),
+  ]
+
+  @Test(arguments: cases)
+  func theEarlierCheckAnswers(_ c: Case) throws {
+    var rig = try Rig(c.variant)
+    let before = rig.driver
+    do {
+      _ = try rig.driver.exportDmaBuf(rig.file, request: VFIODeviceFeatureDmaBuf(regionIndex: c.regionIndex, openFlags: 0,
+                                                                                flags: c.flags, ranges: c.ranges),
+                                      dmabufCore: &rig.core, trace: &rig.trace)
+      Issue.record("exported")
+    } catch {
+      #expect(error == c.errno)
+      #expect(error.reason?.function == c.function)
+    }
+    #expect(rig.driver == before)
+  }
+
+  /// Patch 4 has no `.attach`: a dynamic importer attaches without peer2peer and to a revoked
+  /// buffer; a static importer is pinned at attach and `vfio_pci_dma_buf_pin` says `EINVAL`.
+  /// 6.19's `.attach` refuses both, and its `.pin` says `EOPNOTSUPP`.
+  @Test(arguments: Variant.allCases)
+  func attachAndPinPerVariant(_ variant: Variant) throws {
+    var rig = try Rig(variant)
+    let buffer = try rig.export([(0, 0x1000)])
+    let noP2P = ImporterOps(dynamic: true, hasMoveNotify: true, allowPeer2Peer: false)
+    let staticOps = ImporterOps(dynamic: false, hasMoveNotify: false, allowPeer2Peer: false)
+    var core = rig.core, trace = Trace()
+    func attach(_ ops: ImporterOps, _ exporter: VFIOPCIDriver) -> Errno? {
+      do { _ = try core.attach(buffer, importer: "t", ops: ops, exporter: exporter, trace: &trace); return nil }
+      catch { return error }
+    }
+    #expect(attach(noP2P, rig.driver) == (variant == .reviewed ? .EOPNOTSUPP : nil))
+    #expect(attach(staticOps, rig.driver) == (variant == .reviewed ? .EOPNOTSUPP : .EINVAL))
+    rig.driver.dmabufs[buffer]?.revoked = true
+    #expect(attach(ImporterOps(dynamic: true, hasMoveNotify: true, allowPeer2Peer: true), rig.driver) == (variant == .reviewed ? .ENODEV : nil))
+  }
+
+  /// Patch 8: a private mmap-capable BAR reports PRIVATE alone; read/write `EINVAL`
+  /// (`vfio_pci_bar_rw`), mmap `EINVAL` (`vfio_pci_core_mmap`, `is_private` first).
+  @Test(arguments: Variant.allCases)
+  func privateBarIsHostUnaccessible(_ variant: Variant) throws {
+    var rig = try Rig(variant, private: true)
+    #expect(try rig.driver.regionInfo(rig.file, index: 0).flags == [.private])
+    do { _ = try rig.driver.regionAccess(rig.file, index: 0, offset: 0, size: 4, isWrite: false, trace: &rig.trace); Issue.record("read") }
+    catch { #expect(error == .EINVAL && error.reason?.function == "vfio_pci_bar_rw") }
+    do { try rig.driver.mmap(rig.file, index: 7, trace: &rig.trace); Issue.record("mmap") }
+    catch { #expect(error == .EINVAL && error.reason?.check == "vdev->vdev.is_private") }
+  }
+}

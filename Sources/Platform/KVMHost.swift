@@ -64,29 +64,40 @@ public struct KVMObservations: Hashable, Sendable {
 }
 
 extension KVMHost {
+  /// `TDX_ERROR_SEPT_BUSY` in the RFC's `arch/x86/virt/vmx/tdx/tdx.h`:
+  /// `TDX_OPERAND_BUSY | TDX_OPERAND_ID_SEPT`, 0x8000020000000092.
+  static let septBusy = TDXStatus.operandBusy.with(operand: TDXOperand.sept)
+
   /// A SEAMCALL as KVM's TDX glue makes it and classifies its status.
   ///
-  /// `TDX_OPERAND_BUSY` is retried. In `rfc-v1`, `tdx_mmio_map()` tests
+  /// `reviewed` retries `TDX_OPERAND_BUSY` whatever its operand (upstream's
+  /// `tdx_operand_busy()`). `rfc-v1` does what patch 12 does: `tdx_mmio_map()` tests
   /// `err & TDX_OPERAND_BUSY`, a bit test that every error passes (bit 63 is set in every
-  /// error status): every failed `TDH.MMIO.MAP` is `-EBUSY` and the fault retries. Anything
-  /// else unexpected is `KVM_BUG_ON`: recorded, and the caller marks the VM dead.
-  /// - Parameter contended: the driver chose `TDX_OPERAND_BUSY` for this call; the module is
+  /// error status), so every failed `TDH.MMIO.MAP` is `-EBUSY` and the fault retries; BLOCK
+  /// and UNMAP compare with `TDX_ERROR_SEPT_BUSY` (`TDX_OPERAND_BUSY | TDX_OPERAND_ID_SEPT`)
+  /// exactly, so a busy status with another operand is `KVM_BUG_ON`. Anything else unexpected
+  /// is `KVM_BUG_ON`: recorded, and the caller marks the VM dead.
+  /// - Parameter contended: the busy status the driver chose for this call; the module is
   ///   not called.
-  mutating func seamcall(_ vm: VMID, _ call: SeamcallLeaf, variant: Variant, contended: Bool,
+  mutating func seamcall(_ vm: VMID, _ call: SeamcallLeaf, variant: Variant, contended: TDXStatus?,
                          trace: inout Trace, _ what: @autoclosure () -> String,
                          _ body: (inout TDXModule) throws(TDXStatus) -> Void) -> SecureCallResult {
     let status: TDXStatus?
-    if contended {
-      status = TDXStatus.operandBusy.with(operand: TDXOperand.sept)
-      trace.emit(.tdx, "\(call)(\(call.rawValue)) \(what()) -> TDX_OPERAND_BUSY (contention)")
+    if let contended {
+      status = contended
+      trace.emit(.tdx, "\(call)(\(call.rawValue)) \(what()) -> \(contended) (contention)")
     } else {
       do { try body(&tdx); status = nil } catch { status = error }
       trace.absorb(&tdx.trace)
     }
     guard let status else { return .success }
-    if status.code == TDXStatus.operandBusy { return .busy }
-    if call == .mmioMap && variant == .rfcV1 && status.rawValue & TDXStatus.operandBusy.rawValue != 0 {
-      return .busy
+    switch (variant, call) {
+    case (.rfcV1, .mmioMap):
+      if status.rawValue & TDXStatus.operandBusy.rawValue != 0 { return .busy }
+    case (.rfcV1, .mmioBlock), (.rfcV1, .mmioUnmap):
+      if status == Self.septBusy { return .busy }
+    default:
+      if status.code == TDXStatus.operandBusy { return .busy }
     }
     observed.value.bugs.append("vm\(vm.rawValue): \(call) \(what()) returned \(status)")
     return .failed(status: status.rawValue)

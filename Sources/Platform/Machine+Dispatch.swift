@@ -62,11 +62,11 @@ extension Machine {
 
     // MARK: Paths
     case .vfioSetMemoryDecode(let fd, let enable):
-      return try startMove(op, frame: &frame, thread: thread) { (d: VFIOPCIDriver, f) throws(Errno) in
+      return try startMove(op, frame: &frame, thread: thread, use: .other) { (d: VFIOPCIDriver, f) throws(Errno) in
         try d.setMemoryDecode(f, enable: enable, context: ctx)
       } fd: { fd }
     case .vfioSetPower(let fd, let state):
-      return try startMove(op, frame: &frame, thread: thread) { (d: VFIOPCIDriver, f) throws(Errno) in
+      return try startMove(op, frame: &frame, thread: thread, use: .other) { (d: VFIOPCIDriver, f) throws(Errno) in
         try d.setPowerState(f, state: state == .d0 ? .d0 : .d3hot, context: ctx)
       } fd: { fd }
     case .vfioReset(let fd), .vfioFLR(let fd), .vfioHotReset(let fd):
@@ -75,8 +75,9 @@ extension Machine {
       case .vfioFLR: .configFLR
       default: .hotReset
       }
-      return try startMove(op, frame: &frame, thread: thread) { (d: VFIOPCIDriver, f) throws(Errno) in
-        try d.reset(f, kind: kind, context: ctx)
+      // A config-space FLR is a pwrite; VFIO_DEVICE_RESET and the hot reset are ioctls.
+      return try startMove(op, frame: &frame, thread: thread, use: kind == .configFLR ? .other : .ioctl) {
+        (d: VFIOPCIDriver, f) throws(Errno) in try d.reset(f, kind: kind, context: ctx)
       } fd: { fd }
     case .vfioClose(let fd), .dmabufClose(let fd), .kvmDestroyVM(let fd):
       return try close(fd, op: op, frame: &frame, ctx: ctx)
@@ -126,11 +127,11 @@ extension Machine {
   }
 
   /// A VFIO revoke/restore path started from a device fd; a bad fd fails at once.
-  private mutating func startMove(_ op: Operation, frame: inout Frame, thread: KernelThread,
+  private mutating func startMove(_ op: Operation, frame: inout Frame, thread: KernelThread, use: FileUse,
                                   _ make: (VFIOPCIDriver, VFIOFileID) throws(Errno) -> DmaBufMovePath,
                                   fd: () -> FD) throws(LockViolation) -> FrameStep {
     var path: DmaBufMovePath
-    do { path = try make(vfio, try vfioFile(fd())) } catch { return .ranAndReturned(Self.label(op), .failure(.errno(error))) }
+    do { path = try make(vfio, try vfioFile(fd(), use)) } catch { return .ranAndReturned(Self.label(op), .failure(.errno(error))) }
     defer { frame = .dmaBufMove(path, result: .success(.none)) }
     return try stepDmaBufMove(&path, result: .success(.none), ctx: thread.context)
   }

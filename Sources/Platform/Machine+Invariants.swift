@@ -92,7 +92,7 @@ extension Machine {
               harm: "a guest accesses MMIO of a function in the middle of a reset: lost or corrupted device state, and for a TD a TDI reset behind its back",
               kind: .history, check: { $0.resetsUnderLiveImport() }),
     Invariant(name: "PrivateMMIOOnlyWhileTDIRuns",
-              summary: "a TD's Secure-EPT MMIO entries (pending or accepted) belong to a TDI in RUN",
+              summary: "a TD's accepted Secure-EPT MMIO belongs to a TDI in RUN, and its pending MMIO to one locked or in RUN",
               harm: "the TD maps, accepts or keeps MMIO of an interface it can no longer trust (stopped, reset, in ERROR): the device may no longer enforce TEE isolation for it",
               kind: .quiescent, check: { $0.privateMappingsWithoutRun() }),
     Invariant(name: "NoAcceptOfNonRunningTDI",
@@ -213,13 +213,17 @@ extension Machine {
       .map { "vfio-dev\($0.id.rawValue) was reset \($0.resetsUnderLiveImport) time(s) while importers could map its buffers" }
   }
 
-  /// Secure-EPT MMIO entries (pending or accepted) whose device's TDI is not RUN.
+  /// Accepted Secure-EPT MMIO entries whose device's TDI is not RUN, and pending ones whose
+  /// TDI is not locked or running (the host may map once the interface is locked; the guest
+  /// accepts after START).
   func privateMappingsWithoutRun() -> [String] {
     var out: [String] = []
     for (vm, td) in kvm.tds {
       guard let state = kvm.tdx.tds[td] else { continue }
       for (gpa, entry) in state.sept where entry.state == .mmioPending || entry.state == .mmioMapped {
-        guard let device = device(owning: entry.hpa), let tdi = vfio.device(device)?.function.tdiState, tdi != .run else { continue }
+        guard let device = device(owning: entry.hpa), let tdi = vfio.device(device)?.function.tdiState else { continue }
+        let allowed = entry.state == .mmioMapped ? tdi == .run : tdi.isLocked
+        guard !allowed else { continue }
         out.append("vm\(vm.rawValue) maps \(gpa) -> \(entry.hpa) (\(entry.state)) while the TDI of vfio-dev\(device.rawValue) is \(tdi.specName)")
       }
     }

@@ -167,18 +167,37 @@ extension Machine {
     try errno { () throws(Errno) in try device(named: name) }
   }
 
-  func vfioFile(_ fd: FD) throws(Errno) -> VFIOFileID {
-    guard case .vfioDevice(let id) = try files.lookup(fd) else { throw .EINVAL }
+  /// How an operation reaches the file behind an fd, which decides what a file of the wrong
+  /// kind answers.
+  enum FileUse {
+    /// An ioctl: the wrong file's `unlocked_ioctl` has no such command (its `default:` case),
+    /// `ENOTTY`.
+    case ioctl
+    /// `pread`/`pwrite`, or a kernel lookup that checks the file's ops (`dma_buf_get()`,
+    /// an fd passed as an ioctl argument): `EINVAL`.
+    case other
+  }
+
+  func vfioFile(_ fd: FD, _ use: FileUse = .ioctl) throws(Errno) -> VFIOFileID {
+    guard case .vfioDevice(let id) = try files.lookup(fd) else {
+      throw use == .ioctl ? Errno.ENOTTY.because("vfio_device_fops_unl_ioctl", "\(fd) is not a VFIO device: no such ioctl")
+        : Errno.EINVAL.because("vfio_device_fops_read", "\(fd) is not a VFIO device file")
+    }
     return id
   }
 
   func dmaBuf(_ fd: FD) throws(Errno) -> DmaBufID {
-    guard case .dmaBuf(let id) = try files.lookup(fd) else { throw .EINVAL }
+    guard case .dmaBuf(let id) = try files.lookup(fd) else {
+      throw Errno.EINVAL.because("dma_buf_get", "\(fd) is not a dma-buf (is_dma_buf_file() fails)")
+    }
     return id
   }
 
-  func vm(_ fd: FD) throws(Errno) -> VMID {
-    guard case .vm(let id) = try files.lookup(fd) else { throw .EINVAL }
+  func vm(_ fd: FD, _ use: FileUse = .ioctl) throws(Errno) -> VMID {
+    guard case .vm(let id) = try files.lookup(fd) else {
+      throw use == .ioctl ? Errno.ENOTTY.because("kvm_vm_ioctl", "\(fd) is not a KVM VM: no such ioctl")
+        : Errno.EINVAL.because("kvm_get_kvm_safe", "\(fd) is not a KVM VM file")
+    }
     return id
   }
 

@@ -20,6 +20,9 @@ public struct KernelThread: Hashable, Sendable {
   var stack: [Frame]
   /// Set once the operation is over.
   public private(set) var result: OpResult?
+  /// The operation's VM was already dead when it began (an ioctl that then succeeds breaks
+  /// `DeadVMAcceptsNoIoctl`; one whose VM dies during it does not).
+  var beganOnDeadVM = false
   /// Regions run (history, outside equality).
   public var observed = Observed(ThreadStatistics())
 
@@ -82,17 +85,24 @@ public enum ThreadStep: Sendable {
 ///
 /// The module's calls are atomic here, so no other logical processor can hold one of their
 /// operands; `TDX_OPERAND_BUSY` comes only from the driver. `busy` lists the calls to fail
-/// with it, consumed in order by the first matching SEAMCALL or TDCALL: a `run` takes them
-/// from the scenario, the explorer can branch on them.
+/// with it, consumed in order by the first matching SEAMCALL: a `run` takes them from the
+/// scenario, the explorer can branch on them.
 public struct Contention: Hashable, Sendable {
-  public var busy: [TDXCall]
-  public init(busy: [TDXCall] = []) { self.busy = busy }
+  /// One forced `TDX_OPERAND_BUSY`: which call, and the operand the status names (the
+  /// Secure-EPT lock by default, as `TDX_ERROR_SEPT_BUSY`).
+  public struct Busy: Hashable, Sendable {
+    public var call: SeamcallLeaf
+    public var operand: UInt32
+    public init(_ call: SeamcallLeaf, operand: UInt32 = TDXOperand.sept) { self.call = call; self.operand = operand }
+  }
 
-  /// Whether the next `call` is to be busy (consuming the choice).
-  mutating func takeBusy(_ call: TDXCall) -> Bool {
-    guard let i = busy.firstIndex(of: call) else { return false }
-    busy.remove(at: i)
-    return true
+  public var busy: [Busy]
+  public init(busy: [Busy] = []) { self.busy = busy }
+
+  /// The busy status the next `call` is to return, if the driver chose one (consuming it).
+  mutating func takeBusy(_ call: SeamcallLeaf) -> TDXStatus? {
+    guard let i = busy.firstIndex(where: { $0.call == call }) else { return nil }
+    return TDXStatus.operandBusy.with(operand: busy.remove(at: i).operand)
   }
 }
 
@@ -150,6 +160,7 @@ extension Machine {
     if let result = thread.result { return .finished(result) }
     defer { trace.absorb(&kvm.tdx.trace) }
     let saved = thread
+    if case .start(let op)? = thread.stack.first, thread.stack.count == 1 { thread.beganOnDeadVM = targetsDeadVM(op) }
     do throws(LockViolation) {
       while true {
         let outcome = try stepFrame(&thread.stack[thread.stack.count - 1], thread: thread, choices: &choices)
@@ -203,7 +214,7 @@ extension Machine {
     if let lock = locksHeld(by: thread.context).first {
       throw LockViolation(lock: lock, message: "\(thread.name) finished \(thread.operation.name) still holding it")
     }
-    if case .success = result, targetsDeadVM(thread.operation) { kvm.observed.value.deadVMIoctls += 1 }
+    if case .success = result, thread.beganOnDeadVM { kvm.observed.value.deadVMIoctls += 1 }
     return result
   }
 

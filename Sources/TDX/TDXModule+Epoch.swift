@@ -37,14 +37,16 @@ extension TDXModule {
   /// (`kvm_make_all_cpus_request(KVM_REQ_OUTSIDE_GUEST_MODE)`).
   /// - Returns: no output registers.
   /// - Throws: `TDX_OPERAND_BUSY` (injected); `TDX_OPERAND_INVALID` (RCX) for an unknown TD;
-  ///   `TDX_NON_RECOVERABLE_TD` for a fatal one; `TDX_PREVIOUS_TLB_EPOCH_BUSY` (operand
-  ///   TD_EPOCH) while a vCPU still runs in the previous epoch.
+  ///   `TDX_NON_RECOVERABLE_TD` for a fatal one; `TDX_PREVIOUS_TLB_EPOCH_BUSY` (no operand)
+  ///   while a vCPU still runs in the previous epoch.
   public mutating func tdhMemTrack(td: TDID) throws(TDXStatus) {
     try traced("TDH.MEM.TRACK td \(td)") { (m: inout TDXModule) throws(TDXStatus) in
       try m.consumeBusy(.seamcall(.memTrack), td: td)
       let state = try m.liveTD(td, register: TDXOperand.rcx)
       guard state.refcount[Int((state.epoch &- 1) & 1)] == 0 else {
-        throw TDXStatus.previousTLBEpochBusy.with(operand: TDXOperand.tdEpoch)
+        // tdh_mem_track.c returns the bare status, with no operand.
+        throw TDXStatus.previousTLBEpochBusy
+          .because("TDH.MEM.TRACK", "vCPUs still run in the previous epoch (refcount \(state.refcount[Int((state.epoch &- 1) & 1)]))")
       }
       m.tds[td]?.epoch = state.epoch &+ 1
     }

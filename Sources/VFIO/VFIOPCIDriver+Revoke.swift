@@ -22,12 +22,18 @@ extension VFIOPCIDriver {
   }
 
   /// Whether the device's buffers may be mapped by importers: memory enabled and, in
-  /// `reviewed`, for a private device only while its TDI runs. The RFC restores on memory
-  /// enable alone, so after a reset a TD could map MMIO of an interface it no longer trusts
-  /// (nothing in patch 12 checks the TDI state).
+  /// `reviewed`, for a private device only while its TDI is locked (CONFIG_LOCKED) or runs.
+  ///
+  /// The TDX Connect flow decides the rule: TDH.MMIO.MAP checks no TDISP state, the module
+  /// has the DEVIF and the MMIOMT from LOCK on, and START_INTERFACE is the TD's own request,
+  /// after which it accepts. So the VMM creates the memslot, and the host may map pages
+  /// MMIO_PENDING, once the interface is locked; the guest accepts only after START. When the
+  /// interface leaves LOCKED or RUN (STOP, an FLR into ERROR) the buffers are revoked. The RFC
+  /// restores on memory enable alone, so after a reset a TD could map MMIO of an interface it
+  /// no longer trusts (nothing in patch 12 checks the TDI state).
   public func buffersUsable(_ id: VFIODeviceID) -> Bool {
     guard let device = devices[id], device.memoryEnabled else { return false }
-    return variant == .rfcV1 || !device.isPrivate || device.function.tdiState == .run
+    return variant == .rfcV1 || !device.isPrivate || device.function.tdi?.state.isLocked == true
   }
 
   /// Records a reset of the device's function that importers may not have been told of: one

@@ -207,3 +207,39 @@ extension Result {
     #expect(bench.violated() == [name])
   }
 }
+
+/// When the host may map a private device's MMIO, per the TDX Connect flow: TDH.MMIO.MAP checks
+/// no TDISP state and the DEVIF and MMIOMT exist from LOCK on, while the guest accepts only
+/// after its own START_INTERFACE. So in `reviewed` the buffer is usable once the interface is
+/// locked: the VMM creates the memslot before the guest runs, the host maps pending MMIO, the
+/// guest starts the interface and accepts.
+@Suite struct TDXConnectOrderTests {
+  @Test func theSlotComesBeforeStartAndTheAcceptAfterIt() throws {
+    var bench = try Bench(.reviewed)
+    let dev = try bench.fd(.vfioOpen(device: "nic0"))
+    try bench.ok(.vfioBindIOMMUFD(fd: dev, private: true, vm: bench.td))
+    try bench.ok(.tdispLock(device: "nic0"))
+    try bench.bindToTD()
+    let buf = try bench.exportBAR0(dev)
+    #expect(bench.priv(buf)?.revoked == false, "live while CONFIG_LOCKED")
+    try bench.ok(.kvmSetUserMemoryRegion2(vm: bench.td, region: MemoryRegion2(
+      slot: 1, flags: vfioDmaBuf, guestPhysAddr: gpaBase, memorySize: Bench.bar0, guestMemfd: buf.rawValue)))
+    try bench.ok(.tdispStart(device: "nic0", nonce: .echo))
+    #expect(try bench.ok(.guestAcceptMMIO(vm: bench.td, gpa: GPA(gpaBase), expectHPA: nil)) == .guestAccess("accepted"))
+    // A second accept of the same page is the module's warning, not an error.
+    #expect(try bench.ok(.guestAcceptMMIO(vm: bench.td, gpa: GPA(gpaBase), expectHPA: nil)) == .guestAccess("already_accepted"))
+    #expect(bench.access(bench.td, gpaBase) == .success(.guestAccess("already_mapped")))
+    #expect(bench.violated().isEmpty)
+  }
+
+  /// The RFC's real defect: after a reset the buffer is restored on memory enable alone, and
+  /// nothing checks the TDI state, so the TD maps and accepts MMIO of an interface in ERROR.
+  @Test func rfcV1MapsAndAcceptsMMIOOfAnInterfaceInError() throws {
+    var bench = try Bench(.rfcV1)
+    let (dev, _) = try bench.tdSlot()
+    try bench.ok(.vfioReset(fd: dev))
+    #expect(bench.machine.vfio.device(VFIODeviceID(1))?.function.tdiState == .error)
+    #expect(try bench.ok(.guestAcceptMMIO(vm: bench.td, gpa: GPA(gpaBase), expectHPA: nil)) == .guestAccess("accepted"))
+    #expect(bench.violated() == ["PrivateMMIOOnlyWhileTDIRuns", "NoAcceptOfNonRunningTDI"])
+  }
+}

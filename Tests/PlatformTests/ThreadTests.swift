@@ -371,11 +371,30 @@ extension Bench {
   func busyIsRetried(variant: Variant) throws {
     var bench = try Bench(variant)
     _ = try bench.tdSlot()
-    var contention = Contention(busy: [.seamcall(.mmioMap), .seamcall(.mmioMap)])
+    var contention = Contention(busy: [.init(.mmioMap), .init(.mmioMap)])
     #expect(bench.machine.perform(.guestAcceptMMIO(vm: bench.td, gpa: GPA(gpaBase), expectHPA: nil), context: .ioctl,
                                   contention: &contention) == .success(.guestAccess("accepted")))
     #expect(contention.busy.isEmpty)
     #expect(bench.machine.trace.events.contains { $0.description.contains("after 2 retries") })
     #expect(bench.violated().isEmpty)
+  }
+
+  /// Patch 12 retries BLOCK and UNMAP only on exactly TDX_ERROR_SEPT_BUSY: a busy status
+  /// naming another operand (the module reports a busy Secure-EPT entry with operand RCX) is
+  /// KVM_BUG_ON in rfc-v1; reviewed retries any TDX_OPERAND_BUSY, as tdx_operand_busy() does.
+  @Test(arguments: Variant.allCases, [TDXOperand.sept, TDXOperand.rcx])
+  func busyBlockWithAnOperand(variant: Variant, operand: UInt32) throws {
+    var bench = try Bench(variant)
+    _ = try bench.tdSlot()
+    try bench.ok(.guestAcceptMMIO(vm: bench.td, gpa: GPA(gpaBase), expectHPA: nil))
+    try bench.ok(.tdxStreamBlock(device: "nic0"))   // so UNMAP may succeed with the TDI running
+    var contention = Contention(busy: [.init(.mmioBlock, operand: operand)])
+    let result = bench.machine.perform(.kvmSetUserMemoryRegion2(vm: bench.td, region: MemoryRegion2(
+      slot: 1, flags: vfioDmaBuf, guestPhysAddr: gpaBase, memorySize: 0)), context: .ioctl, contention: &contention)
+    #expect(result == .success(.none))
+    let killed = variant == .rfcV1 && operand != TDXOperand.sept
+    #expect(bench.vm(bench.td)?.isDead == killed)
+    // KVM_BUG_ON in the flush: the slot goes, the TD's mapping stays (unreachable, the TD is dead).
+    #expect(bench.violated() == (killed ? ["NoSPTEOutsideMemslot", "NoKVMBugOn"] : []))
   }
 }

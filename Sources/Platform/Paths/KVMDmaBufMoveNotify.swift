@@ -98,7 +98,7 @@ struct TDXSEPTZap: Hashable, Sendable {
 
   private func call(_ leaf: SeamcallLeaf, _ m: inout Machine, _ choices: inout Contention, _ what: String,
                     _ body: (inout TDXModule) throws(TDXStatus) -> Void) -> SecureCallResult {
-    let contended = choices.takeBusy(.seamcall(leaf))
+    let contended = choices.takeBusy(leaf)
     return m.kvm.seamcall(vm, leaf, variant: m.variant, contended: contended, trace: &m.trace, what, body)
   }
 }

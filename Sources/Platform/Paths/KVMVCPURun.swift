@@ -103,7 +103,7 @@ struct VCPURun: Hashable, Sendable {
         guard let td = m.kvm.tds[vm] else {
           throw LockViolation(lock: "kvm->mmu_lock", message: "a secure map on a VM without a TD")
         }
-        let contended = choices.takeBusy(.seamcall(.mmioMap))
+        let contended = choices.takeBusy(.mmioMap)
         let result = m.kvm.seamcall(vm, .mmioMap, variant: m.variant, contended: contended, trace: &m.trace,
                                     "\(gpa)") { (module: inout TDXModule) throws(TDXStatus) in
           try module.tdhMMIOMap(td: td, gpa: gpa, level: SEPTLevel(level), hpa: hpa)
@@ -160,6 +160,8 @@ struct VCPURun: Hashable, Sendable {
         outcome = try m.kvm.tdx.tdgMMIOAccept(td: td, vcpu: vcpu, gpa: gpa, expectedHPA: expected)
       } catch {
         m.trace.absorb(&m.kvm.tdx.trace)
+        // A warning (bit 63 clear), such as TDX_PAGE_ALREADY_ACCEPTED, completes the TDCALL.
+        if !error.isError { return .ranAndReturned("guest: TDG.MMIO.ACCEPT", .success(.guestAccess("already_accepted"))) }
         return .ranAndReturned("guest: TDG.MMIO.ACCEPT", .failure(.tdx(error)))
       }
       m.trace.absorb(&m.kvm.tdx.trace)

@@ -55,7 +55,6 @@ extension TDXModule {
   /// (`TDX_IDE_STREAM_INVALID_STATE`), the requester-id range and the SPDM session.
   public mutating func tdhDevifCreate(td: TDID, interface: DeviceInterfaceID) throws(TDXStatus) -> DevifID {
     try traced("TDH.DEVIF.CREATE td \(td) \(interface)") { (m: inout TDXModule) throws(TDXStatus) -> DevifID in
-      try m.consumeBusy(.seamcall(.devifCreate), td: td)
       _ = try m.liveTD(td, register: TDXOperand.rdx, leaf: "TDH.DEVIF.CREATE")
       guard interface.isValid else {
         throw TDXStatus.operandInvalid.with(operand: TDXOperand.rcx)
@@ -82,7 +81,6 @@ extension TDXModule {
   /// stay: the host resets them with TDH.MMIO.MT.SET.
   public mutating func tdhDevifRemove(devif: DevifID) throws(TDXStatus) {
     try traced("TDH.DEVIF.REMOVE devif \(devif)") { (m: inout TDXModule) throws(TDXStatus) in
-      try m.consumeBusy(.seamcall(.devifRemove), td: m.devifs[devif]?.td)
       guard let object = m.devifs[devif] else {
         throw TDXStatus.devifmtNotPresent.with(operand: TDXOperand.rcx)
           .because("TDH.DEVIF.REMOVE", "tdh_devifmt_get_devifcs: no DEVIF \(devif)")
@@ -115,7 +113,6 @@ extension TDXModule {
   /// RCX); its pointer is not present yet (the same status).
   public mutating func tdhMMIOMTAdd(index: MMIOMTIndex, page: HPA) throws(TDXStatus) {
     try traced("TDH.MMIO.MT.ADD \(index) page \(page)") { (m: inout TDXModule) throws(TDXStatus) in
-      try m.consumeBusy(.seamcall(.mmioMTAdd), td: nil)
       try m.mmioMTAddChecked(index: index, page: page)
     }
   }
@@ -174,7 +171,6 @@ extension TDXModule {
   /// exists for the function (`TDX_DEVIFMT_NOT_PRESENT`, RDX).
   public mutating func tdhMMIOMTSet(index: MMIOMTIndex, type: MMIOMTEntryType, function: DeviceInterfaceID) throws(TDXStatus) {
     try traced("TDH.MMIO.MT.SET \(index) \(type == .data ? "DATA \(function)" : "QNODE")") { (m: inout TDXModule) throws(TDXStatus) in
-      try m.consumeBusy(.seamcall(.mmioMTSet), td: m.devif(for: function).flatMap { m.devifs[$0]?.td })
       try m.mmioMTSetChecked(index: index, type: type, function: function)
     }
   }
@@ -230,7 +226,6 @@ extension TDXModule {
   public mutating func tdhMMIOMTAdd(devif: DevifID, first: HPA, count: UInt64, attributes: MMIOMTAttributes) throws(TDXStatus) {
     let what = "TDH.MMIO.MT.ADD+SET devif \(devif) hpa \(first) pages \(count)"
     try traced(what) { (m: inout TDXModule) throws(TDXStatus) in
-      try m.consumeBusy(.seamcall(.mmioMTAdd), td: m.devifs[devif]?.td)
       guard let object = m.devifs[devif] else {
         throw TDXStatus.operandInvalid.with(operand: TDXOperand.rdx).because("host MMIOMT population", "no DEVIF \(devif)")
       }

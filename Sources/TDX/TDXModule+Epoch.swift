@@ -41,7 +41,6 @@ extension TDXModule {
   ///   while a vCPU still runs in the previous epoch.
   public mutating func tdhMemTrack(td: TDID) throws(TDXStatus) {
     try traced("TDH.MEM.TRACK td \(td)") { (m: inout TDXModule) throws(TDXStatus) in
-      try m.consumeBusy(.seamcall(.memTrack), td: td)
       let state = try m.liveTD(td, register: TDXOperand.rcx)
       guard state.refcount[Int((state.epoch &- 1) & 1)] == 0 else {
         // tdh_mem_track.c returns the bare status, with no operand.
@@ -61,7 +60,6 @@ extension TDXModule {
   ///   for an unknown TD or vCPU; `TDX_NON_RECOVERABLE_TD` for a fatal TD.
   public mutating func tdhVPEnter(td: TDID, vcpu: UInt32) throws(TDXStatus) {
     try traced("TDH.VP.ENTER td \(td) vcpu \(vcpu)") { (m: inout TDXModule) throws(TDXStatus) in
-      try m.consumeBusy(.seamcall(.vpEnter), td: td)
       let state = try m.liveTD(td, register: TDXOperand.rcx)
       let i = Int(vcpu)
       guard i < state.vcpus.count else { throw TDXStatus.operandInvalid.with(operand: TDXOperand.rcx) }

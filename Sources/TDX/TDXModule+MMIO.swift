@@ -124,7 +124,6 @@ extension TDXModule {
   /// IOMMU configuration check (`tdh_check_and_lock_iommu_config()`).
   public mutating func tdhMMIOMap(td: TDID, gpa: GPA, level: SEPTLevel, hpa: HPA) throws(TDXStatus) {
     try traced("TDH.MMIO.MAP td \(td) gpa \(gpa) \(level) hpa \(hpa)") { (m: inout TDXModule) throws(TDXStatus) in
-      try m.consumeBusy(.seamcall(.mmioMap), td: td)
       let state = try m.liveTD(td, register: TDXOperand.rdx, leaf: "TDH.MMIO.MAP")
       try TDXModule.checkPageInfo(gpa: gpa, level: level, leaf: "TDH.MMIO.MAP")
       guard hpa.isAligned(to: level.size) else {
@@ -172,7 +171,6 @@ extension TDXModule {
   /// No TDI or MMIOMT check: an unaccepted page can be blocked.
   public mutating func tdhMMIOBlock(td: TDID, gpa: GPA, level: SEPTLevel) throws(TDXStatus) {
     try traced("TDH.MMIO.BLOCK td \(td) gpa \(gpa) \(level)") { (m: inout TDXModule) throws(TDXStatus) in
-      try m.consumeBusy(.seamcall(.mmioBlock), td: td)
       let state = try m.liveTD(td, register: TDXOperand.rdx, leaf: "TDH.MMIO.BLOCK")
       try TDXModule.checkPageInfo(gpa: gpa, level: level, leaf: "TDH.MMIO.BLOCK")
       let entry = try TDXModule.hostWalk(state, gpa: gpa, level: level, leaf: "TDH.MMIO.BLOCK")
@@ -202,7 +200,6 @@ extension TDXModule {
   @discardableResult
   public mutating func tdhMMIOUnmap(td: TDID, gpa: GPA, level: SEPTLevel) throws(TDXStatus) -> HPA {
     try traced("TDH.MMIO.UNMAP td \(td) gpa \(gpa) \(level)") { (m: inout TDXModule) throws(TDXStatus) -> HPA in
-      try m.consumeBusy(.seamcall(.mmioUnmap), td: td)
       let state = try m.liveTD(td, register: TDXOperand.rdx, leaf: "TDH.MMIO.UNMAP")
       try TDXModule.checkPageInfo(gpa: gpa, level: level, leaf: "TDH.MMIO.UNMAP")
       let entry = try TDXModule.hostWalk(state, gpa: gpa, level: level, leaf: "TDH.MMIO.UNMAP")
@@ -269,7 +266,6 @@ extension TDXModule {
                                      expectedHPA: HPA) throws(TDXStatus) -> MMIOAcceptOutcome {
     let call = "TDG.MMIO.ACCEPT td \(td) vcpu \(vcpu) gpa \(gpa)\(level == .level4K ? "" : " \(level)") hpa \(expectedHPA)"
     let outcome = try traced(call, tracingSuccess: false) { (m: inout TDXModule) throws(TDXStatus) -> MMIOAcceptOutcome in
-      try m.consumeBusy(.tdcall(.mmioAccept), td: td)
       guard let state = m.tds[td], Int(vcpu) < state.vcpus.count else {
         throw TDXStatus.operandInvalid.with(operand: TDXOperand.rcx).because("TDG.MMIO.ACCEPT", "model: no such TD or vCPU")
       }

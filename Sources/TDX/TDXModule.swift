@@ -9,8 +9,9 @@ import HashTreeCollections
 /// platform, which relays what the module learns from TDISP responses and IDE events.
 ///
 /// Every SEAMCALL validates all of its preconditions before it changes anything, so a call
-/// that returns an error leaves the module as it was (except for a consumed
-/// `busyInjections` entry, which belongs to the test harness, not the module).
+/// that returns an error leaves the module as it was. Each call is atomic, so no other logical
+/// processor can hold one of its operands: `TDX_OPERAND_BUSY` is never the module's own answer
+/// here, but a choice of whoever drives the model (the platform's `Contention`).
 public struct TDXModule: Hashable, Sendable {
   /// Every TD by handle (TDR + TDCS).
   public internal(set) var tds: TreeDictionary<TDID, TDState> = [:]
@@ -34,11 +35,6 @@ public struct TDXModule: Hashable, Sendable {
     while taken.contains(candidate) { candidate += 1 }
     return ObjectID<Tag>(candidate)
   }
-
-  /// Contention to inject: the next call of a matching leaf consumes the first matching entry
-  /// and fails `TDX_OPERAND_BUSY` with the entry's operand, before it looks at anything else
-  /// (the module takes its operand locks first). Empty in normal runs.
-  public var busyInjections: [BusyInjection] = []
 
   /// What the module did, call by call. Excluded from equality.
   public var trace: Trace
@@ -166,44 +162,7 @@ public struct MMIOMTMapping: Hashable, Sendable {
   public let gpa: GPA
 }
 
-/// Which call a `BusyInjection` hits.
-public enum TDXCall: Hashable, Sendable, CustomStringConvertible {
-  case seamcall(SeamcallLeaf)
-  case tdcall(TdcallLeaf)
-  public var description: String {
-    switch self {
-    case .seamcall(let l): l.description
-    case .tdcall(let l): l.description
-    }
-  }
-}
-
-/// A forced `TDX_OPERAND_BUSY`, as another logical processor holding the operand's lock
-/// would cause.
-public struct BusyInjection: Hashable, Sendable {
-  public var call: TDXCall
-  /// Only calls on this TD (any TD when `nil`).
-  public var td: TDID?
-  /// The operand field of the returned status (e.g. `TDXOperand.sept`).
-  public var operand: UInt32
-  public init(_ call: TDXCall, td: TDID? = nil, operand: UInt32) {
-    self.call = call
-    self.td = td
-    self.operand = operand
-  }
-}
-
 extension TDXModule {
-  /// Fails with the first busy injection that matches, consuming it.
-  mutating func consumeBusy(_ call: TDXCall, td: TDID?) throws(TDXStatus) {
-    guard !busyInjections.isEmpty else { return }
-    guard let i = busyInjections.firstIndex(where: { $0.call == call && ($0.td == nil || $0.td == td) })
-    else { return }
-    let injected = busyInjections.remove(at: i)
-    trace.emit(.tdx, "\(call) -> TDX_OPERAND_BUSY (injected)")
-    throw TDXStatus.operandBusy.with(operand: injected.operand)
-  }
-
   /// The TD `td`, which must exist and be alive: the module's
   /// `check_lock_and_map_explicit_tdr()` (a handle naming no TDR fails with the register as
   /// operand) then the TD-state check (`tdr->management_fields.fatal` -> `TDX_TD_FATAL`, no
@@ -250,7 +209,6 @@ extension TDXModule {
   /// - Throws: `TDX_OPERAND_INVALID` (operand RCX) for zero vCPUs.
   public mutating func tdhMngCreate(vcpuCount: UInt32) throws(TDXStatus) -> TDID {
     try traced("TDH.MNG.CREATE vcpus \(vcpuCount)") { (m: inout TDXModule) throws(TDXStatus) -> TDID in
-      try m.consumeBusy(.seamcall(.mngCreate), td: nil)
       guard vcpuCount > 0 else { throw TDXStatus.operandInvalid.with(operand: TDXOperand.rcx) }
       let id = m.nextTD
       m.tds[id] = TDState(vcpuCount: vcpuCount)

@@ -7,7 +7,7 @@ import KernelCore
 @Suite struct MMIOMapTests {
   /// Each precondition of TDH.MMIO.MAP, violated alone, in the module's order.
   enum Violation: String, CaseIterable, Sendable, Comparable {
-    case busy, unknownTD, fatalTD, unalignedGPA, unalignedHPA, leafAbove, entryNotFree, noMMIOMTPage,
+    case unknownTD, fatalTD, unalignedGPA, unalignedHPA, leafAbove, entryNotFree, noMMIOMTPage,
          notData, mappedElsewhere, devifRemoved, otherTDsDevif, streamBlocked
     static func < (a: Self, b: Self) -> Bool { allCases.firstIndex(of: a)! < allCases.firstIndex(of: b)! }
   }
@@ -15,7 +15,6 @@ import KernelCore
   /// The status and the module line it follows.
   static func expected(_ v: Violation) -> TDXStatus {
     switch v {
-    case .busy: .operandBusy.with(operand: TDXOperand.sept)                              // injected
     case .unknownTD: .operandInvalid.with(operand: TDXOperand.rdx)                       // check_lock_and_map_explicit_tdr(tdr_pa, OPERAND_ID_RDX, ...)
     case .fatalTD: .tdFatal                                                              // TDR fatal -> TDX_TD_FATAL
     case .unalignedGPA: .operandInvalid.with(operand: TDXOperand.rcx)                    // verify_page_info_input(...) -> OPERAND_ID_RCX
@@ -35,7 +34,6 @@ import KernelCore
   /// Sets the fixture up so that `v` is violated (and the call made with `call`).
   static func apply(_ v: Violation, _ f: inout Fixture, _ call: inout Call) throws {
     switch v {
-    case .busy: f.module.busyInjections = [BusyInjection(.seamcall(.mmioMap), td: f.td, operand: TDXOperand.sept)]
     case .unknownTD: call.td = TDID(99)
     case .fatalTD:
       try f.map(GPA(0x9000_0000), Fixture.bar.advanced(by: 2 * pageSize))
@@ -62,11 +60,10 @@ import KernelCore
     var f = try Fixture()
     var call = Call(td: f.td)
     try Self.apply(v, &f, &call)
-    var before = f.module
-    before.busyInjections = []
+    let before = f.module
     let got = status { () throws(TDXStatus) in try f.module.tdhMMIOMap(td: call.td, gpa: call.gpa, level: call.level, hpa: call.hpa) }
     #expect(got == Self.expected(v), "\(v.rawValue)")
-    #expect(got?.reason?.function == (v == .busy ? nil : "TDH.MMIO.MAP"), "every refusal names the leaf")
+    #expect(got?.reason?.function == "TDH.MMIO.MAP", "every refusal names the leaf")
     #expect(f.module == before, "a failed MAP changes nothing (\(v.rawValue))")
   }
 
@@ -544,37 +541,6 @@ import KernelCore
     if s != nil { try f.mapAccepted() }
     if s == .mmioBlocked { try f.module.tdhMMIOBlock(td: f.td, gpa: Fixture.gpa, level: .level4K) }
     #expect(f.module.guestAccess(td: f.td, gpa: Fixture.gpa) == expected)
-  }
-}
-
-@Suite struct BusyInjectionTests {
-  @Test func anInjectionFailsTheNextMatchingCallOnce() throws {
-    var f = try Fixture()
-    f.module.busyInjections = [BusyInjection(.seamcall(.mmioMap), td: f.otherTD, operand: TDXOperand.sept),
-                               BusyInjection(.seamcall(.mmioMap), td: f.td, operand: TDXOperand.sept)]
-    #expect(status { () throws(TDXStatus) in try f.map() } == .operandBusy.with(operand: TDXOperand.sept))
-    #expect(f.state == nil)
-    #expect(f.module.busyInjections.count == 1, "only the matching injection is consumed")
-    try f.map()
-    #expect(f.state == .mmioPending)
-  }
-
-  @Test(arguments: [TDXCall.seamcall(.mmioBlock), .seamcall(.mmioUnmap), .seamcall(.memTrack), .tdcall(.mmioAccept)])
-  func everyRetriedCallCanBeMadeBusy(_ call: TDXCall) throws {
-    var f = try Fixture()
-    try f.map()
-    f.module.busyInjections = [BusyInjection(call, operand: TDXOperand.tdr)]
-    let got = status { () throws(TDXStatus) in
-      switch call {
-      case .seamcall(.mmioBlock): try f.module.tdhMMIOBlock(td: f.td, gpa: Fixture.gpa, level: .level4K)
-      case .seamcall(.mmioUnmap): try f.module.tdhMMIOUnmap(td: f.td, gpa: Fixture.gpa, level: .level4K)
-      case .seamcall(.memTrack): try f.module.tdhMemTrack(td: f.td)
-      default: _ = try f.module.tdgMMIOAccept(td: f.td, vcpu: 0, gpa: Fixture.gpa, expectedHPA: Fixture.bar)
-      }
-    }
-    #expect(got == .operandBusy.with(operand: TDXOperand.tdr))
-    #expect(got?.code == .operandBusy && got?.isError == true && got?.isNonRecoverable == false)
-    #expect(f.module.busyInjections.isEmpty)
   }
 }
 

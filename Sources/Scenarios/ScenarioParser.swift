@@ -58,11 +58,16 @@ public enum ScenarioParser {
 /// The parser's state: the file name for positions and the names bound so far.
 struct ScenarioReader {
   let file: String
+  /// In file order, for messages; the sets answer "is it known" in O(1).
   var deviceNames: [String] = []
   var vmNames: [String] = []
+  var knownDevices: Set<String> = []
+  var knownVMs: Set<String> = []
   /// Every `as:` name in the file, for the duplicate check.
   var everyBinding: Set<String> = []
   var stepCount = 0
+  /// Where each device, BAR and VM is written.
+  var machinePositions = MachinePositions()
 
   init(file: String) { self.file = file }
 
@@ -200,7 +205,7 @@ struct ScenarioReader {
       }
     }
     return Scenario(name: name, variant: variant, machine: machine, machinePosition: machinePosition,
-                    steps: steps, concurrent: concurrent)
+                    steps: steps, concurrent: concurrent, machinePositions: machinePositions)
   }
 
   var defaultName: String {
@@ -217,9 +222,10 @@ struct ScenarioReader {
     if let list = value(top, "devices") {
       for item in try self.list(list, key: "devices") {
         let device = try deviceConfiguration(item)
-        guard !deviceNames.contains(device.name) else { throw fail(item, "duplicate device name '\(device.name)'") }
+        guard knownDevices.insert(device.name).inserted else { throw fail(item, "duplicate device name '\(device.name)'") }
         deviceNames.append(device.name)
         devices.append(device)
+        machinePositions.devices.append(position(item))
       }
     }
     var vms: [VMConfiguration] = []
@@ -235,19 +241,22 @@ struct ScenarioReader {
           }
           type = t
         }
-        guard !vmNames.contains(name) else { throw fail(item, "duplicate VM name '\(name)'") }
+        guard knownVMs.insert(name).inserted else { throw fail(item, "duplicate VM name '\(name)'") }
         vmNames.append(name)
         vms.append(VMConfiguration(name: name, type: type))
+        machinePositions.vms.append(position(item))
       }
     }
     return MachineConfiguration(devices: devices, vms: vms)
   }
 
-  func deviceConfiguration(_ node: Node) throws(ScenarioError) -> DeviceConfiguration {
+  mutating func deviceConfiguration(_ node: Node) throws(ScenarioError) -> DeviceConfiguration {
     let fields = try entries(node, what: "a device", allowed: ["name", "bars", "tdisp"])
     let name = try string(try required(fields, "name", in: node, what: "a device"), key: "name")
     var bars: [BARConfiguration] = []
+    var barPositions: [SourcePosition] = []
     for item in try list(try required(fields, "bars", in: node, what: "a device"), key: "bars") {
+      barPositions.append(position(item))
       let keys = ["index", "size", "is64", "prefetchable", "msix_table", "msix_pba"]
       let bar = try entries(item, what: "a BAR", allowed: keys)
       let indexNode = try required(bar, "index", in: item, what: "a BAR")
@@ -272,6 +281,7 @@ struct ScenarioReader {
         msixPBA: try value(bar, "msix_pba").map { n throws(ScenarioError) in try pair(n, key: "msix_pba") }))
     }
     let tdisp = try value(fields, "tdisp").map { n throws(ScenarioError) in try bool(n, key: "tdisp") } ?? false
+    machinePositions.bars.append(barPositions)
     return DeviceConfiguration(name: name, bars: bars, tdisp: tdisp)
   }
 
@@ -300,7 +310,7 @@ struct ScenarioReader {
       }
       if key.kind == .binding {
         let name = try string(valueNode, key: key.name)
-        guard !everyBinding.contains(name), !vmNames.contains(name) else {
+        guard !everyBinding.contains(name), !knownVMs.contains(name) else {
           throw fail(valueNode, "duplicate name '\(name)': already bound by 'as:' or a VM name")
         }
         binding = name
@@ -325,7 +335,7 @@ struct ScenarioReader {
     switch key.kind {
     case .device:
       let name = try string(node, key: key.name)
-      guard deviceNames.contains(name) else {
+      guard knownDevices.contains(name) else {
         throw fail(node, "unknown device '\(name)' (machine.devices: \(deviceNames.joined(separator: ", ")))")
       }
       return .string(name)
@@ -380,7 +390,7 @@ struct ScenarioReader {
       guard kind == wanted else { throw fail(node, "'\(text)' names an \(kind.rawValue), not an \(wanted.rawValue)") }
       return .name(text)
     }
-    if wanted == .fd, vmNames.contains(text) { return .name(text) }
+    if wanted == .fd, knownVMs.contains(text) { return .name(text) }
     throw fail(node, "'\(text)' is not bound: no earlier step has 'as: \(text)'"
                + (wanted == .fd ? " and no VM of machine.vms has that name" : ""))
   }

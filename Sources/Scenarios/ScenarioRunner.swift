@@ -27,7 +27,7 @@ public enum ScenarioRunner {
     do {
       machine = try Machine(configuration: scenario.machine, variant: variant)
     } catch {
-      throw ScenarioError(scenario.machinePosition, "machine: \(error.message)")
+      throw scenario.error(error)
     }
     return run(scenario, on: machine, variant: variant, buildTime: clock.now - started)
   }

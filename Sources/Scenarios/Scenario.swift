@@ -116,6 +116,8 @@ public struct ScenarioStep: Hashable, Sendable {
   public var binding: String?
   /// `nil`: the step may fail; it is reported but not judged.
   public var expectation: StepExpectation?
+  /// `expect: { state: { ... } }`: what the machine must look like after the step.
+  public var stateExpectation: StateExpectation?
 
   /// The ``Operation`` this step performs, names resolved against what earlier steps returned.
   public func operation(in handles: HandleEnvironment) -> Operation {

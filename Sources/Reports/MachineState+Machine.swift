@@ -125,10 +125,16 @@ extension MachineState {
       return Mapping(gpa: leaf.gfn.gpa.rawValue, hpa: s.pfn.hpa.rawValue, size: leaf.level.bytes,
                      level: levelName(bytes: leaf.level.bytes), count: 1, access: access, memoryType: type)
     }
-    return collapse(single, extends: { run, next in
+    return mappingRuns(single)
+  }
+
+  /// Leaves that continue one another (same level and attributes, GPA and HPA both
+  /// contiguous) as one run.
+  static func mappingRuns(_ single: [Mapping]) -> [Mapping] {
+    collapse(single, extends: { run, next in
       run.level == next.level && run.access == next.access && run.memoryType == next.memoryType
         && run.gpa &+ run.size == next.gpa && run.hpa &+ run.size == next.hpa
-    }, merge: { run, next in run.size += next.size; run.count += 1 })
+    }, merge: { run, next in run.size += next.size; run.count += next.count })
   }
 
   /// Secure-EPT entries as runs, in GPA order.
@@ -138,10 +144,16 @@ extension MachineState {
       return SEPTRun(gpa: gpa.rawValue, hpa: entry.hpa.rawValue, size: entry.level.size, level: "\(entry.level)",
                      count: 1, state: "\(entry.state)", blockedEpoch: blocked ? entry.bepoch : nil)
     }
-    return collapse(single, extends: { run, next in
+    return septRuns(single)
+  }
+
+  /// Entries that continue one another (same state, level and block epoch, GPA and HPA both
+  /// contiguous) as one run.
+  static func septRuns(_ single: [SEPTRun]) -> [SEPTRun] {
+    collapse(single, extends: { run, next in
       run.level == next.level && run.state == next.state && run.blockedEpoch == next.blockedEpoch
         && run.gpa &+ run.size == next.gpa && run.hpa &+ run.size == next.hpa
-    }, merge: { run, next in run.size += next.size; run.count += 1 })
+    }, merge: { run, next in run.size += next.size; run.count += next.count })
   }
 
   static let attributeNames: [(MMIOMTAttributes, String)] = [

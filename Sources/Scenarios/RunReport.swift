@@ -197,7 +197,7 @@ public struct RunReport: Codable, Hashable, Sendable {
       for v in step.invariantViolations { out += "      VIOLATED \(step.location): invariant \(v.name): \(v.message)\n" }
     }
     let c = counters
-    out += "\nsummary: \(c.steps) steps: \(c.asExpected) as expected, \(c.notAsExpected) not as expected, "
+    out += "\nsummary: \(c.steps) step\(c.steps == 1 ? "" : "s"): \(c.asExpected) as expected, \(c.notAsExpected) not as expected, "
     out += "\(c.unchecked) without expect (\(c.succeeded) succeeded, \(c.returnedError) returned an error); "
     out += "invariants: \(c.invariantsChecked) checked \(c.invariantChecks) times, \(c.invariantsViolated) violated\n"
     if let stopped {

@@ -34,7 +34,7 @@ let package = Package(
     // that runs the same guest in the same process, so figures are compared side by side.
     .target(name: "CKVMShim", path: "Sources/CKVMShim"),
     .target(name: "CReferenceVMM", dependencies: ["CKVMShim"], path: "Sources/CReferenceVMM"),
-    .target(name: "HostKVM", dependencies: ["KernelCore", "DmaBuf", "Platform", "CKVMShim", "CReferenceVMM"]),
+    .target(name: "HostKVM", dependencies: ["KernelCore", "DmaBuf", "KVM", "Platform", "CKVMShim", "CReferenceVMM"]),
     .executableTarget(name: "pmmio", dependencies: [
       "KernelCore", "Platform", "Scenarios", "Reports", "HostKVM",
       .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -49,7 +49,7 @@ let package = Package(
     .testTarget(name: "PlatformTests", dependencies: ["KernelCore", "Platform", "PCI", "DmaBuf", "VFIO", "TDX", "KVM"]),
     .testTarget(name: "ScenariosTests", dependencies: ["KernelCore", "Platform", "Scenarios"]),
     .testTarget(name: "ReportsTests", dependencies: ["KernelCore", "Platform", "Reports", "Scenarios"]),
-    .testTarget(name: "HostKVMTests", dependencies: ["KernelCore", "Platform", "HostKVM"]),
+    .testTarget(name: "HostKVMTests", dependencies: ["KernelCore", "KVM", "Platform", "HostKVM"]),
     .testTarget(name: "pmmioTests", dependencies: ["pmmio"]),
   ]
 )

@@ -17,10 +17,14 @@ public struct DmaBufCore: Hashable, Sendable {
   public func attachment(_ id: AttachmentID) -> DmaBufAttachment? { attachments[id] }
 
   /// `dma_buf_export()`: a new buffer holding one file reference (the one `dma_buf_fd()` hands
-  /// to the new fd). - Throws: `EINVAL` for a size that is zero or not page aligned.
+  /// to the new fd). - Throws: `EINVAL` for a size that is zero or not page aligned (the
+  /// kernel checks only `!exp_info->size`; page alignment is the model's, every exporter here
+  /// exports whole pages).
   public mutating func export(size: UInt64, exporter: ExporterRef, openFlags: UInt32,
                               trace: inout Trace) throws(Errno) -> DmaBufID {
-    guard size > 0, size.isPageAligned else { throw .EINVAL }
+    guard size > 0, size.isPageAligned else {
+      throw Errno.EINVAL.because("dma_buf_export", "size 0x\(String(size, radix: 16)) is 0 or not page aligned")
+    }
     // Ids are the lowest unused number above every live one, so the state holds no counter
     // and a failed operation cannot leave one advanced.
     let id = buffers.keys.max()?.next ?? DmaBufID(1)
@@ -33,7 +37,7 @@ public struct DmaBufCore: Hashable, Sendable {
   /// `get_file(dmabuf->file)` / `dma_buf_get()`: one more reference.
   /// - Throws: `EBADF` for a buffer that no longer exists.
   public mutating func get(_ id: DmaBufID) throws(Errno) {
-    guard buffers[id] != nil else { throw .EBADF }
+    guard buffers[id] != nil else { throw Errno.EBADF.because("dma_buf_get", "dmabuf\(id.rawValue) is not a dma-buf") }
     buffers[id]!.fileRefs += 1
   }
 
@@ -49,21 +53,31 @@ public struct DmaBufCore: Hashable, Sendable {
     return buffer
   }
 
-  /// `dma_buf_dynamic_attach()` (or `dma_buf_attach()` for a non-dynamic importer).
-  ///
-  /// Order as in the kernel: a dynamic importer must supply `move_notify` (`EINVAL`, a WARN
-  /// there); `peer2peer` is what the importer allows; then the exporter's `attach` may refuse.
-  /// - Throws: `EBADF` for a buffer that does not exist, or the exporter's errno.
+  /// `dma_buf_dynamic_attach()` (or `dma_buf_attach()` for a non-dynamic importer), in
+  /// `drivers/dma-buf/dma-buf.c`'s order:
+  /// 1. `WARN_ON(importer_ops && !importer_ops->move_notify)` -> `EINVAL`;
+  /// 2. `attach->peer2peer = importer_ops->allow_peer2peer` (only importer_ops carry it);
+  /// 3. `dmabuf->ops->attach` may refuse (6.19 VFIO: no peer2peer `EOPNOTSUPP`, revoked
+  ///    `ENODEV`; the RFC's VFIO has no `.attach`, so a dynamic importer attaches even without
+  ///    peer2peer and even to a revoked buffer);
+  /// 4. a static importer of a dynamic exporter (`dma_buf_attachment_is_dynamic(attach) !=
+  ///    dma_buf_is_dynamic(dmabuf)`) is pinned right away (`dma_buf_pin()`, under resv): the
+  ///    RFC's VFIO refuses with `EINVAL`. (The RFC's base kernel does this at attach; later
+  ///    kernels pin a static importer at map time, which the model has no operation for.)
+  /// - Throws: `EBADF` for a buffer that does not exist, or the errno above.
   public mutating func attach(_ id: DmaBufID, importer: String, ops: ImporterOps,
                               exporter: some DmaBufExporter, trace: inout Trace) throws(Errno) -> AttachmentID {
-    guard let buffer = buffers[id] else { throw .EBADF }
-    if ops.dynamic && !ops.hasMoveNotify { throw .EINVAL }
+    guard let buffer = buffers[id] else { throw Errno.EBADF.because("dma_buf_get", "dmabuf\(id.rawValue) is not a dma-buf") }
+    if ops.dynamic && !ops.hasMoveNotify {
+      throw Errno.EINVAL.because("dma_buf_dynamic_attach", "WARN_ON(importer_ops && !importer_ops->move_notify)")
+    }
     // Only dynamic importers pass importer_ops, and only importer_ops carry allow_peer2peer.
     let peer2peer = ops.dynamic && ops.allowPeer2Peer
     try exporter.attach(buffer: buffer, peer2peer: peer2peer)
+    if !ops.dynamic && exporter.isDynamic { try exporter.pin(buffer: buffer) }
     let attachmentID = attachments.keys.max()?.next ?? AttachmentID(1)
     attachments[attachmentID] = DmaBufAttachment(id: attachmentID, buffer: id, importer: importer, ops: ops,
-                                           peer2peer: peer2peer, pinned: false, moveNotifications: 0)
+                                                 peer2peer: peer2peer, pinned: false)
     buffers[id]!.attachments.append(attachmentID)
     // The attachment keeps the buffer alive (the importer's dma_buf_get reference).
     buffers[id]!.fileRefs += 1
@@ -73,22 +87,25 @@ public struct DmaBufCore: Hashable, Sendable {
 
   /// `dma_buf_detach()` followed by the importer's `dma_buf_put()`.
   /// - Returns: the buffer when that put was its last reference (the caller releases it).
-  /// - Throws: `EINVAL` for an attachment that does not exist.
+  /// - Throws: `EINVAL` for an attachment that does not exist (`WARN_ON(!dmabuf || !attach)`
+  ///   returns without an error in the kernel; the model's callers get `EINVAL`).
   public mutating func detach(_ attachmentID: AttachmentID, trace: inout Trace) throws(Errno) -> DmaBufObject? {
-    guard let attachment = attachments[attachmentID] else { throw .EINVAL }
+    guard let attachment = attachments[attachmentID] else {
+      throw Errno.EINVAL.because("dma_buf_detach", "attachment \(attachmentID.rawValue) does not exist")
+    }
     attachments[attachmentID] = nil
     buffers[attachment.buffer]?.attachments.removeAll { $0 == attachmentID }
     trace.emit(.dmabuf, "detach attachment \(attachmentID.rawValue) (\(attachment.importer)) from dmabuf\(attachment.buffer.rawValue)")
     return put(attachment.buffer, trace: &trace)
   }
 
-  /// `dma_buf_pin()`: only dynamic importers pin (a WARN and `EINVAL` otherwise here); the
-  /// exporter decides. - Throws: `EINVAL` for an unknown attachment, the exporter's errno.
+  /// `dma_buf_pin()`: `WARN_ON(!attach->importer_ops)` only warns; the exporter's `pin`
+  /// decides (`if (dmabuf->ops->pin) ret = dmabuf->ops->pin(attach)`).
+  /// - Throws: `EINVAL` for an unknown attachment (the model's), the exporter's errno.
   public mutating func pin(_ attachmentID: AttachmentID, exporter: some DmaBufExporter) throws(Errno) {
     guard let attachment = attachments[attachmentID], let buffer = buffers[attachment.buffer] else {
-      throw .EINVAL
+      throw Errno.EINVAL.because("dma_buf_pin", "attachment \(attachmentID.rawValue) does not exist")
     }
-    guard attachment.ops.dynamic else { throw .EINVAL }
     try exporter.pin(buffer: buffer)
     attachments[attachmentID]!.pinned = true
   }
@@ -96,34 +113,37 @@ public struct DmaBufCore: Hashable, Sendable {
   /// `dma_buf_get_pfn_unlocked()` (RFC patch 1): the PFN behind page `pgoff` of the attached
   /// buffer, without a DMA mapping. The resv lock is taken only around the exporter callback,
   /// so this is one atomic region; the caller's sequence check closes the race with revoke.
+  /// The caller has checked ``resvWait(for:context:)``: the lock is free or its own.
   /// - Throws: `EINVAL` for an unknown attachment or an exporter without `get_pfn`; `ENOENT`
   ///   for an importer without `move_notify` (the RFC's refusal); the exporter's errno
-  ///   (`ENODEV` revoked, `EINVAL` past the end); `EAGAIN` when another context holds resv
-  ///   (this context would block there).
-  public func getPfnUnlocked(_ attachmentID: AttachmentID, pgoff: PageIndex, context: ContextID,
+  ///   (`ENODEV` revoked, `EINVAL` past the end).
+  public func getPfnUnlocked(_ attachmentID: AttachmentID, pgoff: PageIndex,
                              exporter: some DmaBufExporter) throws(Errno) -> PFNLookup {
     // Only an importer that can be told of a move may hold PFNs outside a mapping.
-    if let attachment = attachments[attachmentID], !attachment.ops.hasMoveNotify { throw .ENOENT }
-    return try lookupUnderResv(attachmentID, pgoff: pgoff, context: context, exporter: exporter)
+    if let attachment = attachments[attachmentID], !attachment.ops.hasMoveNotify {
+      throw Errno.ENOENT.because("dma_buf_get_pfn_unlocked", "the importer has no move_notify")
+    }
+    return try lookupUnderResv(attachmentID, pgoff: pgoff, exporter: exporter)
   }
 
   /// The reviewed importer's lookup: `dma_resv_lock()`, the exporter's PFN, `dma_resv_unlock()`
-  /// by the importer itself. As one atomic region it takes and drops the lock just as
-  /// ``getPfnUnlocked`` does inside the kAPI, so nothing is stored. - Throws: as
-  /// ``getPfnUnlocked``.
-  public func getPfnWithResv(_ attachmentID: AttachmentID, pgoff: PageIndex, context: ContextID,
+  /// by the importer itself, as one atomic region that takes and drops the lock just as
+  /// ``getPfnUnlocked(_:pgoff:exporter:)`` does inside the kAPI. - Throws: as that.
+  public func getPfnWithResv(_ attachmentID: AttachmentID, pgoff: PageIndex,
                              exporter: some DmaBufExporter) throws(Errno) -> PFNLookup {
-    try lookupUnderResv(attachmentID, pgoff: pgoff, context: context, exporter: exporter)
+    try lookupUnderResv(attachmentID, pgoff: pgoff, exporter: exporter)
   }
 
-  /// The importer-facing PFN lookup with the resv lock already held by `context`.
-  /// - Throws: `EINVAL` unless `context` holds it; else as ``getPfnUnlocked``.
-  public func getPfnLocked(_ attachmentID: AttachmentID, pgoff: PageIndex, context: ContextID,
-                           exporter: some DmaBufExporter) throws(Errno) -> PFNLookup {
-    guard let buffer = attachments[attachmentID].flatMap({ buffers[$0.buffer] }), buffer.resv.holder == context else {
-      throw .EINVAL
-    }
-    return try lookupUnderResv(attachmentID, pgoff: pgoff, context: context, exporter: exporter)
+  /// What `context` waits for before it can take the resv lock of the buffer `attachmentID`
+  /// is attached to; `nil` when the lock is free or already its own.
+  public func resvWait(for attachmentID: AttachmentID, context: ContextID) -> Wait? {
+    guard let buffer = attachments[attachmentID].flatMap({ buffers[$0.buffer] }) else { return nil }
+    return buffer.resv.wait(for: context)
+  }
+
+  /// What `context` waits for before it can take buffer `id`'s resv lock; `nil` when free.
+  public func resvWait(buffer id: DmaBufID, context: ContextID) -> Wait? {
+    buffers[id]?.resv.wait(for: context)
   }
 
   /// The merged kernel's importer view: the buffer as physical ranges (`phys_vec`), as
@@ -133,24 +153,25 @@ public struct DmaBufCore: Hashable, Sendable {
   public func physRanges(_ attachmentID: AttachmentID, context: ContextID,
                          exporter: some DmaBufExporter) throws(Errno) -> [PhysRange] {
     guard let buffer = attachments[attachmentID].flatMap({ buffers[$0.buffer] }), buffer.resv.holder == context else {
-      throw .EINVAL
+      throw Errno.EINVAL.because("dma_resv_assert_held", "the caller does not hold the buffer's resv lock")
     }
     return try exporter.physRanges(buffer: buffer)
   }
 
-  /// The exporter's answer for page `pgoff`, with resv free or held by `context`.
-  private func lookupUnderResv(_ attachmentID: AttachmentID, pgoff: PageIndex, context: ContextID,
+  /// The exporter's answer for page `pgoff`.
+  private func lookupUnderResv(_ attachmentID: AttachmentID, pgoff: PageIndex,
                                exporter: some DmaBufExporter) throws(Errno) -> PFNLookup {
     guard let attachment = attachments[attachmentID], let buffer = buffers[attachment.buffer] else {
-      throw .EINVAL
+      throw Errno.EINVAL.because("dma_buf_get_pfn_unlocked", "no such attachment")
     }
-    if let holder = buffer.resv.holder, holder != context { throw .EAGAIN }
-    guard let result = exporter.getPfn(buffer: buffer, pgoff: pgoff) else { throw .EINVAL }
+    guard let result = exporter.getPfn(buffer: buffer, pgoff: pgoff) else {
+      throw Errno.EINVAL.because("dma_buf_get_pfn_unlocked", "the exporter has no get_pfn")
+    }
     return try result.get()
   }
 
   /// Takes the buffer's resv lock for `context` (`dma_resv_lock`).
-  /// - Returns: `false` when another context holds it.
+  /// - Returns: `false` when another context holds it (nothing changed).
   public mutating func lockResv(_ id: DmaBufID, context: ContextID) throws(LockViolation) -> Bool {
     guard buffers[id] != nil else { return false }
     return try buffers[id]!.resv.tryLock(context)
@@ -158,13 +179,16 @@ public struct DmaBufCore: Hashable, Sendable {
 
   /// `dma_resv_unlock`.
   public mutating func unlockResv(_ id: DmaBufID, context: ContextID) throws(LockViolation) {
-    guard buffers[id] != nil else { return }
+    guard buffers[id] != nil else {
+      throw LockViolation(lock: "dmabuf\(id.rawValue)->resv", message: "\(context) unlocks the resv of a buffer that is gone")
+    }
     try buffers[id]!.resv.unlock(context)
   }
 
   /// `dma_buf_move_notify()`: with the resv lock held by `context`, every dynamic attachment is
   /// told its mapping moved (for VFIO: was revoked or restored). Returns the attachments, in
-  /// order, so the platform can run each importer's `move_notify` under the same lock.
+  /// order; each stays ``DmaBufAttachment/inMoveNotify`` until the platform has run its
+  /// importer's work and called ``moveNotifyReturned(_:context:)``.
   public mutating func moveNotify(_ id: DmaBufID, context: ContextID,
                                   trace: inout Trace) throws(LockViolation) -> [DmaBufAttachment] {
     guard let buffer = buffers[id] else { return [] }
@@ -172,12 +196,20 @@ public struct DmaBufCore: Hashable, Sendable {
     var notified: [DmaBufAttachment] = []
     for attachmentID in buffer.attachments {
       guard var attachment = attachments[attachmentID], attachment.ops.dynamic else { continue }
-      attachment.moveNotifications += 1
+      attachment.observedMoveNotifications.value += 1
+      attachment.inMoveNotify = true
       attachments[attachmentID] = attachment
       notified.append(attachment)
     }
     trace.emit(.dmabuf, "move_notify dmabuf\(id.rawValue): \(notified.count) importer(s)")
     return notified
+  }
+
+  /// The importer's `move_notify` for `attachmentID` returned (resv still held by `context`).
+  public mutating func moveNotifyReturned(_ attachmentID: AttachmentID, context: ContextID) throws(LockViolation) {
+    guard let attachment = attachments[attachmentID] else { return }
+    if let buffer = buffers[attachment.buffer] { try buffer.resv.assertHeld(by: context) }
+    attachments[attachmentID]?.inMoveNotify = false
   }
 
   /// Whether the reference counts balance: every buffer's file references equal its fds plus

@@ -54,6 +54,17 @@ public struct DmaBufAttachment: Hashable, Sendable {
   public let peer2peer: Bool
   /// Pinned by `dma_buf_pin()`.
   public internal(set) var pinned: Bool
+  /// The exporter called this importer's `move_notify` and it has not returned yet (the
+  /// importer is still unmapping, under the buffer's resv lock).
+  public internal(set) var inMoveNotify = false
+  /// How many `move_notify` calls this importer has received: history, outside equality.
+  public internal(set) var observedMoveNotifications: Observed<Int> = 0
   /// How many `move_notify` calls this importer has received.
-  public internal(set) var moveNotifications: Int
+  public var moveNotifications: Int { observedMoveNotifications.value }
+
+  public init(id: AttachmentID, buffer: DmaBufID, importer: String, ops: ImporterOps, peer2peer: Bool,
+              pinned: Bool) {
+    self.id = id; self.buffer = buffer; self.importer = importer; self.ops = ops
+    self.peer2peer = peer2peer; self.pinned = pinned
+  }
 }

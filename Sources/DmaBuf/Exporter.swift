@@ -33,12 +33,15 @@ public struct PFNLookup: Hashable, Sendable {
 /// The dma-buf core owns buffers and attachments; an exporter (VFIO-PCI here) owns what its
 /// buffers describe. The core passes the exporter in at each call, so both stay values.
 public protocol DmaBufExporter {
-  /// `dma_buf_ops.attach`: may refuse an importer (VFIO: `EOPNOTSUPP` without peer2peer,
-  /// `ENODEV` once revoked).
+  /// `dma_buf_ops.attach`: may refuse an importer (6.19 VFIO: `EOPNOTSUPP` without
+  /// peer2peer, `ENODEV` once revoked). An exporter without the op (the RFC's VFIO) accepts.
   func attach(buffer: DmaBufObject, peer2peer: Bool) throws(Errno)
   /// `dma_buf_ops.pin`. VFIO refuses every pin so that revoke through `move_notify` always
-  /// reaches the importer.
+  /// reaches the importer (`EINVAL` in the RFC, `EOPNOTSUPP` in 6.19).
   func pin(buffer: DmaBufObject) throws(Errno)
+  /// `dma_buf_is_dynamic()`: the exporter has a `pin` op, so a static importer is pinned at
+  /// attach (`dma_buf_dynamic_attach()`).
+  var isDynamic: Bool { get }
   /// The exporter's `get_pfn` (RFC patch 5): the PFN behind page `pgoff`.
   /// `nil` when the exporter has no `get_pfn` callback.
   func getPfn(buffer: DmaBufObject, pgoff: PageIndex) -> Result<PFNLookup, Errno>?
@@ -47,4 +50,8 @@ public protocol DmaBufExporter {
   /// Exporter-private data for importers (patch 9). - Throws: `ENOENT` when the exporter does
   /// not provide any (the RFC's lookup of an exported symbol that is absent).
   func exporterData(buffer: DmaBufObject) throws(Errno) -> ExporterData
+}
+
+extension DmaBufExporter {
+  public var isDynamic: Bool { true }
 }

@@ -1,6 +1,7 @@
 import CKVMShim
 import Glibc
 import KernelCore
+import KVM
 import Synchronization
 
 /// How the BAR reaches the guest.
@@ -53,16 +54,16 @@ final class BARSlots: Sendable {
     self.state = Mutex(s)
   }
 
-  func region(slot: UInt32, gpa: GPA, size: UInt64, fileOffset: UInt64) -> UserMemoryRegion {
+  func region(slot: UInt32, gpa: GPA, size: UInt64, fileOffset: UInt64) -> UserspaceMemoryRegion2 {
     // The build machines' KVM refuses a guest_memfd slot whose userspace_addr is 0 (EINVAL), and
     // for the default VM type it still faults the slot through userspace_addr rather than the
     // guest_memfd (a decoy mapping there receives the guest's writes). Both kinds therefore pass
     // the mapping of the same file, so either way the guest reaches the device memory.
-    UserMemoryRegion(
-      slot: slot, flags: memory.kind == .guestMemfd ? .guestMemfd : [], guestPhysAddr: gpa,
+    UserspaceMemoryRegion2(
+      slot: slot, flags: memory.kind == .guestMemfd ? .guestMemfd : [], guestPhysAddr: gpa.rawValue,
       memorySize: size, userspaceAddr: memory.hostAddress + fileOffset,
       guestMemfdOffset: memory.kind == .guestMemfd ? fileOffset : 0,
-      guestMemfd: memory.kind == .guestMemfd ? memory.fd : 0)
+      guestMemfd: memory.kind == .guestMemfd ? UInt32(bitPattern: memory.fd) : 0)
   }
 
   /// `move_notify`: delete every BAR slot. Runs on the revoking thread under the exporter's lock;
@@ -123,8 +124,8 @@ public final class LazyBARVM {
     GuestProgram.code.withUnsafeBytes { code in
       (ram + Int(GuestProgram.codeGPA.rawValue)).copyMemory(from: code.baseAddress!, byteCount: code.count)
     }
-    try vm.setUserMemoryRegion2(UserMemoryRegion(
-      slot: 0, guestPhysAddr: GPA(0), memorySize: GuestProgram.ramSize,
+    try vm.setUserMemoryRegion2(UserspaceMemoryRegion2(
+      slot: 0, guestPhysAddr: 0, memorySize: GuestProgram.ramSize,
       userspaceAddr: UInt64(UInt(bitPattern: ram))))
 
     let vcpu = try vm.createVCPU()

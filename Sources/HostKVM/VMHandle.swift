@@ -1,42 +1,7 @@
 import CKVMShim
 import Glibc
 import KernelCore
-
-/// The `flags` of `struct kvm_userspace_memory_region2`, with their uAPI bit values.
-public struct MemoryRegionFlags: OptionSet, Hashable, Sendable {
-  public let rawValue: UInt32
-  public init(rawValue: UInt32) { self.rawValue = rawValue }
-  /// The corresponding C value is `KVM_MEM_LOG_DIRTY_PAGES`.
-  public static let logDirtyPages = MemoryRegionFlags(rawValue: 1 << 0)
-  /// The corresponding C value is `KVM_MEM_READONLY`.
-  public static let readonly = MemoryRegionFlags(rawValue: 1 << 1)
-  /// The corresponding C value is `KVM_MEM_GUEST_MEMFD`.
-  public static let guestMemfd = MemoryRegionFlags(rawValue: 1 << 2)
-}
-
-/// `struct kvm_userspace_memory_region2` in Swift terms; `memorySize == 0` deletes the slot.
-public struct UserMemoryRegion: Hashable, Sendable {
-  public var slot: UInt32
-  public var flags: MemoryRegionFlags
-  public var guestPhysAddr: GPA
-  public var memorySize: UInt64
-  public var userspaceAddr: UInt64
-  public var guestMemfdOffset: UInt64
-  public var guestMemfd: Int32
-
-  public init(
-    slot: UInt32, flags: MemoryRegionFlags = [], guestPhysAddr: GPA, memorySize: UInt64,
-    userspaceAddr: UInt64, guestMemfdOffset: UInt64 = 0, guestMemfd: Int32 = 0
-  ) {
-    self.slot = slot
-    self.flags = flags
-    self.guestPhysAddr = guestPhysAddr
-    self.memorySize = memorySize
-    self.userspaceAddr = userspaceAddr
-    self.guestMemfdOffset = guestMemfdOffset
-    self.guestMemfd = guestMemfd
-  }
-}
+import KVM
 
 /// A VM fd from `KVM_CREATE_VM` (rust-vmm's `VmFd`). Closed exactly once, on release.
 ///
@@ -65,27 +30,29 @@ public final class VMHandle: Sendable {
   }
 
   /// `KVM_SET_USER_MEMORY_REGION2`, or `KVM_SET_USER_MEMORY_REGION` where the host lacks
-  /// `KVM_CAP_USER_MEMORY2` (then `.guestMemfd` cannot be expressed: `EINVAL`).
+  /// `KVM_CAP_USER_MEMORY2` (then `.guestMemfd` cannot be expressed: `EINVAL`). The struct is
+  /// the model's own mirror of `kvm_userspace_memory_region2` (KVM's), field for field.
   ///
   /// - Throws: as `kvm_set_memory_region()` in `virt/kvm/kvm_main.c`: `EINVAL` for unknown flags,
   ///   misalignment, a bad slot id or a changed guest_memfd slot; `EEXIST` for an overlap; `EBADF`
   ///   for a bad guest_memfd.
-  public func setUserMemoryRegion2(_ region: UserMemoryRegion) throws(Errno) {
+  public func setUserMemoryRegion2(_ region: UserspaceMemoryRegion2) throws(Errno) {
     if hasUserMemory2 {
       var r = kvm_userspace_memory_region2()
       r.slot = region.slot
-      r.flags = region.flags.rawValue
-      r.guest_phys_addr = region.guestPhysAddr.rawValue
+      r.flags = region.flags
+      r.guest_phys_addr = region.guestPhysAddr
       r.memory_size = region.memorySize
       r.userspace_addr = region.userspaceAddr
       r.guest_memfd_offset = region.guestMemfdOffset
-      r.guest_memfd = UInt32(bitPattern: region.guestMemfd)
+      r.guest_memfd = region.guestMemfd
+      r.pad1 = region.pad1
       _ = try kvmIoctl(fd, ckvm_KVM_SET_USER_MEMORY_REGION2, &r)
     } else {
-      if region.flags.contains(.guestMemfd) { throw .EINVAL }
+      if MemslotFlags(rawValue: region.flags).contains(.guestMemfd) { throw .EINVAL }
       var r = kvm_userspace_memory_region(
-        slot: region.slot, flags: region.flags.rawValue,
-        guest_phys_addr: region.guestPhysAddr.rawValue, memory_size: region.memorySize,
+        slot: region.slot, flags: region.flags,
+        guest_phys_addr: region.guestPhysAddr, memory_size: region.memorySize,
         userspace_addr: region.userspaceAddr)
       _ = try kvmIoctl(fd, ckvm_KVM_SET_USER_MEMORY_REGION, &r)
     }

@@ -66,69 +66,92 @@ public struct ResolvedPFN: Hashable, Sendable {
 }
 
 /// A firmware call's result as KVM classifies it (KVM never sees TDX types; the platform
-/// maps `TDX_SUCCESS` / `TDX_OPERAND_BUSY` / anything else onto these).
+/// maps `TDX_SUCCESS` / `TDX_OPERAND_BUSY` / anything else onto these, the way the variant's
+/// glue tests the status).
 public enum SecureCallResult: Hashable, Sendable {
   case success
-  /// `TDX_OPERAND_BUSY`: contended, try again.
+  /// Contended: KVM tries again (`-EBUSY` / `-EAGAIN` inside KVM).
   case busy
-  /// Any other status: a KVM bug from KVM's point of view.
+  /// Any other status: a KVM bug from KVM's point of view (`KVM_BUG_ON`).
   case failed(status: UInt64)
 }
 
-/// What the caller must do next for a fault.
+/// How one fault ended: an outcome of the guest's access, or `RET_PF_RETRY` (the vCPU goes
+/// back into the guest, re-executes the access and faults again).
+public enum FaultResult: Hashable, Sendable {
+  case outcome(FaultOutcome)
+  case retry
+}
+
+/// What the caller must do after a step of a ``FaultPath``.
 public enum FaultAction: Hashable, Sendable {
-  /// Ask the PFN's source, then call ``FaultPath/pfnResolved(_:)``. Not under `mmu_lock`.
+  /// The region is over; the next one is the caller's: ask the PFN's source (taking what lock
+  /// it needs, outside `mmu_lock`), then call ``FaultPath/pfnResolved(_:vm:)``.
   case resolvePFN(PFNRequest)
-  /// `TDH.MMIO.MAP(gpa, level, hpa)` with `mmu_lock` held (read) by the fault; then call
-  /// ``FaultPath/secureMapCompleted(_:vm:)``.
+  /// Inside the install region, with `mmu_lock` held for read: `TDH.MMIO.MAP(gpa, level,
+  /// hpa)`, then ``FaultPath/secureMapCompleted(_:vm:)`` in the same region.
   case secureMap(gpa: GPA, hpa: HPA, level: PGLevel)
-  /// `mmu_lock` is held for write by another context: call ``FaultPath/step(_:)`` later.
-  case blocked
-  /// Call ``FaultPath/step(_:)`` again (a retry went back to the start).
-  case proceed
-  /// The fault is over.
-  case complete(FaultOutcome)
+  /// `mmu_lock` is held for write by another context: nothing changed; step again later.
+  case blocked(Wait)
+  /// The fault is over; the vCPU has left its SRCU read section.
+  case complete(FaultResult)
 }
 
 /// One vCPU's EPT-violation handling for one GPA as a state machine
-/// (`kvm_tdp_page_fault()` → `kvm_faultin_pfn()` → `is_page_fault_stale()` →
+/// (`kvm_tdp_page_fault()` → `kvm_mmu_faultin_pfn()` → `is_page_fault_stale()` →
 /// `kvm_tdp_mmu_map()` in `arch/x86/kvm/mmu/`; for a TD, `tdx_sept_set_private_spte()` with
 /// `TDH.MMIO.MAP`, patch 12).
 ///
-/// Each call performs one atomic region and says what comes next:
-/// 1. `step`: read `mmu_invalidate_seq`, find the slot (none, or a write to a read-only slot:
-///    `exit_mmio`), emit ``FaultAction/resolvePFN(_:)``.
-/// 2. `pfnResolved`: record the PFN (an exporter error is `eio`, never `efault`, which user
-///    space would read as a private/shared conversion request).
-/// 3. `step`: take `mmu_lock` for read; if an invalidation covers the GFN or the sequence
-///    moved, drop everything and start over; else install the SPTE and unlock (`mapped`), or
-///    for a TD keep the lock and emit ``FaultAction/secureMap(gpa:hpa:level:)``.
-/// 4. `secureMapCompleted`: success installs the mirror SPTE; busy unlocks and retries; any
-///    other status marks the VM dead (`KVM_BUG_ON`) and ends with `eio`.
+/// Its atomic regions, each one step of the vCPU's thread:
+/// 1. ``begin(_:)``: `srcu_read_lock`, read `mmu_invalidate_seq`, find the slot. No slot, or a
+///    write to a read-only slot, ends the fault (`exit_mmio`, or `efault` for a private-memory
+///    VM); a slot being deleted or moved (`KVM_MEMSLOT_INVALID`) is `RET_PF_RETRY`. Otherwise
+///    the caller must resolve the PFN.
+/// 2. the caller's PFN lookup, then ``pfnResolved(_:vm:)``: an exporter error ends the fault
+///    with `eio` (never `efault`, which user space would read as a private/shared conversion).
+/// 3. ``install(_:)``: take `mmu_lock` for read; an invalidation over the GFN, or a moved
+///    sequence, drops the PFN (`RET_PF_RETRY`); a mapping another vCPU installed meanwhile is a
+///    spurious fault; else install the SPTE (a TD: `TDH.MMIO.MAP` first, through
+///    ``secureMapCompleted(_:vm:)``), unlock, leave SRCU.
 public struct FaultPath: Hashable, Sendable {
   enum State: Hashable, Sendable {
-    case start
+    case begin
     case resolving(mmuSeq: UInt64, slot: Memslot)
     case resolved(mmuSeq: UInt64, slot: Memslot, pfn: ResolvedPFN)
     case mapping(gfn: GFN, level: PGLevel, spte: SPTE)
-    case done(FaultOutcome)
+    case done(FaultResult)
   }
 
   public let ctx: ContextID
   public let gpa: GPA
   public let access: AccessKind
-  var state: State = .start
-  /// How often the fault went back to the start (stale sequence, invalidation, busy).
-  public private(set) var retries = 0
+  var state: State = .begin
 
   public init(ctx: ContextID, gpa: GPA, access: AccessKind) {
     self.ctx = ctx; self.gpa = gpa; self.access = access
   }
 
-  /// The outcome, once the fault is over.
-  public var outcome: FaultOutcome? {
-    if case .done(let o) = state { return o }
+  /// How the fault ended, once it has.
+  public var result: FaultResult? {
+    if case .done(let r) = state { return r }
     return nil
+  }
+
+  /// The `mmu_invalidate_seq` value the fault recorded, while it holds one.
+  public var recordedSeq: UInt64? {
+    switch state {
+    case .resolving(let seq, _), .resolved(let seq, _, _): seq
+    default: nil
+    }
+  }
+
+  /// Subtracts `base` from the recorded sequence (see ``MMUInvalidation/rebase(by:)``).
+  public mutating func rebase(by base: UInt64) {
+    switch state {
+    case .resolving(let seq, let slot): state = .resolving(mmuSeq: seq &- base, slot: slot)
+    case .resolved(let seq, let slot, let pfn): state = .resolved(mmuSeq: seq &- base, slot: slot, pfn: pfn)
+    default: break
+    }
   }
 
   /// Whether the fault holds `mmu_lock` (only while a TD's `TDH.MMIO.MAP` is outstanding).
@@ -137,122 +160,121 @@ public struct FaultPath: Hashable, Sendable {
     return false
   }
 
-  private mutating func finish(_ outcome: FaultOutcome) -> FaultAction {
-    state = .done(outcome)
-    return .complete(outcome)
+  /// Ends the fault: leave the SRCU read section.
+  private mutating func finish(_ result: FaultResult, _ vm: inout VirtualMachine) throws(LockViolation) -> FaultAction {
+    try vm.srcu.readUnlock(ctx)
+    state = .done(result)
+    return .complete(result)
   }
 
-  /// Runs the next atomic region that needs no input (start, or lock-check-install).
-  public mutating func step(_ vm: inout VirtualMachine) throws(LockViolation) -> FaultAction {
-    switch state {
-    case .start:
-      guard !vm.isDead else { return finish(.eio) }
-      let gfn = gpa.gfn
-      if let leaf = vm.mmu.lookup(gfn), access != .write || leaf.spte.isWritable {
-        return finish(.alreadyMapped)
-      }
-      // The sequence is read before the slot and the PFN: whatever invalidation starts
-      // after this point is seen under mmu_lock.
-      let mmuSeq = vm.invalidation.seq
-      // No slot: ordinary guests exit to user space to emulate MMIO; a private-memory guest's
-      // GPA is never emulated, KVM exits with KVM_EXIT_MEMORY_FAULT and KVM_RUN fails EFAULT.
-      guard let slot = vm.memslot(containing: gfn) else { return finish(vm.type.hasPrivateMemory ? .efault : .exitMMIO) }
-      if access == .write && slot.flags.contains(.readonly) { return finish(.exitMMIO) }
-      let rel = gfn.rawValue - slot.baseGFN.rawValue
-      let request: PFNRequest
-      if let binding = slot.dmaBuf {
-        request = PFNRequest(slot: slot.key, gfn: gfn, pgoff: PageIndex(binding.pgoff.rawValue + rel),
-                             source: .dmaBuf(binding))
-      } else if slot.flags.contains(.guestMemfd) {
-        let offset = slot.guestMemfdOffset + (rel << pageShift)
-        request = PFNRequest(slot: slot.key, gfn: gfn, pgoff: PageIndex(offset >> pageShift),
-                             source: .guestMemfd(offset: offset))
-      } else {
-        request = PFNRequest(slot: slot.key, gfn: gfn, pgoff: PageIndex(rel),
-                             source: .userspace(hva: slot.userspaceAddr + (rel << pageShift)))
-      }
-      state = .resolving(mmuSeq: mmuSeq, slot: slot)
-      return .resolvePFN(request)
-
-    case .resolving:
-      return .blocked  // waiting for pfnResolved; nothing to do without it
-
-    case .resolved(let mmuSeq, let slot, let resolved):
-      guard try vm.mmuLock.tryLockRead(ctx) else { return .blocked }
-      try vm.mmuLock.assertHeld(by: ctx)
-      let gfn = gpa.gfn
-      if vm.isDead {
-        try vm.mmuLock.unlock(ctx)
-        return finish(.eio)
-      }
-      // is_page_fault_stale(): an invalidation ran or is running over this GFN since the
-      // sequence was read, so the PFN may be revoked: drop it and fault again.
-      if vm.invalidation.mustRetry(gfn: gfn, since: mmuSeq) {
-        try vm.mmuLock.unlock(ctx)
-        retries += 1
-        state = .start
-        return .proceed
-      }
-      if let leaf = vm.mmu.lookup(gfn), access != .write || leaf.spte.isWritable {
-        try vm.mmuLock.unlock(ctx)
-        return finish(.alreadyMapped)  // another vCPU raced ahead: a spurious fault
-      }
-      let maxLevel: PGLevel = vm.type == .tdx ? .level4K : .level1G
-      let level = mmuHugepageAdjust(gfn: gfn, pfn: resolved.pfn, slotGFNs: slot.gfns,
-                                    exporterOrder: resolved.order, maxLevel: maxLevel)
-      let mask = level.pages - 1
-      let baseGFN = GFN(gfn.rawValue & ~mask)
-      let basePFN = PFN(resolved.pfn.rawValue & ~mask)
-      let spte = SPTE(pfn: basePFN, level: level, writable: !slot.flags.contains(.readonly),
-                      executable: true, mmio: vm.isMMIOPFN(resolved.pfn))
-      if vm.type == .tdx {
-        state = .mapping(gfn: baseGFN, level: level, spte: spte)
-        return .secureMap(gpa: baseGFN.gpa, hpa: basePFN.hpa, level: level)
-      }
-      vm.mmu.mapUnchecked(baseGFN, level: level, spte: spte)
-      try vm.mmuLock.unlock(ctx)
-      return finish(.mapped)
-
-    case .mapping:
-      return .blocked  // waiting for secureMapCompleted
-
-    case .done(let outcome):
-      return .complete(outcome)
+  /// Region 1: `srcu_read_lock`, the sequence, the slot.
+  public mutating func begin(_ vm: inout VirtualMachine) throws(LockViolation) -> FaultAction {
+    guard case .begin = state else { throw misuse("begin") }
+    try vm.srcu.readLock(ctx)
+    guard !vm.isDead else { return try finish(.outcome(.eio), &vm) }
+    let gfn = gpa.gfn
+    // The sequence is read before the slot and the PFN: whatever invalidation starts
+    // after this point is seen under mmu_lock.
+    let mmuSeq = vm.invalidation.seq
+    // No slot: ordinary guests exit to user space to emulate MMIO; a private-memory guest's
+    // GPA is never emulated, KVM exits with KVM_EXIT_MEMORY_FAULT and KVM_RUN fails EFAULT.
+    guard let slot = vm.memslot(containing: gfn) else {
+      return try finish(.outcome(vm.type.hasPrivateMemory ? .efault : .exitMMIO), &vm)
     }
+    // kvm_mmu_faultin_pfn(): "Retry the page fault if the gfn hit a memslot that is being
+    // deleted or moved."
+    if slot.isInvalid { return try finish(.retry, &vm) }
+    if access == .write && slot.flags.contains(.readonly) { return try finish(.outcome(.exitMMIO), &vm) }
+    let rel = gfn.rawValue - slot.baseGFN.rawValue
+    let request: PFNRequest
+    if let binding = slot.dmaBuf {
+      request = PFNRequest(slot: slot.key, gfn: gfn, pgoff: PageIndex(binding.pgoff.rawValue + rel),
+                           source: .dmaBuf(binding))
+    } else if slot.flags.contains(.guestMemfd) {
+      let offset = slot.guestMemfdOffset + (rel << pageShift)
+      request = PFNRequest(slot: slot.key, gfn: gfn, pgoff: PageIndex(offset >> pageShift),
+                           source: .guestMemfd(offset: offset))
+    } else {
+      request = PFNRequest(slot: slot.key, gfn: gfn, pgoff: PageIndex(rel),
+                           source: .userspace(hva: slot.userspaceAddr + (rel << pageShift)))
+    }
+    state = .resolving(mmuSeq: mmuSeq, slot: slot)
+    return .resolvePFN(request)
   }
 
-  /// The PFN source answered (`dma_buf_get_pfn_unlocked()` and friends). An error ends the
-  /// fault with `eio`. Runs no lock: the answer is only recorded.
-  public mutating func pfnResolved(_ result: Result<ResolvedPFN, Errno>) -> FaultAction {
-    guard case .resolving(let mmuSeq, let slot) = state else { return .blocked }
-    switch result {
-    case .failure: return finish(.eio)
+  /// The PFN source answered (inside the caller's lookup region). An error ends the fault
+  /// with `eio`.
+  public mutating func pfnResolved(_ answer: Result<ResolvedPFN, Errno>,
+                                   vm: inout VirtualMachine) throws(LockViolation) -> FaultAction? {
+    guard case .resolving(let mmuSeq, let slot) = state else { throw misuse("pfnResolved") }
+    switch answer {
+    case .failure: return try finish(.outcome(.eio), &vm)
     case .success(let resolved):
       state = .resolved(mmuSeq: mmuSeq, slot: slot, pfn: resolved)
-      return .proceed
+      return nil
     }
   }
 
-  /// `TDH.MMIO.MAP` returned. Success installs the mirror SPTE; `busy` unlocks and retries
-  /// the fault (-EBUSY inside KVM); anything else is `KVM_BUG_ON`: the VM is dead, `eio`.
+  /// Region 3: `mmu_lock` for read, the staleness check, the install.
+  public mutating func install(_ vm: inout VirtualMachine) throws(LockViolation) -> FaultAction {
+    guard case .resolved(let mmuSeq, let slot, let resolved) = state else { throw misuse("install") }
+    if let wait = vm.mmuLock.readWait(for: ctx) { return .blocked(wait) }
+    _ = try vm.mmuLock.tryLockRead(ctx)
+    let gfn = gpa.gfn
+    if vm.isDead {
+      try vm.mmuLock.unlock(ctx)
+      return try finish(.outcome(.eio), &vm)
+    }
+    // is_page_fault_stale(): an invalidation ran or is running over this GFN since the
+    // sequence was read, so the PFN may be revoked: drop it and fault again.
+    if vm.invalidation.mustRetry(gfn: gfn, since: mmuSeq) {
+      try vm.mmuLock.unlock(ctx)
+      return try finish(.retry, &vm)
+    }
+    if let leaf = vm.mmu.lookup(gfn), access != .write || leaf.spte.isWritable {
+      try vm.mmuLock.unlock(ctx)
+      return try finish(.outcome(.alreadyMapped), &vm)  // another vCPU raced ahead: a spurious fault
+    }
+    let maxLevel: PGLevel = vm.type == .tdx ? .level4K : .level1G
+    let level = mmuHugepageAdjust(gfn: gfn, pfn: resolved.pfn, slotGFNs: slot.gfns,
+                                  exporterOrder: resolved.order, maxLevel: maxLevel)
+    let mask = level.pages - 1
+    let baseGFN = GFN(gfn.rawValue & ~mask)
+    let basePFN = PFN(resolved.pfn.rawValue & ~mask)
+    let spte = SPTE(pfn: basePFN, level: level, writable: !slot.flags.contains(.readonly),
+                    executable: true, mmio: vm.isMMIOPFN(resolved.pfn))
+    if vm.type == .tdx {
+      state = .mapping(gfn: baseGFN, level: level, spte: spte)
+      return .secureMap(gpa: baseGFN.gpa, hpa: basePFN.hpa, level: level)
+    }
+    vm.mmu.mapUnchecked(baseGFN, level: level, spte: spte)
+    try vm.mmuLock.unlock(ctx)
+    return try finish(.outcome(.mapped), &vm)
+  }
+
+  /// `TDH.MMIO.MAP` returned, still inside the install region. Success installs the mirror
+  /// SPTE; `busy` unlocks and retries the fault; anything else is `KVM_BUG_ON`: the VM is
+  /// dead and the fault ends with `eio`.
   public mutating func secureMapCompleted(_ result: SecureCallResult,
                                           vm: inout VirtualMachine) throws(LockViolation) -> FaultAction {
-    guard case .mapping(let gfn, let level, let spte) = state else { return .blocked }
+    guard case .mapping(let gfn, let level, let spte) = state else { throw misuse("secureMapCompleted") }
     try vm.mmuLock.assertHeld(by: ctx)
     switch result {
     case .success:
       vm.mmu.mapUnchecked(gfn, level: level, spte: spte)
       try vm.mmuLock.unlock(ctx)
-      return finish(.mapped)
+      return try finish(.outcome(.mapped), &vm)
     case .busy:
       try vm.mmuLock.unlock(ctx)
-      retries += 1
-      state = .start
-      return .proceed
+      return try finish(.retry, &vm)
     case .failed:
       vm.markDead()
       try vm.mmuLock.unlock(ctx)
-      return finish(.eio)
+      return try finish(.outcome(.eio), &vm)
     }
+  }
+
+  private func misuse(_ call: String) -> LockViolation {
+    LockViolation(lock: "fault path", message: "\(call) called in state \(state)")
   }
 }

@@ -23,21 +23,29 @@ public enum KVMInvariants {
     }
   }
 
-  /// `SPTEMatchesBinding`: an SPTE in a dma-buf slot maps the PFN the exporter gives for
-  /// that buffer page now. `pfnOf` answers (buffer, page) -> PFN, `nil` when it has none.
+  /// `SPTEMatchesExporter`: an SPTE in a dma-buf slot maps the PFN the exporter describes for
+  /// that buffer page, and a huge leaf stays inside one physical range. `physRanges` answers
+  /// a buffer's ranges (`nil` when it is gone). One pass per leaf over the buffer's ranges:
+  /// the cost is leaves times ranges, never pages.
   public static func sptePFNMatchesBinding(_ vm: VirtualMachine,
-                                           pfnOf: (DmaBufID, PageIndex) -> PFN?) -> [String] {
+                                           physRanges: (DmaBufID) -> [PhysRange]?) -> [String] {
     var out: [String] = []
     for leaf in vm.mmu.leaves() {
-      guard let slot = vm.memslot(containing: leaf.gfn), let b = slot.dmaBuf else { continue }
-      for i in stride(from: 0, to: leaf.level.pages, by: 1) {
-        let gfn = leaf.gfn.rawValue + i
-        let pgoff = PageIndex(b.pgoff.rawValue + gfn - slot.baseGFN.rawValue)
-        let mapped = PFN(leaf.spte.pfn.rawValue + i)
-        if pfnOf(b.dmaBuf, pgoff) != mapped {
-          out.append("vm \(vm.id): gfn \(GFN(gfn)) maps \(mapped) but buffer \(b.dmaBuf) page \(pgoff) is elsewhere")
+      guard let slot = vm.memslot(containing: leaf.gfn), let b = slot.dmaBuf, let ranges = physRanges(b.dmaBuf) else { continue }
+      let firstPage = b.pgoff.rawValue + (leaf.gfn.rawValue - slot.baseGFN.rawValue)
+      var start: UInt64 = 0
+      var matches = false
+      for range in ranges {
+        let pages = range.length.pages
+        if firstPage < start + pages {
+          let pfn = range.start.pfn.rawValue + (firstPage - start)
+          matches = pfn == leaf.spte.pfn.rawValue && firstPage + leaf.level.pages <= start + pages
           break
         }
+        start += pages
+      }
+      if !matches {
+        out.append("vm \(vm.id): \(leaf) but buffer \(b.dmaBuf) page \(firstPage) is elsewhere")
       }
     }
     return out

@@ -102,6 +102,8 @@ public struct Memslot: Hashable, Sendable, CustomStringConvertible {
   public let guestMemfdOffset: UInt64
   /// Set for a ``MemslotFlags/vfioDmaBuf`` slot.
   public let dmaBuf: DmaBufBinding?
+  /// `KVM_MEMSLOT_INVALID`: the slot is being deleted or moved; a fault that finds it retries.
+  public internal(set) var isInvalid = false
 
   /// GFNs the slot covers.
   public var gfns: Range<GFN> { baseGFN ..< GFN(baseGFN.rawValue + npages) }
@@ -139,8 +141,6 @@ public struct MemslotPlan: Hashable, Sendable {
   /// The dma-buf fd to resolve and attach, for a new dma-buf slot (create, and in `rfc-v1`
   /// the re-created slot of a move or flags change).
   public let dmaBufFD: FD?
-  /// The VM's memslot generation the plan was made against.
-  let generation: UInt64
 
   /// The slot's pages.
   public var npages: UInt64 { region.memorySize.pages }
@@ -154,10 +154,16 @@ public struct MemslotPlan: Hashable, Sendable {
   public func checkDmaBuf(_ buffer: DmaBufDescription, variant: Variant) throws(Errno) {
     switch variant {
     case .rfcV1:
-      guard region.guestMemfdOffset == 0, region.memorySize == buffer.size else { throw .EINVAL }
+      // kvm_vfio_dmabuf_bind(): `size != dmabuf->size` right after dma_buf_get(); the offset
+      // was checked to be 0 before (prepareSetUserMemoryRegion2).
+      guard region.memorySize == buffer.size else {
+        throw Errno.EINVAL.because("kvm_vfio_dmabuf_bind", "size 0x\(String(region.memorySize, radix: 16)) != dmabuf->size 0x\(String(buffer.size, radix: 16))")
+      }
     case .reviewed:
       let (end, overflow) = region.guestMemfdOffset.addingReportingOverflow(region.memorySize)
-      guard !overflow, end <= buffer.size else { throw .EINVAL }
+      guard !overflow, end <= buffer.size else {
+        throw Errno.EINVAL.because("kvm_vfio_dmabuf_bind", "model (reviewed): offset + size past the dma-buf's end")
+      }
     }
   }
 }
@@ -186,6 +192,4 @@ public struct MemslotCommit: Hashable, Sendable {
   public let detach: [AttachmentID]
   /// Attachments the change left bound to a freed slot (`rfc-v1` move / flags change).
   public let leftDangling: [AttachmentID]
-  /// Mappings removed from the TDP MMU (`kvm_arch_flush_shadow_memslot()`).
-  public let zapped: [MappedLeaf]
 }

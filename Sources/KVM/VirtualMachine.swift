@@ -34,12 +34,17 @@ public struct VirtualMachine: Hashable, Sendable {
   public internal(set) var invalidation = MMUInvalidation()
   /// `kvm->mmu_lock` (an rwlock on x86: faults read, invalidations write).
   public internal(set) var mmuLock = KernelRWSemaphore("kvm->mmu_lock")
+  /// `kvm->slots_lock`: held across a whole memslot update.
+  public internal(set) var slotsLock = KernelMutex("kvm->slots_lock")
+  /// `kvm->srcu`: vCPUs read memslots inside it; memslot updates synchronize on it.
+  public internal(set) var srcu = SRCUState()
+  /// vCPUs with `KVM_REQ_OUTSIDE_GUEST_MODE` pending whose IPI has not been answered: each
+  /// must leave guest mode before the kicker (`kvm_make_all_cpus_request()` waits) goes on.
+  public internal(set) var pendingKicks: TreeSet<UInt32> = []
   /// `kvm->vm_bugged`.
   public internal(set) var isDead = false
   /// Host RAM, as PFN ranges: a PFN outside all of them is MMIO (``isMMIOPFN(_:)``).
   public let ramPFNs: [Range<PFN>]
-  /// Bumped by every committed memslot change; a plan made before one is refused.
-  public private(set) var memslotGeneration: UInt64 = 0
 
   public init(id: VMID, type: VMType, ramPFNs: [Range<PFN>] = [PFN(0) ..< PFN(0x100000)]) {
     self.id = id; self.type = type; self.ramPFNs = ramPFNs
@@ -53,97 +58,132 @@ public struct VirtualMachine: Hashable, Sendable {
 
   // MARK: vCPUs
 
-  /// `KVM_CREATE_VCPU` (`kvm_vm_ioctl_create_vcpu()` in `virt/kvm/kvm_main.c`).
-  /// - Throws: `EIO` on a dead VM; `EINVAL` for `id >= KVM_MAX_VCPU_IDS`; `EEXIST` for an id
-  ///   already in use.
+  /// `KVM_CREATE_VCPU` (`kvm_vm_ioctl_create_vcpu()` in `virt/kvm/kvm_main.c`): a dead VM
+  /// answers `EIO` before the ioctl runs (`kvm_vm_ioctl()`: `if (kvm->vm_dead) return -EIO`);
+  /// `id >= KVM_MAX_VCPU_IDS` -> `EINVAL`; an id in use -> `EEXIST` (`kvm_get_vcpu_by_id()`,
+  /// checked under `kvm->lock`).
   public mutating func createVCPU(_ vcpuID: UInt32) throws(Errno) {
-    guard !isDead else { throw .EIO }
-    guard vcpuID < VirtualMachine.maxVCPUIDs else { throw .EINVAL }
-    guard !vcpus.contains(vcpuID) else { throw .EEXIST }
+    guard !isDead else { throw Errno.EIO.because("kvm_vm_ioctl", "kvm->vm_dead") }
+    guard vcpuID < VirtualMachine.maxVCPUIDs else {
+      throw Errno.EINVAL.because("kvm_vm_ioctl_create_vcpu", "id \(vcpuID) >= KVM_MAX_VCPU_IDS")
+    }
+    guard !vcpus.contains(vcpuID) else {
+      throw Errno.EEXIST.because("kvm_vm_ioctl_create_vcpu", "kvm_get_vcpu_by_id(kvm, \(vcpuID)) exists")
+    }
     vcpus.insert(vcpuID)
   }
 
   // MARK: Memslots
 
-  /// The slot containing `gfn` in address space 0 (`gfn_to_memslot()`).
+  /// The slot containing `gfn` in address space 0 (`gfn_to_memslot()`); a slot being deleted
+  /// or moved is returned with ``Memslot/isInvalid`` set.
   public func memslot(containing gfn: GFN, asID: UInt16 = 0) -> Memslot? {
     memslots.values.first { $0.key.asID == asID && $0.contains(gfn) }
   }
 
-  /// `check_memory_region_flags()`, extended by patch 6 (and, in `reviewed`, for every VM).
+  /// `check_memory_region_flags()` (`virt/kvm/kvm_main.c`), as patch 6 extends it:
+  /// 1. `private_flag & (private_flag - 1)`: GUEST_MEMFD and VFIO_DMABUF together -> `EINVAL`;
+  /// 2. the private flag is valid only `if (kvm_arch_has_private_mem(kvm))` (`rfcV1`); in
+  ///    `reviewed` VFIO_DMABUF is valid for every VM type (the model's proposal after the
+  ///    review's "for every VM") and GUEST_MEMFD as in the kernel for private-memory VMs;
+  /// 3. no LOG_DIRTY_PAGES with a private flag;
+  /// 4. READONLY only `if (kvm_arch_has_readonly_mem(kvm) && !private_flag)`;
+  /// 5. `mem->flags & ~valid_flags` -> `EINVAL`.
   static func checkFlags(_ flags: MemslotFlags, type: VMType, variant: Variant) throws(Errno) {
-    var valid: MemslotFlags = [.logDirtyPages]
-    if type.hasPrivateMemory { valid.insert(.guestMemfd) }
-    if type.hasPrivateMemory || variant == .reviewed { valid.insert(.vfioDmaBuf) }
-    // Dirty logging of fd-backed memory is not supported; read-only slots emulate writes,
-    // which private memory and MMIO handed out by fd cannot have.
-    if flags.contains(.guestMemfd) { valid.remove(.logDirtyPages) }
-    if flags.contains(.vfioDmaBuf) { valid.subtract([.logDirtyPages, .guestMemfd]) }
-    if type.hasReadonlyMemory && !flags.contains(.guestMemfd) && !flags.contains(.vfioDmaBuf) {
-      valid.insert(.readonly)
+    let privateFlags = flags.intersection([.guestMemfd, .vfioDmaBuf])
+    if privateFlags == [.guestMemfd, .vfioDmaBuf] {
+      throw Errno.EINVAL.because("check_memory_region_flags", "private flags are mutually exclusive")
     }
-    guard flags.rawValue & ~valid.rawValue == 0 else { throw .EINVAL }
+    var valid: MemslotFlags = [.logDirtyPages]
+    if type.hasPrivateMemory { valid.formUnion(privateFlags) }
+    if variant == .reviewed { valid.insert(.vfioDmaBuf) }
+    if !privateFlags.isEmpty { valid.remove(.logDirtyPages) }
+    if type.hasReadonlyMemory && privateFlags.isEmpty { valid.insert(.readonly) }
+    guard flags.rawValue & ~valid.rawValue == 0 else {
+      throw Errno.EINVAL.because("check_memory_region_flags",
+                                 "mem->flags 0x\(String(flags.rawValue, radix: 16)) & ~valid_flags 0x\(String(valid.rawValue, radix: 16))")
+    }
   }
 
-  /// The checks of `KVM_SET_USER_MEMORY_REGION2`, in the kernel's order
-  /// (`kvm_vm_ioctl_set_memory_region()` then `__kvm_set_memory_region()`), and the
-  /// classification of `kvm_set_memslot()`. Changes nothing.
+  /// The checks of `KVM_SET_USER_MEMORY_REGION2` that come before the memslot is bound, in the
+  /// kernel's order (`kvm_vm_ioctl_set_memory_region()` then `__kvm_set_memory_region()`), and
+  /// the classification of `kvm_set_memslot()`. Changes nothing. Every refusal names the
+  /// function and check, e.g. `__kvm_set_memory_region: overlaps slot 2 [0x80000000, +0x200000)`.
   ///
-  /// - Throws: `EIO` on a dead VM. `EINVAL`: slot id >= `KVM_USER_MEM_SLOTS`; an unknown flag
-  ///   or one not allowed for this VM type or combination; size, GPA or userspace address
-  ///   not page aligned; `userspace_addr + size` beyond user space; a guest_memfd offset
-  ///   unaligned or overflowing; a dma-buf offset not 0 (`rfc-v1`) or unaligned or
-  ///   overflowing (`reviewed`); address-space id out of range; GPA + size wrapping; more
-  ///   than `KVM_MEM_MAX_NR_PAGES` pages; deleting a slot that does not exist; changing a
-  ///   guest_memfd slot, or its size, userspace address or READONLY flag; changing a dma-buf
-  ///   slot in `reviewed`; a slot past the largest mappable GFN. `EEXIST`: a new or moved slot
-  ///   overlapping another.
+  /// 1. (dead VM) `EIO`; `(u16)mem->slot >= KVM_USER_MEM_SLOTS` -> `EINVAL`;
+  /// 2. ``checkFlags(_:type:variant:)`` (runs on delete too);
+  /// 3. `memory_size` not page aligned; GPA not page aligned; `userspace_addr` not page aligned
+  ///    or `!access_ok()` -> `EINVAL`;
+  /// 4. GUEST_MEMFD (and in `reviewed` VFIO_DMABUF, a slice): offset unaligned or `offset +
+  ///    size` wrapping -> `EINVAL`;
+  /// 5. `as_id` or `id` out of range; GPA + size wrapping; more than `KVM_MEM_MAX_NR_PAGES`
+  ///    pages -> `EINVAL`;
+  /// 6. delete (`memory_size == 0`): no such slot -> `EINVAL`; nothing else runs;
+  /// 7. modify: "Private memslots are immutable" (GUEST_MEMFD; `reviewed` also VFIO_DMABUF,
+  ///    old or new); `userspace_addr`, size or READONLY changed -> `EINVAL`; identical -> done;
+  /// 8. create or move: overlap -> `EEXIST`;
+  /// 9. `rfcV1` only, patch 6 in the bind branch: VFIO_DMABUF with `guest_memfd_offset != 0`
+  ///    -> `EINVAL` (after the overlap check);
+  /// 10. `kvm_arch_prepare_memory_region()`: the last GFN past `kvm_mmu_max_gfn()` -> `EINVAL`
+  ///    (the kernel runs it after binding; the model before, so a bad fd of an out-of-range
+  ///    slot answers `EINVAL` here where the kernel answers `EBADF`).
   public func prepareSetUserMemoryRegion2(_ mem: UserspaceMemoryRegion2,
                                           variant: Variant) throws(Errno) -> MemslotPlan {
-    guard !isDead else { throw .EIO }
-    guard mem.id < MemslotLimits.userMemSlots else { throw .EINVAL }
+    let setRegion: StaticString = "__kvm_set_memory_region"
+    guard !isDead else { throw Errno.EIO.because("kvm_vm_ioctl", "kvm->vm_dead") }
+    guard mem.id < MemslotLimits.userMemSlots else {
+      throw Errno.EINVAL.because("kvm_vm_ioctl_set_memory_region", "(u16)mem->slot \(mem.id) >= KVM_USER_MEM_SLOTS")
+    }
     let flags = MemslotFlags(rawValue: mem.flags)
     try VirtualMachine.checkFlags(flags, type: type, variant: variant)
-    guard mem.memorySize.isPageAligned, mem.guestPhysAddr.isPageAligned else { throw .EINVAL }
+    guard mem.memorySize.isPageAligned else { throw Errno.EINVAL.because(setRegion, "memory_size not page aligned") }
+    guard mem.guestPhysAddr.isPageAligned else { throw Errno.EINVAL.because(setRegion, "guest_phys_addr not page aligned") }
     let (uEnd, uOverflow) = mem.userspaceAddr.addingReportingOverflow(mem.memorySize)
     guard mem.userspaceAddr.isPageAligned, !uOverflow, uEnd <= MemslotLimits.taskSizeMax else {
-      throw .EINVAL
+      throw Errno.EINVAL.because(setRegion, "userspace_addr not page aligned or !access_ok")
     }
     if flags.contains(.guestMemfd) || (flags.contains(.vfioDmaBuf) && variant == .reviewed) {
       let (_, overflow) = mem.guestMemfdOffset.addingReportingOverflow(mem.memorySize)
-      guard mem.guestMemfdOffset.isPageAligned, !overflow else { throw .EINVAL }
+      guard mem.guestMemfdOffset.isPageAligned, !overflow else {
+        throw Errno.EINVAL.because(setRegion, "guest_memfd_offset not page aligned or offset + size wraps")
+      }
     }
-    if flags.contains(.vfioDmaBuf) && variant == .rfcV1 && mem.guestMemfdOffset != 0 {
-      throw .EINVAL
+    guard mem.asID < type.addressSpaces else {
+      throw Errno.EINVAL.because(setRegion, "as_id \(mem.asID) >= kvm_arch_nr_memslot_as_ids")
     }
-    guard mem.asID < type.addressSpaces else { throw .EINVAL }
     let (_, gpaOverflow) = mem.guestPhysAddr.addingReportingOverflow(mem.memorySize)
-    guard !gpaOverflow, mem.memorySize.pages <= MemslotLimits.maxPages else { throw .EINVAL }
+    guard !gpaOverflow else { throw Errno.EINVAL.because(setRegion, "guest_phys_addr + memory_size wraps") }
+    guard mem.memorySize.pages <= MemslotLimits.maxPages else {
+      throw Errno.EINVAL.because(setRegion, "memory_size >> PAGE_SHIFT > KVM_MEM_MAX_NR_PAGES")
+    }
 
     let key = SlotKey(asID: mem.asID, id: mem.id)
     let old = memslots[key]
     let baseGFN = GPA(mem.guestPhysAddr).gfn
     let npages = mem.memorySize.pages
     func plan(_ change: MemslotChange, fd: FD? = nil) -> MemslotPlan {
-      MemslotPlan(key: key, change: change, region: mem, old: old, dmaBufFD: fd,
-                  generation: memslotGeneration)
+      MemslotPlan(key: key, change: change, region: mem, old: old, dmaBufFD: fd)
     }
     let dmaBufFD: FD? = flags.contains(.vfioDmaBuf) ? FD(Int32(bitPattern: mem.guestMemfd)) : nil
 
     if mem.memorySize == 0 {
-      guard old != nil else { throw .EINVAL }
+      guard old != nil else { throw Errno.EINVAL.because(setRegion, "delete of slot \(mem.id), which does not exist") }
       return plan(.delete)
     }
     let change: MemslotChange
     if let old {
       // "Private memslots are immutable": the posted series tests only GUEST_MEMFD here, so
       // in rfc-v1 a dma-buf slot can be moved or re-flagged; the review forbids it.
-      if flags.contains(.guestMemfd) { throw .EINVAL }
+      if flags.contains(.guestMemfd) {
+        throw Errno.EINVAL.because(setRegion, "Private memslots are immutable, they can only be deleted")
+      }
       if variant == .reviewed && (flags.contains(.vfioDmaBuf) || old.flags.contains(.vfioDmaBuf)) {
-        throw .EINVAL
+        throw Errno.EINVAL.because(setRegion, "model (reviewed): dma-buf memslots are immutable, they can only be deleted")
       }
       guard mem.userspaceAddr == old.userspaceAddr, npages == old.npages,
-            !flags.symmetricDifference(old.flags).contains(.readonly) else { throw .EINVAL }
+            !flags.symmetricDifference(old.flags).contains(.readonly) else {
+        throw Errno.EINVAL.because(setRegion, "modify changes userspace_addr, npages or KVM_MEM_READONLY")
+      }
       if baseGFN != old.baseGFN { change = .move }
       else if flags != old.flags { change = .flagsOnly }
       else { return plan(.unchanged) }
@@ -152,61 +192,71 @@ public struct VirtualMachine: Hashable, Sendable {
     }
     if change == .create || change == .move {
       let end = baseGFN.rawValue + npages
-      let overlaps = memslots.values.contains {
+      if let other = memslots.values.first(where: {
         $0.key.asID == key.asID && $0.key != key
           && $0.baseGFN.rawValue < end && baseGFN.rawValue < $0.baseGFN.rawValue + $0.npages
+      }) {
+        throw Errno.EEXIST.because(setRegion, "overlaps slot \(other.key.id) [\(other.baseGFN.gpa), +0x\(String(other.npages << pageShift, radix: 16)))")
       }
-      if overlaps { throw .EEXIST }
+    }
+    // Patch 6: the offset check sits in the bind branch, after the overlap check.
+    if flags.contains(.vfioDmaBuf) && variant == .rfcV1 && mem.guestMemfdOffset != 0 {
+      throw Errno.EINVAL.because(setRegion, "KVM_MEM_VFIO_DMABUF with guest_memfd_offset != 0")
     }
     // kvm_arch_prepare_memory_region(): the slot must be mappable by the TDP MMU.
     if change == .create || change == .move {
-      guard baseGFN.rawValue + npages - 1 <= TDPMMU.maxGFN.rawValue else { throw .EINVAL }
+      guard baseGFN.rawValue + npages - 1 <= TDPMMU.maxGFN.rawValue else {
+        throw Errno.EINVAL.because("kvm_arch_prepare_memory_region", "last GFN > kvm_mmu_max_gfn()")
+      }
     }
     return plan(change, fd: dmaBufFD)
   }
 
-  /// Patch 10's sanity checks on a dma-buf offered for a memslot (`kvm_vfio_dmabuf_...`
-  /// checks in the RFC): a TD takes only a private VFIO buffer bound to itself; any other VM
-  /// refuses private buffers.
-  ///
-  /// - Throws: `EINVAL` for a buffer not exported by VFIO (the RFC's error path there returns
-  ///   an unset value; the model returns `EINVAL`), a TD offered a shared buffer or one bound
-  ///   to another VM, or a non-TD offered a private one.
+  /// Patch 10's sanity checks in `kvm_vfio_dmabuf_bind()` (`virt/kvm/vfio_dmabuf.c`), which
+  /// run after the size check (``MemslotPlan/checkDmaBuf(_:variant:)``):
+  /// `kvm_vfio_dma_buf_get_data()` -> `vfio_dma_buf_get_data()` answers `ERR_PTR(-EINVAL)` for
+  /// a buffer whose ops are not VFIO's, and the RFC then jumps to its error exit without
+  /// setting `ret` (it returns an unset value; the model answers `EINVAL`); then
+  /// `!data->is_private || data->kvm != kvm` -> `EINVAL`. A VM without private memory never
+  /// gets here in `rfcV1` (the flag is invalid for it); in `reviewed` it takes shared buffers
+  /// only (the model's proposal).
   public func vfioDmaBufSanityCheck(_ buffer: DmaBufDescription) throws(Errno) {
-    guard let data = buffer.vfio else { throw .EINVAL }
+    let bind: StaticString = "kvm_vfio_dmabuf_bind"
+    guard let data = buffer.vfio else {
+      throw Errno.EINVAL.because(bind, "vfio_dma_buf_get_data: not a VFIO dma-buf (the RFC returns an unset ret here)")
+    }
     if type.hasPrivateMemory {
-      guard data.isPrivate, data.vm == id else { throw .EINVAL }
+      guard data.isPrivate else { throw Errno.EINVAL.because(bind, "!data->is_private") }
+      guard data.vm == id else { throw Errno.EINVAL.because(bind, "data->kvm != kvm") }
     } else {
-      guard !data.isPrivate else { throw .EINVAL }
+      guard !data.isPrivate else { throw Errno.EINVAL.because(bind, "model (reviewed): a private buffer for a VM without private memory") }
     }
   }
 
-  /// Applies a plan (`kvm_set_memslot()`): the mutating half of `KVM_SET_USER_MEMORY_REGION2`.
-  ///
-  /// A delete or move first zaps the old slot's GFNs inside an invalidation (so a fault in
-  /// flight on them retries); for a TD the caller runs the private-MMIO ``ZapPath`` over the
-  /// slot before committing, and this zap then only clears what is left of the mirror.
+  /// `kvm_invalidate_memslot()`: a slot about to be deleted or moved is marked
+  /// `KVM_MEMSLOT_INVALID` in the active memslots, so a fault that finds it retries; the
+  /// caller then waits for SRCU readers and flushes the slot's mappings.
+  public mutating func invalidateMemslot(_ key: SlotKey) {
+    memslots[key]?.isInvalid = true
+  }
+
+  /// Applies a plan (`kvm_set_memslot()`'s create, delete, move or flags-only): the mutating
+  /// half of `KVM_SET_USER_MEMORY_REGION2`, with `slots_lock` held by `ctx`. A delete or move
+  /// has been invalidated, synchronized and flushed by the caller before this.
   /// - Parameter binding: the new attachment, when the plan asked for a dma-buf.
-  /// - Throws: `EIO` on a dead VM; `EAGAIN` when the memslots changed since the plan was made
-  ///   (the kernel holds `slots_lock` across the whole ioctl, so a caller that does the same
-  ///   never sees it); `EINVAL` when a dma-buf slot is committed without a binding.
-  public mutating func commitSetUserMemoryRegion2(_ plan: MemslotPlan,
-                                                  binding: DmaBufBinding? = nil) throws(Errno) -> MemslotCommit {
-    guard !isDead else { throw .EIO }
-    guard plan.generation == memslotGeneration else { throw .EAGAIN }
-    guard (plan.dmaBufFD == nil) == (binding == nil) else { throw .EINVAL }
+  /// - Throws: a lock violation when `ctx` does not hold `slots_lock`.
+  public mutating func commitSetUserMemoryRegion2(_ plan: MemslotPlan, binding: DmaBufBinding? = nil,
+                                                  ctx: ContextID) throws(LockViolation) -> MemslotCommit {
+    try slotsLock.assertHeld(by: ctx)
+    guard (plan.dmaBufFD == nil) == (binding == nil) else {
+      throw LockViolation(lock: slotsLock.name, message: "a dma-buf slot committed without its attachment")
+    }
     if plan.change == .unchanged {
-      return MemslotCommit(change: .unchanged, detach: [], leftDangling: [], zapped: [])
+      return MemslotCommit(change: .unchanged, detach: [], leftDangling: [])
     }
     var detach: [AttachmentID] = []
     var dangling: [AttachmentID] = []
-    var zapped: [MappedLeaf] = []
     if let old = plan.old {
-      if plan.change == .delete || plan.change == .move {
-        invalidation.begin(old.gfns)
-        zapped = mmu.zap(old.gfns)
-        invalidation.end()
-      }
       memslots[old.key] = nil
       if let b = old.dmaBuf {
         if plan.change == .delete {
@@ -231,8 +281,7 @@ public struct VirtualMachine: Hashable, Sendable {
                                                    isStale: false)
       }
     }
-    memslotGeneration &+= 1
-    return MemslotCommit(change: plan.change, detach: detach, leftDangling: dangling, zapped: zapped)
+    return MemslotCommit(change: plan.change, detach: detach, leftDangling: dangling)
   }
 
   /// `kvm_destroy_vm()`: frees every slot (detaching its dma-buf) and the MMU.
@@ -257,10 +306,13 @@ public struct VirtualMachine: Hashable, Sendable {
 
   /// Zaps `gfns` from the TDP MMU directly (a non-TD VM; a TD's private MMIO goes through
   /// ``ZapPath``), with `mmu_lock` held for write by `ctx`.
+  /// - Returns: how many 4 KiB pages were unmapped.
   @discardableResult
-  public mutating func zapRange(_ gfns: Range<GFN>, ctx: ContextID) throws(LockViolation) -> [MappedLeaf] {
+  public mutating func zapRange(_ gfns: Range<GFN>, ctx: ContextID) throws(LockViolation) -> UInt64 {
     try mmuLock.assertHeldWrite(by: ctx)
-    return mmu.zap(gfns)
+    let before = mmu.mappedPages
+    mmu.zap(gfns)
+    return before - mmu.mappedPages
   }
 
   /// `kvm_mmu_invalidate_end()` with `mmu_lock` held for write by `ctx`.
@@ -271,40 +323,78 @@ public struct VirtualMachine: Hashable, Sendable {
     }
   }
 
-  /// KVM's `move_notify` for a dma-buf slot (patch 6): take `mmu_lock` for write, invalidate
-  /// begin over the whole slot, zap it (private and shared), invalidate end, unlock.
-  ///
-  /// For a TD this returns a ``ZapPath`` that owns the rest of the region: the caller drives
-  /// it (its SEAMCALLs) and it ends the invalidation and drops `mmu_lock` when it completes.
-  /// Through a stale binding (`rfc-v1`) it zaps the GFNs the freed slot had.
-  /// - Returns: `nil` when the work is done, or the TD's zap path; `.blocked` if `mmu_lock`
-  ///   is held by another context (try again later).
-  /// - Throws: a lock violation (e.g. `ctx` already holds `mmu_lock`).
+  /// Whether a `move_notify` through `attachment` would have slot mappings to zap, and where.
+  public func moveNotifyTarget(_ attachment: AttachmentID) -> SlotBinding? { bindings[attachment] }
+
+  /// KVM's `move_notify` for a dma-buf slot of a VM without a TDX module (patch 6), as one
+  /// region: take `mmu_lock` for write, invalidate begin over the whole slot, zap it (private
+  /// and shared), flush, invalidate end, unlock. Through a stale binding (`rfc-v1`) it zaps
+  /// the GFNs the freed slot had.
+  /// - Returns: what `ctx` waits for when `mmu_lock` is held (nothing changed), else `nil`.
   public mutating func dmaBufMoveNotify(_ attachment: AttachmentID,
-                                        ctx: ContextID) throws(LockViolation) -> MoveNotifyResult {
-    guard let bound = bindings[attachment] else { return .notBound }
-    guard try mmuLock.tryLockWrite(ctx) else { return .blocked }
-    let gfns = bound.gfns
-    invalidation.begin(gfns)
-    if type == .tdx {
-      return .secureZap(ZapPath(vm: self, gfns: gfns, ctx: ctx))
-    }
-    mmu.zap(gfns)
+                                        ctx: ContextID) throws(LockViolation) -> Wait? {
+    guard let bound = bindings[attachment] else { return nil }
+    if let wait = mmuLock.writeWait(for: ctx) { return wait }
+    _ = try mmuLock.tryLockWrite(ctx)
+    invalidation.begin(bound.gfns)
+    mmu.zap(bound.gfns)
     _ = invalidation.end()
     try mmuLock.unlock(ctx)
-    return .done(staleSlot: bound.isStale)
+    return nil
   }
+
+  /// The start of a TD's `move_notify` or slot flush: `mmu_lock` for write and an
+  /// invalidation over `gfns`; the returned ``ZapPath`` unmaps the Secure-EPT entries and
+  /// ends both.
+  /// - Returns: the path, or what `ctx` waits for (nothing changed).
+  public mutating func beginSecureZap(_ gfns: Range<GFN>,
+                                      ctx: ContextID) throws(LockViolation) -> Result<ZapPath, WaitError> {
+    if let wait = mmuLock.writeWait(for: ctx) { return .failure(WaitError(wait: wait)) }
+    _ = try mmuLock.tryLockWrite(ctx)
+    invalidation.begin(gfns)
+    return .success(ZapPath(vm: self, gfns: gfns, ctx: ctx))
+  }
+
+  // MARK: Locks the platform's paths take
+
+  /// `mutex_lock(&kvm->slots_lock)`; the caller checked that it is free.
+  public mutating func lockSlots(_ ctx: ContextID) throws(LockViolation) {
+    guard try slotsLock.tryLock(ctx) else {
+      throw LockViolation(lock: slotsLock.name, message: "\(ctx) takes it while \(slotsLock.holder.map(\.description) ?? "someone") holds it")
+    }
+  }
+
+  /// `mutex_unlock(&kvm->slots_lock)`.
+  public mutating func unlockSlots(_ ctx: ContextID) throws(LockViolation) { try slotsLock.unlock(ctx) }
+
+  /// `kvm_arch_flush_shadow_memslot()` for a VM without a TDX module, as one region: `mmu_lock`
+  /// for write, zap the slot's GFNs, unlock. The caller checked that `mmu_lock` is free.
+  public mutating func flushShadowMemslot(_ gfns: Range<GFN>, ctx: ContextID) throws(LockViolation) {
+    guard try mmuLock.tryLockWrite(ctx) else {
+      throw LockViolation(lock: mmuLock.name, message: "\(ctx) takes it for write while it is held")
+    }
+    mmu.zap(gfns)
+    try mmuLock.unlock(ctx)
+  }
+
+  /// Subtracts `base` from `mmu_invalidate_seq` (see ``MMUInvalidation/rebase(by:)``).
+  public mutating func rebaseInvalidationSeq(by base: UInt64) { invalidation.rebase(by: base) }
+
+  // MARK: vCPU kicks
+
+  /// `kvm_make_all_cpus_request(kvm, KVM_REQ_OUTSIDE_GUEST_MODE)` with `KVM_REQUEST_WAIT`:
+  /// the request goes to every vCPU in `inGuestMode`, and the caller waits until each has
+  /// answered the IPI by leaving guest mode (``answerKick(_:)``).
+  public mutating func requestOutsideGuestMode(_ inGuestMode: [UInt32]) {
+    for vcpu in inGuestMode { pendingKicks.insert(vcpu) }
+  }
+
+  /// The IPI reached `vcpu`, or it left guest mode for another reason first.
+  public mutating func answerKick(_ vcpu: UInt32) { pendingKicks.remove(vcpu) }
 }
 
-/// What ``VirtualMachine/dmaBufMoveNotify(_:ctx:)`` did.
-public enum MoveNotifyResult: Hashable, Sendable {
-  /// The slot's mappings are gone and the invalidation ended. `staleSlot`: the attachment's
-  /// slot had been freed (the `rfc-v1` move bug), so the zap used freed memory.
-  case done(staleSlot: Bool)
-  /// A TD: drive this path to unmap the Secure EPT entries; it ends the invalidation.
-  case secureZap(ZapPath)
-  /// `mmu_lock` is held by another context; nothing changed.
-  case blocked
-  /// KVM holds no such attachment; nothing changed.
-  case notBound
+/// A wait carried as an error value, for APIs that either begin a region or must wait.
+public struct WaitError: Error, Hashable, Sendable {
+  public let wait: Wait
+  public init(wait: Wait) { self.wait = wait }
 }

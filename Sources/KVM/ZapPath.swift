@@ -7,10 +7,13 @@ public enum SecureZapAction: Hashable, Sendable {
   case secureBlock(gpa: GPA, level: PGLevel)
   /// `TDH.MEM.TRACK`: start a new TLB epoch.
   case secureTrack
-  /// Kick every vCPU out of guest mode (`kvm_make_all_cpus_request(KVM_REQ_OUTSIDE_GUEST_MODE)`).
+  /// Send `KVM_REQ_OUTSIDE_GUEST_MODE` to every vCPU in guest mode
+  /// (``VirtualMachine/requestOutsideGuestMode(_:)``); the path then waits for their IPIs.
   case kickVCPUs
   /// `TDH.MMIO.UNMAP(gpa, level)`.
   case secureUnmap(gpa: GPA, level: PGLevel)
+  /// Some vCPU has not yet answered the kick's IPI: nothing changed; step again later.
+  case blocked(Wait)
   /// The zap is over: the invalidation has ended and `mmu_lock` is released.
   case complete(ZapOutcome)
 }
@@ -26,11 +29,16 @@ public enum ZapOutcome: Hashable, Sendable {
 /// A TD's zap of private MMIO in a GFN range (patch 12's unmap: block every entry, track the
 /// TLB epoch, kick all vCPUs, unmap every entry; busy retried, anything else fatal), run with
 /// `mmu_lock` held for write inside an invalidation that this path ends.
+///
+/// Every call is one atomic region of the zapping thread; the kick is a region that sends the
+/// IPIs, followed by a wait until every vCPU that was in guest mode has left it.
 public struct ZapPath: Hashable, Sendable {
   enum State: Hashable, Sendable {
     case block(Int)
     case track
     case kick
+    /// The kick was sent; waiting for every IPI to be answered before the first UNMAP.
+    case kicked
     case unmap(Int)
     /// Work is over; the invalidation is still open.
     case finishing(ZapOutcome)
@@ -44,21 +52,12 @@ public struct ZapPath: Hashable, Sendable {
   var state: State
 
   /// Builds the path for a VM whose `mmu_lock` `ctx` holds for write and whose invalidation
-  /// over `gfns` has begun.
+  /// over `gfns` has begun (``VirtualMachine/beginSecureZap(_:ctx:)``).
   init(vm: VirtualMachine, gfns: Range<GFN>, ctx: ContextID) {
     self.ctx = ctx
     self.gfns = gfns
     entries = vm.mmu.leaves(in: gfns)
     state = entries.isEmpty ? .finishing(.zapped(entries: 0)) : .block(0)
-  }
-
-  /// Takes `mmu_lock` for write, begins an invalidation over `gfns` and returns the path
-  /// (for a memslot delete on a TD); `nil` if another context holds `mmu_lock`.
-  public static func begin(_ vm: inout VirtualMachine, gfns: Range<GFN>,
-                           ctx: ContextID) throws(LockViolation) -> ZapPath? {
-    guard try vm.mmuLock.tryLockWrite(ctx) else { return nil }
-    vm.invalidation.begin(gfns)
-    return ZapPath(vm: vm, gfns: gfns, ctx: ctx)
   }
 
   public var outcome: ZapOutcome? {
@@ -72,6 +71,13 @@ public struct ZapPath: Hashable, Sendable {
     case .block(let i): return .secureBlock(gpa: entries[i].gfn.gpa, level: entries[i].level)
     case .track: return .secureTrack
     case .kick: return .kickVCPUs
+    case .kicked:
+      // kvm_make_all_cpus_request() returns once every IPI it sent has been acknowledged.
+      if let vcpu = vm.pendingKicks.first {
+        return .blocked(.event("vm\(vm.id.rawValue) vcpu\(vcpu) to leave guest mode (KVM_REQ_OUTSIDE_GUEST_MODE)"))
+      }
+      state = .unmap(0)
+      return .secureUnmap(gpa: entries[0].gfn.gpa, level: entries[0].level)
     case .unmap(let i): return .secureUnmap(gpa: entries[i].gfn.gpa, level: entries[i].level)
     case .finishing(let outcome):
       try vm.invalidateEnd(ctx: ctx)
@@ -98,11 +104,11 @@ public struct ZapPath: Hashable, Sendable {
     switch state {
     case .block(let i): state = i + 1 < entries.count ? .block(i + 1) : .track
     case .track: state = .kick
-    case .kick: state = .unmap(0)
+    case .kick: state = .kicked
     case .unmap(let i):
       vm.mmu.zap(entries[i].range)
       state = i + 1 < entries.count ? .unmap(i + 1) : .finishing(.zapped(entries: entries.count))
-    case .finishing, .done: break
+    case .kicked, .finishing, .done: break
     }
   }
 }

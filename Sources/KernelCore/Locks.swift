@@ -1,8 +1,8 @@
-/// Locks as values. The model has no threads: a "context" is a kernel execution path (an
-/// ioctl, a vCPU fault, a revoke) and a lock records which context holds it. `run` takes and
-/// drops locks inside one operation; `explore` interleaves contexts between atomic regions and
-/// sees exactly the lock states the kernel would. Lock rules are asserted where the kernel
-/// uses `lockdep_assert_held()`, and a violation is a value the explorer can report.
+/// Locks as values. A "context" is the kernel thread that runs one path (an ioctl, a vCPU
+/// fault, a revoke) and a lock records which context holds it. A path's step that needs a lock
+/// another context holds answers ``Wait`` and changes nothing; it never skips work and never
+/// invents an errno. Lock rules are asserted where the kernel uses `lockdep_assert_held()`,
+/// and a broken rule is a typed ``LockViolation`` that fails the run loudly.
 
 /// A kernel execution context: the thread that runs one path.
 @frozen public struct ContextID: RawRepresentable, Hashable, Comparable, Sendable, CustomStringConvertible {
@@ -12,6 +12,8 @@
   /// The context that runs ioctls issued one after another (the scenario's `steps`).
   public static let ioctl = ContextID(rawValue: 0)
   public var description: String { rawValue == 0 ? "ioctl" : "ctx\(rawValue)" }
+  /// The context of a scenario's concurrent path `n` (0-based).
+  public static func concurrent(_ n: Int) -> ContextID { ContextID(rawValue: UInt32(truncatingIfNeeded: n + 1)) }
 }
 
 /// A broken lock rule: taking a lock twice, dropping one not held, or a missing
@@ -42,12 +44,10 @@ public struct KernelMutex: Hashable, Sendable {
     }
   }
 
-  /// Takes a lock the caller knows is free (a single-context `run`); recursion and contention
-  /// are both violations here, since nothing else can run.
-  public mutating func lock(_ ctx: ContextID) throws(LockViolation) {
-    guard try tryLock(ctx) else {
-      throw LockViolation(lock: name, message: "\(ctx) would block on a lock held by \(holder!)")
-    }
+  /// What `ctx` waits for if it tries to take the lock now; `nil` when it would get it.
+  public func wait(for ctx: ContextID) -> Wait? {
+    guard let holder, holder != ctx else { return nil }
+    return .lock(name, heldBy: holder)
   }
 
   /// Drops the lock (`mutex_unlock`). - Throws: when `ctx` does not hold it.
@@ -99,18 +99,18 @@ public struct KernelRWSemaphore: Hashable, Sendable {
     return true
   }
 
-  /// `down_write` where nothing can contend (single-context `run`).
-  public mutating func lockWrite(_ ctx: ContextID) throws(LockViolation) {
-    guard try tryLockWrite(ctx) else {
-      throw LockViolation(lock: name, message: "\(ctx) would block on a held rw_semaphore")
-    }
+  /// What `ctx` waits for if it tries to take the lock for write now; `nil` when it would get it.
+  public func writeWait(for ctx: ContextID) -> Wait? {
+    if writer == ctx || readers.contains(ctx) { return nil }  // recursion: tryLockWrite reports it
+    if let writer { return .lock(name, write: true, heldBy: writer) }
+    if let reader = readers.first { return .lock(name, write: true, heldBy: readers.count == 1 ? reader : nil) }
+    return nil
   }
 
-  /// `down_read` where nothing can contend.
-  public mutating func lockRead(_ ctx: ContextID) throws(LockViolation) {
-    guard try tryLockRead(ctx) else {
-      throw LockViolation(lock: name, message: "\(ctx) would block on a write-held rw_semaphore")
-    }
+  /// What `ctx` waits for if it tries to take the lock for read now; `nil` when it would get it.
+  public func readWait(for ctx: ContextID) -> Wait? {
+    guard let writer, writer != ctx else { return nil }
+    return .lock(name, write: false, heldBy: writer)
   }
 
   /// `up_write` or `up_read`, whichever `ctx` holds.

@@ -1,3 +1,4 @@
+import KernelCore
 /// A TEE Device Interface: the TDISP state machine a TDISP-capable function carries.
 ///
 /// The state carries its data: the start nonce exists only while CONFIG_LOCKED (it is spent
@@ -15,8 +16,9 @@ public struct TDI: Hashable, Sendable {
   var phase: Phase = .configUnlocked
   /// Seeds the device's nonce generator: a stable hash of the function name.
   let nonceSeed: UInt64
-  /// Locks granted so far; each grant draws a fresh nonce.
-  private(set) var locksGranted: UInt64 = 0
+  /// Locks granted so far; each grant draws a fresh nonce. History: outside equality (the
+  /// nonce a lock hands out is state, and what it was drawn from cannot be observed).
+  private(set) var locksGranted = Observed(UInt64(0))
 
   init(functionName: String) {
     nonceSeed = Self.fnv1a(functionName)
@@ -49,8 +51,8 @@ public struct TDI: Hashable, Sendable {
 
   /// Grants a lock: draws the next nonce and enters CONFIG_LOCKED. Callers check the state.
   mutating func grantLock(_ parameters: TDISPLockParameters) -> TDISPNonce {
-    locksGranted &+= 1
-    let nonce = TDISPNonce(rawValue: Self.mix(nonceSeed ^ locksGranted))
+    locksGranted.value &+= 1
+    let nonce = TDISPNonce(rawValue: Self.mix(nonceSeed ^ locksGranted.value))
     phase = .configLocked(parameters, startNonce: nonce)
     return nonce
   }

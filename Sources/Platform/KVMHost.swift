@@ -8,30 +8,27 @@ import HashTreeCollections
 
 /// KVM's side of the machine: every VM, and the TDX module the TDs run on.
 ///
-/// One stored value, so that VFIO can hand it `move_notify` (and function state changes) as
-/// its sink while VFIO and the dma-buf core are themselves being mutated.
+/// One stored value, so that VFIO can hand it function state changes as its sink while VFIO
+/// and the dma-buf core are themselves being mutated.
 public struct KVMHost: Hashable, Sendable {
   public internal(set) var vms: TreeDictionary<VMID, VirtualMachine> = [:]
   /// The TD behind each TDX VM.
   public internal(set) var tds: TreeDictionary<VMID, TDID> = [:]
   /// The TDX module (a black box behind its ABI).
   public internal(set) var tdx = TDXModule()
-  /// `move_notify` calls that reached a slot already freed (the `rfc-v1` move bug).
-  public internal(set) var staleMoveNotifies = 0
-  /// VMs that died through `KVM_BUG_ON` (an unexpected TDX status), with the status.
-  public internal(set) var bugs: [String] = []
-  /// `TDH.MMIO.UNMAP` calls KVM issued for an entry whose block epoch was not yet tracked.
-  public internal(set) var untrackedUnmaps = 0
-  /// TD accesses to an MMIO_PENDING page that did not end the TD.
-  public internal(set) var unpunishedPendingAccesses = 0
-  /// Ioctls that succeeded on a VM already dead.
-  public internal(set) var deadVMIoctls = 0
   /// Attachments a destroyed VM left behind (bound to slots freed by an `rfc-v1` move):
   /// nothing will ever detach them.
   public internal(set) var leaked: TreeSet<AttachmentID> = []
+  /// What happened that the invariants about history read; outside equality.
+  public internal(set) var observed = Observed(KVMObservations())
 
   /// vCPUs of a TD, fixed when the TD is built (`KVM_TDX_INIT_VM`'s `max_vcpus` here).
   public static let tdVCPUs: UInt32 = 4
+
+  /// `move_notify` calls that reached a slot already freed (the `rfc-v1` move bug).
+  public var staleMoveNotifies: Int { observed.value.staleMoveNotifies }
+  /// VMs that died through `KVM_BUG_ON` (an unexpected TDX status), with the status.
+  public var bugs: [String] { observed.value.bugs }
 
   /// The VM holding `attachment` as a memslot binding.
   func vm(holding attachment: AttachmentID) -> VMID? {
@@ -42,77 +39,103 @@ public struct KVMHost: Hashable, Sendable {
   static func routingID(_ device: VFIODeviceID) -> DeviceInterfaceID {
     DeviceInterfaceID(0x100 | (device.rawValue << 3))
   }
+}
 
-  /// Maps a TDX status onto what KVM distinguishes: success, busy (retry), anything else.
-  static func classify(_ result: Result<Void, TDXStatus>) -> SecureCallResult {
-    switch result {
-    case .success: .success
-    case .failure(let s) where s.code == TDXStatus.operandBusy: .busy
-    case .failure(let s): .failed(status: s.rawValue)
-    }
-  }
+/// The history KVM's invariants read: kept for reports and for the explorer's checks on each
+/// transition, never part of the machine's state.
+public struct KVMObservations: Hashable, Sendable {
+  /// `move_notify` calls that reached a slot already freed (the `rfc-v1` move bug).
+  public var staleMoveNotifies = 0
+  /// `KVM_BUG_ON`s: the VM and the status that killed it.
+  public var bugs: [String] = []
+  /// `TDH.MMIO.UNMAP` calls KVM issued for an entry whose block epoch was not yet tracked.
+  public var untrackedUnmaps = 0
+  /// TD accesses to an MMIO_PENDING page that did not end the TD.
+  public var unpunishedPendingAccesses = 0
+  /// Ioctls that succeeded on a VM already dead.
+  public var deadVMIoctls = 0
+  /// `TDG.MMIO.ACCEPT`s that succeeded while the page's TDI was not RUN.
+  public var acceptsOfUntrustedTDI: [String] = []
+  /// Guest accesses that completed on a page of a buffer whose revoke had returned.
+  public var accessesToRevokedMMIO: [String] = []
+  /// Faults that installed a PFN of a buffer whose exporter no longer hands it out, after the
+  /// invalidation covering it had ended.
+  public var stalePFNInstalls: [String] = []
+}
 
-  /// Runs one SEAMCALL and classifies it; an unexpected status is recorded as a KVM bug.
-  mutating func seamcall(_ vm: VMID, _ what: String, trace: inout Trace,
+extension KVMHost {
+  /// `TDX_ERROR_SEPT_BUSY` in the RFC's `arch/x86/virt/vmx/tdx/tdx.h`:
+  /// `TDX_OPERAND_BUSY | TDX_OPERAND_ID_SEPT`, 0x8000020000000092.
+  static let septBusy = TDXStatus.operandBusy.with(operand: TDXOperand.sept)
+
+  /// A SEAMCALL as KVM's TDX glue makes it and classifies its status.
+  ///
+  /// `reviewed` retries `TDX_OPERAND_BUSY` whatever its operand (upstream's
+  /// `tdx_operand_busy()`). `rfc-v1` does what patch 12 does: `tdx_mmio_map()` tests
+  /// `err & TDX_OPERAND_BUSY`, a bit test that every error passes (bit 63 is set in every
+  /// error status), so every failed `TDH.MMIO.MAP` is `-EBUSY` and the fault retries; BLOCK
+  /// and UNMAP compare with `TDX_ERROR_SEPT_BUSY` (`TDX_OPERAND_BUSY | TDX_OPERAND_ID_SEPT`)
+  /// exactly, so a busy status with another operand is `KVM_BUG_ON`. Anything else unexpected
+  /// is `KVM_BUG_ON`: recorded, and the caller marks the VM dead.
+  /// - Parameter contended: the busy status the driver chose for this call; the module is
+  ///   not called.
+  mutating func seamcall(_ vm: VMID, _ call: SeamcallLeaf, variant: Variant, contended: TDXStatus?,
+                         trace: inout Trace, _ what: @autoclosure () -> String,
                          _ body: (inout TDXModule) throws(TDXStatus) -> Void) -> SecureCallResult {
-    let result: Result<Void, TDXStatus>
-    do { try body(&tdx); result = .success(()) } catch { result = .failure(error) }
-    trace.absorb(&tdx.trace)
-    let classified = Self.classify(result)
-    if case .failed(let raw) = classified {
-      bugs.append("vm\(vm.rawValue): \(what) returned \(TDXStatus(rawValue: raw))")
+    let status: TDXStatus?
+    if let contended {
+      status = contended
+      trace.emit(.tdx, "\(call)(\(call.rawValue)) \(what()) -> \(contended) (contention)")
+    } else {
+      do { try body(&tdx); status = nil } catch { status = error }
+      trace.absorb(&tdx.trace)
     }
-    return classified
+    guard let status else { return .success }
+    switch (variant, call) {
+    case (.rfcV1, .mmioMap):
+      if status.rawValue & TDXStatus.operandBusy.rawValue != 0 { return .busy }
+    case (.rfcV1, .mmioBlock), (.rfcV1, .mmioUnmap):
+      if status == Self.septBusy { return .busy }
+    default:
+      if status.code == TDXStatus.operandBusy { return .busy }
+    }
+    observed.value.bugs.append("vm\(vm.rawValue): \(call) \(what()) returned \(status)")
+    return .failed(status: status.rawValue)
   }
 
-  // MARK: - Zap of a TD's private MMIO
-
-  /// Drives a TD's ``ZapPath`` to the end with the TDX module: block every entry, track the
-  /// epoch, kick every vCPU out of the guest and back in, unmap every entry.
-  mutating func drive(_ path: ZapPath, vm id: VMID, trace: inout Trace) throws(LockViolation) -> ZapOutcome {
-    var path = path
-    guard let td = tds[id] else { return .vmDead }
-    for _ in 0..<10_000 {
-      let action = try path.step(&vms[id]!)
-      let result: SecureCallResult
-      switch action {
-      case .secureBlock(let gpa, let level):
-        result = seamcall(id, "TDH.MMIO.BLOCK \(gpa)", trace: &trace) { (m: inout TDXModule) throws(TDXStatus) in
-          try m.tdhMMIOBlock(td: td, gpa: gpa, level: SEPTLevel(level))
-        }
-      case .secureTrack:
-        result = seamcall(id, "TDH.MEM.TRACK", trace: &trace) { (m: inout TDXModule) throws(TDXStatus) in try m.tdhMemTrack(td: td) }
-      case .kickVCPUs:
-        kick(td, trace: &trace)
-        result = .success
-      case .secureUnmap(let gpa, let level):
-        // KVM's protocol must never reach UNMAP before the entry's epoch is tracked; the
-        // module would refuse it, but the invariant is about what KVM tries.
-        if let entry = tdx.septEntry(td: td, gpa: gpa), entry.state == .mmioBlocked,
-           !tdx.tlbTracked(td: td, bepoch: entry.bepoch) {
-          untrackedUnmaps += 1
-        }
-        result = seamcall(id, "TDH.MMIO.UNMAP \(gpa)", trace: &trace) { (m: inout TDXModule) throws(TDXStatus) in
-          try m.tdhMMIOUnmap(td: td, gpa: gpa, level: SEPTLevel(level))
-        }
-      case .complete(let outcome):
-        return outcome
-      }
-      try path.completed(result, vm: &vms[id]!)
-    }
-    return .vmDead
+  /// The vCPUs of `vm`'s TD that are in guest mode (in TDX non-root mode), by index.
+  func vcpusInGuest(_ vm: VMID) -> [UInt32] {
+    guard let td = tds[vm], let state = tdx.tds[td] else { return [] }
+    return state.vcpus.indices.filter { state.vcpus[$0].inGuest }.map { UInt32($0) }
   }
 
-  /// `kvm_make_all_cpus_request(KVM_REQ_OUTSIDE_GUEST_MODE)`: every vCPU in the guest takes
-  /// an IPI, exits, and re-enters in the new epoch.
-  mutating func kick(_ td: TDID, trace: inout Trace) {
-    guard let state = tdx.tds[td] else { return }
-    trace.emit(.kvm, "kick all vCPUs of td\(td.rawValue) out of guest mode")
-    for (index, vcpu) in state.vcpus.enumerated() where vcpu.inGuest {
-      try? tdx.tdExit(td: td, vcpu: UInt32(index))
-      try? tdx.tdhVPEnter(td: td, vcpu: UInt32(index))
-    }
+  /// A vCPU of a TD leaves guest mode (a TD exit): it no longer needs kicking.
+  /// `traced`: the kick's exits are traced; an EPT-violation exit is the access's own event.
+  mutating func leaveGuest(_ vcpu: VCPURef, traced: Bool, trace: inout Trace) throws(LockViolation) {
+    vms[vcpu.vm]?.answerKick(vcpu.index)
+    guard let td = tds[vcpu.vm], let state = tdx.tds[td], Int(vcpu.index) < state.vcpus.count,
+          state.vcpus[Int(vcpu.index)].inGuest else { return }
+    try quietly(traced) { (m: inout TDXModule) throws(TDXStatus) in try m.tdExit(td: td, vcpu: vcpu.index) }
     trace.absorb(&tdx.trace)
+  }
+
+  /// A vCPU of a TD enters guest mode (`TDH.VP.ENTER`) if it is not there.
+  mutating func enterGuest(_ vcpu: VCPURef, traced: Bool, trace: inout Trace) throws(LockViolation) {
+    guard let td = tds[vcpu.vm], let state = tdx.tds[td], !state.isFatal,
+          Int(vcpu.index) < state.vcpus.count, !state.vcpus[Int(vcpu.index)].inGuest else { return }
+    try quietly(traced) { (m: inout TDXModule) throws(TDXStatus) in try m.tdhVPEnter(td: td, vcpu: vcpu.index) }
+    trace.absorb(&tdx.trace)
+  }
+
+  /// Runs a module call whose preconditions the caller checked, with the module's own tracing
+  /// off unless `traced`. - Throws: the model's own mistake, when the module refuses it.
+  private mutating func quietly(_ traced: Bool, _ body: (inout TDXModule) throws(TDXStatus) -> Void) throws(LockViolation) {
+    let enabled = tdx.trace.isEnabled
+    tdx.trace.isEnabled = enabled && traced
+    defer { tdx.trace.isEnabled = enabled }
+    do { try body(&tdx) } catch {
+      throw LockViolation(lock: "TDVPS", message: "a TD entry or exit the model checked was refused: \(error)")
+    }
   }
 }
 
@@ -127,36 +150,7 @@ extension SEPTLevel {
   }
 }
 
-extension KVMHost: MoveNotifySink {
-  /// KVM's importer `move_notify` (RFC patch 6): zap the whole slot inside an invalidation;
-  /// for a TD through the TDX module.
-  public mutating func moveNotify(_ attachment: DmaBufAttachment, revoked: Bool, context: ContextID, trace: inout Trace) {
-    guard let id = vm(holding: attachment.id) else {
-      // A test importer named in a scenario: it only hears of it.
-      trace.emit(.dmabuf, "\(attachment.importer): move_notify (attachment \(attachment.id.rawValue), \(revoked ? "revoked" : "restored"))")
-      return
-    }
-    // The RFC's slot move freed this attachment's slot without detaching: whatever the zap
-    // does next, it works on freed memory.
-    if vms[id]!.bindings[attachment.id]?.isStale == true {
-      staleMoveNotifies += 1
-      trace.emit(.kvm, "vm\(id.rawValue): move_notify through attachment \(attachment.id.rawValue) reaches a freed slot")
-    }
-    do {
-      switch try vms[id]!.dmaBufMoveNotify(attachment.id, ctx: context) {
-      case .done:
-        trace.emit(.kvm, "vm\(id.rawValue): move_notify zapped the slot of attachment \(attachment.id.rawValue)")
-      case .secureZap(let path):
-        let outcome = try drive(path, vm: id, trace: &trace)
-        trace.emit(.kvm, "vm\(id.rawValue): move_notify zap of private MMIO: \(outcome)")
-      case .blocked, .notBound:
-        break
-      }
-    } catch {
-      bugs.append("vm\(id.rawValue): lock rule broken in move_notify: \(error)")
-    }
-  }
-
+extension KVMHost: FunctionStateSink {
   /// The TSM relays the TDI's state to the TDX module, which trusts only what it observes.
   public mutating func functionChanged(_ device: VFIODeviceID, _ function: PCIFunction, trace: inout Trace) {
     observe(device, function, trace: &trace)
@@ -165,7 +159,9 @@ extension KVMHost: MoveNotifySink {
   mutating func observe(_ device: VFIODeviceID, _ function: PCIFunction, trace: inout Trace) {
     guard let state = function.tdiState, let devif = tdx.devif(for: Self.routingID(device)),
           let mirrored = DevifTDISPState(rawValue: state.rawValue) else { return }
-    try? tdx.observeTDISPState(devif: devif, state: mirrored)
+    do { try tdx.observeTDISPState(devif: devif, state: mirrored) } catch {
+      observed.value.bugs.append("relaying the TDISP state of \(devif) failed: \(error)")
+    }
     trace.absorb(&tdx.trace)
   }
 }

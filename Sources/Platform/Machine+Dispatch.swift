@@ -2,259 +2,188 @@ import KernelCore
 import PCI
 import DmaBuf
 import VFIO
+import KVM
+import TDX
 
 extension Machine {
-  /// Routes one operation to its subsystem. Every path validates before it commits.
-  mutating func dispatch(_ op: Operation, context: ContextID) throws(OpFailure) -> OpValue {
-    do {
-      switch op {
-      case .vfioOpen, .vfioBindIOMMUFD, .vfioClose, .vfioRegionInfo, .vfioRead, .vfioWrite, .vfioMmap,
-           .vfioSetMemoryDecode, .vfioReset, .vfioFLR, .vfioHotReset, .vfioSetPower, .vfioDmaBuf:
-        return try performVFIO(op, context: context)
-      case .dmabufAttach, .dmabufDetach, .dmabufPin, .dmabufGetPfn, .dmabufClose:
-        return try performDmaBuf(op, context: context)
-      case .tdispLock, .tdispStart, .tdispStop, .tdispReport, .pciFLR, .pciWriteCommand:
-        return try performPCI(op, context: context)
-      case .kvmCreateVM, .kvmCreateVCPU, .kvmSetUserMemoryRegion2, .kvmDestroyVM, .guestRead, .guestWrite,
-           .guestAcceptMMIO:
-        return try performKVM(op, context: context)
-      case .tdxDevifCreate, .tdxDevifRemove, .tdxMMIOMTAdd, .tdxStreamBlock, .tdxSeamcall:
-        return try performTDX(op)
-      }
-    } catch let failure as OpFailure {
-      throw failure
-    } catch let errno as Errno {
-      throw .errno(errno)
-    } catch {
-      throw .errno(.EIO)
-    }
-  }
-
-  // MARK: VFIO
-
-  mutating func performVFIO(_ op: Operation, context: ContextID) throws(OpFailure) -> OpValue {
-    do throws(Errno) {
-      switch op {
-      case .vfioOpen(let name):
-        let id = try device(named: name)
-        try requireFreeFD()
-        let file = try vfio.openCdev(id, trace: &trace)
-        return .fd(try files.install(.vfioDevice(file)))
-
-      case .vfioBindIOMMUFD(let fd, let isPrivate, let vmFD):
-        let file = try vfioFile(fd)
-        let vmID = try vmFD.map { (fd) throws(Errno) in try vm(fd) }
-        try vfio.bindIOMMUFD(file, flags: isPrivate ? .private : [], vm: vmID, trace: &trace)
-        return .none
-
-      case .vfioClose(let fd):
-        return try close(fd, context: context)
-
-      case .vfioRegionInfo(let fd, let index):
-        let info = try vfio.regionInfo(try vfioFile(fd), index: index)
-        return .regionInfo(flags: info.flags.names, size: info.size, offset: info.offset)
-
-      case .vfioRead(let fd, let index, let offset, let size),
-           .vfioWrite(let fd, let index, let offset, let size):
-        let isWrite = if case .vfioWrite = op { true } else { false }
-        let value = try vfio.regionAccess(try vfioFile(fd), index: index, offset: offset, size: size,
-                                          isWrite: isWrite, trace: &trace)
-        return isWrite ? .none : .read(value)
-
-      case .vfioMmap(let fd, let index):
-        try vfio.mmap(try vfioFile(fd), index: index, trace: &trace)
-        return .none
-
-      case .vfioSetMemoryDecode(let fd, let enable):
-        try vfio.setMemoryDecode(try vfioFile(fd), enable: enable, context: context,
-                                 dmabufCore: &dmabufCore, sink: &kvm, trace: &trace)
-        return .none
-
-      case .vfioReset(let fd), .vfioFLR(let fd), .vfioHotReset(let fd):
-        let kind: VFIOPCIDriver.ResetKind = switch op {
-        case .vfioReset: .ioctl
-        case .vfioFLR: .configFLR
-        default: .hotReset
-        }
-        try vfio.reset(try vfioFile(fd), kind: kind, context: context, dmabufCore: &dmabufCore,
-                       sink: &kvm, trace: &trace)
-        return .none
-
-      case .vfioSetPower(let fd, let state):
-        try vfio.setPowerState(try vfioFile(fd), state: state == .d0 ? .d0 : .d3hot, context: context,
-                               dmabufCore: &dmabufCore, sink: &kvm, trace: &trace)
-        return .none
-
-      case .vfioDmaBuf(let fd, let index, let ranges, let openFlags, let flags):
-        let file = try vfioFile(fd)
-        try requireFreeFD()
-        let request = VFIODeviceFeatureDmaBuf(
-          regionIndex: index, openFlags: openFlags, flags: flags,
-          ranges: ranges.map { VFIODmaRange(regionIndex: index, offset: $0.offset, length: $0.length) })
-        let buffer = try vfio.exportDmaBuf(file, request: request, dmabufCore: &dmabufCore, trace: &trace)
-        return .fd(try files.install(.dmaBuf(buffer)))
-
-      default:
-        throw .EINVAL
-      }
-    } catch {
-      throw .errno(error)
-    }
-  }
-
-  /// `close(fd)`: drops the fd's reference on its file and releases what was last.
-  mutating func close(_ fd: FD, context: ContextID) throws(Errno) -> OpValue {
-    switch try files.lookup(fd) {
-    case .vfioDevice(let file):
-      _ = try files.remove(fd)
-      try vfio.release(file, context: context, dmabufCore: &dmabufCore, sink: &kvm, trace: &trace)
-    case .dmaBuf(let buffer):
-      _ = try files.remove(fd)
-      trace.emit(.dmabuf, "close dmabuf\(buffer.rawValue) (\(fd))")
-      if let released = dmabufCore.put(buffer, trace: &trace) {
-        vfio.releaseDmaBuf(released.id, trace: &trace)
-      }
-    case .vm(let id):
-      _ = try files.remove(fd)
-      destroyVM(id, context: context)
-    }
-    return .none
-  }
-
-  // MARK: dma-buf
-
-  mutating func performDmaBuf(_ op: Operation, context: ContextID) throws(OpFailure) -> OpValue {
-    do throws(Errno) {
-      switch op {
-      case .dmabufAttach(let fd, let importer, let dynamic, let peer2peer):
-        let buffer = try dmaBuf(fd)
-        let ops = ImporterOps(dynamic: dynamic, hasMoveNotify: dynamic, allowPeer2Peer: peer2peer)
-        return .attachment(try dmabufCore.attach(buffer, importer: importer, ops: ops, exporter: vfio, trace: &trace))
-
-      case .dmabufDetach(let attachment):
-        if let released = try dmabufCore.detach(attachment, trace: &trace) {
-          vfio.releaseDmaBuf(released.id, trace: &trace)
-        }
-        return .none
-
-      case .dmabufPin(let attachment):
-        try dmabufCore.pin(attachment, exporter: vfio)
-        return .none
-
-      case .dmabufGetPfn(let attachment, let pgoff):
-        let lookup = try lookupPfn(attachment, pgoff: pgoff, context: context)
-        trace.emit(.dmabuf, "get_pfn attachment \(attachment.rawValue) pgoff \(pgoff.rawValue) -> pfn \(lookup.pfn) order \(lookup.order)")
-        return .pfn(lookup.pfn, order: lookup.order)
-
-      case .dmabufClose(let fd):
-        guard case .dmaBuf = try files.lookup(fd) else { throw .EINVAL }
-        return try close(fd, context: context)
-
-      default:
-        throw .EINVAL
-      }
-    } catch {
-      throw .errno(error)
-    }
-  }
-
-  /// The importer-facing PFN lookup as each variant orders it against `move_notify`: the RFC's
-  /// `dma_buf_get_pfn_unlocked()` (resv lock only around the callback), or the reviewed
-  /// lookup under the resv lock, which the caller takes and drops around it here. Both are one
-  /// atomic region: another context's revoke holds resv across its flip and notify, so a
-  /// lookup sees the buffer before or after it, and the fault's sequence check does the rest.
-  func lookupPfn(_ attachment: AttachmentID, pgoff: PageIndex, context: ContextID) throws(Errno) -> PFNLookup {
-    switch variant {
-    case .rfcV1:
-      return try dmabufCore.getPfnUnlocked(attachment, pgoff: pgoff, context: context, exporter: vfio)
-    case .reviewed:
-      return try dmabufCore.getPfnWithResv(attachment, pgoff: pgoff, context: context, exporter: vfio)
-    }
-  }
-
-  // MARK: PCI and TDISP
-
-  mutating func performPCI(_ op: Operation, context: ContextID) throws(OpFailure) -> OpValue {
+  /// The first step of an operation: validate its handles and either run it as one atomic
+  /// region (most ioctls), or turn the frame into its path and run the path's first region.
+  /// Every operation has a case here; none falls through to an errno.
+  mutating func begin(_ op: Operation, frame: inout Frame, thread: KernelThread,
+                      choices: inout Contention) throws(LockViolation) -> FrameStep {
+    let ctx = thread.context
     switch op {
-    case .tdispLock(let name):
-      let id = try pciDevice(named: name)
-      _ = try tdisp(id) { (f: inout PCIFunction, t: inout Trace) throws(TDISPError) in try f.tdispLockInterface(trace: &t) }
-      return .tdiState(try tdiStateName(id))
-    case .tdispStart(let name, let choice):
-      let id = try pciDevice(named: name)
-      try tdisp(id) { (f: inout PCIFunction, t: inout Trace) throws(TDISPError) in
-        // The device's nonce, echoed back or not: what a TSM that did or did not see the LOCK
-        // response would send.
-        let issued = f.tdi?.issuedStartNonce ?? TDISPNonce(rawValue: 0)
-        try f.tdispStartInterface(nonce: choice == .echo ? issued : issued.complement, trace: &t)
+    // MARK: One region, no lock another path holds across regions
+    case .vfioOpen, .vfioBindIOMMUFD, .vfioRegionInfo, .vfioMmap, .tdispReport, .kvmCreateVM,
+         .kvmCreateVCPU, .tdxDevifRemove, .tdxMMIOMTAdd, .tdxStreamBlock, .tdxSeamcall, .tdxDevifCreate:
+      return .ranAndReturned(Self.label(op), oneRegion(op))
+
+    // MARK: One region under a lock another path may hold
+    case .vfioRead(let fd, let index, _, _), .vfioWrite(let fd, let index, _, _):
+      // vfio_pci_bar_rw() checks memory decode under memory_lock held for read.
+      if index < VFIOPCIRegion.rom, let wait = memoryLockWait(fd, write: false, ctx: ctx) { return .blocked(wait) }
+      return .ranAndReturned(Self.label(op), oneRegion(op))
+    case .vfioDmaBuf(let fd, _, _, _, _):
+      // vfio_pci_core_feature_dma_buf() adds the buffer to vdev->dmabufs and decides whether
+      // it starts revoked under memory_lock held for write.
+      if let wait = memoryLockWait(fd, write: true, ctx: ctx) { return .blocked(wait) }
+      return .ranAndReturned(Self.label(op), oneRegion(op))
+    case .dmabufAttach(let fd, _, _, _):
+      // dma_buf_dynamic_attach() adds the attachment to the buffer's list under its resv.
+      if case .dmaBuf(let id)? = try? files.lookup(fd), let wait = dmabufCore.resvWait(buffer: id, context: ctx) {
+        return .blocked(wait)
       }
-      return .tdiState(try tdiStateName(id))
-    case .tdispStop(let name):
-      let id = try pciDevice(named: name)
-      try tdisp(id) { (f: inout PCIFunction, t: inout Trace) throws(TDISPError) in try f.tdispStopInterface(trace: &t) }
-      return .tdiState(try tdiStateName(id))
-    case .tdispReport(let name):
-      let id = try pciDevice(named: name)
-      guard let function = vfio.device(id)?.function else { throw .errno(.ENODEV) }
-      do {
-        let report = try function.tdispInterfaceReport()
-        return .report(report.mmioRanges.map(\.description))
-      } catch {
-        throw .tdisp(code: error.code, name: error.name)
+      return .ranAndReturned(Self.label(op), oneRegion(op))
+    case .dmabufDetach(let attachment):
+      // dma_buf_detach() unlinks the attachment under the resv lock; the importer's put may be
+      // the buffer's last reference, and its release then runs on this thread.
+      if let wait = dmabufCore.resvWait(for: attachment, context: ctx) { return .blocked(wait) }
+      let released: DmaBufObject?
+      do { released = try dmabufCore.detach(attachment, trace: &trace) } catch {
+        return .ranAndReturned(Self.label(op), .failure(.errno(error)))
       }
-    case .pciFLR(let name):
-      let id = try pciDevice(named: name)
-      // A reset from outside VFIO (sysfs `reset`): pci_reset_function() saves and restores
-      // config space, and vfio-pci has no reset_prepare/reset_done hooks to revoke around it.
-      vfio.noteReset(of: id, dmabufCore: dmabufCore, trace: &trace)
-      do {
-        try vfio.withFunction(of: id) { (f: inout PCIFunction) throws(Errno) in
-          let saved = f.command
-          f.functionLevelReset(trace: &trace)
-          f.writeCommand(saved, trace: &trace)
+      guard let released else { return .ranAndReturned(Self.label(op), .success(.none)) }
+      frame = .returning(.success(.none))
+      return .ranThenCall(Self.label(op), .dmaBufRelease(VFIOPCIDmaBufRelease(buffer: released.id)))
+    case .dmabufPin(let attachment), .dmabufGetPfn(let attachment, _):
+      // dma_buf_detach() and dma_buf_pin() run under the resv lock, and the PFN lookup takes it
+      // around the exporter's callback.
+      if let wait = dmabufCore.resvWait(for: attachment, context: ctx) { return .blocked(wait) }
+      return .ranAndReturned(Self.label(op), oneRegion(op))
+
+    // MARK: A region, then VFIO's revoke or restore when the TDI's state moved it
+    case .tdispLock, .tdispStart, .tdispStop, .pciFLR, .pciWriteCommand:
+      let (result, device) = tdispOrConfigRegion(op)
+      guard case .success = result, let device, let path = vfio.tsmStateChanged(device, context: ctx) else {
+        return .ranAndReturned(Self.label(op), result)
+      }
+      frame = .dmaBufMove(path, result: result)
+      return .ran(Self.label(op))
+
+    // MARK: Paths
+    case .vfioSetMemoryDecode(let fd, let enable):
+      return try startMove(op, frame: &frame, thread: thread, use: .other) { (d: VFIOPCIDriver, f) throws(Errno) in
+        try d.setMemoryDecode(f, enable: enable, context: ctx)
+      } fd: { fd }
+    case .vfioSetPower(let fd, let state):
+      return try startMove(op, frame: &frame, thread: thread, use: .other) { (d: VFIOPCIDriver, f) throws(Errno) in
+        try d.setPowerState(f, state: state == .d0 ? .d0 : .d3hot, context: ctx)
+      } fd: { fd }
+    case .vfioReset(let fd), .vfioFLR(let fd), .vfioHotReset(let fd):
+      let kind: VFIOPCIDriver.ResetKind = switch op {
+      case .vfioReset: .ioctl
+      case .vfioFLR: .configFLR
+      default: .hotReset
+      }
+      // A config-space FLR is a pwrite; VFIO_DEVICE_RESET and the hot reset are ioctls.
+      return try startMove(op, frame: &frame, thread: thread, use: kind == .configFLR ? .other : .ioctl) {
+        (d: VFIOPCIDriver, f) throws(Errno) in try d.reset(f, kind: kind, context: ctx)
+      } fd: { fd }
+    case .vfioClose(let fd), .dmabufClose(let fd), .kvmDestroyVM(let fd):
+      return try close(fd, op: op, frame: &frame, ctx: ctx)
+    case .kvmSetUserMemoryRegion2(let vmFD, let region):
+      let vm: VMID
+      do { vm = try liveVM(vmFD) } catch { return .ranAndReturned(Self.label(op), .failure(error)) }
+      frame = .setMemoryRegion(KVMSetMemoryRegion(vm: vm, region: region))
+      return try stepAgain(&frame, thread: thread, choices: &choices)
+    case .guestRead(let vmFD, let gpa, let size, let vcpu), .guestWrite(let vmFD, let gpa, let size, let vcpu):
+      let access: AccessKind = if case .guestWrite = op { .write } else { .read }
+      do throws(OpFailure) {
+        let vm = try guestVCPU(vmFD, vcpu)
+        guard [1, 2, 4, 8].contains(size), gpa.pageOffset + size <= pageSize else {
+          throw OpFailure.errno(Errno.EINVAL.because("kvm_arch_vcpu_ioctl_run", "the model's guest accesses are 1, 2, 4 or 8 bytes inside one page"))
         }
-      } catch { throw .errno(error) }
-      relayTDIState(id)
-      return .none
-    case .pciWriteCommand(let name, let memory, let busMaster):
-      let id = try pciDevice(named: name)
-      do {
-        try vfio.withFunction(of: id) { (f: inout PCIFunction) throws(Errno) in
-          var command = f.command
-          if let memory { if memory { command.insert(.memorySpace) } else { command.remove(.memorySpace) } }
-          if let busMaster { if busMaster { command.insert(.busMaster) } else { command.remove(.busMaster) } }
-          f.writeCommand(command, trace: &trace)
+        frame = .vcpuRun(VCPURun(vm: vm, vcpu: vcpu, kind: .access(gpa, size: size, access)))
+      } catch { return .ranAndReturned(Self.label(op), .failure(error)) }
+      return try stepAgain(&frame, thread: thread, choices: &choices)
+    case .guestAcceptMMIO(let vmFD, let gpa, let expectHPA, let vcpu):
+      do throws(OpFailure) {
+        let vm = try guestVCPU(vmFD, vcpu)
+        guard kvm.tds[vm] != nil else {
+          throw OpFailure.errno(Errno.EINVAL.because("TDG.MMIO.ACCEPT", "the VM is not a TD: only a TD guest issues TDCALLs"))
         }
-      } catch { throw .errno(error) }
-      relayTDIState(id)
-      return .none
-    default:
-      throw .errno(.EINVAL)
+        guard let expected = expectHPA ?? reportedHPA(vm, gpa: gpa) else {
+          throw OpFailure.errno(Errno.EINVAL.because("TDG.MMIO.ACCEPT", "no interface-report range backs \(gpa): the guest has no HPA to expect"))
+        }
+        frame = .vcpuRun(VCPURun(vm: vm, vcpu: vcpu, kind: .accept(gpa, expectedHPA: expected)))
+      } catch { return .ranAndReturned(Self.label(op), .failure(error)) }
+      return try stepAgain(&frame, thread: thread, choices: &choices)
     }
   }
 
-  /// Tells the TDX module (through the TSM) the device's TDI state after a host-side change,
-  /// then lets VFIO bring private buffers in line with it.
-  mutating func relayTDIState(_ id: VFIODeviceID, context: ContextID = .ioctl) {
-    if let function = vfio.device(id)?.function { kvm.observe(id, function, trace: &trace) }
-    try? vfio.tsmStateChanged(id, context: context, dmabufCore: &dmabufCore, sink: &kvm, trace: &trace)
+  /// Steps the frame `begin` just replaced (the path's first region is this step's region).
+  private mutating func stepAgain(_ frame: inout Frame, thread: KernelThread,
+                                  choices: inout Contention) throws(LockViolation) -> FrameStep {
+    switch frame {
+    case .vcpuRun(var run):
+      defer { frame = .vcpuRun(run) }
+      return try run.step(&self, ctx: thread.context, choices: &choices)
+    case .setMemoryRegion(var path):
+      defer { frame = .setMemoryRegion(path) }
+      return try path.step(&self, ctx: thread.context)
+    default:
+      throw LockViolation(lock: "thread", message: "no path to step after \(thread.operation.name)")
+    }
   }
 
-  /// Runs a TDISP request on a device's function; a device without TDISP answers `ENODEV`.
-  @discardableResult
-  mutating func tdisp<R>(_ id: VFIODeviceID, _ body: (inout PCIFunction, inout Trace) throws(TDISPError) -> R) throws(OpFailure) -> R {
-    guard let function = vfio.device(id)?.function else { throw .errno(.ENODEV) }
-    guard function.tdi != nil else { throw .errno(.ENODEV) }
-    var updated = function
-    let result: R
-    do { result = try body(&updated, &trace) } catch { throw .tdisp(code: error.code, name: error.name) }
-    try? vfio.withFunction(of: id) { (f: inout PCIFunction) throws(Errno) in f = updated }
-    relayTDIState(id)
-    return result
+  /// A VFIO revoke/restore path started from a device fd; a bad fd fails at once.
+  private mutating func startMove(_ op: Operation, frame: inout Frame, thread: KernelThread, use: FileUse,
+                                  _ make: (VFIOPCIDriver, VFIOFileID) throws(Errno) -> DmaBufMovePath,
+                                  fd: () -> FD) throws(LockViolation) -> FrameStep {
+    var path: DmaBufMovePath
+    do { path = try make(vfio, try vfioFile(fd(), use)) } catch { return .ranAndReturned(Self.label(op), .failure(.errno(error))) }
+    defer { frame = .dmaBufMove(path, result: .success(.none)) }
+    return try stepDmaBufMove(&path, result: .success(.none), ctx: thread.context)
   }
 
-  func tdiStateName(_ id: VFIODeviceID) throws(OpFailure) -> String {
-    guard let state = vfio.device(id)?.function.tdi?.state else { throw .errno(.ENODEV) }
-    return state.specName
+  /// The label a one-region operation's step carries.
+  static func label(_ op: Operation) -> StaticString {
+    switch op {
+    case .vfioOpen: "open"
+    case .vfioBindIOMMUFD: "VFIO_DEVICE_BIND_IOMMUFD"
+    case .vfioRegionInfo: "VFIO_DEVICE_GET_REGION_INFO"
+    case .vfioRead: "pread: memory_lock read, BAR access"
+    case .vfioWrite: "pwrite: memory_lock read, BAR access"
+    case .vfioMmap: "mmap"
+    case .vfioDmaBuf: "VFIO_DEVICE_FEATURE_DMA_BUF: memory_lock write, export"
+    case .dmabufAttach: "dma_buf_dynamic_attach: resv"
+    case .dmabufDetach: "dma_buf_detach: resv"
+    case .dmabufPin: "dma_buf_pin: resv"
+    case .dmabufGetPfn: "dma_buf_get_pfn_unlocked: resv around get_pfn"
+    case .tdispLock: "TDISP LOCK_INTERFACE, relay to the TDX module"
+    case .tdispStart: "TDISP START_INTERFACE, relay to the TDX module"
+    case .tdispStop: "TDISP STOP_INTERFACE, relay to the TDX module"
+    case .tdispReport: "TDISP GET_DEVICE_INTERFACE_REPORT"
+    case .pciFLR: "FLR from outside VFIO, relay"
+    case .pciWriteCommand: "command register write from outside VFIO, relay"
+    case .kvmCreateVM: "KVM_CREATE_VM"
+    case .kvmCreateVCPU: "KVM_CREATE_VCPU"
+    case .tdxDevifCreate: "TDH.DEVIF.CREATE"
+    case .tdxDevifRemove: "TDH.DEVIF.REMOVE"
+    case .tdxMMIOMTAdd: "TDH.MMIO.MT.ADD"
+    case .tdxStreamBlock: "IDE stream blocked"
+    case .tdxSeamcall: "SEAMCALL"
+    case .vfioSetMemoryDecode, .vfioSetPower, .vfioReset, .vfioFLR, .vfioHotReset: "VFIO config write or reset: bad fd"
+    case .vfioClose, .dmabufClose, .kvmDestroyVM: "close"
+    case .kvmSetUserMemoryRegion2: "KVM_SET_USER_MEMORY_REGION2"
+    case .guestRead, .guestWrite: "KVM_RUN"
+    case .guestAcceptMMIO: "TDG.MMIO.ACCEPT"
+    }
+  }
+
+  /// What waiting for the `memory_lock` of the device behind `fd` means for `ctx` now.
+  private func memoryLockWait(_ fd: FD, write: Bool, ctx: ContextID) -> Wait? {
+    guard case .vfioDevice(let file)? = try? files.lookup(fd), let device = vfio.file(file)?.device,
+          let lock = vfio.device(device)?.memoryLock else { return nil }
+    return write ? lock.writeWait(for: ctx) : lock.readWait(for: ctx)
+  }
+
+  /// A live VM behind `fd` with vCPU `vcpu` created, for a guest operation.
+  private func guestVCPU(_ fd: FD, _ vcpu: UInt32) throws(OpFailure) -> VMID {
+    let vm = try liveVM(fd)
+    guard kvm.vms[vm]?.vcpus.contains(vcpu) == true else {
+      throw .errno(Errno.EINVAL.because("kvm_vcpu_ioctl", "vCPU \(vcpu) of this VM was never created (KVM_CREATE_VCPU)"))
+    }
+    return vm
   }
 }

@@ -1,93 +1,167 @@
 import KernelCore
+import PCI
 import DmaBuf
 import VFIO
 import KVM
 import TDX
 
+/// When an invariant must hold.
+public enum InvariantKind: String, Hashable, Sendable, CaseIterable {
+  /// In every state, also between the regions of a path.
+  case everyState = "every state"
+  /// When no thread is inside a path (a revoke restores only at its end, a memslot delete
+  /// frees the slot after it is zapped).
+  case quiescent = "quiescent"
+  /// About what happened: an event a transition reported (a `move_notify` on a freed slot, a
+  /// completed access to a revoked page). Checked on every transition.
+  case history = "history"
+}
+
 /// The machine's named invariants, checked after every step by `run`, `explore` and `fuzz`.
 /// Each returns the violations it finds; an empty list means it held.
 extension Machine {
-  /// Every invariant, in a fixed order, with its verdict.
-  public func checkInvariants() -> [InvariantCheck] {
-    Self.invariants.map { invariant in
+  /// Every invariant, in a fixed order, with its verdict. `quiescent`: no thread is inside a
+  /// path, so the quiescent invariants apply too; otherwise they are not checked.
+  public func checkInvariants(quiescent: Bool = true) -> [InvariantCheck] {
+    Self.invariants.compactMap { invariant in
+      guard quiescent || invariant.kind != .quiescent else { return nil }
       let violations = invariant.check(self)
       return InvariantCheck(name: invariant.name, violation: violations.isEmpty ? nil : violations.joined(separator: "; "))
     }
   }
 
-  /// One named invariant.
+  /// The first violated invariant, or `nil` (for the explorer: stops at the first).
+  public func firstViolation(quiescent: Bool) -> InvariantCheck? {
+    for invariant in Self.invariants where quiescent || invariant.kind != .quiescent {
+      let violations = invariant.check(self)
+      if !violations.isEmpty { return InvariantCheck(name: invariant.name, violation: violations.joined(separator: "; ")) }
+    }
+    return nil
+  }
+
+  /// One named invariant: what it forbids, what goes wrong in a real system when it breaks,
+  /// and when it must hold.
   public struct Invariant: Sendable {
     public let name: String
+    /// What it requires, in one line.
     public let summary: String
+    /// The harm it prevents, in the kernel's or the TDX module's terms.
+    public let harm: String
+    public let kind: InvariantKind
     let check: @Sendable (Machine) -> [String]
+  }
+
+  /// The invariants as a Markdown table (the README shows it): name, when it must hold,
+  /// what it says, and what goes wrong when it breaks.
+  public static var invariantTable: String {
+    var lines = ["| invariant | holds | what it says | the harm when it breaks |", "|---|---|---|---|"]
+    for invariant in invariants {
+      lines.append("| `\(invariant.name)` | \(invariant.kind.rawValue) | \(invariant.summary) | \(invariant.harm) |")
+    }
+    return lines.joined(separator: "\n") + "\n"
   }
 
   /// All invariants, by name.
   public static let invariants: [Invariant] = [
     Invariant(name: "NoHostMappingOfPrivateMMIO",
               summary: "no user-space mapping of a BAR of a device bound private",
-              check: { $0.hostMappingsOfPrivateMMIO() }),
+              harm: "the host could read or write MMIO the TD owns: the TDI's confidentiality and integrity are gone",
+              kind: .everyState, check: { $0.hostMappingsOfPrivateMMIO() }),
     Invariant(name: "DmaBufRefcountsBalance",
               summary: "every dma-buf's file references equal its fds plus its attachments",
-              check: { $0.dmaBufRefcountViolations() }),
+              harm: "a buffer freed while referenced is a use-after-free; one never freed pins its device registration for ever",
+              kind: .everyState, check: { $0.dmaBufRefcountViolations() }),
     Invariant(name: "VFIORegistrationsBalance",
               summary: "a device's registrations are its own plus one per buffer still on its list",
-              check: { $0.registrationViolations() }),
+              harm: "a registration never put makes vfio_unregister_group_dev() wait for ever; one put too many frees the device under a live dma-buf",
+              kind: .everyState, check: { $0.registrationViolations() }),
     Invariant(name: "DecodeOffImpliesRevoked",
               summary: "a buffer of a device whose memory decode is off (or not in D0) is revoked",
-              check: { $0.decodeOffButLive() }),
+              harm: "importers keep mapping MMIO the function no longer decodes: accesses end in master aborts or unsupported-request errors, which some platforms escalate to a machine check",
+              kind: .everyState, check: { $0.decodeOffButLive() }),
     Invariant(name: "UsableDeviceBuffersRestored",
               summary: "a buffer of an open device whose memory is enabled (and, in reviewed, whose TDI runs if private) is not left revoked",
-              check: { $0.usableButRevoked() }),
+              harm: "the guest loses its device's MMIO for good after a reset it did not ask to lose it in: every access fails until the VMM recreates the buffer",
+              kind: .quiescent, check: { $0.usableButRevoked() }),
     Invariant(name: "ClosedDeviceBuffersRevoked",
               summary: "a buffer whose device was closed is revoked for good",
-              check: { $0.orphansLive() }),
+              harm: "importers still map the BAR of a device VFIO has released: its next owner's MMIO (or the host driver's) is reachable from the guest",
+              kind: .everyState, check: { $0.orphansLive() }),
     Invariant(name: "NoResetUnderLiveImport",
               summary: "no function reset while an importer could still map one of its buffers",
-              check: { $0.resetsUnderLiveImport() }),
+              harm: "a guest accesses MMIO of a function in the middle of a reset: lost or corrupted device state, and for a TD a TDI reset behind its back",
+              kind: .history, check: { $0.resetsUnderLiveImport() }),
     Invariant(name: "PrivateMMIOOnlyWhileTDIRuns",
-              summary: "a private buffer is live only while its device's TDI is RUN",
-              check: { $0.privateLiveWithoutRun() }),
+              summary: "a TD's accepted Secure-EPT MMIO belongs to a TDI in RUN, and its pending MMIO to one locked or in RUN",
+              harm: "the TD maps, accepts or keeps MMIO of an interface it can no longer trust (stopped, reset, in ERROR): the device may no longer enforce TEE isolation for it",
+              kind: .quiescent, check: { $0.privateMappingsWithoutRun() }),
+    Invariant(name: "NoAcceptOfNonRunningTDI",
+              summary: "a TD never accepts MMIO of an interface that is not RUN",
+              harm: "the guest validates MMIO whose TDISP state it did not attest: it trusts a device interface that is unlocked or in ERROR",
+              kind: .history, check: { m in m.kvm.observed.value.acceptsOfUntrustedTDI }),
     Invariant(name: "NoSPTEOutsideMemslot",
               summary: "every mapped GFN lies inside a memslot",
-              check: { m in m.kvm.vms.values.flatMap(KVMInvariants.noSPTEOutsideMemslot) }),
+              harm: "the guest keeps a mapping of memory the VMM took back: it reads or writes host memory or MMIO it no longer owns",
+              kind: .everyState, check: { m in m.kvm.vms.values.flatMap(KVMInvariants.noSPTEOutsideMemslot) }),
     Invariant(name: "MMIOSPTEsUncached",
               summary: "an SPTE mapping MMIO is uncached",
-              check: { m in m.kvm.vms.values.flatMap(KVMInvariants.mmioSPTEsUncached) }),
+              harm: "cached or combined accesses to device registers: reads see stale values, writes are merged or reordered, side effects are lost",
+              kind: .everyState, check: { m in m.kvm.vms.values.flatMap(KVMInvariants.mmioSPTEsUncached) }),
     Invariant(name: "SPTEMatchesExporter",
               summary: "an SPTE in a dma-buf slot maps the PFN the exporter describes for that page",
-              check: { m in m.kvm.vms.values.flatMap { KVMInvariants.sptePFNMatchesBinding($0, pfnOf: m.exporterPFN) } }),
+              harm: "the guest reaches another page than the buffer's: another BAR, another device's MMIO, or host RAM",
+              kind: .everyState, check: { m in m.kvm.vms.values.flatMap { KVMInvariants.sptePFNMatchesBinding($0, physRanges: m.exporterRanges) } }),
     Invariant(name: "RevokedImpliesNoSPTE",
-              summary: "no SPTE maps a revoked buffer once its move_notify has returned",
-              check: { m in m.kvm.vms.values.flatMap { KVMInvariants.noSPTEForRevokedBinding($0, revoked: m.revokedAttachments()) } }),
+              summary: "no SPTE maps a revoked buffer once its importer's move_notify has returned",
+              harm: "a guest access after the revoke reaches MMIO of a device being reset, powered down or handed to its next owner",
+              kind: .everyState, check: { m in m.kvm.vms.values.flatMap { KVMInvariants.noSPTEForRevokedBinding($0, revoked: m.revokedAttachments()) } }),
+    Invariant(name: "NoStalePFNAfterInvalidation",
+              summary: "no fault installs an SPTE or Secure-EPT entry for a PFN its exporter no longer hands out, once the invalidation covering it has ended",
+              harm: "a fault that looked its PFN up before a revoke installed it after: the guest maps MMIO the exporter withdrew (the race the sequence check must close)",
+              kind: .history, check: { $0.kvm.observed.value.stalePFNInstalls }),
     Invariant(name: "NoDanglingBinding",
               summary: "every attachment KVM holds belongs to a live slot; none was leaked",
-              check: { m in m.kvm.vms.values.flatMap(KVMInvariants.noDanglingBinding) + m.leakedAttachments() }),
+              harm: "move_notify through the attachment dereferences a freed memslot (use-after-free); a leaked attachment pins the buffer and its device for ever",
+              kind: .everyState, check: { m in m.kvm.vms.values.flatMap(KVMInvariants.noDanglingBinding) + m.leakedAttachments() }),
     Invariant(name: "NoMoveNotifyOnFreedSlot",
               summary: "no move_notify reached a memslot that had been freed",
-              check: { m in m.kvm.staleMoveNotifies == 0 ? [] : ["\(m.kvm.staleMoveNotifies) move_notify call(s) zapped a freed slot"] }),
+              harm: "KVM zaps through freed memslot memory: a use-after-free in the kernel",
+              kind: .history, check: { m in m.kvm.staleMoveNotifies == 0 ? [] : ["\(m.kvm.staleMoveNotifies) move_notify call(s) zapped a freed slot"] }),
     Invariant(name: "NoKVMBugOn",
               summary: "no VM died through KVM_BUG_ON (an unexpected TDX status)",
-              check: { $0.kvm.bugs }),
+              harm: "the guest is killed and the host WARNs: KVM met a status it has no answer for",
+              kind: .history, check: { $0.kvm.bugs }),
     Invariant(name: "NoUnmapBeforeTracking",
               summary: "KVM never issues TDH.MMIO.UNMAP for an entry whose block epoch is not tracked",
-              check: { m in m.kvm.untrackedUnmaps == 0 ? [] : ["\(m.kvm.untrackedUnmaps) UNMAP(s) before tracking completed"] }),
+              harm: "other logical processors may still hold TLB entries for the MMIO page after it is unmapped and handed on",
+              kind: .history, check: { m in m.kvm.observed.value.untrackedUnmaps == 0 ? [] : ["\(m.kvm.observed.value.untrackedUnmaps) UNMAP(s) before tracking completed"] }),
     Invariant(name: "PendingAccessKillsTD",
               summary: "no TD access to an unaccepted (MMIO_PENDING) page goes unpunished",
-              check: { m in m.kvm.unpunishedPendingAccesses == 0 ? [] : ["\(m.kvm.unpunishedPendingAccesses) access(es) to MMIO_PENDING left the TD running"] }),
+              harm: "the host could substitute MMIO the guest never validated: the TD reads or writes a page it did not accept",
+              kind: .history, check: { m in m.kvm.observed.value.unpunishedPendingAccesses == 0 ? [] : ["\(m.kvm.observed.value.unpunishedPendingAccesses) access(es) to MMIO_PENDING left the TD running"] }),
+    Invariant(name: "NoAccessToRevokedMMIO",
+              summary: "a guest access that completes after a revoke has returned never reads or writes the revoked HPA",
+              harm: "the guest touches MMIO its VMM revoked: a device being reset or reassigned",
+              kind: .history, check: { $0.kvm.observed.value.accessesToRevokedMMIO }),
     Invariant(name: "DeadVMAcceptsNoIoctl",
               summary: "no ioctl succeeds on a VM that KVM_BUG_ON marked dead",
-              check: { m in m.kvm.deadVMIoctls == 0 ? [] : ["\(m.kvm.deadVMIoctls) ioctl(s) succeeded on a dead VM"] }),
+              harm: "KVM acts on a VM whose state it no longer trusts",
+              kind: .history, check: { m in m.kvm.observed.value.deadVMIoctls == 0 ? [] : ["\(m.kvm.observed.value.deadVMIoctls) ioctl(s) succeeded on a dead VM"] }),
     Invariant(name: "SEPTMatchesMirror",
               summary: "a TD's Secure-EPT MMIO entries and KVM's mirror SPTEs agree",
-              check: { $0.septMirrorMismatches() }),
+              harm: "KVM zaps what it believes is mapped and leaves real Secure-EPT entries behind, or blocks and unmaps the wrong ones",
+              kind: .everyState, check: { $0.septMirrorMismatches() }),
   ] + [
-    ("SEPTMMIOEntryOwnedByTD", "every MMIO Secure-EPT entry maps a TEE page whose MMIOMT owner DEVIF belongs to that TD"),
-    ("NoRemovedDevifHasMappedMMIO", "a removed DEVIF has no mapped pages, and the MMIOMT agrees with the Secure EPT"),
-    ("DevifMappedCountBalances", "a DEVIF's count of mapped pages equals the pages mapped through it"),
-    ("EpochRefcountsBalance", "a TD's per-epoch vCPU counts equal the vCPUs in the guest"),
-  ].map { name, summary in
-    Invariant(name: name, summary: summary,
+    ("SEPTMMIOEntryOwnedByTD", "every MMIO Secure-EPT entry maps a TEE page whose MMIOMT owner DEVIF belongs to that TD",
+     "a TD maps another TD's device MMIO, or non-TEE (shared) MMIO as private"),
+    ("NoRemovedDevifHasMappedMMIO", "a removed DEVIF has no mapped pages, and the MMIOMT agrees with the Secure EPT",
+     "a device interface torn down while a TD still maps its MMIO: the MMIO outlives the binding that made it private"),
+    ("DevifMappedCountBalances", "a DEVIF's count of mapped pages equals the pages mapped through it",
+     "DEVIF.REMOVE would succeed with pages still mapped, or refuse for ever"),
+    ("EpochRefcountsBalance", "a TD's per-epoch vCPU counts equal the vCPUs in the guest",
+     "TLB tracking completes while a vCPU still runs in an old epoch, or never completes"),
+  ].map { name, summary, harm in
+    Invariant(name: name, summary: summary, harm: harm, kind: .everyState,
               check: { m in m.kvm.tdx.invariantViolations().filter { $0.name == name }.map(\.message) })
   }
 
@@ -103,10 +177,12 @@ extension Machine {
   }
 
   func registrationViolations() -> [String] {
-    vfio.devices.values.compactMap { device in
-      let held = vfio.dmabufs.values.filter { $0.device == device.id }.count
-      return device.registrations == 1 + held ? nil
-        : "vfio-dev\(device.id.rawValue) has \(device.registrations) registrations for \(held) buffer(s)"
+    var held: [VFIODeviceID: Int] = [:]
+    for buffer in vfio.dmabufs.values { if let device = buffer.device { held[device, default: 0] += 1 } }
+    return vfio.devices.values.compactMap { device in
+      let count = held[device.id, default: 0]
+      return device.registrations == 1 + count ? nil
+        : "vfio-dev\(device.id.rawValue) has \(device.registrations) registrations for \(count) buffer(s)"
     }
   }
 
@@ -136,28 +212,43 @@ extension Machine {
     vfio.devices.values.filter { $0.resetsUnderLiveImport > 0 }
       .map { "vfio-dev\($0.id.rawValue) was reset \($0.resetsUnderLiveImport) time(s) while importers could map its buffers" }
   }
-}
 
-extension Machine {
-  func privateLiveWithoutRun() -> [String] {
-    vfio.dmabufs.values.compactMap { buffer in
-      guard buffer.isPrivate, !buffer.revoked, let id = buffer.device, let device = vfio.device(id),
-            device.function.tdiState != .run else { return nil }
-      return "private dmabuf\(buffer.buffer.rawValue) is live while the TDI of vfio-dev\(id.rawValue) is \(device.function.tdiState?.specName ?? "absent")"
+  /// Accepted Secure-EPT MMIO entries whose device's TDI is not RUN, and pending ones whose
+  /// TDI is not locked or running (the host may map once the interface is locked; the guest
+  /// accepts after START).
+  func privateMappingsWithoutRun() -> [String] {
+    var out: [String] = []
+    for (vm, td) in kvm.tds {
+      guard let state = kvm.tdx.tds[td] else { continue }
+      for (gpa, entry) in state.sept where entry.state == .mmioPending || entry.state == .mmioMapped {
+        guard let device = device(owning: entry.hpa), let tdi = vfio.device(device)?.function.tdiState else { continue }
+        let allowed = entry.state == .mmioMapped ? tdi == .run : tdi.isLocked
+        guard !allowed else { continue }
+        out.append("vm\(vm.rawValue) maps \(gpa) -> \(entry.hpa) (\(entry.state)) while the TDI of vfio-dev\(device.rawValue) is \(tdi.specName)")
+      }
     }
+    return out
   }
 
-  /// The PFN the exporter's physical ranges give for page `pgoff` of a buffer (revoked or not:
-  /// a stale mapping of a revoked buffer is `RevokedImpliesNoSPTE`'s to report).
-  func exporterPFN(_ buffer: DmaBufID, _ pgoff: PageIndex) -> PFN? {
-    vfio.dmaBuf(buffer)?.locate(page: pgoff.rawValue)?.pfn
+  /// The device whose BAR holds `hpa`.
+  func device(owning hpa: HPA) -> VFIODeviceID? {
+    vfio.devices.first { _, device in
+      device.function.bars.contains { $0.base <= hpa && hpa.rawValue - $0.base.rawValue < $0.size }
+    }?.key
   }
 
-  /// KVM's attachments to buffers that are revoked, or gone.
+  /// The physical ranges of a buffer as its exporter describes them (revoked or not: a stale
+  /// mapping of a revoked buffer is `RevokedImpliesNoSPTE`'s to report).
+  func exporterRanges(_ buffer: DmaBufID) -> [PhysRange]? {
+    vfio.dmaBuf(buffer)?.ranges
+  }
+
+  /// KVM's attachments to buffers that are revoked, or gone, whose `move_notify` has returned.
   func revokedAttachments() -> Set<AttachmentID> {
     var out: Set<AttachmentID> = []
     for vm in kvm.vms.values {
       for binding in vm.bindings.values where vfio.dmaBuf(binding.binding.dmaBuf)?.revoked ?? true {
+        if dmabufCore.attachment(binding.binding.attachment)?.inMoveNotify == true { continue }
         out.insert(binding.binding.attachment)
       }
     }
@@ -173,15 +264,19 @@ extension Machine {
     var out: [String] = []
     for (id, td) in kvm.tds {
       guard let vm = kvm.vms[id], let state = kvm.tdx.tds[td] else { continue }
-      let mirror = Dictionary(vm.mmu.leaves().map { ($0.gfn.gpa, $0.spte.pfn.hpa) }, uniquingKeysWith: { a, _ in a })
-      let mmioStates: Set<SEPTState> = [.mmioMapped, .mmioBlocked, .mmioPending]
-      let sept = Dictionary(state.sept.filter { mmioStates.contains($0.value.state) }.map { ($0.key, $0.value.hpa) },
-                            uniquingKeysWith: { a, _ in a })
-      for (gpa, hpa) in mirror where sept[gpa] != hpa {
-        out.append("vm\(id.rawValue) mirror maps \(gpa) -> \(hpa), SEPT has \(sept[gpa].map(\.description) ?? "nothing")")
+      var mirror: [GPA: HPA] = [:]
+      for leaf in vm.mmu.leaves() { mirror[leaf.gfn.gpa] = leaf.spte.pfn.hpa }
+      var septCount = 0
+      for (gpa, entry) in state.sept where entry.state.isMMIO {
+        septCount += 1
+        if mirror[gpa] != entry.hpa {
+          out.append("vm\(id.rawValue) SEPT maps \(gpa) -> \(entry.hpa), the mirror has \(mirror[gpa].map(\.description) ?? "nothing")")
+        }
       }
-      for (gpa, hpa) in sept where mirror[gpa] == nil {
-        out.append("vm\(id.rawValue) SEPT maps \(gpa) -> \(hpa), the mirror has nothing")
+      if septCount != mirror.count {
+        for (gpa, hpa) in mirror where state.sept[gpa].map({ !$0.state.isMMIO }) ?? true {
+          out.append("vm\(id.rawValue) mirror maps \(gpa) -> \(hpa), SEPT has nothing")
+        }
       }
     }
     return out

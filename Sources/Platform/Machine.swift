@@ -100,24 +100,72 @@ public struct Machine: Hashable, Sendable {
   /// The fd of a VM the configuration created, by its name (`td0`); `nil` for no such VM.
   public func vmFD(named name: String) -> FD? { configuredVMs[name] }
 
-  /// Performs one operation in the ioctl context.
+  /// Performs one operation on a thread of the ioctl context, stepped alone until it finishes.
   public mutating func perform(_ op: Operation) -> OpResult {
-    perform(op, context: .ioctl)
+    var contention = Contention()
+    return perform(op, context: .ioctl, contention: &contention)
   }
 
-  /// Performs one operation in `context`.
+  /// Performs one operation on a thread of `context`, with no contention chosen.
   public mutating func perform(_ op: Operation, context: ContextID) -> OpResult {
-    defer { trace.absorb(&kvm.tdx.trace) }
-    let deadTarget = targetsDeadVM(op)
-    do throws(OpFailure) {
-      let value = try dispatch(op, context: context)
-      if deadTarget { kvm.deadVMIoctls += 1 }
-      return .success(value)
-    } catch {
-      trace.absorb(&kvm.tdx.trace)
-      trace.emit(.platform, "-> \(error)")
-      return .failure(error)
+    var contention = Contention()
+    return perform(op, context: context, contention: &contention)
+  }
+
+  /// Performs one operation on a thread of `context`, stepped alone until it finishes:
+  /// `run`, the explorer and the fuzzer all go through ``step(_:choices:)``, and this is the
+  /// one-thread schedule. vCPUs that a kick waits for answer it between the thread's steps.
+  ///
+  /// A fault that retries forever (the posted `rfc-v1` map path turns every failed
+  /// `TDH.MMIO.MAP` into `-EBUSY`) is found, not capped: the thread comes back to a state it
+  /// was already in, so it would loop for ever; the result is ``OpFailure/livelock(_:)``.
+  public mutating func perform(_ op: Operation, context: ContextID, contention: inout Contention) -> OpResult {
+    var thread = startThread(op, context: context)
+    var lastRetry: (machine: Machine, thread: KernelThread, contention: Contention)?
+    var retries = 0
+    while true {
+      switch step(&thread, choices: &contention) {
+      case .finished(let result):
+        canonicalize()
+        if case .failure(let failure) = result { trace.emit(.platform, "-> \(failure)") }
+        return result
+      case .ran:
+        // At each retry the thread is back at the start of its access: if the machine, the
+        // thread and the contention still to come equal what they were at the previous retry,
+        // nothing can ever change.
+        if thread.retries != retries {
+          retries = thread.retries
+          var now = (machine: self, thread: thread, contention: contention)
+          now.machine.canonicalize(&now.thread)
+          if let last = lastRetry, last.machine == now.machine, last.thread == now.thread, last.contention == now.contention {
+            let failure = OpFailure.livelock("\(thread.name): \(op.name) retries for ever (\(retries) retries, each back in the same state)")
+            trace.emit(.platform, "-> \(failure)")
+            return .failure(failure)
+          }
+          lastRetry = now
+        }
+      case .blocked(let wait):
+        // Alone, a thread can only wait for vCPUs to answer a kick; anything else is a lock
+        // that no thread will ever release.
+        let answered: Bool
+        do { answered = try answerPendingKicks(except: thread.vcpu) } catch {
+          return .failure(.lockViolation(error))
+        }
+        guard answered else {
+          let failure = OpFailure.deadlock("\(thread.name): \(op.name) waits for \(wait), which nothing will release")
+          trace.emit(.platform, "-> \(failure)")
+          return .failure(failure)
+        }
+      }
     }
+  }
+
+  /// Lets every vCPU with a pending kick, other than `except`, answer it.
+  /// - Returns: whether any did.
+  mutating func answerPendingKicks(except: VCPURef?) throws(LockViolation) -> Bool {
+    let pending = kickResponders().filter { $0 != except }
+    for vcpu in pending { try answerKick(vcpu) }
+    return !pending.isEmpty
   }
 }
 
@@ -133,18 +181,37 @@ extension Machine {
     try errno { () throws(Errno) in try device(named: name) }
   }
 
-  func vfioFile(_ fd: FD) throws(Errno) -> VFIOFileID {
-    guard case .vfioDevice(let id) = try files.lookup(fd) else { throw .EINVAL }
+  /// How an operation reaches the file behind an fd, which decides what a file of the wrong
+  /// kind answers.
+  enum FileUse {
+    /// An ioctl: the wrong file's `unlocked_ioctl` has no such command (its `default:` case),
+    /// `ENOTTY`.
+    case ioctl
+    /// `pread`/`pwrite`, or a kernel lookup that checks the file's ops (`dma_buf_get()`,
+    /// an fd passed as an ioctl argument): `EINVAL`.
+    case other
+  }
+
+  func vfioFile(_ fd: FD, _ use: FileUse = .ioctl) throws(Errno) -> VFIOFileID {
+    guard case .vfioDevice(let id) = try files.lookup(fd) else {
+      throw use == .ioctl ? Errno.ENOTTY.because("vfio_device_fops_unl_ioctl", "\(fd) is not a VFIO device: no such ioctl")
+        : Errno.EINVAL.because("vfio_device_fops_read", "\(fd) is not a VFIO device file")
+    }
     return id
   }
 
   func dmaBuf(_ fd: FD) throws(Errno) -> DmaBufID {
-    guard case .dmaBuf(let id) = try files.lookup(fd) else { throw .EINVAL }
+    guard case .dmaBuf(let id) = try files.lookup(fd) else {
+      throw Errno.EINVAL.because("dma_buf_get", "\(fd) is not a dma-buf (is_dma_buf_file() fails)")
+    }
     return id
   }
 
-  func vm(_ fd: FD) throws(Errno) -> VMID {
-    guard case .vm(let id) = try files.lookup(fd) else { throw .EINVAL }
+  func vm(_ fd: FD, _ use: FileUse = .ioctl) throws(Errno) -> VMID {
+    guard case .vm(let id) = try files.lookup(fd) else {
+      throw use == .ioctl ? Errno.ENOTTY.because("kvm_vm_ioctl", "\(fd) is not a KVM VM: no such ioctl")
+        : Errno.EINVAL.because("kvm_get_kvm_safe", "\(fd) is not a KVM VM file")
+    }
     return id
   }
 
@@ -152,14 +219,30 @@ extension Machine {
   func targetsDeadVM(_ op: Operation) -> Bool {
     let fd: FD
     switch op {
-    case .kvmCreateVCPU(let vm, _), .kvmSetUserMemoryRegion2(let vm, _), .guestRead(let vm, _, _),
-         .guestWrite(let vm, _, _), .guestAcceptMMIO(let vm, _, _), .tdxDevifCreate(let vm, _):
+    case .kvmCreateVCPU(let vm, _), .kvmSetUserMemoryRegion2(let vm, _), .guestRead(let vm, _, _, _),
+         .guestWrite(let vm, _, _, _), .guestAcceptMMIO(let vm, _, _, _), .tdxDevifCreate(let vm, _):
       fd = vm
     default:
       return false
     }
     guard case .vm(let id)? = try? files.lookup(fd) else { return false }
     return kvm.vms[id]?.isDead == true
+  }
+
+  /// The locks `context` holds anywhere in the machine, by name.
+  public func locksHeld(by context: ContextID) -> [String] {
+    var held: [String] = []
+    for device in vfio.devices.values {
+      let lock = device.memoryLock
+      if lock.writer == context || lock.readers.contains(context) { held.append(lock.name) }
+    }
+    for buffer in dmabufCore.buffers.values where buffer.resv.holder == context { held.append(buffer.resv.name) }
+    for vm in kvm.vms.values {
+      if vm.mmuLock.writer == context || vm.mmuLock.readers.contains(context) { held.append("vm\(vm.id.rawValue) \(vm.mmuLock.name)") }
+      if vm.slotsLock.holder == context { held.append("vm\(vm.id.rawValue) \(vm.slotsLock.name)") }
+      if vm.srcu.isReading(context) { held.append("vm\(vm.id.rawValue) kvm->srcu (read)") }
+    }
+    return held
   }
 
   /// A free fd must exist before an operation commits anything it would hand out as an fd.

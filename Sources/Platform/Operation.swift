@@ -67,19 +67,66 @@ public enum Operation: Hashable, Sendable {
   case kvmCreateVCPU(vm: FD, id: UInt32)
   case kvmSetUserMemoryRegion2(vm: FD, region: MemoryRegion2)
   case kvmDestroyVM(vm: FD)
-  /// A whole vCPU access: exit, fault path (with retries), completion.
-  case guestRead(vm: FD, gpa: GPA, size: UInt64)
-  case guestWrite(vm: FD, gpa: GPA, size: UInt64)
+  /// A guest load on vCPU `vcpu`: in guest mode, then (when not mapped) the EPT violation,
+  /// the fault and the access again, until it completes or `KVM_RUN` returns.
+  case guestRead(vm: FD, gpa: GPA, size: UInt64, vcpu: UInt32 = 0)
+  /// A guest store on vCPU `vcpu`, as ``guestRead(vm:gpa:size:vcpu:)``.
+  case guestWrite(vm: FD, gpa: GPA, size: UInt64, vcpu: UInt32 = 0)
 
   // MARK: TDX
   case tdxDevifCreate(vm: FD, device: String)
   case tdxDevifRemove(vm: FD, device: String)
   case tdxMMIOMTAdd(device: String)
   case tdxStreamBlock(device: String)
-  /// `TDG.MMIO.ACCEPT` by the guest; takes the EPT violation first when not yet mapped.
-  case guestAcceptMMIO(vm: FD, gpa: GPA, expectHPA: HPA?)
+  /// `TDG.MMIO.ACCEPT` by the guest on vCPU `vcpu`; takes the EPT violation first when not
+  /// yet mapped, then accepts again.
+  case guestAcceptMMIO(vm: FD, gpa: GPA, expectHPA: HPA?, vcpu: UInt32 = 0)
   /// A raw SEAMCALL: leaf number and its register arguments (RCX, RDX, R8, …).
   case tdxSeamcall(leaf: UInt64, args: [UInt64])
+}
+
+extension Operation {
+  /// The op's name as scenarios spell it (`vfio.dma_buf`).
+  public var name: String {
+    switch self {
+    case .vfioOpen: "vfio.open"
+    case .vfioBindIOMMUFD: "vfio.bind_iommufd"
+    case .vfioClose: "vfio.close"
+    case .vfioRegionInfo: "vfio.region_info"
+    case .vfioRead: "vfio.read"
+    case .vfioWrite: "vfio.write"
+    case .vfioMmap: "vfio.mmap"
+    case .vfioSetMemoryDecode: "vfio.set_memory_decode"
+    case .vfioReset: "vfio.reset"
+    case .vfioFLR: "vfio.flr"
+    case .vfioHotReset: "vfio.hot_reset"
+    case .vfioSetPower: "vfio.set_power"
+    case .vfioDmaBuf: "vfio.dma_buf"
+    case .dmabufAttach: "dmabuf.attach"
+    case .dmabufDetach: "dmabuf.detach"
+    case .dmabufPin: "dmabuf.pin"
+    case .dmabufGetPfn: "dmabuf.get_pfn"
+    case .dmabufClose: "dmabuf.close"
+    case .tdispLock: "tdisp.lock"
+    case .tdispStart: "tdisp.start"
+    case .tdispStop: "tdisp.stop"
+    case .tdispReport: "tdisp.report"
+    case .pciFLR: "pci.flr"
+    case .pciWriteCommand: "pci.write_command"
+    case .kvmCreateVM: "kvm.create_vm"
+    case .kvmCreateVCPU: "kvm.create_vcpu"
+    case .kvmSetUserMemoryRegion2: "kvm.set_user_memory_region2"
+    case .kvmDestroyVM: "kvm.destroy_vm"
+    case .guestRead: "guest.read"
+    case .guestWrite: "guest.write"
+    case .tdxDevifCreate: "tdx.devif_create"
+    case .tdxDevifRemove: "tdx.devif_remove"
+    case .tdxMMIOMTAdd: "tdx.mmio_mt_add"
+    case .tdxStreamBlock: "tdx.stream_block"
+    case .guestAcceptMMIO: "guest.accept_mmio"
+    case .tdxSeamcall: "tdx.seamcall"
+    }
+  }
 }
 
 /// One `struct vfio_region_dma_range`: an (offset, length) pair inside a region.

@@ -34,13 +34,21 @@ public enum OpFailure: Error, Hashable, Sendable, CustomStringConvertible {
   case tdx(TDXStatus)
   /// The device answered a TDISP request with this error code (`INVALID_NONCE` …).
   case tdisp(code: UInt16, name: String)
+  /// The operation can never finish: a retry loop that comes back to the same state (the
+  /// kernel would spin for ever). A finding about the model's kernel, not an errno.
+  case livelock(String)
+  /// The operation waits for something no thread will ever do.
+  case deadlock(String)
+  /// The model broke a lock rule of its own (a lock taken twice, released without being
+  /// held, a path finished holding one): a bug in the model, reported loudly.
+  case lockViolation(LockViolation)
 
   /// The function and check that refused the call, when the refusing code named them.
   public var reason: Refusal? {
     switch self {
     case .errno(let e): e.reason
     case .tdx(let s): s.reason
-    case .tdisp: nil
+    case .tdisp, .livelock, .deadlock, .lockViolation: nil
     }
   }
 
@@ -49,6 +57,9 @@ public enum OpFailure: Error, Hashable, Sendable, CustomStringConvertible {
     case .errno(let e): "errno \(e.name)"
     case .tdx(let s): "tdx \(s)"
     case .tdisp(let code, let name): "tdisp \(name) (0x\(String(code, radix: 16)))"
+    case .livelock(let what): "livelock: \(what)"
+    case .deadlock(let what): "deadlock: \(what)"
+    case .lockViolation(let violation): "model lock violation: \(violation)"
     }
   }
 }

@@ -5,6 +5,7 @@ import VFIO
 import KVM
 import TDX
 import Platform
+import HashTreeCollections
 
 // The one place that reads a Machine for a state dump: if the platform renames a field, this
 // file is what follows it. Everything here is the machine's public state.
@@ -66,9 +67,14 @@ extension MachineState {
       TD(id: id.rawValue, vm: vmOfTD[id]?.rawValue, epoch: td.epoch, fatal: td.isFatal, vcpus: td.vcpus.count,
          vcpusInGuest: td.vcpus.count { $0.inGuest }, sept: Self.sept(td.sept))
     }
+    tdx.mmiomt = Self.mmiomt(module.mmiomt.map { (key: $0.key, value: $0.value) }, devifs: module.devifs)
+    tdx.mmiomtTablePages = module.mmiomtPages.count
     let bars = devices.flatMap { device in device.bars.map { (device.name, $0) } }
     tdx.devifs = module.devifs.sorted { $0.key < $1.key }.map { id, devif in
-      let ranges = devif.ranges.map { HostRange(hpa: $0.first.hpa.rawValue, size: $0.count << pageShift) }
+      // The DEVIF's MMIO: the MMIOMT entries set for its function.
+      let ranges = collapse(tdx.mmiomt.filter { $0.function == devif.interface.rawValue }.map {
+        HostRange(hpa: $0.hpa, size: $0.pages << pageShift)
+      }, extends: { $0.hpa &+ $0.size == $1.hpa }, merge: { $0.size += $1.size })
       let device = ranges.first.flatMap { range in
         bars.first { range.hpa >= $0.1.base && range.hpa - $0.1.base < $0.1.size }?.0
       }
@@ -76,7 +82,6 @@ extension MachineState {
                    tdisp: "\(devif.tdispState)", streamBlocked: devif.streamBlocked, ranges: ranges,
                    mappedPages: devif.mappedPages)
     }
-    tdx.mmiomt = Self.mmiomt(module.mmiomt)
   }
 
   static func device(_ d: VFIOPCICoreDevice, name: String?) -> Device {
@@ -156,26 +161,24 @@ extension MachineState {
     }, merge: { run, next in run.size += next.size; run.count += next.count })
   }
 
-  static let attributeNames: [(MMIOMTAttributes, String)] = [
-    (.msixTable, "MSIX_TABLE"), (.msixPBA, "MSIX_PBA"), (.isNonTEEMem, "IS_NON_TEE_MEM"), (.isMemAttrUpdatable, "IS_MEM_ATTR_UPDATABLE"),
-  ]
-
-  /// MMIOMT entries as runs, in host-page order.
-  static func mmiomt(_ table: some Sequence<(key: PFN, value: MMIOMTEntry)>) -> [MMIOMTRun] {
+  /// MMIOMT DATA entries as runs, in host-page order: one function and level, mapped
+  /// contiguously or not at all.
+  static func mmiomt(_ table: [(key: PFN, value: MMIOMTEntry)], devifs: TreeDictionary<DevifID, DevifState>) -> [MMIOMTRun] {
+    let devifOf = Dictionary(devifs.map { ($0.value.interface, $0.key.rawValue) }, uniquingKeysWith: { a, _ in a })
     let single = table.sorted { $0.key < $1.key }.map { pfn, entry in
-      MMIOMTRun(hpa: pfn.hpa.rawValue, pages: 1, devif: entry.owner.rawValue,
-                attributes: attributeNames.filter { entry.attributes.contains($0.0) }.map(\.1),
+      MMIOMTRun(hpa: pfn.hpa.rawValue, pages: entry.level.size >> pageShift, level: "\(entry.level)", count: 1,
+                function: entry.function.rawValue, devif: devifOf[entry.function],
                 td: entry.mapping?.td.rawValue, gpa: entry.mapping?.gpa.rawValue)
     }
     return collapse(single, extends: { run, next in
       let size = run.pages << pageShift
-      guard run.devif == next.devif, run.attributes == next.attributes, run.hpa &+ size == next.hpa, run.td == next.td
+      guard run.function == next.function, run.level == next.level, run.hpa &+ size == next.hpa, run.td == next.td
       else { return false }
       switch (run.gpa, next.gpa) {
       case (nil, nil): return true
       case (let a?, let b?): return a &+ size == b
       default: return false
       }
-    }, merge: { run, _ in run.pages += 1 })
+    }, merge: { run, next in run.pages += next.pages; run.count += 1 })
   }
 }

@@ -102,11 +102,11 @@ extension MachineState {
                  + "  TDISP \(d.tdisp)  stream \(d.streamBlocked ? "BLOCKED" : "live")  \(d.mappedPages) page(s) mapped")
       for r in d.ranges { out.append("    \(range(r.hpa, r.size))  \(sizeText(r.size))") }
     }
-    out.append("  MMIOMT")
-    if tdx.mmiomt.isEmpty { out.append("    (empty)") }
+    out.append("  MMIOMT (\(tdx.mmiomtTablePages) table page(s))")
+    if tdx.mmiomt.isEmpty { out.append("    (no entries)") }
     for run in tdx.mmiomt {
-      var text = "    \(range(run.hpa, run.pages << 12))  \(run.pages) page(s)  devif \(run.devif)"
-      if !run.attributes.isEmpty { text += "  [\(run.attributes.joined(separator: " "))]" }
+      var text = "    \(range(run.hpa, run.pages << 12))  \(run.count) x \(run.level)  rid \(hex(UInt64(run.function)))"
+        + (run.devif.map { " (devif \($0))" } ?? " (no devif)")
       if let td = run.td, let gpa = run.gpa { text += "  mapped td \(td) gpa \(hex(gpa))" }
       out.append(text)
     }

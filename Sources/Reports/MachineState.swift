@@ -171,8 +171,10 @@ public struct MachineState: Codable, Hashable, Sendable {
   public struct TDX: Codable, Hashable, Sendable {
     public var tds: [TD] = []
     public var devifs: [Devif] = []
-    /// The MMIO metadata table, runs collapsed.
+    /// The MMIO metadata table's DATA entries, runs collapsed.
     public var mmiomt: [MMIOMTRun] = []
+    /// Pages TDH.MMIO.MT.ADD gave the table.
+    public var mmiomtTablePages = 0
   }
 
   public struct TD: Codable, Hashable, Sendable {
@@ -214,12 +216,18 @@ public struct MachineState: Codable, Hashable, Sendable {
     public var mappedPages: UInt64
   }
 
-  /// A run of MMIOMT entries: one owner, one set of attributes, mapped contiguously or not at all.
+  /// A run of MMIOMT DATA entries: one function and level, mapped contiguously or not at all.
   public struct MMIOMTRun: Codable, Hashable, Sendable {
     public var hpa: UInt64
+    /// 4 KiB pages the run covers.
     public var pages: UInt64
-    public var devif: UInt32
-    public var attributes: [String]
+    /// The level each entry was set at (`4K`, `2M`, `1G`) and how many entries the run holds.
+    public var level: String
+    public var count: UInt64
+    /// The function id (PCIe routing id) TDH.MMIO.MT.SET gave the entries.
+    public var function: UInt32
+    /// The live DEVIF of that function, if any.
+    public var devif: UInt32?
     /// Where the run is mapped, when it is.
     public var td: UInt32?
     public var gpa: UInt64?

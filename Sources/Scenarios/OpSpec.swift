@@ -256,12 +256,12 @@ extension OpSpec {
       .kvmDestroyVM(vm: $0.fd("vm"))
     },
     OpSpec("guest.read", "a vCPU load: exit, fault path, completion",
-           [KeySpec("vm", .vm), KeySpec("gpa", .u64), KeySpec("size", .u64, fourBytes)]) {
-      .guestRead(vm: $0.fd("vm"), gpa: GPA($0.u64("gpa")), size: $0.u64("size"))
+           [KeySpec("vm", .vm), KeySpec("gpa", .u64), KeySpec("size", .u64, fourBytes), KeySpec("vcpu", .u32, zero)]) {
+      .guestRead(vm: $0.fd("vm"), gpa: GPA($0.u64("gpa")), size: $0.u64("size"), vcpu: $0.u32("vcpu"))
     },
     OpSpec("guest.write", "a vCPU store: exit, fault path, completion",
-           [KeySpec("vm", .vm), KeySpec("gpa", .u64), KeySpec("size", .u64, fourBytes)]) {
-      .guestWrite(vm: $0.fd("vm"), gpa: GPA($0.u64("gpa")), size: $0.u64("size"))
+           [KeySpec("vm", .vm), KeySpec("gpa", .u64), KeySpec("size", .u64, fourBytes), KeySpec("vcpu", .u32, zero)]) {
+      .guestWrite(vm: $0.fd("vm"), gpa: GPA($0.u64("gpa")), size: $0.u64("size"), vcpu: $0.u32("vcpu"))
     },
     OpSpec("tdx.devif_create", "TDH.DEVIF.CREATE (137)", [KeySpec("vm", .vm), KeySpec("device", .device)]) {
       .tdxDevifCreate(vm: $0.fd("vm"), device: $0.string("device"))
@@ -276,8 +276,9 @@ extension OpSpec {
       .tdxStreamBlock(device: $0.string("device"))
     },
     OpSpec("guest.accept_mmio", "TDG.MMIO.ACCEPT (71), after the EPT violation maps the page",
-           [KeySpec("vm", .vm), KeySpec("gpa", .u64), KeySpec("expect_hpa", .u64, .optional)]) {
-      .guestAcceptMMIO(vm: $0.fd("vm"), gpa: GPA($0.u64("gpa")), expectHPA: $0.optionalU64("expect_hpa").map(HPA.init))
+           [KeySpec("vm", .vm), KeySpec("gpa", .u64), KeySpec("expect_hpa", .u64, .optional), KeySpec("vcpu", .u32, zero)]) {
+      .guestAcceptMMIO(vm: $0.fd("vm"), gpa: GPA($0.u64("gpa")), expectHPA: $0.optionalU64("expect_hpa").map(HPA.init),
+                       vcpu: $0.u32("vcpu"))
     },
     OpSpec("tdx.seamcall", "a raw SEAMCALL: leaf number, then RCX, RDX, R8, ...",
            [KeySpec("leaf", .u64), KeySpec("args", .numbers, .defaulted(.numbers([]), shown: "[]"))]) {

@@ -42,7 +42,7 @@ public struct StepReport: Codable, Hashable, Sendable {
   public var index: Int
   /// `steps`, or `concurrent[N]` (0-based).
   public var path: String
-  /// The kernel context that ran it (`ioctl`, `ctx1` …): one Perfetto track each.
+  /// The thread that ran it (`ioctl`, `vcpu1`, `ctx2` …): one Perfetto track each.
   public var context: String
   /// Where the step is written.
   public var file: String
@@ -69,13 +69,14 @@ public struct StepReport: Codable, Hashable, Sendable {
   /// `file:line`, for FAILED lines.
   public var location: String { "\(file):\(line)" }
 
-  init(step: ScenarioStep, result: OpResult, trace: [TraceLine], violations: [InvariantViolation], nanoseconds: UInt64) {
+  init(step: ScenarioStep, thread: String, result: OpResult, trace: [TraceLine], violations: [InvariantViolation],
+       nanoseconds: UInt64) {
     index = step.index
     switch step.path {
     case .main: path = "steps"
     case .concurrent(let n): path = "concurrent[\(n)]"
     }
-    context = step.path.context.description
+    context = thread
     file = step.position.file
     line = step.position.line
     column = step.position.column

@@ -65,6 +65,30 @@ public struct Scenario: Hashable, Sendable {
 
   /// Every step in `run` order: `steps`, then each concurrent path.
   public var allSteps: [ScenarioStep] { steps + concurrent.flatMap { $0 } }
+
+  /// The name of the thread that runs `path`: `ioctl` for `steps`; for a concurrent path,
+  /// `vcpuN` when every step is a guest op on vCPU N (and no other path is that vCPU's),
+  /// else `ctxK` for path K-1. Reports, counterexamples and `schedule:` use these names.
+  public func threadName(for path: StepPath) -> String {
+    guard case .concurrent(let n) = path else { return "ioctl" }
+    if let vcpu = Self.guestVCPU(of: concurrent[n]),
+       concurrent.indices.filter({ Self.guestVCPU(of: concurrent[$0]) == vcpu }).count == 1 {
+      return "vcpu\(vcpu)"
+    }
+    return "ctx\(n + 1)"
+  }
+
+  /// The vCPU every step of `path` runs on, when they are all guest ops on one vCPU.
+  static func guestVCPU(of path: [ScenarioStep]) -> UInt64? {
+    var vcpu: UInt64?
+    for step in path {
+      guard step.opName.hasPrefix("guest.") else { return nil }
+      let n: UInt64 = if case .number(let v)? = step.arguments["vcpu"] { v } else { 0 }
+      if let vcpu, vcpu != n { return nil }
+      vcpu = n
+    }
+    return vcpu
+  }
 }
 
 /// Where each entry of `machine:` is written.

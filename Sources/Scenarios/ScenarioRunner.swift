@@ -57,13 +57,13 @@ public enum ScenarioRunner {
       if let last = options.stopAfterStep, step.index > last { break }
       let operation = step.operation(in: handles)
       let before = clock.now
-      let result = machine.perform(operation)
+      let result = machine.perform(operation, context: step.path.context)
       let elapsed = clock.now - before
       if let name = step.binding { handles.bind(name, to: result) }
       let events = machine.trace.drain().map(TraceLine.init)
 
       var violations: [InvariantViolation] = []
-      for check in machine.checkInvariants() {
+      for check in machine.checkInvariants(quiescent: true) {
         if invariants[check.name] == nil {
           invariants[check.name] = InvariantSummary(name: check.name)
           invariantOrder.append(check.name)
@@ -78,8 +78,8 @@ public enum ScenarioRunner {
           }
         }
       }
-      var report = StepReport(step: step, result: result, trace: events, violations: violations,
-                              nanoseconds: elapsed.nanoseconds)
+      var report = StepReport(step: step, thread: scenario.threadName(for: step.path), result: result,
+                              trace: events, violations: violations, nanoseconds: elapsed.nanoseconds)
       if let expected = step.stateExpectation {
         report.judge(stateMismatches: expected.mismatches(in: machine.machineState(), handles: handles))
       }
@@ -120,8 +120,10 @@ public struct RunOptions: Sendable {
 
 /// What the runner needs of a machine: ``Machine``'s entry points.
 public protocol ScenarioMachine {
-  mutating func perform(_ op: Operation) -> OpResult
-  func checkInvariants() -> [InvariantCheck]
+  /// Runs `op` on a thread of `context`, alone, to its end.
+  mutating func perform(_ op: Operation, context: ContextID) -> OpResult
+  /// The invariants; `quiescent`: no thread is inside a path.
+  func checkInvariants(quiescent: Bool) -> [InvariantCheck]
   func vmFD(named name: String) -> FD?
   var trace: Trace { get set }
   /// The machine as `pmmio show` prints it; `nil` for machines that have none (scripts).

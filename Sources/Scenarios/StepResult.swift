@@ -35,6 +35,11 @@ public struct StepResult: Codable, Hashable, Sendable {
   /// The device's TDISP error code, by name and value.
   public var tdisp: String?
   public var tdispCode: UInt16?
+  /// The operation could never finish (a retry loop that comes back to where it was), waited
+  /// for something no thread will do, or the model broke one of its own lock rules.
+  public var livelock: String?
+  public var deadlock: String?
+  public var lockViolation: String?
   /// The kernel function and the check that refused the call, where the model names them.
   public var reason: Reason?
   /// What happened, in plain words, where the outcome's name alone does not say it.
@@ -71,6 +76,9 @@ public struct StepResult: Codable, Hashable, Sendable {
         statusOperand = s.operand == 0 ? nil : s.operand
         statusCode = "0x" + String(s.rawValue, radix: 16, uppercase: true)
       case .tdisp(let code, let name): tdisp = name; tdispCode = code
+      case .livelock(let what): livelock = what
+      case .deadlock(let what): deadlock = what
+      case .lockViolation(let violation): lockViolation = "\(violation)"
       }
       reason = failure.reason.map { Reason(function: $0.function, check: $0.check) }
     }
@@ -110,6 +118,9 @@ public struct StepResult: Codable, Hashable, Sendable {
     if let errno { return "errno \(errno)" }
     if let status { return "tdx \(status)" + (statusOperand.map { " (operand 0x\(String($0, radix: 16)))" } ?? "") }
     if let tdisp { return "tdisp \(tdisp) (0x\(String(tdispCode ?? 0, radix: 16)))" }
+    if let livelock { return "livelock: \(livelock)" }
+    if let deadlock { return "deadlock: \(deadlock)" }
+    if let lockViolation { return "model lock violation: \(lockViolation)" }
     return "error"
   }
 

@@ -3,29 +3,29 @@ import KernelCore
 /// The register-level ABI: SEAMCALL and TDCALL as the CPU delivers them, leaf in RAX and
 /// arguments in RCX, RDX, R8, R9 (`args[0]`, `args[1]`, … ; missing registers read as zero).
 ///
-/// Argument encoding, per leaf (the model's handles stand where the ABI passes the HPA of a
-/// control page):
+/// Register layouts are the module's (handler signatures in `include/tdxio/
+/// tdxio_vmm_api_handlers.h` and the `tdh_*.c` / `tdg_*.c` handlers at commit `6e66b9d2`); the
+/// model's handles stand where the ABI passes the HPA of a control page (TDR, TDVPR):
 ///
 /// | leaf | RCX | RDX | R8 | R9 | output |
 /// |---|---|---|---|---|---|
 /// | TDH.VP.ENTER 0 | TDVPR: TD handle << 32 \| vCPU index | | | | — |
-/// | TDH.MNG.CREATE 9 | vCPU count | | | | TD handle |
-/// | TDH.MEM.TRACK 38 | TD handle (TDR) | | | | — |
-/// | TDH.DEVIF.CREATE 137 | TD handle | routing id | | | DEVIF handle |
-/// | TDH.DEVIF.REMOVE 138 | DEVIF handle | | | | — |
-/// | TDH.MMIO.MT.ADD 154 | first HPA | DEVIF handle | page count | attributes | — |
-/// | TDH.MMIO.MT.SET 155 | HPA | attributes | | | — |
-/// | TDH.MMIO.MAP 158 | GPA \| level | TD handle | HPA | | — |
-/// | TDH.MMIO.BLOCK 159 | GPA \| level | TD handle | | | — |
-/// | TDH.MMIO.UNMAP 160 | GPA \| level | TD handle | | | HPA |
-/// | TDG.MMIO.ACCEPT 71 (TDCALL) | GPA \| level | expected HPA | | | 0 accepted, 1 EPT-violation exit |
+/// | TDH.MNG.CREATE 9 | vCPU count | | | | TD handle (model) |
+/// | TDH.MEM.TRACK 38 | TDR (TD handle) | | | | — |
+/// | TDH.DEVIF.CREATE 137 | DEVIF id: function id in 63:32, type in 31:24 (0 = PF/VF) | TDR | DEVIFCS page | TD TDISP buffer (R10: VMM buffer) | — |
+/// | TDH.DEVIF.REMOVE 138 | function id (63:32 reserved) | | | | RCX, RDX buffers (0 in the model), R8 TDR |
+/// | TDH.MMIO.MT.ADD 154 | MMIOMT index (level 2:0, address 51:12) | new 4 KiB table page | | | — |
+/// | TDH.MMIO.MT.SET 155 | MMIOMT index | set info: type 1:0, function id 43:12 | | | — |
+/// | TDH.MMIO.MAP 158 | GPA \| level | TDR | MMIO HPA | | — |
+/// | TDH.MMIO.BLOCK 159 | GPA \| level | TDR | | | — |
+/// | TDH.MMIO.UNMAP 160 | GPA \| level | TDR | | | R8: the HPA that was mapped |
+/// | TDG.MMIO.ACCEPT 71 (TDCALL) | GPA \| level | MMIO offset (host address + the TD's reporting offset) | | | 0 accepted, 1 EPT-violation exit (model) |
 ///
-/// "GPA | level" is the Secure-EPT mapping-info format of TDH.MEM.PAGE.AUG: level in bits 2:0
-/// (0 = 4K, 1 = 2M, 2 = 1G), bits 11:3 reserved (zero), GPA in bits 51:12, bits 63:52
-/// reserved. A handle of 0, or one past 32 bits, names nothing. A leaf the model does not
-/// implement (an unknown number, or a known one such as TDH.MEM.PAGE.AUG that private MMIO
-/// does not use) fails `TDX_OPERAND_INVALID` with operand RAX, as the module answers an
-/// unsupported leaf.
+/// "GPA | level" is `page_info_api_input_t`: level in bits 2:0 (0 = 4K, 1 = 2M, 2 = 1G),
+/// bits 11:3 reserved (zero), GPA in bits 51:12, bits 63:52 reserved. A TDR or TDVPR handle of
+/// 0, or one past 32 bits, names nothing. The DEVIFCS page and the TDISP buffers (R8 ... R10 of
+/// DEVIF.CREATE) are not modelled: the model keeps no PAMT. A leaf the model does not implement
+/// fails `TDX_OPERAND_INVALID` with operand RAX, as the module answers an unsupported leaf.
 extension TDXModule {
   /// Executes SEAMCALL `leaf` with register arguments `args`.
   /// - Returns: the output registers on `TDX_SUCCESS`, else the status.
@@ -46,8 +46,8 @@ extension TDXModule {
         throw TDXStatus.operandInvalid.with(operand: TDXOperand.rax)
       }
       let (gpa, level) = try r.gpaAndLevel()
-      guard level == .level4K else { throw TDXStatus.operandInvalid.with(operand: TDXOperand.rcx) }
-      switch try tdgMMIOAccept(td: td, vcpu: vcpu, gpa: gpa, expectedHPA: HPA(r.rdx)) {
+      let offset = tds[td]?.mmioReportingOffset ?? 0
+      switch try tdgMMIOAccept(td: td, vcpu: vcpu, gpa: gpa, level: level, expectedHPA: HPA(r.rdx &- offset)) {
       case .accepted: return .success([0])
       case .eptViolation: return .success([1])
       }
@@ -69,22 +69,37 @@ extension TDXModule {
       try tdhMemTrack(td: try Registers.handle(r.rcx, TDTag.self, operand: TDXOperand.rcx))
       return []
     case .devifCreate:
-      let td = try Registers.handle(r.rcx, TDTag.self, operand: TDXOperand.rcx)
-      guard r.rdx <= UInt64(UInt32.max) else { throw TDXStatus.operandInvalid.with(operand: TDXOperand.rdx) }
-      let id = try tdhDevifCreate(td: td, interface: DeviceInterfaceID(UInt32(r.rdx)))
-      return [UInt64(id.rawValue)]
-    case .devifRemove:
-      try tdhDevifRemove(devif: try Registers.handle(r.rcx, DevifTag.self, operand: TDXOperand.rcx))
+      let td = try Registers.handle(r.rdx, TDTag.self, operand: TDXOperand.rdx)
+      guard r.rcx & 0xFF00_0000 == 0 else {
+        throw TDXStatus.operandInvalid.with(operand: TDXOperand.rcx).because("TDH.DEVIF.CREATE", "devif_type is not DEVIF_TYPE_PFVF")
+      }
+      _ = try tdhDevifCreate(td: td, interface: DeviceInterfaceID(UInt32(truncatingIfNeeded: r.rcx >> 32)))
       return []
+    case .devifRemove:
+      guard r.rcx >> 32 == 0 else {
+        throw TDXStatus.operandInvalid.with(operand: TDXOperand.rcx).because("TDH.DEVIF.REMOVE", "function_id_reg reserved bits set")
+      }
+      let interface = DeviceInterfaceID(UInt32(r.rcx))
+      guard let devif = devif(for: interface) else {
+        throw TDXStatus.devifmtNotPresent.with(operand: TDXOperand.rcx).because("TDH.DEVIF.REMOVE", "no DEVIF for \(interface)")
+      }
+      let td = devifs[devif]!.td
+      try tdhDevifRemove(devif: devif)
+      return [0, 0, UInt64(td.rawValue)]
     case .mmioMTAdd:
-      let devif = try Registers.handle(r.rdx, DevifTag.self, operand: TDXOperand.rdx)
-      guard r.r9 <= UInt64(UInt32.max) else { throw TDXStatus.operandInvalid.with(operand: TDXOperand.r9) }
-      try tdhMMIOMTAdd(devif: devif, first: HPA(r.rcx), count: r.r8,
-                       attributes: MMIOMTAttributes(rawValue: UInt32(r.r9)))
+      guard let index = MMIOMTIndex(rawValue: r.rcx) else {
+        throw TDXStatus.operandInvalid.with(operand: TDXOperand.rcx).because("TDH.MMIO.MT.ADD", "Invalid mmiomt_idx: reserved bits")
+      }
+      try tdhMMIOMTAdd(index: index, page: HPA(r.rdx))
       return []
     case .mmioMTSet:
-      guard r.rdx <= UInt64(UInt32.max) else { throw TDXStatus.operandInvalid.with(operand: TDXOperand.rdx) }
-      try tdhMMIOMTSet(hpa: HPA(r.rcx), attributes: MMIOMTAttributes(rawValue: UInt32(r.rdx)))
+      guard let index = MMIOMTIndex(rawValue: r.rcx) else {
+        throw TDXStatus.operandInvalid.with(operand: TDXOperand.rcx).because("TDH.MMIO.MT.SET", "MMIOMT index is not valid")
+      }
+      guard r.rdx & 0xFFF0_0000_0000_0FFC == 0, let type = MMIOMTEntryType(rawValue: UInt8(r.rdx & 0x3)) else {
+        throw TDXStatus.operandInvalid.with(operand: TDXOperand.rdx).because("TDH.MMIO.MT.SET", "Invalid MMIOMT set info")
+      }
+      try tdhMMIOMTSet(index: index, type: type, function: DeviceInterfaceID(UInt32(truncatingIfNeeded: r.rdx >> 12)))
       return []
     case .mmioMap:
       let (gpa, level) = try r.gpaAndLevel()
@@ -115,11 +130,13 @@ struct Registers {
     rcx = reg(0); rdx = reg(1); r8 = reg(2); r9 = reg(3)
   }
 
-  /// RCX as Secure-EPT mapping info: GPA in bits 51:12, level in bits 2:0.
+  /// RCX as Secure-EPT mapping info (`page_info_api_input_t`): GPA in bits 51:12, level in
+  /// bits 2:0 (4K ... 1G), the rest reserved.
   func gpaAndLevel() throws(TDXStatus) -> (GPA, SEPTLevel) {
     let reserved: UInt64 = 0xFFF0_0000_0000_0FF8
     guard rcx & reserved == 0, let level = SEPTLevel(rawValue: UInt8(rcx & 0x7)) else {
       throw TDXStatus.operandInvalid.with(operand: TDXOperand.rcx)
+        .because("verify_page_info_input", "reserved bits or level above LVL_PDPT in 0x\(String(rcx, radix: 16))")
     }
     return (GPA(rcx & ~0xFFF), level)
   }

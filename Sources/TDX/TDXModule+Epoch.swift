@@ -37,14 +37,16 @@ extension TDXModule {
   /// (`kvm_make_all_cpus_request(KVM_REQ_OUTSIDE_GUEST_MODE)`).
   /// - Returns: no output registers.
   /// - Throws: `TDX_OPERAND_BUSY` (injected); `TDX_OPERAND_INVALID` (RCX) for an unknown TD;
-  ///   `TDX_NON_RECOVERABLE_TD` for a fatal one; `TDX_PREVIOUS_TLB_EPOCH_BUSY` (operand
-  ///   TD_EPOCH) while a vCPU still runs in the previous epoch.
+  ///   `TDX_NON_RECOVERABLE_TD` for a fatal one; `TDX_PREVIOUS_TLB_EPOCH_BUSY` (no operand)
+  ///   while a vCPU still runs in the previous epoch.
   public mutating func tdhMemTrack(td: TDID) throws(TDXStatus) {
     try traced("TDH.MEM.TRACK td \(td)") { (m: inout TDXModule) throws(TDXStatus) in
       try m.consumeBusy(.seamcall(.memTrack), td: td)
       let state = try m.liveTD(td, register: TDXOperand.rcx)
       guard state.refcount[Int((state.epoch &- 1) & 1)] == 0 else {
-        throw TDXStatus.previousTLBEpochBusy.with(operand: TDXOperand.tdEpoch)
+        // tdh_mem_track.c returns the bare status, with no operand.
+        throw TDXStatus.previousTLBEpochBusy
+          .because("TDH.MEM.TRACK", "vCPUs still run in the previous epoch (refcount \(state.refcount[Int((state.epoch &- 1) & 1)]))")
       }
       m.tds[td]?.epoch = state.epoch &+ 1
     }
@@ -82,6 +84,27 @@ extension TDXModule {
       }
       m.tds[td]?.vcpus[i].inGuest = false
       m.tds[td]?.refcount[Int(state.vcpus[i].enteredEpoch & 1)] -= 1
+    }
+  }
+
+  /// Makes every TD's epochs relative, where no MMIO_BLOCKED entry still names an old one:
+  /// only differences of epochs matter to TRACK and to tracking, so the epoch and the entry
+  /// epochs of the vCPUs in the guest are shifted down until the oldest is 0 (an odd shift
+  /// swaps the two per-parity counts with them; vCPUs outside the guest forget theirs). Two
+  /// modules that differ only by how many epochs passed long ago then compare equal.
+  public mutating func normalizeEpochs() {
+    for (td, state) in tds where state.blockedEntries == 0 {
+      var base = state.epoch
+      for vcpu in state.vcpus where vcpu.inGuest { base = min(base, vcpu.enteredEpoch) }
+      let stale = state.vcpus.contains { !$0.inGuest && $0.enteredEpoch != 0 }
+      guard base > 0 || stale else { continue }
+      var shifted = state
+      shifted.epoch -= base
+      for i in shifted.vcpus.indices {
+        shifted.vcpus[i].enteredEpoch = shifted.vcpus[i].inGuest ? shifted.vcpus[i].enteredEpoch - base : 0
+      }
+      if base & 1 == 1 { shifted.refcount.swapAt(0, 1) }
+      tds[td] = shifted
     }
   }
 }

@@ -3,14 +3,20 @@ import KernelCore
 extension TDXModule {
   /// Named invariants of the module's state, each with what broke it; empty when all hold.
   ///
-  /// - `SEPTMMIOEntryOwnedByTD`: every MMIO Secure-EPT entry maps a page whose MMIOMT entry
-  ///   exists, is TEE memory (not IS_NON_TEE_MEM), records this very mapping, and is owned by
-  ///   a live DEVIF of the same TD.
-  /// - `NoRemovedDevifHasMappedMMIO`: every MMIOMT entry's owner is a live DEVIF (DEVIF.REMOVE
-  ///   drops a DEVIF's entries, so a stale owner means a removed DEVIF kept pages), and every
-  ///   recorded mapping is backed by the SEPT entry it names.
-  /// - `DevifMappedCountBalances`: each DEVIF's mapped-page count equals its mapped MMIOMT pages.
-  /// - `EpochRefcountsBalance`: each TD's two refcounts equal the vCPUs in the guest per parity.
+  /// - `SEPTMMIOEntryOwnedByTD`: every MMIO Secure-EPT entry maps a device page whose MMIOMT
+  ///   DATA entry records this very mapping and names the function of a live DEVIF of the same
+  ///   TD. Harm when broken: a TD reaches device memory that the module never assigned to it
+  ///   (TDH.MMIO.MAP checks the MMIOMT entry and `devifcs->tdr_pa`), so another TD's or the
+  ///   host's device could be read or written through this TD's Secure EPT.
+  /// - `NoRemovedDevifHasMappedMMIO`: every mapped MMIOMT entry is backed by the Secure-EPT
+  ///   entry it names, and its function still has a DEVIF unless the TD is fatal. Harm: a page
+  ///   stays mapped while nothing can unmap it any more (TDH.MMIO.UNMAP needs the DEVIF), so
+  ///   the device could be handed to another owner while a TD still maps it.
+  /// - `DevifMappedCountBalances`: each DEVIF's `MMIO_PAGE_CNT` equals its mapped MMIOMT
+  ///   entries. Harm: TDH.DEVIF.REMOVE would pass with pages still mapped (or never pass).
+  /// - `EpochRefcountsBalance`: each TD's two refcounts equal the vCPUs in the guest per
+  ///   parity. Harm: TLB tracking would declare a blocked entry tracked while a vCPU can still
+  ///   hold a stale translation of it.
   public func invariantViolations() -> [(name: String, message: String)] {
     var out: [(name: String, message: String)] = []
     var mappedPerDevif: [DevifID: UInt64] = [:]
@@ -23,32 +29,31 @@ extension TDXModule {
       }
       for (gpa, entry) in state.sept where entry.state.isMMIO {
         let what = "td \(td) gpa \(gpa) \(entry.state) hpa \(entry.hpa)"
-        guard let mt = mmiomt[entry.hpa.pfn] else {
-          out.append(("SEPTMMIOEntryOwnedByTD", "\(what): no MMIOMT entry")); continue
-        }
-        if mt.attributes.contains(.isNonTEEMem) {
-          out.append(("SEPTMMIOEntryOwnedByTD", "\(what): page is IS_NON_TEE_MEM"))
+        let first = PFN(entry.hpa.pfn.rawValue & ~(entry.level.pages - 1))
+        guard let mt = mmiomt[first], mt.level == entry.level else {
+          out.append(("SEPTMMIOEntryOwnedByTD", "\(what): no MMIOMT DATA entry at \(entry.level)")); continue
         }
         if mt.mapping != MMIOMTMapping(td: td, gpa: gpa) {
           out.append(("SEPTMMIOEntryOwnedByTD", "\(what): MMIOMT records \(String(describing: mt.mapping))"))
         }
-        if devifs[mt.owner]?.td != td {
-          out.append(("SEPTMMIOEntryOwnedByTD", "\(what): owner devif \(mt.owner) is not a live DEVIF of this TD"))
+        let owner = devif(for: mt.function)
+        if owner.flatMap({ devifs[$0]?.td }) != td && !state.isFatal {
+          out.append(("SEPTMMIOEntryOwnedByTD", "\(what): function \(mt.function) has no live DEVIF of this TD"))
         }
       }
     }
 
     for (pfn, mt) in mmiomt {
-      if devifs[mt.owner] == nil {
-        out.append(("NoRemovedDevifHasMappedMMIO", "page \(pfn.hpa): owner devif \(mt.owner) was removed"
-                    + (mt.mapping.map { " but it is mapped at td \($0.td) gpa \($0.gpa)" } ?? "")))
+      guard let mapping = mt.mapping else { continue }
+      let owner = devif(for: mt.function)
+      if let owner { mappedPerDevif[owner, default: 0] += 1 }
+      if owner == nil && tds[mapping.td]?.isFatal != true {
+        out.append(("NoRemovedDevifHasMappedMMIO",
+                    "page \(pfn.hpa): mapped at td \(mapping.td) gpa \(mapping.gpa) but \(mt.function) has no DEVIF"))
       }
-      if let mapping = mt.mapping {
-        mappedPerDevif[mt.owner, default: 0] += 1
-        if tds[mapping.td]?.sept[mapping.gpa]?.hpa != pfn.hpa {
-          out.append(("NoRemovedDevifHasMappedMMIO",
-                      "page \(pfn.hpa): MMIOMT says mapped at td \(mapping.td) gpa \(mapping.gpa), SEPT disagrees"))
-        }
+      if tds[mapping.td]?.sept[mapping.gpa]?.hpa != pfn.hpa {
+        out.append(("NoRemovedDevifHasMappedMMIO",
+                    "page \(pfn.hpa): MMIOMT says mapped at td \(mapping.td) gpa \(mapping.gpa), SEPT disagrees"))
       }
     }
 

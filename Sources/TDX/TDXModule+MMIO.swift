@@ -30,180 +30,312 @@ public enum GuestAccessResult: Hashable, Sendable, CustomStringConvertible {
 public enum MMIOAcceptOutcome: Hashable, Sendable {
   /// MMIO_PENDING -> MMIO_MAPPED.
   case accepted
-  /// The entry is not present (FREE or blocked): the TDCALL exits to the host with an EPT
-  /// violation, as TDG.MEM.PAGE.ACCEPT does; after the host maps the page the guest
-  /// retries.
+  /// The entry is not MMIO_PENDING and not guest-accessible (FREE, blocked, RAM PENDING), or
+  /// the walk stopped above the requested level at such an entry: the TDCALL exits to the
+  /// host with an EPT violation (`ept_violation_exit()` in `tdg_mmio_accept.c`); after the
+  /// host maps the page the guest retries.
   case eptViolation
 }
 
+/// Where the Secure-EPT walk for one GPA and level ended (the model's
+/// `lock_sept_check_and_walk_private_gpa()`): the model keeps leaf entries only, keyed by
+/// their first GPA, so a walk looks for a leaf above the level, the entry at the level, and
+/// leaves below it (which make the entry at the level a non-leaf).
+enum SEPTWalk {
+  /// A leaf at a higher level covers the GPA: the walk stopped there.
+  case leafAbove(GPA, SEPTEntry)
+  /// Smaller leaves lie inside the range: the entry at the level is a non-leaf (NL_MAPPED).
+  case nonLeaf
+  /// The entry at the level: a leaf, or FREE (`nil`).
+  case entry(SEPTEntry?)
+}
+
 extension TDXModule {
-  /// Checks the GPA/level operand of an MMIO leaf. Private MMIO is mapped at 4 KiB only,
-  /// as in the RFC (KVM's `tdx_mmio_map` has `KVM_BUG_ON(level != PG_LEVEL_4K)`); the level
-  /// stays in the ABI so that larger mappings are a local change.
-  static func checkMMIOOperand(gpa: GPA, level: SEPTLevel) throws(TDXStatus) {
-    guard level == .level4K, gpa.isAligned(to: level.size) else {
+  /// `verify_page_info_input(gpa_mapping, LVL_PT, LVL_PDPT)`: the level is 4K, 2M or 1G (the
+  /// type guarantees it) and the GPA is aligned to it. The 4 KiB limit of private MMIO is
+  /// KVM's (`KVM_BUG_ON(level != PG_LEVEL_4K)` in the RFC's `tdx_sept_set_private_spte()`),
+  /// not the module's.
+  static func checkPageInfo(gpa: GPA, level: SEPTLevel, leaf: StaticString) throws(TDXStatus) {
+    guard gpa.isAligned(to: level.size) else {
       throw TDXStatus.operandInvalid.with(operand: TDXOperand.rcx)
+        .because(leaf, "verify_page_info_input: GPA \(gpa) not aligned to \(level)")
     }
   }
 
-  /// `TDH.MMIO.MAP` (leaf 158, TDX Connect draft): maps device page `hpa` at `gpa` of `td`,
-  /// MMIO_PENDING until the guest accepts it.
+  /// The Secure-EPT walk of `state` to `gpa` at `level`.
+  static func walk(_ state: TDState, gpa: GPA, level: SEPTLevel) -> SEPTWalk {
+    for above in SEPTLevel.allCases where above.rawValue > level.rawValue {
+      let key = GPA(gpa.rawValue & ~(above.size - 1))
+      if let entry = state.sept[key], entry.level == above { return .leafAbove(key, entry) }
+    }
+    if let entry = state.sept[gpa], entry.level == level { return .entry(entry) }
+    if level != .level4K {
+      // Any leaf of a smaller level inside the range turns this entry into a non-leaf.
+      for below in SEPTLevel.allCases where below.rawValue < level.rawValue {
+        var at = gpa.rawValue
+        while at < gpa.rawValue + level.size {
+          if let entry = state.sept[GPA(at)], entry.level == below { return .nonLeaf }
+          at += below.size
+        }
+      }
+    }
+    return .entry(nil)
+  }
+
+  /// The walk of a host leaf (MAP, BLOCK, UNMAP) that needs the entry at the level: a leaf
+  /// above is `TDX_EPT_WALK_FAILED`, a non-leaf is `TDX_EPT_ENTRY_STATE_INCORRECT`
+  /// (`sept_state_is_seamcall_leaf_allowed()` allows no MMIO leaf on NL_MAPPED), both RCX.
+  static func hostWalk(_ state: TDState, gpa: GPA, level: SEPTLevel, leaf: StaticString) throws(TDXStatus) -> SEPTEntry? {
+    switch walk(state, gpa: gpa, level: level) {
+    case .leafAbove(let key, let entry):
+      throw TDXStatus.eptWalkFailed.with(operand: TDXOperand.rcx)
+        .because(leaf, "lock_sept_check_and_walk_private_gpa: \(entry.level) leaf at \(key) above \(level)")
+    case .nonLeaf:
+      throw TDXStatus.eptEntryStateIncorrect.with(operand: TDXOperand.rcx)
+        .because(leaf, "sept_state_is_seamcall_leaf_allowed: entry at \(level) is a non-leaf")
+    case .entry(let entry):
+      return entry
+    }
+  }
+
+  /// `TDH.MMIO.MAP` (leaf 158): maps device page `hpa` at `gpa` of `td`, MMIO_PENDING until
+  /// the guest accepts it. ABI: RCX GPA | level, RDX TDR, R8 MMIO HPA.
   ///
-  /// Mirrors the RFC's `tdh_mmio_map()` as called from `tdx_sept_set_private_spte()` when
-  /// `kvm_is_mmio_pfn()` says the PFN is MMIO (`arch/x86/kvm/vmx/tdx.c`).
-  /// Checks, in this order:
-  /// 1. `TDX_OPERAND_BUSY` (injected; KVM returns -EBUSY and the fault retries);
-  /// 2. the TD exists (`TDX_OPERAND_INVALID`, RDX) and is not fatal (`TDX_NON_RECOVERABLE_TD`);
-  /// 3. 4 KiB level, GPA aligned (`TDX_OPERAND_INVALID`, RCX); HPA page aligned (R8);
-  /// 4. the Secure-EPT entry is FREE (`TDX_EPT_ENTRY_STATE_INCORRECT`, operand SEPT);
-  /// 5. the HPA has an MMIOMT entry describing TEE device memory (`TDX_MMIOMT_ENTRY_INVALID`, R8);
-  /// 6. the page is not mapped elsewhere (`TDX_MMIO_PAGE_ALREADY_MAPPED`, R8);
-  /// 7. its owning DEVIF belongs to `td` (`TDX_DEVIF_TD_MISMATCH`, operand DEVIF);
-  /// 8. the TDI is CONFIG_LOCKED or RUN (`TDX_DEVIF_TDISP_INVALID_STATE`, operand DEVIF) —
-  ///    the counterpart of UNMAP's "no longer trusted"; STACK.md does not list it for MAP,
-  ///    the model adds it so an untrusted TDI never gains a new private mapping;
-  /// 9. its IDE stream is not blocked (`TDX_IDE_STREAM_BLOCKED`, operand DEVIF).
+  /// Follows `tdh_mmio_map()` (`src/vmm_dispatcher/api_calls/tdxio/tdh_mmio_map.c`, module
+  /// commit `6e66b9d2`); the RFC calls it from `tdx_sept_set_private_spte()` when
+  /// `kvm_is_mmio_pfn()`. Checks, in the module's order:
+  /// 1. (model) an injected `TDX_OPERAND_BUSY`;
+  /// 2. the TDR (`TDX_OPERAND_INVALID`, RDX) and the TD state (`TDX_TD_FATAL`);
+  /// 3. `verify_page_info_input()`: level 4K..1G, GPA aligned (`TDX_OPERAND_INVALID`, RCX);
+  /// 4. `shared_hpa_check_with_pwr_2_alignment()`: HPA aligned to the level (R8);
+  /// 5. the Secure-EPT walk: a leaf above the level `TDX_EPT_WALK_FAILED` (RCX);
+  /// 6. the entry is FREE (`TDX_EPT_ENTRY_STATE_INCORRECT`, RCX);
+  /// 7. `mmiomt_walk()` at the mapping level: every table page on the way was added
+  ///    (`TDX_MMIOMT_NOT_PRESENT`, RCX);
+  /// 8. the MMIOMT entry is DATA and not mapped (`TDX_MMIO_INVALID_PAGE_METADATA`, RCX);
+  /// 9. `tdh_devifmt_get_devifcs()`: a DEVIF exists for its function id
+  ///    (`TDX_DEVIFMT_NOT_PRESENT`, R8);
+  /// 10. that DEVIF belongs to this TD (`TDX_MMIO_DEVIF_OWNER_MISMATCH`, RDX);
+  /// 11. its IDE stream is not blocked (`TDX_IDE_STREAM_BLOCKED`, R8).
+  ///
+  /// The module checks **no TDISP state** here: a TD may be given MMIO of a TDI that is
+  /// CONFIG_UNLOCKED, LOCKED, RUN or ERROR; the guest's accept is what trusts it. Not modelled
+  /// (no state for them): the GPA's shared bit and width, the HPA's key id bits, and the
+  /// IOMMU configuration check (`tdh_check_and_lock_iommu_config()`).
   public mutating func tdhMMIOMap(td: TDID, gpa: GPA, level: SEPTLevel, hpa: HPA) throws(TDXStatus) {
     try traced("TDH.MMIO.MAP td \(td) gpa \(gpa) \(level) hpa \(hpa)") { (m: inout TDXModule) throws(TDXStatus) in
       try m.consumeBusy(.seamcall(.mmioMap), td: td)
-      let state = try m.liveTD(td, register: TDXOperand.rdx)
-      try TDXModule.checkMMIOOperand(gpa: gpa, level: level)
-      guard hpa.isPageAligned else { throw TDXStatus.operandInvalid.with(operand: TDXOperand.r8) }
-      guard state.sept[gpa] == nil else {
-        throw TDXStatus.eptEntryStateIncorrect.with(operand: TDXOperand.sept)
+      let state = try m.liveTD(td, register: TDXOperand.rdx, leaf: "TDH.MMIO.MAP")
+      try TDXModule.checkPageInfo(gpa: gpa, level: level, leaf: "TDH.MMIO.MAP")
+      guard hpa.isAligned(to: level.size) else {
+        throw TDXStatus.operandInvalid.with(operand: TDXOperand.r8)
+          .because("TDH.MMIO.MAP", "shared_hpa_check_with_pwr_2_alignment: HPA \(hpa) not aligned to \(level)")
       }
-      guard let mt = m.mmiomt[hpa.pfn], !mt.attributes.contains(.isNonTEEMem) else {
-        throw TDXStatus.mmioMTEntryInvalid.with(operand: TDXOperand.r8)
+      if let entry = try TDXModule.hostWalk(state, gpa: gpa, level: level, leaf: "TDH.MMIO.MAP") {
+        throw TDXStatus.eptEntryStateIncorrect.with(operand: TDXOperand.rcx)
+          .because("TDH.MMIO.MAP", "sept_state_is_seamcall_leaf_allowed: entry is \(entry.state), not FREE")
       }
-      guard mt.mapping == nil else { throw TDXStatus.mmioPageAlreadyMapped.with(operand: TDXOperand.r8) }
-      guard let owner = m.devifs[mt.owner], owner.td == td else {
-        throw TDXStatus.devifTDMismatch.with(operand: TDXOperand.devif)
+      try m.mmiomtWalk(hpa, pageLevel: level.rawValue, leaf: "TDH.MMIO.MAP")
+      let first = PFN(hpa.pfn.rawValue & ~(level.pages - 1))
+      guard let data = m.mmiomt[first], data.level == level, data.mapping == nil else {
+        let what = m.mmiomt[first].map { $0.level != level ? "DATA at \($0.level)" : "already mapped" } ?? "not MMIOMT_DATA"
+        throw TDXStatus.mmioInvalidPageMetadata.with(operand: TDXOperand.rcx)
+          .because("TDH.MMIO.MAP", "MMIOMT entry for \(hpa) is \(what)")
       }
-      guard owner.tdispState.isTrusted else {
-        throw TDXStatus.devifTDISPInvalidState.with(operand: TDXOperand.devif)
+      guard let owner = m.devif(for: data.function) else {
+        throw TDXStatus.devifmtNotPresent.with(operand: TDXOperand.r8)
+          .because("TDH.MMIO.MAP", "tdh_devifmt_get_devifcs: no DEVIF for \(data.function)")
       }
-      guard !owner.streamBlocked else { throw TDXStatus.ideStreamBlocked.with(operand: TDXOperand.devif) }
+      guard m.devifs[owner]!.td == td else {
+        throw TDXStatus.mmioDevifOwnerMismatch.with(operand: TDXOperand.rdx)
+          .because("TDH.MMIO.MAP", "TD is not the page owner (devif \(owner) belongs to td \(m.devifs[owner]!.td))")
+      }
+      guard !m.devifs[owner]!.streamBlocked else {
+        throw TDXStatus.ideStreamBlocked.with(operand: TDXOperand.r8).because("TDH.MMIO.MAP", "IDE-Stream is blocked")
+      }
 
+      m.mmiomt[first]?.mapping = MMIOMTMapping(td: td, gpa: gpa)
+      m.devifs[owner]?.mappedPages += 1
       m.tds[td]?.sept[gpa] = SEPTEntry(state: .mmioPending, level: level, hpa: hpa)
-      m.mmiomt[hpa.pfn]?.mapping = MMIOMTMapping(td: td, gpa: gpa)
-      m.devifs[mt.owner]?.mappedPages += 1
     }
   }
 
-  /// `TDH.MMIO.BLOCK` (leaf 159, TDX Connect draft): makes the MMIO entry at `gpa`
-  /// non-present (MMIO_BLOCKED) and records the current epoch as its `bepoch`.
+  /// `TDH.MMIO.BLOCK` (leaf 159): makes the MMIO entry at `gpa` non-present (MMIO_BLOCKED) and
+  /// records the current TD epoch as its block epoch. ABI: RCX GPA | level, RDX TDR.
   ///
-  /// Mirrors the RFC's `tdh_mmio_block()`, called from `tdx_sept_zap_private_spte()`
-  /// (busy -> KVM returns -EAGAIN). An unaccepted (MMIO_PENDING) entry can be blocked too:
-  /// KVM must be able to zap a page the guest never accepted.
-  /// - Throws: busy (injected); `TDX_OPERAND_INVALID` (RDX unknown TD, RCX bad GPA/level);
-  ///   `TDX_NON_RECOVERABLE_TD`; `TDX_EPT_ENTRY_STATE_INCORRECT` (operand SEPT) unless the
-  ///   entry is MMIO_MAPPED or MMIO_PENDING.
+  /// Follows `tdh_mmio_block()` (`tdh_mmio_block.c`, commit `6e66b9d2`); the RFC calls it
+  /// from `tdx_sept_zap_private_spte()` and returns -EAGAIN only for exactly
+  /// `TDX_ERROR_SEPT_BUSY`. Checks: busy (injected); TDR (RDX) and TD state
+  /// (`TDX_TD_FATAL`); page info (RCX); the walk (`TDX_EPT_WALK_FAILED`, RCX); the entry is
+  /// MMIO_MAPPED or MMIO_PENDING (`TDX_EPT_ENTRY_STATE_INCORRECT`, RCX). It takes the Secure-EPT
+  /// lock exclusively, so it is the leaf that contends as `TDX_OPERAND_BUSY | SEPT_TREE`.
+  /// No TDI or MMIOMT check: an unaccepted page can be blocked.
   public mutating func tdhMMIOBlock(td: TDID, gpa: GPA, level: SEPTLevel) throws(TDXStatus) {
     try traced("TDH.MMIO.BLOCK td \(td) gpa \(gpa) \(level)") { (m: inout TDXModule) throws(TDXStatus) in
       try m.consumeBusy(.seamcall(.mmioBlock), td: td)
-      let state = try m.liveTD(td, register: TDXOperand.rdx)
-      try TDXModule.checkMMIOOperand(gpa: gpa, level: level)
-      guard let entry = state.sept[gpa], entry.state == .mmioMapped || entry.state == .mmioPending else {
-        throw TDXStatus.eptEntryStateIncorrect.with(operand: TDXOperand.sept)
+      let state = try m.liveTD(td, register: TDXOperand.rdx, leaf: "TDH.MMIO.BLOCK")
+      try TDXModule.checkPageInfo(gpa: gpa, level: level, leaf: "TDH.MMIO.BLOCK")
+      let entry = try TDXModule.hostWalk(state, gpa: gpa, level: level, leaf: "TDH.MMIO.BLOCK")
+      guard let entry, entry.state == .mmioMapped || entry.state == .mmioPending else {
+        throw TDXStatus.eptEntryStateIncorrect.with(operand: TDXOperand.rcx)
+          .because("TDH.MMIO.BLOCK", "entry is \(entry?.state ?? .free), not MMIO_MAPPED or MMIO_PENDING")
       }
       m.tds[td]?.sept[gpa]?.state = .mmioBlocked
+      m.tds[td]?.blockedEntries += 1
       m.tds[td]?.sept[gpa]?.bepoch = state.epoch
     }
   }
 
-  /// `TDH.MMIO.UNMAP` (leaf 160, TDX Connect draft): removes a blocked MMIO entry -> FREE,
-  /// and releases the device page in the MMIOMT.
+  /// `TDH.MMIO.UNMAP` (leaf 160): removes a blocked MMIO entry -> FREE, clears the MMIOMT
+  /// entry's `mapped` flag and the DEVIF's page count. ABI: RCX GPA | level, RDX TDR; output
+  /// R8 the HPA that was mapped.
   ///
-  /// Mirrors the RFC's `tdh_mmio_unmap()`, which KVM retries while busy after
-  /// TDH.MMIO.BLOCK and `tdx_track()`.
-  /// Checks, in this order: busy (injected); TD exists (RDX) and is alive; GPA/level (RCX);
-  /// the entry is MMIO_BLOCKED (`TDX_EPT_ENTRY_STATE_INCORRECT`, SEPT); its bepoch is
-  /// tracked (`TDX_TLB_TRACKING_NOT_DONE`, operand TD_EPOCH); the TDI is no longer trusted —
-  /// its TDISP state is CONFIG_UNLOCKED or ERROR, or its IDE stream is blocked — else
-  /// `TDX_DEVIF_TDISP_INVALID_STATE` (operand DEVIF). ERROR counts as untrusted: the TDI
-  /// left LOCKED/RUN through an FLR or a bad config write and can only be stopped.
+  /// Follows `tdh_mmio_unmap()` (`tdh_mmio_unmap.c`, commit `6e66b9d2`); the RFC retries it
+  /// while it returns exactly `TDX_ERROR_SEPT_BUSY`. Checks, in order: busy (injected); TDR
+  /// (RDX) and TD state (`TDX_TD_FATAL`); page info (RCX); the walk (RCX); the entry is
+  /// MMIO_BLOCKED (`TDX_EPT_ENTRY_STATE_INCORRECT`, RCX); its block epoch is tracked
+  /// (`is_tlb_and_iotlb_tracked()` -> `TDX_TLB_TRACKING_NOT_DONE`, RCX); a DEVIF exists for
+  /// the page's function (`TDX_DEVIFMT_NOT_PRESENT`, RCX); the DEVIF's TDISP state is
+  /// CONFIG_UNLOCKED **or** its IDE stream is blocked (`TDX_DEVIF_TDISP_INVALID_STATE`, RCX).
+  /// The module tests `tdisp_sts != TDISP_STATE_CONFIG_UNLOCKED`: ERROR does not pass.
   /// - Returns: the HPA that was mapped.
   @discardableResult
   public mutating func tdhMMIOUnmap(td: TDID, gpa: GPA, level: SEPTLevel) throws(TDXStatus) -> HPA {
     try traced("TDH.MMIO.UNMAP td \(td) gpa \(gpa) \(level)") { (m: inout TDXModule) throws(TDXStatus) -> HPA in
       try m.consumeBusy(.seamcall(.mmioUnmap), td: td)
-      let state = try m.liveTD(td, register: TDXOperand.rdx)
-      try TDXModule.checkMMIOOperand(gpa: gpa, level: level)
-      guard let entry = state.sept[gpa], entry.state == .mmioBlocked else {
-        throw TDXStatus.eptEntryStateIncorrect.with(operand: TDXOperand.sept)
+      let state = try m.liveTD(td, register: TDXOperand.rdx, leaf: "TDH.MMIO.UNMAP")
+      try TDXModule.checkPageInfo(gpa: gpa, level: level, leaf: "TDH.MMIO.UNMAP")
+      let entry = try TDXModule.hostWalk(state, gpa: gpa, level: level, leaf: "TDH.MMIO.UNMAP")
+      guard let entry, entry.state == .mmioBlocked else {
+        throw TDXStatus.eptEntryStateIncorrect.with(operand: TDXOperand.rcx)
+          .because("TDH.MMIO.UNMAP", "entry is \(entry?.state ?? .free), not MMIO_BLOCKED")
       }
       guard TDXModule.tracked(state, bepoch: entry.bepoch) else {
-        throw TDXStatus.tlbTrackingNotDone.with(operand: TDXOperand.tdEpoch)
+        throw TDXStatus.tlbTrackingNotDone.with(operand: TDXOperand.rcx)
+          .because("TDH.MMIO.UNMAP", "is_tlb_and_iotlb_tracked: block epoch \(entry.bepoch) not tracked (epoch \(state.epoch))")
       }
-      let owner = m.mmiomt[entry.hpa.pfn].flatMap { m.devifs[$0.owner] }
-      if let owner, owner.tdispState.isTrusted, !owner.streamBlocked {
-        throw TDXStatus.devifTDISPInvalidState.with(operand: TDXOperand.devif)
+      let first = PFN(entry.hpa.pfn.rawValue & ~(level.pages - 1))
+      guard let data = m.mmiomt[first], let owner = m.devif(for: data.function) else {
+        throw TDXStatus.devifmtNotPresent.with(operand: TDXOperand.rcx)
+          .because("TDH.MMIO.UNMAP", "tdh_devifmt_get_devifcs: no DEVIF for the page's function")
+      }
+      let devif = m.devifs[owner]!
+      guard devif.tdispState == .configUnlocked || devif.streamBlocked else {
+        throw TDXStatus.devifTDISPInvalidState.with(operand: TDXOperand.rcx)
+          .because("TDH.MMIO.UNMAP", "TDISP state is not configured unlocked (state = \(devif.tdispState)) and the IDE stream is not blocked")
       }
 
       m.tds[td]?.sept[gpa] = nil
-      if let mt = m.mmiomt[entry.hpa.pfn] {
-        m.mmiomt[entry.hpa.pfn]?.mapping = nil
-        m.devifs[mt.owner]?.mappedPages -= 1
-      }
+      m.tds[td]?.blockedEntries -= 1
+      m.mmiomt[first]?.mapping = nil
+      m.devifs[owner]?.mappedPages -= 1
       return entry.hpa
     }
   }
 
-  /// `TDG.MMIO.ACCEPT` (TDCALL leaf 71, TDX Connect draft): the guest, running on `vcpu`,
-  /// accepts the pending MMIO page at `gpa`, having checked from the interface report that
-  /// it should be backed by `expectedHPA`.
-  ///
-  /// The module does not check that `vcpu` is in the guest: a TDCALL can only be issued by a
-  /// running vCPU, so the caller is responsible for that.
-  /// - Returns: `.accepted` (MMIO_PENDING -> MMIO_MAPPED), or `.eptViolation` when the entry
-  ///   is not present (FREE or MMIO_BLOCKED): the host must map it and the guest retries.
-  /// - Throws: busy (injected); `TDX_OPERAND_INVALID` (RCX) for an unknown TD or vCPU or an
-  ///   unaligned GPA; `TDX_NON_RECOVERABLE_TD`; `TDX_PAGE_ALREADY_ACCEPTED` (a warning, bit 63
-  ///   clear) for MMIO_MAPPED; `TDX_EPT_ENTRY_STATE_INCORRECT` (SEPT) for a RAM entry;
-  ///   `TDX_MMIO_INVALID_HPA_OFFSET` (operand RDX) when the entry maps another HPA — the
-  ///   choice of this status for a mismatch is not certain.
+  /// `TDG.MMIO.ACCEPT` (TDCALL leaf 71) at 4 KiB; see
+  /// ``tdgMMIOAccept(td:vcpu:gpa:level:expectedHPA:)``.
   public mutating func tdgMMIOAccept(td: TDID, vcpu: UInt32, gpa: GPA, expectedHPA: HPA) throws(TDXStatus) -> MMIOAcceptOutcome {
-    let outcome = try traced("TDG.MMIO.ACCEPT td \(td) vcpu \(vcpu) gpa \(gpa) hpa \(expectedHPA)", tracingSuccess: false) { (m: inout TDXModule) throws(TDXStatus) -> MMIOAcceptOutcome in
+    try tdgMMIOAccept(td: td, vcpu: vcpu, gpa: gpa, level: .level4K, expectedHPA: expectedHPA)
+  }
+
+  /// `TDG.MMIO.ACCEPT` (TDCALL leaf 71): the guest, running on `vcpu`, accepts the pending MMIO
+  /// entry at `gpa` and `level`, having read in the interface report that it should be backed
+  /// by `expectedHPA`. ABI: RCX GPA | level, RDX the MMIO offset (host address plus the TD's
+  /// reporting offset, as the report gives it).
+  ///
+  /// Follows `tdg_mmio_accept()` (`src/td_dispatcher/vm_exits/tdxio/tdg_mmio_accept.c`,
+  /// commit `6e66b9d2`, where it is named `tdg_tdi_mmio_accept()`), in order:
+  /// 1. (model) busy injected; the TD and vCPU exist (`TDX_OPERAND_INVALID`, RCX) and the TD
+  ///    is not fatal (`TDX_TD_FATAL`): a TDCALL comes from a running vCPU of its own TD;
+  /// 2. `check_gpa_validity()` / `verify_page_info_input()`: GPA aligned to the level
+  ///    (`TDX_OPERAND_INVALID`, RCX);
+  /// 3. the MMIO address aligned to the level (`TDX_OPERAND_INVALID`, RDX);
+  /// 4. the walk stopped above the level: at a guest-accessible leaf (MAPPED, MMIO_MAPPED)
+  ///    `TDX_PAGE_ALREADY_ACCEPTED` with that leaf's level as operand, else an EPT-violation
+  ///    exit (case 1.1 / 1.2);
+  /// 5. the entry at the level is a non-leaf: `TDX_MMIO_ACCEPT_SIZE_MISMATCH`, operand the
+  ///    level (case 3);
+  /// 6. the entry is guest-accessible: `TDX_PAGE_ALREADY_ACCEPTED`, operand the level (case
+  ///    4.1) — a **warning**: bit 63 is clear and the guest goes on;
+  /// 7. the entry is not MMIO_PENDING: EPT-violation exit (case 4.2/4.3);
+  /// 8. the entry maps another page: `TDX_MMIO_INVALID_HPA_OFFSET`, RCX;
+  /// then MMIO_PENDING -> MMIO_MAPPED. The header also defines
+  /// `TDX_MMIO_PAGE_ALREADY_ACCEPTED` (0x00000F28...), which no handler returns.
+  /// - Returns: `.accepted`, or `.eptViolation` when the TDCALL exits to the host instead.
+  /// - Throws: the statuses above; the warning `TDX_PAGE_ALREADY_ACCEPTED` is thrown too
+  ///   (its `isError` is false), since it is not an acceptance.
+  public mutating func tdgMMIOAccept(td: TDID, vcpu: UInt32, gpa: GPA, level: SEPTLevel,
+                                     expectedHPA: HPA) throws(TDXStatus) -> MMIOAcceptOutcome {
+    let call = "TDG.MMIO.ACCEPT td \(td) vcpu \(vcpu) gpa \(gpa)\(level == .level4K ? "" : " \(level)") hpa \(expectedHPA)"
+    let outcome = try traced(call, tracingSuccess: false) { (m: inout TDXModule) throws(TDXStatus) -> MMIOAcceptOutcome in
       try m.consumeBusy(.tdcall(.mmioAccept), td: td)
-      let state = try m.liveTD(td, register: TDXOperand.rcx)
-      guard Int(vcpu) < state.vcpus.count, gpa.isPageAligned else {
-        throw TDXStatus.operandInvalid.with(operand: TDXOperand.rcx)
+      guard let state = m.tds[td], Int(vcpu) < state.vcpus.count else {
+        throw TDXStatus.operandInvalid.with(operand: TDXOperand.rcx).because("TDG.MMIO.ACCEPT", "model: no such TD or vCPU")
       }
-      guard let entry = state.sept[gpa], entry.state != .mmioBlocked, entry.state != .blocked else {
+      guard !state.isFatal else { throw TDXStatus.tdFatal.because("TDG.MMIO.ACCEPT", "TDR state is fatal") }
+      guard gpa.isAligned(to: level.size) else {
+        throw TDXStatus.operandInvalid.with(operand: TDXOperand.rcx)
+          .because("TDG.MMIO.ACCEPT", "Input GPA page info is not valid: \(gpa) not aligned to \(level)")
+      }
+      guard expectedHPA.isAligned(to: level.size) else {
+        throw TDXStatus.operandInvalid.with(operand: TDXOperand.rdx)
+          .because("TDG.MMIO.ACCEPT", "Invalid mmio_pa \(expectedHPA): not aligned to \(level)")
+      }
+      func exit(_ why: String) -> MMIOAcceptOutcome {
         // No status comes back: the TDCALL itself takes an EPT violation and the TD exits.
-        m.trace.emit(.tdx, "\(Self.withLeafNumber("TDG.MMIO.ACCEPT td \(td) gpa \(gpa)")): not present, EPT violation (TD exit)")
+        m.trace.emit(.tdx, "\(Self.withLeafNumber("TDG.MMIO.ACCEPT td \(td) gpa \(gpa)")): \(why), EPT violation (TD exit)")
         return .eptViolation
       }
-      switch entry.state {
-      case .mmioPending: break
-      case .mmioMapped: throw TDXStatus.pageAlreadyAccepted.with(operand: TDXOperand.sept)
-      default: throw TDXStatus.eptEntryStateIncorrect.with(operand: TDXOperand.sept)
+      switch TDXModule.walk(state, gpa: gpa, level: level) {
+      case .leafAbove(_, let above):
+        if above.state.isGuestAccessibleLeaf {
+          throw TDXStatus.pageAlreadyAccepted.with(operand: UInt32(above.level.rawValue))
+            .because("TDG.MMIO.ACCEPT", "guest-accessible \(above.level) leaf above the requested \(level)")
+        }
+        return exit("\(above.state) \(above.level) leaf above the requested level")
+      case .nonLeaf:
+        throw TDXStatus.mmioAcceptSizeMismatch.with(operand: UInt32(level.rawValue))
+          .because("TDG.MMIO.ACCEPT", "SEPT walk terminated at a non-leaf entry at \(level)")
+      case .entry(nil):
+        return exit("FREE")
+      case .entry(let entry?):
+        if entry.state.isGuestAccessibleLeaf {
+          throw TDXStatus.pageAlreadyAccepted.with(operand: UInt32(level.rawValue))
+            .because("TDG.MMIO.ACCEPT", "entry is \(entry.state): already accepted")
+        }
+        guard entry.state == .mmioPending else { return exit("\(entry.state)") }
+        guard entry.hpa.rawValue == expectedHPA.rawValue &- state.mmioReportingOffset else {
+          throw TDXStatus.mmioInvalidHPAOffset.with(operand: TDXOperand.rcx)
+            .because("TDG.MMIO.ACCEPT", "Invalid hpa offset: entry maps \(entry.hpa), guest expects \(expectedHPA)")
+        }
+        m.tds[td]?.sept[gpa]?.state = .mmioMapped
+        return .accepted
       }
-      guard entry.hpa == expectedHPA else {
-        throw TDXStatus.mmioInvalidHPAOffset.with(operand: TDXOperand.rdx)
-      }
-      m.tds[td]?.sept[gpa]?.state = .mmioMapped
-      return .accepted
     }
-    if outcome == .accepted {
-      trace.emit(.tdx, "\(Self.withLeafNumber("TDG.MMIO.ACCEPT td \(td) vcpu \(vcpu) gpa \(gpa) hpa \(expectedHPA)")) -> TDX_SUCCESS")
-    }
+    if outcome == .accepted { trace.emit(.tdx, "\(Self.withLeafNumber(call)) -> TDX_SUCCESS") }
     return outcome
   }
 
   /// A guest load or store at private `gpa` of `td`, as the CPU's Secure-EPT walk resolves it.
   /// A vCPU touching an MMIO_PENDING page kills the TD: it becomes non-recoverable, every
-  /// vCPU is out of the guest, and later calls on it fail `TDX_NON_RECOVERABLE_TD`.
+  /// vCPU is out of the guest, and later calls on it fail `TDX_TD_FATAL`. (What the module
+  /// does on that EPT violation is in `td_ept_violation.c`, which this model has not
+  /// followed; the fatal outcome is the private-MMIO design's rule, STACK.md section 5.)
   public mutating func guestAccess(td: TDID, gpa: GPA) -> GuestAccessResult {
     guard let state = tds[td], !state.isFatal else { return .tdNotRunnable }
-    let page = GPA(gpa.rawValue & ~(pageSize - 1))
+    var leaf: SEPTEntry?
+    var first = GPA(0)
+    for level in SEPTLevel.allCases {
+      let key = GPA(gpa.rawValue & ~(level.size - 1))
+      if let entry = state.sept[key], entry.level == level { leaf = entry; first = key; break }
+    }
     let result: GuestAccessResult
-    if let entry = state.sept[page] {
+    if let entry = leaf {
       switch entry.state {
       case .free, .blocked, .mmioBlocked: result = .eptViolation
       case .pending: result = .virtualizationException
-      case .mapped, .mmioMapped: result = .mapped(entry.hpa.advanced(by: gpa.pageOffset))
+      case .mapped, .mmioMapped: result = .mapped(entry.hpa.advanced(by: gpa.rawValue - first.rawValue))
       case .mmioPending:
         tds[td]?.isFatal = true
         for i in state.vcpus.indices { tds[td]?.vcpus[i].inGuest = false }

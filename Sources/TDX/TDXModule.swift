@@ -16,10 +16,24 @@ public struct TDXModule: Hashable, Sendable {
   public internal(set) var tds: TreeDictionary<TDID, TDState> = [:]
   /// Every live DEVIF by handle.
   public internal(set) var devifs: TreeDictionary<DevifID, DevifState> = [:]
-  /// The MMIO metadata table (MMIOMT): one entry per device MMIO host page it describes.
+  /// The MMIO metadata table's DATA entries (`mmiomt_data_t`), by the first host page they
+  /// describe: which function owns the device page, and where it is mapped.
   public internal(set) var mmiomt: TreeDictionary<PFN, MMIOMTEntry> = [:]
-  var nextTD = TDID(1)
-  var nextDevif = DevifID(1)
+  /// The MMIO metadata table's pages, added by TDH.MMIO.MT.ADD: a page at a level holds the
+  /// entries of that level for the address range it covers (see ``MMIOMTNode``).
+  public internal(set) var mmiomtPages: TreeSet<MMIOMTNode> = []
+  /// The handle a new TD gets: the lowest one no live TD has, so the module's state holds no
+  /// counter and two modules with the same TDs compare equal.
+  var nextTD: TDID { Self.lowestFree(tds.keys) }
+  /// The handle a new DEVIF gets, chosen as ``nextTD`` is.
+  var nextDevif: DevifID { Self.lowestFree(devifs.keys) }
+
+  static func lowestFree<Tag, Keys: Sequence>(_ used: Keys) -> ObjectID<Tag> where Keys.Element == ObjectID<Tag> {
+    let taken = Set(used.map(\.rawValue))
+    var candidate: UInt32 = 1
+    while taken.contains(candidate) { candidate += 1 }
+    return ObjectID<Tag>(candidate)
+  }
 
   /// Contention to inject: the next call of a matching leaf consumes the first matching entry
   /// and fails `TDX_OPERAND_BUSY` with the entry's operand, before it looks at anything else
@@ -34,9 +48,18 @@ public struct TDXModule: Hashable, Sendable {
   /// The Secure-EPT leaf entry at `gpa` in `td`; `nil` for FREE (or no such TD).
   public func septEntry(td: TDID, gpa: GPA) -> SEPTEntry? { tds[td]?.sept[gpa] }
 
-  /// The live DEVIF bound to `interface`, if any.
+  /// The live DEVIF bound to `interface`, if any (the module's DEVIFMT lookup by function id).
   public func devif(for interface: DeviceInterfaceID) -> DevifID? {
     devifs.first(where: { $0.value.interface == interface })?.key
+  }
+
+  /// The MMIOMT DATA entry describing host page `pfn`, at whatever level it was set.
+  public func mmiomtEntry(covering pfn: PFN) -> (first: PFN, entry: MMIOMTEntry)? {
+    for level in SEPTLevel.allCases {
+      let first = PFN(pfn.rawValue & ~(level.pages - 1))
+      if let entry = mmiomt[first], entry.level == level { return (first, entry) }
+    }
+    return nil
   }
 }
 
@@ -52,9 +75,16 @@ public struct TDState: Hashable, Sendable {
   public internal(set) var vcpus: [TDVCPUState]
   /// Private GPA -> leaf entry. Absent means FREE.
   public internal(set) var sept: TreeDictionary<GPA, SEPTEntry> = [:]
+  /// MMIO entries in MMIO_BLOCKED (their `bepoch` refers to an epoch the TD must keep).
+  public internal(set) var blockedEntries = 0
   /// Set once the TD has hit a fatal error (a guest access to an unaccepted MMIO page):
-  /// no vCPU runs again and every call on the TD fails `TDX_NON_RECOVERABLE_TD`.
+  /// no vCPU runs again and every SEAMCALL that checks the TD state fails `TDX_TD_FATAL`.
   public internal(set) var isFatal = false
+  /// `TDR.RND_HPA_OFFSET`: the offset the module adds to host MMIO addresses in the TD's
+  /// interface reports (`devifcs->mmio_reporting_offset`) and takes off the "MMIO offset" of
+  /// TDG.MMIO.ACCEPT. The module picks it at random; the model uses 0, so the offset a guest
+  /// passes equals the host address.
+  public internal(set) var mmioReportingOffset: UInt64 = 0
 
   init(vcpuCount: UInt32) { vcpus = Array(repeating: TDVCPUState(), count: Int(vcpuCount)) }
 }
@@ -68,12 +98,14 @@ public struct TDVCPUState: Hashable, Sendable {
   public internal(set) var enteredEpoch: UInt64 = 0
 }
 
-/// One Secure-EPT leaf entry.
+/// One Secure-EPT leaf entry, keyed in ``TDState/sept`` by the GPA of its first byte.
 public struct SEPTEntry: Hashable, Sendable {
   public internal(set) var state: SEPTState
   public internal(set) var level: SEPTLevel
   public internal(set) var hpa: HPA
-  /// The TD epoch when the entry was blocked (meaningful in BLOCKED / MMIO_BLOCKED).
+  /// The TD epoch when the entry was blocked (meaningful in BLOCKED / MMIO_BLOCKED). For MMIO
+  /// the module keeps it in the page's MMIOMT entry (`mmiomt_data_t.bepoch`); the model keeps
+  /// it here, next to the entry it belongs to.
   public internal(set) var bepoch: UInt64 = 0
 }
 
@@ -85,25 +117,47 @@ public struct DevifState: Hashable, Sendable {
   public internal(set) var tdispState: DevifTDISPState = .configUnlocked
   /// The IDE stream carrying the TDI's traffic has been blocked (`ideStreamBlocked(devif:)`).
   public internal(set) var streamBlocked = false
-  /// The MMIOMT ranges added for this DEVIF, first host page and page count.
-  public internal(set) var ranges: [MMIOMTRange] = []
-  /// How many of its pages are mapped in a Secure EPT right now.
+  /// `DEVIFCS.MMIO_PAGE_CNT`: how many TDH.MMIO.MAP calls of its pages are not yet undone by
+  /// TDH.MMIO.UNMAP (one per call, whatever the level).
   public internal(set) var mappedPages: UInt64 = 0
 }
 
-/// A run of MMIOMT pages added by one TDH.MMIO.MT.ADD.
-public struct MMIOMTRange: Hashable, Sendable {
-  public let first: PFN
-  public let count: UInt64
+/// One DATA entry of the MMIO metadata table (`mmiomt_data_t`): the device page (or 2 MiB /
+/// 1 GiB block) belongs to the DEVIF of `function`, and is mapped or not.
+public struct MMIOMTEntry: Hashable, Sendable {
+  /// The function id TDH.MMIO.MT.SET assigned; the DEVIF is looked up by it at MAP time.
+  public let function: DeviceInterfaceID
+  /// The level the entry was set at: MAP must map it at this level.
+  public let level: SEPTLevel
+  /// The TD and GPA whose Secure-EPT entry maps the page (MMIO_PENDING, MMIO_MAPPED or
+  /// MMIO_BLOCKED); `nil` while unmapped. The module keeps a `mapped` bit; the model also
+  /// remembers where, for the invariants.
+  public internal(set) var mapping: MMIOMTMapping?
 }
 
-/// One MMIOMT entry: a device MMIO host page, its owner and where it is mapped.
-public struct MMIOMTEntry: Hashable, Sendable {
-  public let owner: DevifID
-  public internal(set) var attributes: MMIOMTAttributes
-  /// The TD and GPA whose Secure-EPT entry maps the page (MMIO_PENDING, MMIO_MAPPED or
-  /// MMIO_BLOCKED); `nil` while unmapped.
-  public internal(set) var mapping: MMIOMTMapping?
+/// A page of the MMIO metadata table. The table is a radix tree over host addresses
+/// (`mmiomt_idx_t` in `mmiomt_defs.h`): an entry at level L covers `2^(12 + 9L)` bytes
+/// (L0 4 KiB, L1 2 MiB, L2 1 GiB, L3 512 GiB, L4 256 TiB); each entry of level L >= 1 is a
+/// QNODE of four pointers, each to a page of level L - 1 covering a quarter of it. The root's
+/// single pointer leads to the one L4 page. A page of level L covers `base ..< base + span`.
+public struct MMIOMTNode: Hashable, Comparable, Sendable, CustomStringConvertible {
+  /// The level of the entries in the page (0 ... 4).
+  public let level: UInt8
+  /// The first host address the page covers.
+  public let base: UInt64
+  public init(level: UInt8, base: UInt64) { self.level = level; self.base = base }
+
+  /// Bytes covered by one entry of `level` (0 ... 4).
+  static func entrySpan(_ level: UInt8) -> UInt64 { UInt64(1) << (12 + 9 * UInt64(level)) }
+  /// Bytes covered by a page of this level: a quarter of one entry of the level above.
+  public var span: UInt64 { level >= 4 ? UInt64(1) << 52 : MMIOMTNode.entrySpan(level + 1) / 4 }
+  /// The page of `level` that would cover `address`.
+  static func covering(_ address: UInt64, level: UInt8) -> MMIOMTNode {
+    let span = level >= 4 ? UInt64(1) << 52 : entrySpan(level + 1) / 4
+    return MMIOMTNode(level: level, base: level >= 4 ? 0 : address & ~(span - 1))
+  }
+  public static func < (a: Self, b: Self) -> Bool { (a.level, a.base) < (b.level, b.base) }
+  public var description: String { "MMIOMT L\(level) page for 0x\(String(base, radix: 16))" }
 }
 
 /// Where an MMIO page is mapped.
@@ -150,10 +204,15 @@ extension TDXModule {
     throw TDXStatus.operandBusy.with(operand: injected.operand)
   }
 
-  /// The TD `td`, which must exist and be alive.
-  func liveTD(_ td: TDID, register: UInt32) throws(TDXStatus) -> TDState {
-    guard let state = tds[td] else { throw TDXStatus.operandInvalid.with(operand: register) }
-    guard !state.isFatal else { throw TDXStatus.nonRecoverableTD.with(operand: TDXOperand.tdr) }
+  /// The TD `td`, which must exist and be alive: the module's
+  /// `check_lock_and_map_explicit_tdr()` (a handle naming no TDR fails with the register as
+  /// operand) then the TD-state check (`tdr->management_fields.fatal` -> `TDX_TD_FATAL`, no
+  /// operand). The model has no PAMT, so "names no TDR" is one status, `TDX_OPERAND_INVALID`.
+  func liveTD(_ td: TDID, register: UInt32, leaf: StaticString = "TDH") throws(TDXStatus) -> TDState {
+    guard let state = tds[td] else {
+      throw TDXStatus.operandInvalid.with(operand: register).because(leaf, "check_lock_and_map_explicit_tdr: not a TDR page")
+    }
+    guard !state.isFatal else { throw TDXStatus.tdFatal.because(leaf, "TDR state is fatal") }
     return state
   }
 
@@ -194,14 +253,14 @@ extension TDXModule {
       try m.consumeBusy(.seamcall(.mngCreate), td: nil)
       guard vcpuCount > 0 else { throw TDXStatus.operandInvalid.with(operand: TDXOperand.rcx) }
       let id = m.nextTD
-      m.nextTD = id.next
       m.tds[id] = TDState(vcpuCount: vcpuCount)
       return id
     }
   }
 
   /// Tears a TD down and reclaims everything it held: its Secure EPT, the MMIOMT mappings
-  /// into it, and its DEVIFs with their MMIOMT entries.
+  /// into it, and its DEVIFs. MMIOMT DATA entries stay: the table is the platform's, not the
+  /// TD's (TDH.DEVIF.REMOVE does not clear them either).
   ///
   /// Mirrors, as one step, KVM's VM destruction (`tdx_mmu_release_hkid()`,
   /// `tdx_vm_free()`): TDH.VP.FLUSH, TDH.MNG.VPFLUSHDONE, TDH.MNG.KEY.FREEID and
@@ -210,10 +269,7 @@ extension TDXModule {
   public mutating func tdTeardown(td: TDID) throws(TDXStatus) {
     try traced("teardown td \(td)") { (m: inout TDXModule) throws(TDXStatus) in
       guard m.tds[td] != nil else { throw TDXStatus.operandInvalid.with(operand: TDXOperand.rcx) }
-      for (id, devif) in m.devifs where devif.td == td {
-        m.dropMMIOMT(of: devif)
-        m.devifs[id] = nil
-      }
+      for (id, devif) in m.devifs where devif.td == td { m.devifs[id] = nil }
       // Pages of other TDs' DEVIFs cannot be mapped here (MAP checks the owner), but clear any
       // mapping into this TD defensively so the table never points at a dead TD.
       for (pfn, entry) in m.mmiomt where entry.mapping?.td == td {
@@ -223,10 +279,4 @@ extension TDXModule {
     }
   }
 
-  /// Drops every MMIOMT entry a DEVIF added.
-  mutating func dropMMIOMT(of devif: DevifState) {
-    for range in devif.ranges {
-      for i in 0..<range.count { mmiomt[range.first.advanced(by: i)] = nil }
-    }
-  }
 }

@@ -39,7 +39,9 @@ public struct VFIOPCICoreDevice: Hashable, Sendable {
   /// Resets of the function that happened while an importer could still map one of its
   /// buffers (not revoked, attached). Each is a window in which importers reach a device that
   /// is being reset; the `NoResetUnderLiveImport` invariant reports them.
-  public internal(set) var resetsUnderLiveImport: Int = 0
+  public internal(set) var observedResetsUnderLiveImport: Observed<Int> = 0
+  /// How many such resets happened (history, outside equality).
+  public var resetsUnderLiveImport: Int { observedResetsUnderLiveImport.value }
 
   /// `__vfio_pci_memory_enabled()`: memory decode on and the function in D0.
   public var memoryEnabled: Bool { function.memoryDecodeEnabled }

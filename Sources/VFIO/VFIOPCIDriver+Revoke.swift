@@ -2,57 +2,14 @@ import KernelCore
 import PCI
 import DmaBuf
 
-/// Revoke and restore of exported buffers around everything that makes the device's MMIO go
-/// away: memory decode off, D3hot, function reset (ioctl or config-space FLR), hot reset, and
-/// close. Each runs with `memory_lock` held for write, as `vfio_pci_dma_buf_move()` requires.
+/// Receives what VFIO tells the rest of the system inside a region: the function's state
+/// changed (reset, decode, power, TSM unbind), so whoever relays its security state (the TSM,
+/// and through it the TDX module) learns it in the same atomic region.
+public protocol FunctionStateSink {
+  mutating func functionChanged(_ device: VFIODeviceID, _ function: PCIFunction, trace: inout Trace)
+}
+
 extension VFIOPCIDriver {
-  /// A config-space write of the command register's Memory Space Enable bit
-  /// (`vfio_basic_config_write`): clearing it revokes first; after the write, buffers come back
-  /// if memory is enabled.
-  public mutating func setMemoryDecode<Sink: MoveNotifySink>(
-    _ fileID: VFIOFileID, enable: Bool, context: ContextID,
-    dmabufCore: inout DmaBufCore, sink: inout Sink, trace: inout Trace
-  ) throws(Errno) {
-    try configWrite(fileID, takesMemoryAway: !enable, context: context, dmabufCore: &dmabufCore,
-                    sink: &sink, trace: &trace) { (function: inout PCIFunction, trace: inout Trace) in
-      var command = function.command
-      if enable { command.insert(.memorySpace) } else { command.remove(.memorySpace) }
-      function.writeCommand(command, trace: &trace)
-    }
-  }
-
-  /// A PMCSR write through config space (`vfio_lock_and_set_power_state`): entering D3hot
-  /// revokes; returning to D0 restores if memory decode is on.
-  public mutating func setPowerState<Sink: MoveNotifySink>(
-    _ fileID: VFIOFileID, state: PCIPowerState, context: ContextID,
-    dmabufCore: inout DmaBufCore, sink: inout Sink, trace: inout Trace
-  ) throws(Errno) {
-    try configWrite(fileID, takesMemoryAway: state != .d0, context: context, dmabufCore: &dmabufCore,
-                    sink: &sink, trace: &trace) { (function: inout PCIFunction, trace: inout Trace) in
-      function.writePowerState(state, trace: &trace)
-    }
-  }
-
-  /// The shape both config writes share, under `memory_lock` held for write: when the write
-  /// takes memory away, unbind the TSM and revoke before it; after it, tell the sink what the
-  /// function looks like and restore what is usable again.
-  private mutating func configWrite<Sink: MoveNotifySink>(
-    _ fileID: VFIOFileID, takesMemoryAway: Bool, context: ContextID,
-    dmabufCore: inout DmaBufCore, sink: inout Sink, trace: inout Trace,
-    _ write: (inout PCIFunction, inout Trace) -> Void
-  ) throws(Errno) {
-    let id = try boundDevice(fileID)
-    try withMemoryLock(id, context) { (driver: inout VFIOPCIDriver) throws(Errno) in
-      if takesMemoryAway {
-        driver.unbindTSM(id, sink: &sink, trace: &trace)
-        driver.dmaBufMove(id, revoked: true, context: context, dmabufCore: &dmabufCore, sink: &sink, trace: &trace)
-      }
-      write(&driver.devices[id]!.function, &trace)
-      sink.functionChanged(id, driver.devices[id]!.function, trace: &trace)
-      driver.restoreIfEnabled(id, context: context, dmabufCore: &dmabufCore, sink: &sink, trace: &trace)
-    }
-  }
-
   /// The resets VFIO performs or forwards.
   public enum ResetKind: String, Hashable, Sendable {
     /// `VFIO_DEVICE_RESET` (`vfio_pci_ioctl_reset`): FLR with config state saved and restored.
@@ -64,131 +21,391 @@ extension VFIOPCIDriver {
     case hotReset = "VFIO_DEVICE_PCI_HOT_RESET"
   }
 
-  /// Revoke, reset, restore — all under `memory_lock` held for write.
-  ///
-  /// The posted RFC's config-space FLR calls the post-reset move with "revoke" instead of
-  /// "restore" (`vfio_pci_dma_buf_move(vdev, true)` twice), so in `rfcV1` buffers stay revoked
-  /// after a guest's FLR until some later command or power-state write restores them.
-  public mutating func reset<Sink: MoveNotifySink>(
-    _ fileID: VFIOFileID, kind: ResetKind, context: ContextID,
-    dmabufCore: inout DmaBufCore, sink: inout Sink, trace: inout Trace
-  ) throws(Errno) {
-    let id = try boundDevice(fileID)
-    try withMemoryLock(id, context) { (driver: inout VFIOPCIDriver) throws(Errno) in
-      driver.unbindTSM(id, sink: &sink, trace: &trace)
-      driver.dmaBufMove(id, revoked: true, context: context, dmabufCore: &dmabufCore, sink: &sink, trace: &trace)
-      trace.emit(.vfio, "\(kind.rawValue) of vfio-dev\(id.rawValue)")
-      // pci_try_reset_function() / the bus reset save and restore config space around the
-      // reset, so the command register the user set survives; the TDI does not.
-      let saved = driver.devices[id]!.function.command
-      driver.noteReset(of: id, dmabufCore: dmabufCore, trace: &trace)
-      switch kind {
-      case .ioctl, .configFLR: driver.devices[id]!.function.functionLevelReset(trace: &trace)
-      case .hotReset: driver.devices[id]!.function.conventionalReset(trace: &trace)
-      }
-      driver.devices[id]!.function.writeCommand(saved, trace: &trace)
-      sink.functionChanged(id, driver.devices[id]!.function, trace: &trace)
-      if kind == .configFLR && driver.variant == .rfcV1 {
-        if driver.devices[id]!.memoryEnabled {
-          driver.dmaBufMove(id, revoked: true, context: context, dmabufCore: &dmabufCore, sink: &sink, trace: &trace)
-        }
-      } else {
-        driver.restoreIfEnabled(id, context: context, dmabufCore: &dmabufCore, sink: &sink, trace: &trace)
-      }
-    }
-  }
-
-  /// Ends the TDI's trusted state before its MMIO goes away (`vfio_pci_tsm_unbind()` in later
-  /// series): TDISP STOP_INTERFACE for a private device whose interface is locked or running,
-  /// so that the TD's Secure-EPT entries may be unmapped. The posted RFC has no such step
-  /// (`rfcV1`): its revoke reaches KVM while the TDI is still trusted.
-  mutating func unbindTSM<Sink: MoveNotifySink>(_ id: VFIODeviceID, sink: inout Sink, trace: inout Trace) {
-    guard variant == .reviewed, let device = devices[id], device.isPrivate,
-          device.function.tdi?.state.isLocked == true else { return }
-    trace.emit(.vfio, "TSM unbind of vfio-dev\(id.rawValue) before revoke")
-    try? devices[id]!.function.tdispStopInterface(trace: &trace)
-    sink.functionChanged(id, devices[id]!.function, trace: &trace)
-  }
-
-  /// `down_write(&vdev->memory_lock)` around `body`, released on every path.
-  private mutating func withMemoryLock(
-    _ id: VFIODeviceID, _ context: ContextID, _ body: (inout VFIOPCIDriver) throws(Errno) -> Void
-  ) throws(Errno) {
-    do { try devices[id]!.memoryLock.lockWrite(context) } catch { throw .EAGAIN }
-    defer { try? devices[id]!.memoryLock.unlock(context) }
-    try body(&self)
-  }
-
   /// Whether the device's buffers may be mapped by importers: memory enabled and, in
-  /// `reviewed`, for a private device only while its TDI runs. The RFC restores on memory
-  /// enable alone, so after a reset a TD could map MMIO of an interface it no longer trusts
-  /// (nothing in patch 12 checks the TDI state).
+  /// `reviewed`, for a private device only while its TDI is locked (CONFIG_LOCKED) or runs.
+  ///
+  /// The TDX Connect flow decides the rule: TDH.MMIO.MAP checks no TDISP state, the module
+  /// has the DEVIF and the MMIOMT from LOCK on, and START_INTERFACE is the TD's own request,
+  /// after which it accepts. So the VMM creates the memslot, and the host may map pages
+  /// MMIO_PENDING, once the interface is locked; the guest accepts only after START. When the
+  /// interface leaves LOCKED or RUN (STOP, an FLR into ERROR) the buffers are revoked. The RFC
+  /// restores on memory enable alone, so after a reset a TD could map MMIO of an interface it
+  /// no longer trusts (nothing in patch 12 checks the TDI state).
   public func buffersUsable(_ id: VFIODeviceID) -> Bool {
     guard let device = devices[id], device.memoryEnabled else { return false }
-    return variant == .rfcV1 || !device.isPrivate || device.function.tdiState == .run
+    return variant == .rfcV1 || !device.isPrivate || device.function.tdi?.state.isLocked == true
+  }
+
+  /// Records a reset of the device's function that importers may not have been told of: one
+  /// of its buffers is still live (not revoked) and attached. VFIO's own resets revoke first;
+  /// the RFC's close path and resets from outside VFIO (sysfs) do not.
+  public mutating func noteReset(of id: VFIODeviceID, dmabufCore: DmaBufCore, trace: inout Trace) {
+    guard let device = devices[id] else { return }
+    let live = device.dmabufs.filter { buffer in
+      dmabufs[buffer]?.revoked == false && !(dmabufCore.buffer(buffer)?.attachments.isEmpty ?? true)
+    }
+    guard !live.isEmpty else { return }
+    devices[id]!.observedResetsUnderLiveImport.value += 1
+    trace.emit(.vfio, "reset of vfio-dev\(id.rawValue) while dmabuf\(live.map { String($0.rawValue) }.joined(separator: ",")) still mapped by importers")
+  }
+
+  // MARK: Starting a path
+
+  /// A config-space write of the command register's Memory Space Enable bit
+  /// (`vfio_basic_config_write`): clearing it revokes first; after the write, buffers come back
+  /// if memory is enabled. - Throws: as ``boundDevice(_:)``.
+  public func setMemoryDecode(_ fileID: VFIOFileID, enable: Bool, context: ContextID) throws(Errno) -> DmaBufMovePath {
+    DmaBufMovePath(device: try boundDevice(fileID), ctx: context, trigger: .memoryDecode(enable: enable), variant: variant)
+  }
+
+  /// A PMCSR write through config space (`vfio_lock_and_set_power_state`): entering D3hot
+  /// revokes; returning to D0 restores if memory decode is on.
+  public func setPowerState(_ fileID: VFIOFileID, state: PCIPowerState, context: ContextID) throws(Errno) -> DmaBufMovePath {
+    DmaBufMovePath(device: try boundDevice(fileID), ctx: context, trigger: .power(state), variant: variant)
+  }
+
+  /// Revoke, reset, restore — all under `memory_lock` held for write
+  /// (`vfio_pci_ioctl_reset`, the config-space FLR handlers, `vfio_pci_dev_set_hot_reset`).
+  public func reset(_ fileID: VFIOFileID, kind: ResetKind, context: ContextID) throws(Errno) -> DmaBufMovePath {
+    DmaBufMovePath(device: try boundDevice(fileID), ctx: context, trigger: .reset(kind), variant: variant)
   }
 
   /// The device's TDISP state changed outside VFIO (the TSM started or stopped the
   /// interface). In `reviewed`, private buffers follow it: revoked when the interface stops
-  /// being trusted, restored when it runs again. The RFC has no such link.
-  public mutating func tsmStateChanged<Sink: MoveNotifySink>(
-    _ id: VFIODeviceID, context: ContextID, dmabufCore: inout DmaBufCore, sink: inout Sink, trace: inout Trace
-  ) throws(Errno) {
-    guard variant == .reviewed, devices[id]?.isPrivate == true else { return }
-    try withMemoryLock(id, context) { (driver: inout VFIOPCIDriver) throws(Errno) in
-      driver.dmaBufMove(id, revoked: !driver.buffersUsable(id), context: context, dmabufCore: &dmabufCore,
-                        sink: &sink, trace: &trace)
+  /// being trusted, restored when it runs again. The RFC has no such link: `nil`.
+  public func tsmStateChanged(_ id: VFIODeviceID, context: ContextID) -> DmaBufMovePath? {
+    guard variant == .reviewed, devices[id]?.isPrivate == true else { return nil }
+    return DmaBufMovePath(device: id, ctx: context, trigger: .tsmStateChanged, variant: variant)
+  }
+
+  /// The last `close()` of a cdev file (`vfio_device_fops_release`). The file is gone at once;
+  /// a bound file also closes the device (`vfio_pci_core_close_device`), which the returned
+  /// path does: disable and reset the function, and revoke every exported buffer for good,
+  /// dropping its registration.
+  ///
+  /// `rfcV1` revokes only after the disable and reset (the posted order, which 6.19 as
+  /// released keeps: importers keep mappings of a device that is being reset); `reviewed`
+  /// revokes first.
+  /// - Returns: the device's close path, or `nil` when the file was never bound.
+  /// - Throws: `EBADF` for an unknown file.
+  public mutating func release(_ fileID: VFIOFileID, context: ContextID, trace: inout Trace) throws(Errno) -> DmaBufMovePath? {
+    guard let file = files.removeValue(forKey: fileID) else { throw Errno.EBADF.because("vfio_device_fops_release", "no such file") }
+    trace.emit(.vfio, "close vfio-dev\(file.device.rawValue) (file \(fileID.rawValue))")
+    guard file.accessGranted, devices[file.device] != nil else { return nil }
+    return DmaBufMovePath(device: file.device, ctx: context, trigger: .close, variant: variant)
+  }
+}
+
+/// What a ``DmaBufMovePath`` step asks of its caller.
+public enum DmaBufMoveAction: Sendable {
+  /// A region ran inside VFIO; step again.
+  case ran(StaticString)
+  /// The region that flipped a buffer ran and called `dma_buf_move_notify()`: run this
+  /// importer's `move_notify` (for KVM, its zap, as steps of this same thread), then call
+  /// ``DmaBufMovePath/importerReturned(dmabufCore:)``.
+  case notify(DmaBufAttachment, revoked: Bool, StaticString)
+  /// A lock is held by another context: nothing changed.
+  case blocked(Wait)
+  /// The path is over (its last region ran, `memory_lock` is released).
+  case finished
+}
+
+/// Everything vfio-pci does under `memory_lock` held for write that revokes or restores the
+/// device's dma-bufs (`vfio_pci_dma_buf_move()` in `drivers/vfio/pci/vfio_pci_dmabuf.c` and
+/// its callers): decode and power writes, resets, device close, and (in `reviewed`) the TSM
+/// state following the TDI.
+///
+/// Each step is one atomic region:
+/// - `down_write(&vdev->memory_lock)`;
+/// - in `reviewed`, for a private device whose TDI is locked or running, the TSM unbind
+///   (TDISP STOP_INTERFACE, relayed to the TDX module) before anything is revoked;
+/// - per buffer: `dma_resv_lock`, flip `revoked`, `dma_buf_move_notify()`; each importer's
+///   `move_notify` then runs as steps of the same thread; then `dma_resv_unlock`;
+/// - the device work (the config write, the reset, the disable);
+/// - the restore of what is usable again, per buffer as above;
+/// - `up_write(&vdev->memory_lock)`, in the same region as the last VFIO-local work.
+public struct DmaBufMovePath: Hashable, Sendable {
+  /// What started the path.
+  public enum Trigger: Hashable, Sendable {
+    case memoryDecode(enable: Bool)
+    case power(PCIPowerState)
+    case reset(VFIOPCIDriver.ResetKind)
+    case close
+    case tsmStateChanged
+  }
+
+  enum Stage: Hashable, Sendable {
+    case lock
+    case unbindTSM
+    /// Revoke what is live (`vfio_pci_dma_buf_move(vdev, true)`).
+    case revoke
+    /// The posted config-space FLR's second "move": revoke again if memory is enabled.
+    case revokeIfEnabled
+    /// Restore what is revoked, when the device's buffers are usable.
+    case restore
+    /// The trigger's next state for a private device's buffers (`reviewed`'s TSM link).
+    case follow
+    /// `vfio_pci_dma_buf_cleanup()`: revoke for good, forget the device, drop registrations.
+    case cleanup
+    case work
+    /// Close's bookkeeping: the device is no longer open.
+    case closed
+    case unlock
+  }
+
+  /// One buffer being flipped: its resv is held from the flip until every importer returned.
+  struct Flip: Hashable, Sendable {
+    let buffer: DmaBufID
+    let revoked: Bool
+    /// Importers still to be told, in attachment order; the first is being told when
+    /// ``awaiting`` is set.
+    var pending: [DmaBufAttachment]
+    var awaiting = false
+  }
+
+  public let device: VFIODeviceID
+  public let ctx: ContextID
+  public let trigger: Trigger
+  /// Stages still to run, the current one first.
+  var stages: [Stage]
+  /// Buffers of the current revoke/restore stage still to look at.
+  var buffers: [DmaBufID] = []
+  var bufferStageStarted = false
+  var flip: Flip?
+
+  init(device: VFIODeviceID, ctx: ContextID, trigger: Trigger, variant: Variant) {
+    self.device = device
+    self.ctx = ctx
+    self.trigger = trigger
+    switch trigger {
+    case .memoryDecode(enable: false), .power(.d3hot):
+      stages = [.lock, .unbindTSM, .revoke, .work, .restore, .unlock]
+    case .memoryDecode(enable: true), .power(.d0):
+      stages = [.lock, .work, .restore, .unlock]
+    case .reset(let kind):
+      // The posted config-space FLR calls the post-reset move with "revoke" instead of
+      // "restore" (vfio_pci_dma_buf_move(vdev, true) twice): buffers stay revoked.
+      let after: Stage = kind == .configFLR && variant == .rfcV1 ? .revokeIfEnabled : .restore
+      stages = [.lock, .unbindTSM, .revoke, .work, after, .unlock]
+    case .close:
+      stages = variant == .rfcV1
+        ? [.lock, .unbindTSM, .work, .cleanup, .closed, .unlock]
+        : [.lock, .unbindTSM, .cleanup, .work, .closed, .unlock]
+    case .tsmStateChanged:
+      stages = [.lock, .follow, .unlock]
     }
   }
 
-  private mutating func restoreIfEnabled<Sink: MoveNotifySink>(
-    _ id: VFIODeviceID, context: ContextID, dmabufCore: inout DmaBufCore, sink: inout Sink, trace: inout Trace
-  ) {
-    if buffersUsable(id) {
-      dmaBufMove(id, revoked: false, context: context, dmabufCore: &dmabufCore, sink: &sink, trace: &trace)
+  /// Whether the path holds `memory_lock` (between its lock and unlock regions).
+  public var holdsMemoryLock: Bool { stages.first != .lock && !stages.isEmpty }
+
+  /// Runs the next region.
+  public mutating func step<Sink: FunctionStateSink>(
+    _ driver: inout VFIOPCIDriver, dmabufCore: inout DmaBufCore, sink: inout Sink, trace: inout Trace
+  ) throws(LockViolation) -> DmaBufMoveAction {
+    guard driver.devices[device] != nil else {
+      throw LockViolation(lock: "vdev->memory_lock", message: "the device of a revoke path is gone")
+    }
+    if var current = flip {
+      guard !current.awaiting else {
+        throw LockViolation(lock: "dmabuf->resv", message: "step while an importer's move_notify is outstanding")
+      }
+      // Every importer has returned: dma_resv_unlock.
+      try dmabufCore.unlockResv(current.buffer, context: ctx)
+      current.pending = []
+      flip = nil
+      return try finishRegion("dma_resv_unlock", &driver, &dmabufCore, &sink, &trace)
+    }
+    switch stages.first {
+    case nil:
+      return .finished
+    case .lock:
+      let lock = driver.devices[device]!.memoryLock
+      if let wait = lock.writeWait(for: ctx) { return .blocked(wait) }
+      _ = try driver.devices[device]!.memoryLock.tryLockWrite(ctx)
+      stages.removeFirst()
+      return try finishRegion("down_write(memory_lock)", &driver, &dmabufCore, &sink, &trace)
+    case .unbindTSM, .work, .closed:
+      try runLocal(stages.removeFirst(), &driver, &dmabufCore, &sink, &trace)
+      return try finishRegion(regionName, &driver, &dmabufCore, &sink, &trace)
+    case .revoke, .revokeIfEnabled, .restore, .follow, .cleanup:
+      return try flipNext(&driver, &dmabufCore, &sink, &trace)
+    case .unlock:
+      try driver.devices[device]!.memoryLock.unlock(ctx)
+      stages.removeFirst()
+      return .ran("up_write(memory_lock)")
     }
   }
 
-  /// `vfio_pci_dma_buf_move(vdev, revoked)`: every buffer whose state differs flips under its
-  /// resv lock and its importers get `move_notify` before the lock drops.
-  mutating func dmaBufMove<Sink: MoveNotifySink>(
-    _ id: VFIODeviceID, revoked: Bool, context: ContextID,
-    dmabufCore: inout DmaBufCore, sink: inout Sink, trace: inout Trace
-  ) {
-    for buffer in devices[id]!.dmabufs where dmabufs[buffer]?.revoked != revoked {
-      flip(buffer, revoked: revoked, context: context, dmabufCore: &dmabufCore, sink: &sink, trace: &trace)
+  /// The importer being told has returned from `move_notify` (its work, if any, is over).
+  /// - Returns: the next importer of the same buffer to tell, if there is one.
+  public mutating func importerReturned(dmabufCore: inout DmaBufCore) throws(LockViolation) -> DmaBufAttachment? {
+    guard var current = flip, current.awaiting, !current.pending.isEmpty else {
+      throw LockViolation(lock: "dmabuf->resv", message: "an importer returned that was not being told")
+    }
+    try dmabufCore.moveNotifyReturned(current.pending.removeFirst().id, context: ctx)
+    current.awaiting = !current.pending.isEmpty
+    flip = current
+    return current.pending.first
+  }
+
+  /// Whether the buffer's importers are being told (the path holds its resv).
+  public var revokedFlip: Bool? { flip?.revoked }
+
+  private var regionName: StaticString {
+    switch trigger {
+    case .memoryDecode: "config write: command register"
+    case .power: "config write: PMCSR"
+    case .reset: "reset"
+    case .close: "close device"
+    case .tsmStateChanged: "TSM state"
     }
   }
 
-  /// `vfio_pci_dma_buf_cleanup()`: on close every buffer is revoked for good, forgets its
-  /// device and drops the registration it held.
-  mutating func cleanupDmaBufs<Sink: MoveNotifySink>(
-    _ id: VFIODeviceID, context: ContextID, dmabufCore: inout DmaBufCore, sink: inout Sink, trace: inout Trace
-  ) {
-    for buffer in devices[id]!.dmabufs {
-      flip(buffer, revoked: true, context: context, dmabufCore: &dmabufCore, sink: &sink, trace: &trace,
-           force: true)
-      dmabufs[buffer]?.device = nil
-      devices[id]!.registrations -= 1
+  /// The stage's VFIO-local work.
+  private mutating func runLocal<Sink: FunctionStateSink>(
+    _ stage: Stage, _ driver: inout VFIOPCIDriver, _ dmabufCore: inout DmaBufCore, _ sink: inout Sink,
+    _ trace: inout Trace
+  ) throws(LockViolation) {
+    try driver.devices[device]!.memoryLock.assertHeldWrite(by: ctx)
+    let id = device
+    switch stage {
+    case .unbindTSM:
+      // Ends the TDI's trusted state before its MMIO goes away (vfio_pci_tsm_unbind() in later
+      // series): TDISP STOP_INTERFACE for a private device whose interface is locked or
+      // running, so the TD's Secure-EPT entries may be unmapped. The posted RFC has no such step.
+      guard driver.variant == .reviewed, let device = driver.devices[id], device.isPrivate,
+            device.function.tdi?.state.isLocked == true else { return }
+      trace.emit(.vfio, "TSM unbind of vfio-dev\(id.rawValue) before revoke")
+      do { try driver.devices[id]!.function.tdispStopInterface(trace: &trace) } catch {
+        // STOP_INTERFACE is answered in every state by a function with a TDI.
+        throw LockViolation(lock: "vdev->memory_lock", message: "STOP_INTERFACE refused: \(error.name)")
+      }
+      sink.functionChanged(id, driver.devices[id]!.function, trace: &trace)
+    case .work:
+      switch trigger {
+      case .memoryDecode(let enable):
+        var command = driver.devices[id]!.function.command
+        if enable { command.insert(.memorySpace) } else { command.remove(.memorySpace) }
+        driver.devices[id]!.function.writeCommand(command, trace: &trace)
+      case .power(let state):
+        driver.devices[id]!.function.writePowerState(state, trace: &trace)
+      case .reset(let kind):
+        trace.emit(.vfio, "\(kind.rawValue) of vfio-dev\(id.rawValue)")
+        // pci_try_reset_function() / the bus reset save and restore config space around the
+        // reset, so the command register the user set survives; the TDI does not.
+        let saved = driver.devices[id]!.function.command
+        driver.noteReset(of: id, dmabufCore: dmabufCore, trace: &trace)
+        switch kind {
+        case .ioctl, .configFLR: driver.devices[id]!.function.functionLevelReset(trace: &trace)
+        case .hotReset: driver.devices[id]!.function.conventionalReset(trace: &trace)
+        }
+        driver.devices[id]!.function.writeCommand(saved, trace: &trace)
+      case .close:
+        // vfio_pci_core_disable(): bus mastering off, memory decode off, then a function reset.
+        trace.emit(.vfio, "disable and reset vfio-dev\(id.rawValue)")
+        driver.devices[id]!.function.writeCommand([], trace: &trace)
+        driver.noteReset(of: id, dmabufCore: dmabufCore, trace: &trace)
+        driver.devices[id]!.function.functionLevelReset(trace: &trace)
+      case .tsmStateChanged:
+        return
+      }
+      sink.functionChanged(id, driver.devices[id]!.function, trace: &trace)
+    case .closed:
+      driver.devices[id]!.openCount = 0
+      driver.devices[id]!.binding = nil
+      driver.devices[id]!.hostMappings = []
+    default:
+      break
     }
-    devices[id]!.dmabufs = []
   }
 
-  /// One buffer's revoke or restore: lock resv, flip, notify importers, unlock. The whole
-  /// trigger is one atomic region here, so no other context can hold resv; an explorer that
-  /// interleaves revoke with lookups must split this per buffer, where the kernel blocks.
-  private mutating func flip<Sink: MoveNotifySink>(
-    _ buffer: DmaBufID, revoked: Bool, context: ContextID,
-    dmabufCore: inout DmaBufCore, sink: inout Sink, trace: inout Trace, force: Bool = false
-  ) {
-    guard dmabufs[buffer] != nil, (try? dmabufCore.lockResv(buffer, context: context)) == true else { return }
-    defer { try? dmabufCore.unlockResv(buffer, context: context) }
-    if dmabufs[buffer]!.revoked == revoked && !force { return }
-    dmabufs[buffer]!.revoked = revoked
-    trace.emit(.vfio, "\(revoked ? "revoke" : "restore") dmabuf\(buffer.rawValue)")
-    let notified = (try? dmabufCore.moveNotify(buffer, context: context, trace: &trace)) ?? []
-    for attachment in notified {
-      sink.moveNotify(attachment, revoked: revoked, context: context, trace: &trace)
+  /// The buffers a flipping stage looks at, and the state it flips them to (`nil`: skip).
+  private func target(_ stage: Stage, _ buffer: VFIOPCIDmaBuf, _ driver: VFIOPCIDriver) -> Bool? {
+    switch stage {
+    case .revoke: buffer.revoked ? nil : true
+    case .revokeIfEnabled: driver.devices[device]!.memoryEnabled && !buffer.revoked ? true : nil
+    case .restore: driver.buffersUsable(device) && buffer.revoked ? false : nil
+    case .follow:
+      driver.buffersUsable(device) == !buffer.revoked ? nil : !driver.buffersUsable(device)
+    case .cleanup: true
+    default: nil
     }
+  }
+
+  /// The next buffer of a revoke/restore stage: one region that takes its resv, flips it and
+  /// calls `dma_buf_move_notify()`; or, when no buffer is left to flip, on to the next stage.
+  private mutating func flipNext<Sink: FunctionStateSink>(
+    _ driver: inout VFIOPCIDriver, _ dmabufCore: inout DmaBufCore, _ sink: inout Sink, _ trace: inout Trace
+  ) throws(LockViolation) -> DmaBufMoveAction {
+    let stage = stages[0]
+    if !bufferStageStarted {
+      buffers = driver.devices[device]!.dmabufs
+      bufferStageStarted = true
+    }
+    while let buffer = buffers.first {
+      guard let priv = driver.dmabufs[buffer], let revoked = target(stage, priv, driver) else {
+        buffers.removeFirst()
+        continue
+      }
+      if let wait = dmabufCore.resvWait(buffer: buffer, context: ctx) { return .blocked(wait) }
+      buffers.removeFirst()
+      guard try dmabufCore.lockResv(buffer, context: ctx) else {
+        throw LockViolation(lock: "dmabuf\(buffer.rawValue)->resv", message: "free lock not granted")
+      }
+      driver.dmabufs[buffer]!.revoked = revoked
+      let cleanup = stage == .cleanup
+      if cleanup {
+        driver.dmabufs[buffer]!.device = nil
+        driver.devices[device]!.registrations -= 1
+      }
+      trace.emit(.vfio, "\(revoked ? "revoke" : "restore") dmabuf\(buffer.rawValue)\(cleanup ? " for good" : "")")
+      let notified = try dmabufCore.moveNotify(buffer, context: ctx, trace: &trace)
+      if let first = notified.first {
+        flip = Flip(buffer: buffer, revoked: revoked, pending: notified, awaiting: true)
+        return .notify(first, revoked: revoked, "dma_resv_lock, flip, move_notify")
+      }
+      try dmabufCore.unlockResv(buffer, context: ctx)
+      return try finishRegion("dma_resv_lock, flip, move_notify, dma_resv_unlock", &driver, &dmabufCore, &sink, &trace)
+    }
+    if stage == .cleanup { driver.devices[device]!.dmabufs = [] }
+    stages.removeFirst()
+    bufferStageStarted = false
+    // Nothing was flipped: no region ran; go on to the next stage within this step.
+    return try step(&driver, dmabufCore: &dmabufCore, sink: &sink, trace: &trace)
+  }
+
+  /// Ends a region: what follows it that needs no lock and does nothing (stages with nothing
+  /// to flip) is skipped, and a trailing `up_write(memory_lock)` is done in the same region.
+  private mutating func finishRegion<Sink: FunctionStateSink>(
+    _ name: StaticString, _ driver: inout VFIOPCIDriver, _ dmabufCore: inout DmaBufCore,
+    _ sink: inout Sink, _ trace: inout Trace
+  ) throws(LockViolation) -> DmaBufMoveAction {
+    while let stage = stages.first {
+      switch stage {
+      case .unlock:
+        try driver.devices[device]!.memoryLock.unlock(ctx)
+        stages.removeFirst()
+        return .ran(name)
+      case .revoke, .revokeIfEnabled, .restore, .follow:
+        let candidates = bufferStageStarted ? buffers : driver.devices[device]!.dmabufs
+        let anything = candidates.contains { id in
+          driver.dmabufs[id].map { target(stage, $0, driver) != nil } ?? false
+        }
+        guard !anything else { return .ran(name) }
+        stages.removeFirst()
+        bufferStageStarted = false
+      case .unbindTSM:
+        guard driver.variant == .reviewed, let device = driver.devices[device], device.isPrivate,
+              device.function.tdi?.state.isLocked == true else {
+          stages.removeFirst()
+          continue
+        }
+        return .ran(name)
+      default:
+        return .ran(name)
+      }
+    }
+    return .ran(name)
   }
 }

@@ -3,19 +3,6 @@ import PCI
 import DmaBuf
 import HashTreeCollections
 
-/// Receives `move_notify` for every dynamic attachment of a buffer being revoked or restored,
-/// while the buffer's resv lock is held (the importers: KVM memslots, test importers).
-public protocol MoveNotifySink {
-  mutating func moveNotify(_ attachment: DmaBufAttachment, revoked: Bool, context: ContextID, trace: inout Trace)
-  /// The function's state changed inside a VFIO operation (reset, decode, power, TSM unbind):
-  /// whoever relays its security state (the TSM, and through it the TDX module) learns it here.
-  mutating func functionChanged(_ device: VFIODeviceID, _ function: PCIFunction, trace: inout Trace)
-}
-
-extension MoveNotifySink {
-  public mutating func functionChanged(_ device: VFIODeviceID, _ function: PCIFunction, trace: inout Trace) {}
-}
-
 /// vfio-pci (`drivers/vfio/pci/vfio_pci_core.c`, `vfio_pci_config.c`, `vfio_pci_rdwr.c`,
 /// `vfio_pci_dmabuf.c`): the devices it drives, their open files and their exported buffers.
 public struct VFIOPCIDriver: Hashable, Sendable {
@@ -67,18 +54,30 @@ public struct VFIOPCIDriver: Hashable, Sendable {
     return id
   }
 
-  /// `VFIO_DEVICE_BIND_IOMMUFD` (`vfio_df_ioctl_bind_iommufd`), with the RFC's
-  /// `VFIO_DEVICE_BIND_IOMMUFD_PRIVATE`.
+  /// `VFIO_DEVICE_BIND_IOMMUFD` (`vfio_df_ioctl_bind_iommufd` in `drivers/vfio/device_cdev.c`),
+  /// with the RFC's `VFIO_DEVICE_BIND_IOMMUFD_PRIVATE` (patch 8).
   ///
-  /// - Throws: `EINVAL` for unknown flags, a file already bound, a device already opened
-  ///   through another cdev file (cdev opens are exclusive), or a private bind with no VM.
+  /// Order: `bind.flags & ~VFIO_DEVICE_BIND_IOMMUFD_PRIVATE` -> `EINVAL` (patch 8; without it,
+  /// `bind.flags` must be 0); `df->access_granted` ("one device cannot be bound twice") ->
+  /// `EINVAL`; `vfio_df_open()`: a cdev device already open -> `EINVAL`. A private bind with no
+  /// VM is refused with `EINVAL` by the model: the RFC accepts it and only KVM's sanity check
+  /// (`data->kvm != kvm`) refuses the buffer later.
   public mutating func bindIOMMUFD(_ fileID: VFIOFileID, flags: VFIOBindFlags, vm: VMID?,
                                    trace: inout Trace) throws(Errno) {
-    guard let file = files[fileID], var device = devices[file.device] else { throw .EBADF }
-    guard VFIOBindFlags(rawValue: ~VFIOBindFlags.private.rawValue).intersection(flags).isEmpty else { throw .EINVAL }
-    guard !file.accessGranted, device.openCount == 0 else { throw .EINVAL }
+    guard let file = files[fileID], var device = devices[file.device] else {
+      throw Errno.EBADF.because("vfio_df_ioctl_bind_iommufd", "not a VFIO device file")
+    }
+    guard VFIOBindFlags(rawValue: ~VFIOBindFlags.private.rawValue).intersection(flags).isEmpty else {
+      throw Errno.EINVAL.because("vfio_df_ioctl_bind_iommufd", "bind.flags & ~VFIO_DEVICE_BIND_IOMMUFD_PRIVATE")
+    }
+    guard !file.accessGranted else {
+      throw Errno.EINVAL.because("vfio_df_ioctl_bind_iommufd", "one device cannot be bound twice (df->access_granted)")
+    }
+    guard device.openCount == 0 else { throw Errno.EINVAL.because("vfio_df_open", "cdev device already opened") }
     let isPrivate = flags.contains(.private)
-    if isPrivate && vm == nil { throw .EINVAL }
+    if isPrivate && vm == nil {
+      throw Errno.EINVAL.because("vfio_df_ioctl_bind_iommufd", "model: a private bind needs the VM (device->kvm)")
+    }
     // vfio_pci_core_enable(): pci_enable_device() turns memory decode on.
     var command = device.function.command
     command.insert(.memorySpace)
@@ -93,76 +92,36 @@ public struct VFIOPCIDriver: Hashable, Sendable {
   /// The file's device, once bound. - Throws: `EBADF` for an unknown file, `EINVAL` before
   /// bind (`df->access_granted` is checked first by every device ioctl).
   func boundDevice(_ fileID: VFIOFileID) throws(Errno) -> VFIODeviceID {
-    guard let file = files[fileID] else { throw .EBADF }
-    guard file.accessGranted else { throw .EINVAL }
+    guard let file = files[fileID] else { throw Errno.EBADF.because("vfio_device_fops", "not a VFIO device file") }
+    guard file.accessGranted else { throw Errno.EINVAL.because("vfio_device_fops", "!df->access_granted (not bound)") }
     return file.device
-  }
-
-  /// The last `close()` of a cdev file (`vfio_device_fops_release`). A bound file closes the
-  /// device (`vfio_pci_core_close_device`): disable and reset the function, and revoke every
-  /// exported buffer for good, dropping its registration.
-  ///
-  /// `rfcV1` revokes only after the disable and reset (the posted order: importers keep
-  /// mappings of a device that is being reset); `reviewed` revokes first.
-  public mutating func release<Sink: MoveNotifySink>(_ fileID: VFIOFileID, context: ContextID,
-                                                     dmabufCore: inout DmaBufCore, sink: inout Sink,
-                                                     trace: inout Trace) throws(Errno) {
-    guard let file = files.removeValue(forKey: fileID) else { throw .EBADF }
-    trace.emit(.vfio, "close vfio-dev\(file.device.rawValue) (file \(fileID.rawValue))")
-    guard file.accessGranted, devices[file.device] != nil else { return }
-    let id = file.device
-    unbindTSM(id, sink: &sink, trace: &trace)
-    switch variant {
-    case .rfcV1:
-      disableAndReset(id, dmabufCore: dmabufCore, trace: &trace)
-      cleanupDmaBufs(id, context: context, dmabufCore: &dmabufCore, sink: &sink, trace: &trace)
-    case .reviewed:
-      cleanupDmaBufs(id, context: context, dmabufCore: &dmabufCore, sink: &sink, trace: &trace)
-      disableAndReset(id, dmabufCore: dmabufCore, trace: &trace)
-    }
-    sink.functionChanged(id, devices[id]!.function, trace: &trace)
-    devices[id]!.openCount = 0
-    devices[id]!.binding = nil
-    devices[id]!.hostMappings = []
-  }
-
-  /// `vfio_pci_core_disable()`: bus mastering off, memory decode off, then a function reset.
-  private mutating func disableAndReset(_ id: VFIODeviceID, dmabufCore: DmaBufCore, trace: inout Trace) {
-    trace.emit(.vfio, "disable and reset vfio-dev\(id.rawValue)")
-    devices[id]!.function.writeCommand([], trace: &trace)
-    noteReset(of: id, dmabufCore: dmabufCore, trace: &trace)
-    devices[id]!.function.functionLevelReset(trace: &trace)
-  }
-
-  /// Records a reset of the device's function that importers may not have been told of: one
-  /// of its buffers is still live (not revoked) and attached. VFIO's own resets revoke first;
-  /// the RFC's close path and resets from outside VFIO (sysfs) do not.
-  public mutating func noteReset(of id: VFIODeviceID, dmabufCore: DmaBufCore, trace: inout Trace) {
-    guard let device = devices[id] else { return }
-    let live = device.dmabufs.filter { buffer in
-      dmabufs[buffer]?.revoked == false && !(dmabufCore.buffer(buffer)?.attachments.isEmpty ?? true)
-    }
-    guard !live.isEmpty else { return }
-    devices[id]!.resetsUnderLiveImport += 1
-    trace.emit(.vfio, "reset of vfio-dev\(id.rawValue) while dmabuf\(live.map { String($0.rawValue) }.joined(separator: ",")) still mapped by importers")
   }
 
   // MARK: - Regions
 
-  /// `VFIO_DEVICE_GET_REGION_INFO`. BARs report READ|WRITE, MMAP for page-aligned memory BARs,
-  /// and the RFC's PRIVATE for a device bound private; a missing BAR reports size 0.
+  /// `VFIO_DEVICE_GET_REGION_INFO` (`vfio_pci_ioctl_get_region_info`). A BAR reports its size,
+  /// READ|WRITE, and MMAP when `bar_mmap_supported` (a page-aligned memory BAR); a missing BAR
+  /// reports size 0 and no flags. A BAR of a device bound private that could be mmapped
+  /// (`is_vfio_pci_bar_private()`, RFC patch 8) reports `VFIO_REGION_INFO_FLAG_PRIVATE` alone:
+  /// patch 8 sets `info.flags = VFIO_REGION_INFO_FLAG_PRIVATE` and skips READ, WRITE and MMAP.
+  /// `reviewed` keeps that (6.19 has no private bind; see the README's provenance table).
   /// - Throws: `EINVAL` for an index past `VFIO_PCI_NUM_REGIONS` or before bind.
   public func regionInfo(_ fileID: VFIOFileID, index: UInt32) throws(Errno) -> VFIORegionInfo {
     let id = try boundDevice(fileID)
-    guard index < VFIOPCIRegion.count, let device = devices[id] else { throw .EINVAL }
+    guard index < VFIOPCIRegion.count, let device = devices[id] else {
+      throw Errno.EINVAL.because("vfio_pci_ioctl_get_region_info", "index \(index) >= VFIO_PCI_NUM_REGIONS + num_regions")
+    }
     var info = VFIORegionInfo(index: index, flags: [], size: 0, offset: VFIOPCIRegion.offset(of: index))
     switch index {
     case 0..<VFIOPCIRegion.rom:
-      guard let bar = device.function.bar(index) else { break }
+      guard let bar = device.function.bar(index), bar.size > 0 else { break }
       info.size = bar.size
+      if Self.isBarPrivate(device, bar: bar) {
+        info.flags = [.private]
+        break
+      }
       info.flags = [.read, .write]
       if bar.size.isPageAligned { info.flags.insert(.mmap) }
-      if device.isPrivate { info.flags.insert(.private) }
     case VFIOPCIRegion.config:
       info.size = VFIOPCIRegion.configSize
       info.flags = [.read, .write]
@@ -172,39 +131,59 @@ public struct VFIOPCIDriver: Hashable, Sendable {
     return info
   }
 
+  /// `is_vfio_pci_bar_private()` (RFC patch 8): `vdev->bar_mmap_supported[bar] &&
+  /// vdev->vdev.is_private`.
+  static func isBarPrivate(_ device: VFIOPCICoreDevice, bar: BAR) -> Bool {
+    device.isPrivate && bar.size.isPageAligned
+  }
+
   /// `pread`/`pwrite` of a region through the device fd (`vfio_pci_rw` -> `vfio_pci_bar_rw`).
   ///
-  /// Order as the kernel checks: a private device refuses host access to its BARs (RFC patch
-  /// 8, `EINVAL`); the access must lie inside the BAR (`EINVAL`); memory decode must be on
-  /// (`EIO`, checked under `memory_lock` held for read).
+  /// Order as the kernel checks: `index >= VFIO_PCI_NUM_REGIONS + num_regions` -> `EINVAL`;
+  /// for a BAR, `is_vfio_pci_bar_private()` (RFC patch 8) -> `EINVAL`; no BAR -> `EINVAL`;
+  /// `pos >= end` -> `EINVAL` (an access running past the end is cut short there, `count =
+  /// min(count, end - pos)`); memory decode off -> `EIO` (`vfio_pci_core_do_io_rw` under
+  /// `memory_lock` held for read). The model takes one access of 1, 2, 4 or 8 bytes
+  /// (`EINVAL` otherwise), so a cut-short access returns the value of the bytes inside.
   /// - Returns: the value read (the model keeps no BAR contents: reads return 0).
   public func regionAccess(_ fileID: VFIOFileID, index: UInt32, offset: UInt64, size: UInt64,
                            isWrite: Bool, trace: inout Trace) throws(Errno) -> UInt64 {
     let id = try boundDevice(fileID)
-    guard let device = devices[id], index < VFIOPCIRegion.count else { throw .EINVAL }
-    guard [1, 2, 4, 8].contains(size) else { throw .EINVAL }
-    let (end, overflow) = offset.addingReportingOverflow(size)
+    guard let device = devices[id], index < VFIOPCIRegion.count else {
+      throw Errno.EINVAL.because("vfio_pci_rw", "index \(index) >= VFIO_PCI_NUM_REGIONS + num_regions")
+    }
+    guard [1, 2, 4, 8].contains(size) else { throw Errno.EINVAL.because("vfio_pci_rw", "model: access size \(size)") }
     if index == VFIOPCIRegion.config {
-      guard !overflow, end <= VFIOPCIRegion.configSize else { throw .EINVAL }
+      let (end, overflow) = offset.addingReportingOverflow(size)
+      guard !overflow, end <= VFIOPCIRegion.configSize else {
+        throw Errno.EINVAL.because("vfio_pci_config_rw", "model: access past the 4 KiB config space")
+      }
       return 0
     }
-    guard index < VFIOPCIRegion.rom, let bar = device.function.bar(index) else { throw .EINVAL }
-    if device.isPrivate { throw .EINVAL }
-    guard !overflow, end <= bar.size else { throw .EINVAL }
-    guard device.memoryEnabled else { throw .EIO }
-    trace.emit(.vfio, "\(isWrite ? "write" : "read") BAR\(index) +0x\(String(offset, radix: 16)) size \(size)")
+    guard index < VFIOPCIRegion.rom else { throw Errno.EINVAL.because("vfio_pci_rw", "no ROM or VGA region") }
+    let bar = device.function.bar(index)
+    if let bar, Self.isBarPrivate(device, bar: bar) {
+      throw Errno.EINVAL.because("vfio_pci_bar_rw", "is_vfio_pci_bar_private: BAR \(index) of a private device")
+    }
+    guard let bar, bar.size > 0 else { throw Errno.EINVAL.because("vfio_pci_bar_rw", "BAR \(index) has no resource") }
+    guard offset < bar.size else { throw Errno.EINVAL.because("vfio_pci_bar_rw", "pos >= end") }
+    guard device.memoryEnabled else { throw Errno.EIO.because("vfio_pci_core_do_io_rw", "memory decode disabled") }
+    trace.emit(.vfio, "\(isWrite ? "write" : "read") BAR\(index) +0x\(String(offset, radix: 16)) size \(min(size, bar.size - offset))")
     return 0
   }
 
-  /// `mmap` of a region through the device fd (`vfio_pci_core_mmap`).
-  /// - Throws: `EINVAL` for a private device (any region, RFC patch 8), a region that is not a
-  ///   page-aligned memory BAR, or before bind.
+  /// `mmap` of a region through the device fd (`vfio_pci_core_mmap`): the RFC's
+  /// `vdev->vdev.is_private` check comes first (any region, patch 8), then the index, then
+  /// `bar_mmap_supported` (a page-aligned memory BAR), all `EINVAL`.
   public mutating func mmap(_ fileID: VFIOFileID, index: UInt32, trace: inout Trace) throws(Errno) {
     let id = try boundDevice(fileID)
-    guard let device = devices[id] else { throw .EINVAL }
-    if device.isPrivate { throw .EINVAL }
-    guard index < VFIOPCIRegion.rom, let bar = device.function.bar(index), bar.size.isPageAligned else {
-      throw .EINVAL
+    guard let device = devices[id] else { throw Errno.EINVAL.because("vfio_pci_core_mmap", "no device") }
+    if device.isPrivate { throw Errno.EINVAL.because("vfio_pci_core_mmap", "vdev->vdev.is_private") }
+    guard index < VFIOPCIRegion.count else {
+      throw Errno.EINVAL.because("vfio_pci_core_mmap", "index \(index) >= VFIO_PCI_NUM_REGIONS + num_regions")
+    }
+    guard index < VFIOPCIRegion.rom, let bar = device.function.bar(index), bar.size > 0, bar.size.isPageAligned else {
+      throw Errno.EINVAL.because("vfio_pci_core_mmap", "!vdev->bar_mmap_supported[\(index)]")
     }
     devices[id]!.hostMappings.append(index)
     trace.emit(.vfio, "mmap BAR\(index) of vfio-dev\(id.rawValue) into user space")

@@ -2,18 +2,21 @@ import Testing
 import KernelCore
 @testable import DmaBuf
 
-/// An exporter whose answers a test sets: revoked or not, p2p required or not, get_pfn or not.
+/// An exporter whose answers a test sets: revoked or not, p2p required or not, get_pfn or not,
+/// a `.pin` op (refusing, as VFIO's) or none.
 struct FakeExporter: DmaBufExporter {
   var revoked = false
   var requiresPeer2Peer = true
   var hasGetPfn = true
+  var hasPin = false
   var base = PFN(0x4000000)
+  var isDynamic: Bool { hasPin }
 
   func attach(buffer: DmaBufObject, peer2peer: Bool) throws(Errno) {
     if requiresPeer2Peer && !peer2peer { throw .EOPNOTSUPP }
     if revoked { throw .ENODEV }
   }
-  func pin(buffer: DmaBufObject) throws(Errno) { throw .EOPNOTSUPP }
+  func pin(buffer: DmaBufObject) throws(Errno) { if hasPin { throw .EOPNOTSUPP } }
   func getPfn(buffer: DmaBufObject, pgoff: PageIndex) -> Result<PFNLookup, Errno>? {
     guard hasGetPfn else { return nil }
     if revoked { return .failure(.ENODEV) }
@@ -89,6 +92,11 @@ func makeCore(size: UInt64 = 0x4000) throws -> (DmaBufCore, DmaBufID) {
     Case(label: "revoked", ops: dynamicP2P, exporter: FakeExporter(revoked: true), expected: .ENODEV),
     Case(label: "exporter accepting static importers", ops: ImporterOps(dynamic: false, hasMoveNotify: false, allowPeer2Peer: false),
          exporter: FakeExporter(requiresPeer2Peer: false), expected: nil),
+    // dma_buf_dynamic_attach(): a static importer of a dynamic exporter (one with .pin) is
+    // pinned at attach, and the exporter's refusal fails the attach (the RFC's VFIO: EINVAL).
+    Case(label: "static importer of a dynamic exporter is pinned at attach",
+         ops: ImporterOps(dynamic: false, hasMoveNotify: false, allowPeer2Peer: false),
+         exporter: FakeExporter(requiresPeer2Peer: false, hasPin: true), expected: .EOPNOTSUPP),
   ]
 
   @Test(arguments: cases)
@@ -124,12 +132,16 @@ func makeCore(size: UInt64 = 0x4000) throws -> (DmaBufCore, DmaBufID) {
     #expect(throws: Errno.EINVAL) { try core.detach(a, trace: &trace) }
   }
 
-  @Test func pinIsForDynamicImportersAndTheExporterDecides() throws {
+  /// `dma_buf_pin()`: `WARN_ON(!attach->importer_ops)` only warns; `if (dmabuf->ops->pin)`
+  /// the exporter decides, and without the op the pin succeeds.
+  @Test func theExporterDecidesAPin() throws {
     var (core, id) = try makeCore()
     var trace = Trace()
     let a = try core.attach(id, importer: "t", ops: dynamicP2P, exporter: FakeExporter(), trace: &trace)
-    #expect(throws: Errno.EOPNOTSUPP) { try core.pin(a, exporter: FakeExporter()) }
+    #expect(throws: Errno.EOPNOTSUPP) { try core.pin(a, exporter: FakeExporter(hasPin: true)) }
     #expect(core.attachment(a)?.pinned == false)
+    try core.pin(a, exporter: FakeExporter())
+    #expect(core.attachment(a)?.pinned == true)
     #expect(throws: Errno.EINVAL) { try core.pin(AttachmentID(42), exporter: FakeExporter()) }
   }
 }
@@ -139,16 +151,16 @@ func makeCore(size: UInt64 = 0x4000) throws -> (DmaBufCore, DmaBufID) {
     var (core, id) = try makeCore()
     var trace = Trace()
     let a = try core.attach(id, importer: "t", ops: dynamicP2P, exporter: FakeExporter(), trace: &trace)
-    #expect(try core.getPfnUnlocked(a, pgoff: PageIndex(3), context: ctx, exporter: FakeExporter())
+    #expect(try core.getPfnUnlocked(a, pgoff: PageIndex(3), exporter: FakeExporter())
             == PFNLookup(pfn: PFN(0x4000003), order: 0))
-    #expect(throws: Errno.EINVAL) { try core.getPfnUnlocked(a, pgoff: PageIndex(4), context: ctx, exporter: FakeExporter()) }
+    #expect(throws: Errno.EINVAL) { try core.getPfnUnlocked(a, pgoff: PageIndex(4), exporter: FakeExporter()) }
     #expect(throws: Errno.ENODEV) {
-      try core.getPfnUnlocked(a, pgoff: PageIndex(0), context: ctx, exporter: FakeExporter(revoked: true))
+      try core.getPfnUnlocked(a, pgoff: PageIndex(0), exporter: FakeExporter(revoked: true))
     }
     #expect(throws: Errno.EINVAL) {
-      try core.getPfnUnlocked(a, pgoff: PageIndex(0), context: ctx, exporter: FakeExporter(hasGetPfn: false))
+      try core.getPfnUnlocked(a, pgoff: PageIndex(0), exporter: FakeExporter(hasGetPfn: false))
     }
-    #expect(throws: Errno.EINVAL) { try core.getPfnUnlocked(AttachmentID(9), pgoff: PageIndex(0), context: ctx, exporter: FakeExporter()) }
+    #expect(throws: Errno.EINVAL) { try core.getPfnUnlocked(AttachmentID(9), pgoff: PageIndex(0), exporter: FakeExporter()) }
   }
 
   @Test func anImporterWithoutMoveNotifyGetsNoPfn() throws {
@@ -157,19 +169,21 @@ func makeCore(size: UInt64 = 0x4000) throws -> (DmaBufCore, DmaBufID) {
     let exporter = FakeExporter(requiresPeer2Peer: false)
     let a = try core.attach(id, importer: "static", ops: ImporterOps(dynamic: false, hasMoveNotify: false, allowPeer2Peer: false),
                             exporter: exporter, trace: &trace)
-    #expect(throws: Errno.ENOENT) { try core.getPfnUnlocked(a, pgoff: PageIndex(0), context: ctx, exporter: exporter) }
+    #expect(throws: Errno.ENOENT) { try core.getPfnUnlocked(a, pgoff: PageIndex(0), exporter: exporter) }
   }
 
   @Test func lookupWaitsWhileAnotherContextHoldsResv() throws {
     var (core, id) = try makeCore()
     var trace = Trace()
     let a = try core.attach(id, importer: "t", ops: dynamicP2P, exporter: FakeExporter(), trace: &trace)
+    #expect(core.resvWait(for: a, context: ctx) == nil)
     #expect(try core.lockResv(id, context: other))
-    #expect(throws: Errno.EAGAIN) { try core.getPfnUnlocked(a, pgoff: PageIndex(0), context: ctx, exporter: FakeExporter()) }
-    #expect(throws: Errno.EINVAL) { try core.getPfnLocked(a, pgoff: PageIndex(0), context: ctx, exporter: FakeExporter()) }
+    // The lookup takes resv around the exporter's callback: another holder makes it wait.
+    #expect(core.resvWait(for: a, context: ctx) == .lock("dmabuf1->resv", heldBy: other))
+    #expect(core.resvWait(for: a, context: other) == nil)
     try core.unlockResv(id, context: other)
-    #expect(try core.lockResv(id, context: ctx))
-    #expect(try core.getPfnLocked(a, pgoff: PageIndex(1), context: ctx, exporter: FakeExporter()).pfn == PFN(0x4000001))
+    #expect(core.resvWait(for: a, context: ctx) == nil)
+    #expect(try core.getPfnWithResv(a, pgoff: PageIndex(1), exporter: FakeExporter()).pfn == PFN(0x4000001))
   }
 }
 

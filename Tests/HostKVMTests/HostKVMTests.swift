@@ -3,6 +3,7 @@ import CReferenceVMM
 import Foundation
 import Synchronization
 import KernelCore
+import KVM
 import Testing
 
 @testable import HostKVM
@@ -43,9 +44,9 @@ struct ShimTests {
 
   @Test("memslot flags have their KVM_MEM_ bit values")
   func memoryFlags() {
-    #expect(MemoryRegionFlags.logDirtyPages.rawValue == 1)
-    #expect(MemoryRegionFlags.readonly.rawValue == 2)
-    #expect(MemoryRegionFlags.guestMemfd.rawValue == 4)
+    #expect(MemslotFlags.logDirtyPages.rawValue == 1)
+    #expect(MemslotFlags.readonly.rawValue == 2)
+    #expect(MemslotFlags.guestMemfd.rawValue == 4)
   }
 
   @Test("Swift and C run the same guest bytes")
@@ -210,17 +211,17 @@ struct RealKVMTests {
   @Test(
     "KVM_SET_USER_MEMORY_REGION2 refuses what kvm_set_memory_region() refuses",
     arguments: [
-      ("unaligned GPA", UserMemoryRegion(slot: 1, guestPhysAddr: GPA(0x10_0800), memorySize: 0x1000, userspaceAddr: 0), Errno.EINVAL),
-      ("unaligned size", UserMemoryRegion(slot: 1, guestPhysAddr: GPA(0x10_0000), memorySize: 0x800, userspaceAddr: 0), .EINVAL),
-      ("unknown flag", UserMemoryRegion(slot: 1, flags: MemoryRegionFlags(rawValue: 1 << 20), guestPhysAddr: GPA(0x10_0000), memorySize: 0x1000, userspaceAddr: 0), .EINVAL),
-      ("overlap with slot 0", UserMemoryRegion(slot: 1, guestPhysAddr: GPA(0), memorySize: 0x1000, userspaceAddr: 0), .EEXIST),
+      ("unaligned GPA", UserspaceMemoryRegion2(slot: 1, guestPhysAddr: 0x10_0800, memorySize: 0x1000, userspaceAddr: 0), Errno.EINVAL),
+      ("unaligned size", UserspaceMemoryRegion2(slot: 1, guestPhysAddr: 0x10_0000, memorySize: 0x800, userspaceAddr: 0), .EINVAL),
+      ("unknown flag", UserspaceMemoryRegion2(slot: 1, flags: MemslotFlags(rawValue: 1 << 20), guestPhysAddr: 0x10_0000, memorySize: 0x1000, userspaceAddr: 0), .EINVAL),
+      ("overlap with slot 0", UserspaceMemoryRegion2(slot: 1, guestPhysAddr: 0, memorySize: 0x1000, userspaceAddr: 0), .EEXIST),
     ])
-  func memslotErrors(name: String, region: UserMemoryRegion, expected: Errno) throws {
+  func memslotErrors(name: String, region: UserspaceMemoryRegion2, expected: Errno) throws {
     let vm = try KVMSystem().createVM()
     let ram = UnsafeMutableRawPointer.allocate(byteCount: 0x2000, alignment: 0x1000)
     defer { ram.deallocate() }
     let addr = UInt64(UInt(bitPattern: ram))
-    try vm.setUserMemoryRegion2(UserMemoryRegion(slot: 0, guestPhysAddr: GPA(0), memorySize: 0x2000, userspaceAddr: addr))
+    try vm.setUserMemoryRegion2(UserspaceMemoryRegion2(slot: 0, guestPhysAddr: 0, memorySize: 0x2000, userspaceAddr: addr))
     var r = region
     r.userspaceAddr = addr
     #expect(throws: expected) { try vm.setUserMemoryRegion2(r) }

@@ -191,15 +191,19 @@ func patch10SanityChecks(type: VMType, isPrivate: Bool, owner: UInt32?, errno: E
   #expect(vm.bindings.isEmpty && vm.memslots.isEmpty)
 }
 
-@Test func failedPrepareChangesNothingAndStalePlanIsRefused() throws {
+@Test func failedPrepareChangesNothingAndSlotsLockSerialisesUpdates() throws {
   var vm = try vmWithRAMSlot(.default)
   let before = vm
   #expect(throws: Errno.EEXIST) { try vm.prepareSetUserMemoryRegion2(region(2, gpa: 0), variant: .reviewed) }
   #expect(vm == before)
-  let p1 = try vm.prepareSetUserMemoryRegion2(region(2, gpa: 2 * gib), variant: .reviewed)
-  let p2 = try vm.prepareSetUserMemoryRegion2(region(3, gpa: 2 * gib), variant: .reviewed)
-  _ = try vm.commitSetUserMemoryRegion2(p1)
-  #expect(throws: Errno.EAGAIN) { try vm.commitSetUserMemoryRegion2(p2) }
+  // The ioctl holds slots_lock from its checks to its commit: another update waits for it,
+  // so no plan can be made against memslots that change before it commits.
+  try vm.lockSlots(ioctlThread)
+  let other = ContextID(rawValue: 2)
+  #expect(vm.slotsLock.wait(for: other) == .lock("kvm->slots_lock", heldBy: ioctlThread))
+  #expect(throws: LockViolation.self) { try vm.lockSlots(other) }
+  try vm.unlockSlots(ioctlThread)
+  #expect(vm.slotsLock.wait(for: other) == nil)
 }
 
 @Test(arguments: [(UInt32(0), Errno?.none), (4095, nil), (4096, .EINVAL)])
@@ -222,4 +226,92 @@ func createVCPUIDLimit(id: UInt32, errno: Errno?) {
   let vm = VirtualMachine(id: VMID(1), type: .default, ramPFNs: [PFN(0) ..< PFN(0x1000)])
   #expect(!vm.isMMIOPFN(PFN(0xfff)))
   #expect(vm.isMMIOPFN(PFN(0x1000)))
+}
+
+/// The order of `__kvm_set_memory_region()`'s checks (virt/kvm/kvm_main.c, 6.19 and the RFC's
+/// base) and where patch 6 put its own: two violations at once, the earlier check answers, with
+/// its function and check in the reason.
+@Suite struct MemslotCheckOrderTests {
+  struct Pair: CustomTestStringConvertible, Sendable {
+    let name: String
+    let variant: Variant
+    let region: UserspaceMemoryRegion2
+    let errno: Errno
+    let reason: String
+    var testDescription: String { "\(name) [\(variant)]" }
+  }
+
+  static let pairs: [Pair] = [
+    // check_memory_region_flags (patch 6): mutual exclusion is tested before anything else.
+    Pair(name: "private flags together beat an unaligned size", variant: .rfcV1,
+         region: region(1, [.vfioDmaBuf, .guestMemfd], size: 0x1800), errno: .EINVAL,
+         reason: "check_memory_region_flags: private flags are mutually exclusive"),
+    // Patch 6 checks guest_memfd_offset != 0 in the bind branch, after the overlap check.
+    Pair(name: "rfc-v1: overlap before the dma-buf offset", variant: .rfcV1,
+         region: region(1, .vfioDmaBuf, gpa: gib - 0x1000, offset: 0x1000), errno: .EEXIST,
+         reason: "__kvm_set_memory_region: overlaps slot 0 [0x0, +0x40000000)"),
+    Pair(name: "rfc-v1: the dma-buf offset after the overlap check", variant: .rfcV1,
+         region: region(1, .vfioDmaBuf, offset: 0x1000), errno: .EINVAL,
+         reason: "__kvm_set_memory_region: KVM_MEM_VFIO_DMABUF with guest_memfd_offset != 0"),
+    // reviewed treats the dma-buf offset like guest_memfd's: checked with the general checks.
+    Pair(name: "reviewed: the slice offset before the overlap", variant: .reviewed,
+         region: region(1, .vfioDmaBuf, gpa: gib - 0x1000, offset: 0x10), errno: .EINVAL,
+         reason: "__kvm_set_memory_region: guest_memfd_offset not page aligned or offset + size wraps"),
+    // The delete path runs the flag checks, then only "does the slot exist".
+    Pair(name: "rfc-v1: delete ignores the dma-buf offset", variant: .rfcV1,
+         region: region(9, .vfioDmaBuf, size: 0, offset: 0x1000), errno: .EINVAL,
+         reason: "__kvm_set_memory_region: delete of slot 9, which does not exist"),
+    Pair(name: "alignment before the address space", variant: .reviewed,
+         region: region(1 << 16 | 1, size: 0x1800), errno: .EINVAL,
+         reason: "__kvm_set_memory_region: memory_size not page aligned"),
+    Pair(name: "the slot id first", variant: .reviewed,
+         region: region(32764, MemslotFlags(rawValue: 1 << 5)), errno: .EINVAL,
+         reason: "kvm_vm_ioctl_set_memory_region: (u16)mem->slot 32764 >= KVM_USER_MEM_SLOTS"),
+  ]
+
+  @Test(arguments: pairs)
+  func theEarlierCheckAnswers(_ p: Pair) throws {
+    let vm = try vmWithRAMSlot(.tdx)
+    do {
+      _ = try vm.prepareSetUserMemoryRegion2(p.region, variant: p.variant)
+      Issue.record("expected \(p.errno)")
+    } catch {
+      #expect(error == p.errno)
+      #expect(error.reason?.description == p.reason)
+    }
+  }
+
+  /// Patch 6 moves nothing for a delete: with the slot present, a dma-buf flag and a bad offset
+  /// still delete it.
+  @Test func rfcDeleteOfADmaBufSlotTakesNoOffsetCheck() throws {
+    var vm = try vmWithRAMSlot(.tdx)
+    let plan = try vm.prepareSetUserMemoryRegion2(region(1, .vfioDmaBuf), variant: .rfcV1)
+    _ = try vm.commitSetUserMemoryRegion2(plan, binding: binding())
+    #expect(try vm.prepareSetUserMemoryRegion2(region(1, .vfioDmaBuf, size: 0, offset: 0x1000), variant: .rfcV1).change == .delete)
+  }
+
+  /// kvm_vfio_dmabuf_bind (patches 6 and 10): the size first, then the VFIO data.
+  @Test func bindChecksSizeThenVFIOData() throws {
+    let vm = try vmWithRAMSlot(.tdx)
+    let plan = try vm.prepareSetUserMemoryRegion2(region(1, .vfioDmaBuf), variant: .rfcV1)
+    let wrongSize = DmaBufDescription(id: DmaBufID(1), size: 0x1000, vfio: nil)
+    #expect(throws: Errno.EINVAL) { try plan.checkDmaBuf(wrongSize, variant: .rfcV1) }
+    do { try plan.checkDmaBuf(wrongSize, variant: .rfcV1) } catch {
+      #expect(error.reason?.function == "kvm_vfio_dmabuf_bind")
+    }
+    let notVFIO = DmaBufDescription(id: DmaBufID(1), size: 0x20_0000, vfio: nil)
+    try plan.checkDmaBuf(notVFIO, variant: .rfcV1)
+    for (data, check) in [(ExporterData(isPrivate: false, vm: vm.id), "!data->is_private"),
+                          (ExporterData(isPrivate: true, vm: VMID(9)), "data->kvm != kvm")] {
+      do { try vm.vfioDmaBufSanityCheck(DmaBufDescription(id: DmaBufID(1), size: 0x20_0000, vfio: data)); Issue.record("accepted") }
+      catch { #expect(error == .EINVAL && error.reason?.check == check) }
+    }
+  }
+
+  @Test func createVCPUReasons() throws {
+    var vm = VirtualMachine(id: VMID(1), type: .tdx)
+    try vm.createVCPU(0)
+    do { try vm.createVCPU(0); Issue.record("twice") } catch { #expect(error == .EEXIST && error.reason?.function == "kvm_vm_ioctl_create_vcpu") }
+    do { try vm.createVCPU(VirtualMachine.maxVCPUIDs); Issue.record("id") } catch { #expect(error == .EINVAL) }
+  }
 }

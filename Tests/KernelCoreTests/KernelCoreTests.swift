@@ -93,7 +93,9 @@ import Testing
     try s.assertHeld(by: a)
     #expect(throws: LockViolation.self) { try s.assertHeldWrite(by: a) }
     try s.unlock(a); try s.unlock(b)
-    try s.lockWrite(a)
+    #expect(s.writeWait(for: a) == nil)
+    #expect(try s.tryLockWrite(a))
+    #expect(s.readWait(for: b) == .lock("memory_lock", write: false, heldBy: a))
     #expect(try !s.tryLockRead(b))
     try s.assertHeldWrite(by: a)
     try s.unlock(a)

@@ -177,10 +177,14 @@ struct SeededGenerator: RandomNumberGenerator {
     return
   }
   _ = machine.perform(.vfioBindIOMMUFD(fd: dev, private: false, vm: nil))
+  let snapshot = machine
   let result = machine.perform(.vfioDmaBuf(fd: dev, regionIndex: 6, ranges: [DmaRange(offset: 0, length: 0x1000)],
                                            openFlags: 0, flags: 0))
   #expect(result == .failure(.errno(.ENODEV)))
-  let snapshot = machine
-  #expect(snapshot == machine)
+  // The failed ioctl changed nothing; a successful one does change the machine.
+  #expect(machine == snapshot)
+  _ = machine.perform(.vfioDmaBuf(fd: dev, regionIndex: 0, ranges: [DmaRange(offset: 0, length: 0x1000)],
+                                  openFlags: 0, flags: 0))
+  #expect(machine != snapshot)
   #expect(machine.checkInvariants().filter { !$0.held }.isEmpty)
 }

@@ -38,15 +38,20 @@ func defaultState(at step: Int) throws -> MachineState {
     #expect(state.septState(td: 1, gpa: 0x8000_1000) == "MMIO_MAPPED")
     #expect(state.septState(td: 1, gpa: 0x8000_2000) == "FREE")
     #expect(state.tdx.devifs.map(\.device) == ["nic0"])
+    #expect(state.tdx.devifs.first?.ranges == [MachineState.HostRange(hpa: 0x40_0000_0000, size: 0x20_0000)])
     // 512 MMIOMT pages: 2 mapped into the TD, 510 not.
     #expect(state.tdx.mmiomt.map(\.pages) == [2, 510])
     #expect(state.tdx.mmiomt.first?.gpa == 0x8000_0000)
+    #expect(state.tdx.mmiomt.first?.devif == 1)
   }
 
   @Test func afterTeardownNothingIsLeft() throws {
     let state = try defaultState(at: 22)
     #expect(state.dmabufs.isEmpty)
-    #expect(state.tdx.devifs.isEmpty && state.tdx.mmiomt.isEmpty)
+    #expect(state.tdx.devifs.isEmpty)
+    // The MMIOMT keeps its entries for the function; no DEVIF owns them now, none is mapped.
+    #expect(state.tdx.mmiomt == [MachineState.MMIOMTRun(hpa: 0x40_0000_0000, pages: 512, level: "4K", count: 512,
+                                                         function: 0x108, devif: nil, td: nil, gpa: nil)])
     #expect(state.vms.first?.memslots.isEmpty == true)
     #expect(state.device(named: "nic0")?.tdi == "CONFIG_UNLOCKED")
   }

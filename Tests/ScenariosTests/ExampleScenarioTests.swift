@@ -25,13 +25,13 @@ import KernelCore
          violated: ["UsableDeviceBuffersRestored", "RevokedImpliesNoSPTE", "NoKVMBugOn"]),
     Case(file: "slot-move.yaml", variant: .reviewed, failedExpectations: 0, violated: []),
     Case(file: "slot-move.yaml", variant: .rfcV1, failedExpectations: 1,
-         violated: ["PrivateMMIOOnlyWhileTDIRuns", "NoDanglingBinding", "NoMoveNotifyOnFreedSlot"]),
+         violated: ["NoDanglingBinding", "NoMoveNotifyOnFreedSlot"]),
     // The built-in default scenario, as Examples/default.yaml.
     Case(file: "default.yaml", variant: .reviewed, failedExpectations: 0, violated: []),
     Case(file: "default.yaml", variant: .rfcV1, failedExpectations: 1, violated: ["PrivateMMIOOnlyWhileTDIRuns"]),
     Case(file: "design-sample.yaml", variant: .reviewed, failedExpectations: 0, violated: []),
     Case(file: "design-sample.yaml", variant: .rfcV1, failedExpectations: 0,
-         violated: ["PrivateMMIOOnlyWhileTDIRuns", "NoKVMBugOn"]),
+         violated: ["NoKVMBugOn"]),
   ]
 
   static let examples = URL(fileURLWithPath: #filePath)

@@ -17,8 +17,9 @@ import Platform
 
   @Test func everyInvariantIsListed() throws {
     let text = try String(contentsOf: Self.readme, encoding: .utf8)
+    #expect(text.contains("<!-- invariants:begin -->\n" + Machine.invariantTable + "<!-- invariants:end -->"))
     for invariant in Machine.invariants {
-      #expect(text.contains("| `\(invariant.name)` | \(invariant.summary) |"), "\(invariant.name)")
+      #expect(text.contains("| `\(invariant.name)` | \(invariant.kind.rawValue) | \(invariant.summary) |"), "\(invariant.name)")
     }
   }
 }

@@ -8,14 +8,16 @@ struct ScriptedMachine: ScenarioMachine {
   var results: [OpResult]
   var violationsAfter: [Int: String] = [:]
   var performed: [Operation] = []
+  var contexts: [ContextID] = []
   var trace = Trace()
 
-  mutating func perform(_ op: Operation) -> OpResult {
+  mutating func perform(_ op: Operation, context: ContextID) -> OpResult {
     performed.append(op)
+    contexts.append(context)
     trace.emit(.vfio, "performed \(performed.count)")
     return performed.count <= results.count ? results[performed.count - 1] : .failure(.errno(.ENOSYS))
   }
-  func checkInvariants() -> [InvariantCheck] {
+  func checkInvariants(quiescent: Bool) -> [InvariantCheck] {
     [InvariantCheck(name: "NoHostMappingOfPrivateMMIO", violation: violationsAfter[performed.count]),
      InvariantCheck(name: "AttachmentsBalance", violation: nil)]
   }
@@ -76,27 +78,27 @@ func resolution() throws {
   var machine = ScriptedMachine(results: [.success(.fd(FD(3)))])
   var handles = HandleEnvironment(vmFDs: ["td0": FD(9)])
   for step in scenario.allSteps {
-    let result = machine.perform(step.operation(in: handles))
+    let result = machine.perform(step.operation(in: handles), context: step.path.context)
     if let name = step.binding { handles.bind(name, to: result) }
   }
+  #expect(machine.contexts == [.ioctl, .ioctl, .ioctl, ContextID(rawValue: 1)])
   #expect(machine.performed == [.vfioOpen(device: "nic0"), .vfioBindIOMMUFD(fd: FD(3), private: true, vm: FD(9)),
                                 .vfioClose(fd: FD(3)), .vfioReset(fd: FD(3))])
   var failing = ScriptedMachine(results: [.failure(.errno(.ENODEV))])
   handles = HandleEnvironment(vmFDs: ["td0": FD(9)])
   for step in scenario.steps {
-    let result = failing.perform(step.operation(in: handles))
+    let result = failing.perform(step.operation(in: handles), context: step.path.context)
     if let name = step.binding { handles.bind(name, to: result) }
   }
   #expect(failing.performed[1] == .vfioBindIOMMUFD(fd: FD(-1), private: true, vm: FD(9)))
 }
 
-@Test("with the stub machine, an ENOSYS expectation holds and ok fails")
-func stubMachine() throws {
-  // Pins the stub's answer; once Machine is implemented this step uses a real EBADF instead.
-  let probe = try ScenarioParser.parse("steps: [ { op: vfio.close, fd: 99 } ]", file: "s.yaml")
-  let errnoName = try ScenarioRunner.run(probe).steps[0].result.errno ?? "ENOSYS"
-  let pass = try ScenarioParser.parse("steps: [ { op: vfio.close, fd: 99, expect: { errno: \(errnoName) } } ]", file: "s.yaml")
-  #expect(try ScenarioRunner.run(pass).exitStatus == 0)
+@Test("closing an fd that is not open is EBADF: that expectation holds and ok fails")
+func closeOfABadFD() throws {
+  let pass = try ScenarioParser.parse("steps: [ { op: vfio.close, fd: 99, expect: { errno: EBADF } } ]", file: "s.yaml")
+  let passed = try ScenarioRunner.run(pass)
+  #expect(passed.steps[0].result.text == "errno EBADF")
+  #expect(passed.exitStatus == 0)
   let fail = try ScenarioParser.parse("steps: [ { op: vfio.close, fd: 99, expect: ok } ]", file: "s.yaml")
   let report = try ScenarioRunner.run(fail)
   #expect(report.exitStatus == 1)

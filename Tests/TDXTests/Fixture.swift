@@ -2,7 +2,9 @@ import KernelCore
 @testable import TDX
 
 /// A module with one TD (2 vCPUs) owning a running TDI whose BAR is four MMIO pages, plus a
-/// second TD with its own TDI, ready for TDH.MMIO.MAP.
+/// second TD with its own TDI, ready for TDH.MMIO.MAP. The host populated the MMIO metadata
+/// table for both BARs (TDH.MMIO.MT.ADD of the table pages, TDH.MMIO.MT.SET of each page); the
+/// non-TEE page shares the BAR's L0 table page but was never assigned (its entry is a QNODE).
 struct Fixture {
   var module = TDXModule()
   var td = TDID(0)
@@ -10,6 +12,8 @@ struct Fixture {
   var otherTD = TDID(0)
   var otherDevif = DevifID(0)
 
+  static let function = DeviceInterfaceID(0x0100)
+  static let otherFunction = DeviceInterfaceID(0x0200)
   static let bar = HPA(0xFE00_0000)
   static let nonTEEPage = HPA(0xFE00_4000)
   static let otherBar = HPA(0xFD00_0000)
@@ -17,13 +21,13 @@ struct Fixture {
 
   init() throws(TDXStatus) {
     td = try module.tdhMngCreate(vcpuCount: 2)
-    devif = try module.tdhDevifCreate(td: td, interface: DeviceInterfaceID(0x0100))
+    devif = try module.tdhDevifCreate(td: td, interface: Fixture.function)
     try module.tdhMMIOMTAdd(devif: devif, first: Fixture.bar, count: 4, attributes: [])
     try module.tdhMMIOMTAdd(devif: devif, first: Fixture.nonTEEPage, count: 1, attributes: [.isNonTEEMem])
     try module.observeTDISPState(devif: devif, state: .run)
 
     otherTD = try module.tdhMngCreate(vcpuCount: 1)
-    otherDevif = try module.tdhDevifCreate(td: otherTD, interface: DeviceInterfaceID(0x0200))
+    otherDevif = try module.tdhDevifCreate(td: otherTD, interface: Fixture.otherFunction)
     try module.tdhMMIOMTAdd(devif: otherDevif, first: Fixture.otherBar, count: 1, attributes: [])
     try module.observeTDISPState(devif: otherDevif, state: .run)
   }
@@ -45,6 +49,16 @@ struct Fixture {
     try module.tdhMMIOBlock(td: td, gpa: Fixture.gpa, level: .level4K)
     try module.tdhMemTrack(td: td)
     try module.observeTDISPState(devif: devif, state: .configUnlocked)
+  }
+
+  /// A 2 MiB device block at `hpa` assigned to the first DEVIF as one L1 DATA entry: the host
+  /// adds the table pages down to L1 (not L0) and sets the L1 entry.
+  mutating func assign2M(_ hpa: HPA) throws(TDXStatus) {
+    for level in stride(from: MMIOMTIndex.rootLevel, through: 2, by: -1)
+    where !module.mmiomtPages.contains(MMIOMTNode.covering(hpa.rawValue, level: level - 1)) {
+      try module.tdhMMIOMTAdd(index: MMIOMTIndex(address: hpa, level: level), page: HPA(0x2000))
+    }
+    try module.tdhMMIOMTSet(index: MMIOMTIndex(address: hpa, level: 1), type: .data, function: Fixture.function)
   }
 
   var state: SEPTState? { module.septEntry(td: td, gpa: Fixture.gpa)?.state }

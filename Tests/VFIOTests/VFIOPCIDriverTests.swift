@@ -4,12 +4,10 @@ import PCI
 import DmaBuf
 @testable import VFIO
 
-/// Records every `move_notify` it receives, with the revoke state it was told.
-struct RecordingSink: MoveNotifySink {
-  var calls: [(AttachmentID, Bool)] = []
-  mutating func moveNotify(_ attachment: DmaBufAttachment, revoked: Bool, context: ContextID, trace: inout Trace) {
-    calls.append((attachment.id, revoked))
-  }
+/// Counts the function state changes VFIO relays.
+struct RecordingSink: FunctionStateSink {
+  var changes = 0
+  mutating func functionChanged(_ device: VFIODeviceID, _ function: PCIFunction, trace: inout Trace) { changes += 1 }
 }
 
 struct Rig {
@@ -33,6 +31,30 @@ struct Rig {
     try driver.exportDmaBuf(file, request: VFIODeviceFeatureDmaBuf(
       regionIndex: 0, openFlags: 0, flags: 0,
       ranges: ranges.map { VFIODmaRange(regionIndex: 0, offset: $0.0, length: $0.1) }), dmabufCore: &core, trace: &trace)
+  }
+
+  /// Steps a revoke/restore path alone to its end, as the platform would with test importers
+  /// only (each returns from `move_notify` at once). - Returns: every `move_notify`, in order.
+  @discardableResult
+  mutating func run(_ start: DmaBufMovePath) throws -> [(AttachmentID, Bool)] {
+    var path = start
+    var sink = RecordingSink()
+    var calls: [(AttachmentID, Bool)] = []
+    while true {
+      switch try path.step(&driver, dmabufCore: &core, sink: &sink, trace: &trace) {
+      case .ran: continue
+      case .finished: return calls
+      case .blocked(let wait):
+        Issue.record("a path stepped alone waits for \(wait)")
+        return calls
+      case .notify(let attachment, let revoked, _):
+        var next: DmaBufAttachment? = attachment
+        while let told = next {
+          calls.append((told.id, revoked))
+          next = try path.importerReturned(dmabufCore: &core)
+        }
+      }
+    }
   }
 
   mutating func attach(_ buffer: DmaBufID) throws -> AttachmentID {
@@ -84,8 +106,7 @@ struct Rig {
   @Test func revokedBufferRefusesEverything() throws {
     var rig = try Rig(.reviewed)
     let buffer = try rig.export([(0, 0x1000)])
-    var sink = RecordingSink()
-    try rig.driver.setMemoryDecode(rig.file, enable: false, context: .ioctl, dmabufCore: &rig.core, sink: &sink, trace: &rig.trace)
+    try rig.run(rig.driver.setMemoryDecode(rig.file, enable: false, context: .ioctl))
     let object = try #require(rig.core.buffer(buffer))
     #expect(rig.driver.getPfn(buffer: object, pgoff: PageIndex(0)) == .failure(.ENODEV))
     #expect(throws: Errno.ENODEV) { try rig.driver.physRanges(buffer: object) }
@@ -99,12 +120,11 @@ struct Rig {
     var rig = try Rig(.reviewed)
     let first = try rig.export([(0, 0x1000)]), second = try rig.export([(0x1000, 0x1000)])
     let a = try rig.attach(first), b = try rig.attach(second)
-    var sink = RecordingSink()
-    try rig.driver.setPowerState(rig.file, state: .d3hot, context: .ioctl, dmabufCore: &rig.core, sink: &sink, trace: &rig.trace)
-    try rig.driver.setPowerState(rig.file, state: .d3hot, context: .ioctl, dmabufCore: &rig.core, sink: &sink, trace: &rig.trace)
-    try rig.driver.setPowerState(rig.file, state: .d0, context: .ioctl, dmabufCore: &rig.core, sink: &sink, trace: &rig.trace)
-    #expect(sink.calls.map(\.0) == [a, b, a, b])
-    #expect(sink.calls.map(\.1) == [true, true, false, false])
+    var calls = try rig.run(rig.driver.setPowerState(rig.file, state: .d3hot, context: .ioctl))
+    calls += try rig.run(rig.driver.setPowerState(rig.file, state: .d3hot, context: .ioctl))
+    calls += try rig.run(rig.driver.setPowerState(rig.file, state: .d0, context: .ioctl))
+    #expect(calls.map(\.0) == [a, b, a, b])
+    #expect(calls.map(\.1) == [true, true, false, false])
     // Every lock taken was dropped again.
     #expect(rig.driver.device(rig.device)?.memoryLock.isLocked == false)
     #expect(rig.core.buffer(first)?.resv.isLocked == false)
@@ -116,9 +136,100 @@ struct Rig {
     #expect(try rig.driver.devices[rig.device]!.memoryLock.tryLockRead(holder))
     var sink = RecordingSink()
     let before = rig.driver
-    #expect(throws: Errno.EAGAIN) {
-      try rig.driver.reset(rig.file, kind: .ioctl, context: .ioctl, dmabufCore: &rig.core, sink: &sink, trace: &rig.trace)
+    var path = try rig.driver.reset(rig.file, kind: .ioctl, context: .ioctl)
+    let started = path
+    guard case .blocked(let wait) = try path.step(&rig.driver, dmabufCore: &rig.core, sink: &sink, trace: &rig.trace) else {
+      Issue.record("the reset did not wait for memory_lock"); return
+    }
+    #expect(wait == .lock("vdev1->memory_lock", write: true, heldBy: holder))
+    #expect(rig.driver == before && path == started && sink.changes == 0)
+    try rig.driver.devices[rig.device]!.memoryLock.unlock(holder)
+    try rig.run(path)
+    #expect(rig.driver.device(rig.device)?.memoryLock.isLocked == false)
+  }
+}
+
+/// `vfio_pci_core_feature_dma_buf()` per variant: two violations at once, the earlier check
+/// answers, with its function. Sources: 6.19 `drivers/vfio/pci/vfio_pci_dmabuf.c`; RFC patch 4
+/// `check_dma_ranges()`.
+@Suite struct ExportCheckOrderTests {
+  struct Case: CustomTestStringConvertible, Sendable {
+    let name: String
+    let variant: Variant
+    let regionIndex: UInt32
+    let flags: UInt32
+    let ranges: [VFIODmaRange]
+    let errno: Errno
+    let function: String
+    var testDescription: String { "\(name) [\(variant)]" }
+  }
+
+  static let cases: [Case] = [
+    Case(name: "flags before the region index", variant: .reviewed, regionIndex: 9, flags: 1,
+         ranges: [VFIODmaRange(regionIndex: 9, offset: 0, length: 0x1000)], errno: .EINVAL, function: "vfio_pci_core_feature_dma_buf"),
+    Case(name: "region index before the ranges", variant: .reviewed, regionIndex: 6, flags: 0,
+         ranges: [VFIODmaRange(regionIndex: 6, offset: 0x10, length: 0)], errno: .ENODEV, function: "vfio_pci_core_feature_dma_buf"),
+    Case(name: "range shape before the BAR", variant: .reviewed, regionIndex: 1, flags: 0,
+         ranges: [VFIODmaRange(regionIndex: 1, offset: 0x10, length: 0x1000)], errno: .EINVAL, function: "validate_dmabuf_input"),
+    Case(name: "no provider for a missing BAR", variant: .reviewed, regionIndex: 1, flags: 0,
+         ranges: [VFIODmaRange(regionIndex: 1, offset: 0, length: 0x1000)], errno: .EINVAL, function: "vfio_pci_core_get_dmabuf_phys"),
+    Case(name: "overflow", variant: .reviewed, regionIndex: 0, flags: 0,
+         ranges: [VFIODmaRange(regionIndex: 0, offset: ~UInt64(0xfff), length: 0x1000)], errno: .EOVERFLOW, function: "vfio_pci_core_fill_phys_vec"),
+    Case(name: "past the BAR", variant: .reviewed, regionIndex: 0, flags: 0,
+         ranges: [VFIODmaRange(regionIndex: 0, offset: 0x40_0000, length: 0x1000)], errno: .EINVAL, function: "vfio_pci_core_fill_phys_vec"),
+    Case(name: "rfc: region index past BAR 5", variant: .rfcV1, regionIndex: 6, flags: 0,
+         ranges: [VFIODmaRange(regionIndex: 6, offset: 0, length: 0x1000)], errno: .EINVAL, function: "check_dma_ranges"),
+    Case(name: "rfc: zero-size BAR before the range shape", variant: .rfcV1, regionIndex: 1, flags: 0,
+         ranges: [VFIODmaRange(regionIndex: 1, offset: 0x10, length: 0x10)], errno: .EINVAL, function: "check_dma_ranges"),
+    Case(name: "rfc: offset at the BAR's end", variant: .rfcV1, regionIndex: 0, flags: 0,
+         ranges: [VFIODmaRange(regionIndex: 0, offset: 0x40_0000, length: 0x1000)], errno: .EINVAL, function: "check_dma_ranges"),
+  ]
+
+  @Test(arguments: cases)
+  func theEarlierCheckAnswers(_ c: Case) throws {
+    var rig = try Rig(c.variant)
+    let before = rig.driver
+    do {
+      _ = try rig.driver.exportDmaBuf(rig.file, request: VFIODeviceFeatureDmaBuf(regionIndex: c.regionIndex, openFlags: 0,
+                                                                                flags: c.flags, ranges: c.ranges),
+                                      dmabufCore: &rig.core, trace: &rig.trace)
+      Issue.record("exported")
+    } catch {
+      #expect(error == c.errno)
+      #expect(error.reason?.function == c.function)
     }
     #expect(rig.driver == before)
+  }
+
+  /// Patch 4 has no `.attach`: a dynamic importer attaches without peer2peer and to a revoked
+  /// buffer; a static importer is pinned at attach and `vfio_pci_dma_buf_pin` says `EINVAL`.
+  /// 6.19's `.attach` refuses both, and its `.pin` says `EOPNOTSUPP`.
+  @Test(arguments: Variant.allCases)
+  func attachAndPinPerVariant(_ variant: Variant) throws {
+    var rig = try Rig(variant)
+    let buffer = try rig.export([(0, 0x1000)])
+    let noP2P = ImporterOps(dynamic: true, hasMoveNotify: true, allowPeer2Peer: false)
+    let staticOps = ImporterOps(dynamic: false, hasMoveNotify: false, allowPeer2Peer: false)
+    var core = rig.core, trace = Trace()
+    func attach(_ ops: ImporterOps, _ exporter: VFIOPCIDriver) -> Errno? {
+      do { _ = try core.attach(buffer, importer: "t", ops: ops, exporter: exporter, trace: &trace); return nil }
+      catch { return error }
+    }
+    #expect(attach(noP2P, rig.driver) == (variant == .reviewed ? .EOPNOTSUPP : nil))
+    #expect(attach(staticOps, rig.driver) == (variant == .reviewed ? .EOPNOTSUPP : .EINVAL))
+    rig.driver.dmabufs[buffer]?.revoked = true
+    #expect(attach(ImporterOps(dynamic: true, hasMoveNotify: true, allowPeer2Peer: true), rig.driver) == (variant == .reviewed ? .ENODEV : nil))
+  }
+
+  /// Patch 8: a private mmap-capable BAR reports PRIVATE alone; read/write `EINVAL`
+  /// (`vfio_pci_bar_rw`), mmap `EINVAL` (`vfio_pci_core_mmap`, `is_private` first).
+  @Test(arguments: Variant.allCases)
+  func privateBarIsHostUnaccessible(_ variant: Variant) throws {
+    var rig = try Rig(variant, private: true)
+    #expect(try rig.driver.regionInfo(rig.file, index: 0).flags == [.private])
+    do { _ = try rig.driver.regionAccess(rig.file, index: 0, offset: 0, size: 4, isWrite: false, trace: &rig.trace); Issue.record("read") }
+    catch { #expect(error == .EINVAL && error.reason?.function == "vfio_pci_bar_rw") }
+    do { try rig.driver.mmap(rig.file, index: 7, trace: &rig.trace); Issue.record("mmap") }
+    catch { #expect(error == .EINVAL && error.reason?.check == "vdev->vdev.is_private") }
   }
 }

@@ -1,0 +1,237 @@
+import KernelCore
+import PCI
+import DmaBuf
+import VFIO
+import KVM
+import TDX
+
+extension Machine {
+  /// Runs an operation that is one atomic region (the caller checked the locks it needs).
+  mutating func oneRegion(_ op: Operation) -> OpResult {
+    do throws(OpFailure) {
+      return .success(try oneRegionValue(op))
+    } catch {
+      return .failure(error)
+    }
+  }
+
+  private mutating func oneRegionValue(_ op: Operation) throws(OpFailure) -> OpValue {
+    switch op {
+    case .vfioOpen(let name):
+      return try errno { () throws(Errno) in
+        let id = try device(named: name)
+        try requireFreeFD()
+        let file = try vfio.openCdev(id, trace: &trace)
+        return .fd(try files.install(.vfioDevice(file)))
+      }
+
+    case .vfioBindIOMMUFD(let fd, let isPrivate, let vmFD):
+      return try errno { () throws(Errno) in
+        let file = try vfioFile(fd)
+        let vmID = try vmFD.map { (fd) throws(Errno) in try vm(fd, .other) }
+        try vfio.bindIOMMUFD(file, flags: isPrivate ? .private : [], vm: vmID, trace: &trace)
+        return .none
+      }
+
+    case .vfioRegionInfo(let fd, let index):
+      return try errno { () throws(Errno) in
+        let info = try vfio.regionInfo(try vfioFile(fd), index: index)
+        return .regionInfo(flags: info.flags.names, size: info.size, offset: info.offset)
+      }
+
+    case .vfioRead(let fd, let index, let offset, let size), .vfioWrite(let fd, let index, let offset, let size):
+      let isWrite = if case .vfioWrite = op { true } else { false }
+      return try errno { () throws(Errno) in
+        let value = try vfio.regionAccess(try vfioFile(fd, .other), index: index, offset: offset, size: size,
+                                          isWrite: isWrite, trace: &trace)
+        return isWrite ? .none : .read(value)
+      }
+
+    case .vfioMmap(let fd, let index):
+      return try errno { () throws(Errno) in
+        try vfio.mmap(try vfioFile(fd, .other), index: index, trace: &trace)
+        return .none
+      }
+
+    case .vfioDmaBuf(let fd, let index, let ranges, let openFlags, let flags):
+      return try errno { () throws(Errno) in
+        let file = try vfioFile(fd)
+        try requireFreeFD()
+        let request = VFIODeviceFeatureDmaBuf(
+          regionIndex: index, openFlags: openFlags, flags: flags,
+          ranges: ranges.map { VFIODmaRange(regionIndex: index, offset: $0.offset, length: $0.length) })
+        let buffer = try vfio.exportDmaBuf(file, request: request, dmabufCore: &dmabufCore, trace: &trace)
+        return .fd(try files.install(.dmaBuf(buffer)))
+      }
+
+    case .dmabufAttach(let fd, let importer, let dynamic, let peer2peer):
+      return try errno { () throws(Errno) in
+        let buffer = try dmaBuf(fd)
+        let ops = ImporterOps(dynamic: dynamic, hasMoveNotify: dynamic, allowPeer2Peer: peer2peer)
+        return .attachment(try dmabufCore.attach(buffer, importer: importer, ops: ops, exporter: vfio, trace: &trace))
+      }
+
+    case .dmabufPin(let attachment):
+      return try errno { () throws(Errno) in
+        try dmabufCore.pin(attachment, exporter: vfio)
+        return .none
+      }
+
+    case .dmabufGetPfn(let attachment, let pgoff):
+      return try errno { () throws(Errno) in
+        let lookup = try lookupPfn(attachment, pgoff: pgoff)
+        trace.emit(.dmabuf, "get_pfn attachment \(attachment.rawValue) pgoff \(pgoff.rawValue) -> pfn \(lookup.pfn) order \(lookup.order)")
+        return .pfn(lookup.pfn, order: lookup.order)
+      }
+
+    case .tdispReport(let name):
+      let id = try pciDevice(named: name)
+      guard let function = vfio.device(id)?.function else { throw .errno(.ENODEV) }
+      do {
+        let report = try function.tdispInterfaceReport()
+        return .report(report.mmioRanges.map(\.description))
+      } catch {
+        throw .tdisp(code: error.code, name: error.name)
+      }
+
+    case .kvmCreateVM(let type): return try createVM(type)
+    case .kvmCreateVCPU(let vmFD, let vcpu): return try createVCPU(vmFD, vcpu)
+    case .tdxDevifCreate, .tdxDevifRemove, .tdxMMIOMTAdd, .tdxStreamBlock, .tdxSeamcall:
+      return try performTDX(op)
+
+    case .vfioClose, .dmabufDetach, .vfioSetMemoryDecode, .vfioReset, .vfioFLR, .vfioHotReset, .vfioSetPower, .dmabufClose,
+         .tdispLock, .tdispStart, .tdispStop, .pciFLR, .pciWriteCommand, .kvmSetUserMemoryRegion2, .kvmDestroyVM,
+         .guestRead, .guestWrite, .guestAcceptMMIO:
+      // Paths, begun by `begin(_:frame:thread:choices:)`; never one region.
+      throw .lockViolation(LockViolation(lock: "thread", message: "\(op.name) run as one region"))
+    }
+  }
+
+  /// The importer-facing PFN lookup as each variant orders it against `move_notify`: the RFC's
+  /// `dma_buf_get_pfn_unlocked()` (resv lock only around the callback), or the reviewed
+  /// lookup under the resv lock, which the importer takes and drops around it. Both are one
+  /// atomic region: another context's revoke holds resv across its flip and notify, so a
+  /// lookup sees the buffer before or after it, and the fault's sequence check does the rest.
+  func lookupPfn(_ attachment: AttachmentID, pgoff: PageIndex) throws(Errno) -> PFNLookup {
+    switch variant {
+    case .rfcV1: try dmabufCore.getPfnUnlocked(attachment, pgoff: pgoff, exporter: vfio)
+    case .reviewed: try dmabufCore.getPfnWithResv(attachment, pgoff: pgoff, exporter: vfio)
+    }
+  }
+
+  // MARK: close
+
+  /// `close(fd)`: the fd goes at once; when that was the last reference to its file, the
+  /// file's release runs as a path (a VFIO device's close revokes its buffers; a dma-buf's
+  /// release leaves its device's list under `memory_lock`; a VM's destroy detaches every
+  /// dma-buf slot).
+  mutating func close(_ fd: FD, op: Operation, frame: inout Frame, ctx: ContextID) throws(LockViolation) -> FrameStep {
+    let label = Self.label(op)
+    let file: OpenFile
+    do { file = try files.lookup(fd) } catch { return .ranAndReturned(label, .failure(.errno(error))) }
+    // close(2) takes any open fd: `dmabuf.close` and `kvm.destroy_vm` name what the scenario
+    // means to close, but the kernel does not check the kind.
+    do { _ = try files.remove(fd) } catch { return .ranAndReturned(label, .failure(.errno(error))) }
+    switch file {
+    case .vfioDevice(let id):
+      let path: DmaBufMovePath?
+      do { path = try vfio.release(id, context: ctx, trace: &trace) } catch {
+        return .ranAndReturned(label, .failure(.errno(error)))
+      }
+      guard let path else { return .ranAndReturned(label, .success(.none)) }
+      frame = .dmaBufMove(path, result: .success(.none))
+      return .ran(label)
+    case .dmaBuf(let buffer):
+      trace.emit(.dmabuf, "close dmabuf\(buffer.rawValue) (\(fd))")
+      guard let released = dmabufCore.put(buffer, trace: &trace) else { return .ranAndReturned(label, .success(.none)) }
+      frame = .dmaBufRelease(VFIOPCIDmaBufRelease(buffer: released.id))
+      return .ran(label)
+    case .vm(let id):
+      frame = .destroyVM(KVMDestroyVM(vm: id))
+      return .ran(label)
+    }
+  }
+
+  // MARK: PCI and TDISP
+
+  /// The region of a TDISP request or a config change from outside VFIO: the device's answer,
+  /// relayed to the TDX module; the caller then lets VFIO bring private buffers in line.
+  /// - Returns: the result, and the device whose TDI state may have moved.
+  mutating func tdispOrConfigRegion(_ op: Operation) -> (OpResult, VFIODeviceID?) {
+    do throws(OpFailure) {
+      switch op {
+      case .tdispLock(let name):
+        let id = try pciDevice(named: name)
+        _ = try tdisp(id) { (f: inout PCIFunction, t: inout Trace) throws(TDISPError) in try f.tdispLockInterface(trace: &t) }
+        return (.success(.tdiState(try tdiStateName(id))), id)
+      case .tdispStart(let name, let choice):
+        let id = try pciDevice(named: name)
+        try tdisp(id) { (f: inout PCIFunction, t: inout Trace) throws(TDISPError) in
+          // The device's nonce, echoed back or not: what a TSM that did or did not see the LOCK
+          // response would send.
+          let issued = f.tdi?.issuedStartNonce ?? TDISPNonce(rawValue: 0)
+          try f.tdispStartInterface(nonce: choice == .echo ? issued : issued.complement, trace: &t)
+        }
+        return (.success(.tdiState(try tdiStateName(id))), id)
+      case .tdispStop(let name):
+        let id = try pciDevice(named: name)
+        try tdisp(id) { (f: inout PCIFunction, t: inout Trace) throws(TDISPError) in try f.tdispStopInterface(trace: &t) }
+        return (.success(.tdiState(try tdiStateName(id))), id)
+      case .pciFLR(let name):
+        let id = try pciDevice(named: name)
+        // A reset from outside VFIO (sysfs `reset`): pci_reset_function() saves and restores
+        // config space, and vfio-pci has no reset_prepare/reset_done hooks to revoke around it.
+        vfio.noteReset(of: id, dmabufCore: dmabufCore, trace: &trace)
+        try errno { () throws(Errno) in
+          try vfio.withFunction(of: id) { (f: inout PCIFunction) throws(Errno) in
+            let saved = f.command
+            f.functionLevelReset(trace: &trace)
+            f.writeCommand(saved, trace: &trace)
+          }
+        }
+        relayTDIState(id)
+        return (.success(.none), id)
+      case .pciWriteCommand(let name, let memory, let busMaster):
+        let id = try pciDevice(named: name)
+        try errno { () throws(Errno) in
+          try vfio.withFunction(of: id) { (f: inout PCIFunction) throws(Errno) in
+            var command = f.command
+            if let memory { if memory { command.insert(.memorySpace) } else { command.remove(.memorySpace) } }
+            if let busMaster { if busMaster { command.insert(.busMaster) } else { command.remove(.busMaster) } }
+            f.writeCommand(command, trace: &trace)
+          }
+        }
+        relayTDIState(id)
+        return (.success(.none), id)
+      default:
+        throw .lockViolation(LockViolation(lock: "thread", message: "\(op.name) is not a TDISP or config op"))
+      }
+    } catch {
+      return (.failure(error), nil)
+    }
+  }
+
+  /// Tells the TDX module (through the TSM) the device's TDI state after a host-side change.
+  mutating func relayTDIState(_ id: VFIODeviceID) {
+    if let function = vfio.device(id)?.function { kvm.observe(id, function, trace: &trace) }
+  }
+
+  /// Runs a TDISP request on a device's function; a device without TDISP answers `ENODEV`.
+  @discardableResult
+  mutating func tdisp<R>(_ id: VFIODeviceID, _ body: (inout PCIFunction, inout Trace) throws(TDISPError) -> R) throws(OpFailure) -> R {
+    guard let function = vfio.device(id)?.function, function.tdi != nil else {
+      throw .errno(Errno.ENODEV.because("pci_tsm", "the device has no TDISP interface"))
+    }
+    var updated = function
+    let result: R
+    do { result = try body(&updated, &trace) } catch { throw .tdisp(code: error.code, name: error.name) }
+    try errno { () throws(Errno) in try vfio.withFunction(of: id) { (f: inout PCIFunction) throws(Errno) in f = updated } }
+    relayTDIState(id)
+    return result
+  }
+
+  func tdiStateName(_ id: VFIODeviceID) throws(OpFailure) -> String {
+    guard let state = vfio.device(id)?.function.tdi?.state else { throw .errno(.ENODEV) }
+    return state.specName
+  }
+}

@@ -1,0 +1,72 @@
+import KernelCore
+import DmaBuf
+import KVM
+import TDX
+
+/// `kvm_destroy_vm()` once the VM's last reference (its fd) is gone (`virt/kvm/kvm_main.c`):
+/// the MMU is torn down under `mmu_lock` (for a TD, `tdx_mmu_release_hkid()` and the
+/// reclaim of every page, folded into one module call here), the memslots are freed, and
+/// every dma-buf slot's attachment is detached under its buffer's resv, one region each.
+/// Attachments left dangling by an `rfc-v1` slot move are leaked: nothing detaches them.
+struct KVMDestroyVM: Hashable, Sendable {
+  let vm: VMID
+  /// Attachments still to detach once the VM's memory is gone.
+  var detach: [AttachmentID]?
+
+  init(vm: VMID) { self.vm = vm }
+
+  mutating func step(_ m: inout Machine, ctx: ContextID) throws(LockViolation) -> FrameStep {
+    guard var remaining = detach else {
+      guard let state = m.kvm.vms[vm] else { return .returned(.success(.none)) }
+      if let wait = state.mmuLock.writeWait(for: ctx) { return .blocked(wait) }
+      let (live, leaked) = m.kvm.vms[vm]!.destroy()
+      m.kvm.leaked.formUnion(leaked)
+      if let td = m.kvm.tds[vm] {
+        do { try m.kvm.tdx.tdTeardown(td: td) } catch {
+          throw LockViolation(lock: "kvm->mmu_lock", message: "TD teardown refused: \(error)")
+        }
+        m.trace.absorb(&m.kvm.tdx.trace)
+      }
+      m.trace.emit(.kvm, "destroy vm\(vm.rawValue)" + (leaked.isEmpty ? "" : " (attachment \(leaked.map { String($0.rawValue) }.joined(separator: ",")) leaked)"))
+      detach = live
+      if live.isEmpty { return .ranAndReturned("kvm_destroy_vm: tear down the MMU and memslots", finish(&m)) }
+      return .ran("kvm_destroy_vm: tear down the MMU and memslots")
+    }
+    guard let attachment = remaining.first else { return .returned(finish(&m)) }
+    if let wait = m.dmabufCore.resvWait(for: attachment, context: ctx) { return .blocked(wait) }
+    remaining.removeFirst()
+    detach = remaining
+    let released: DmaBufObject?
+    do { released = try m.dmabufCore.detach(attachment, trace: &m.trace) } catch {
+      throw LockViolation(lock: "dmabuf->resv", message: "KVM detaches attachment \(attachment.rawValue) it does not hold: \(error)")
+    }
+    if let released {
+      return .ranThenCall("kvm_free_memslot: dma_buf_detach", .dmaBufRelease(VFIOPCIDmaBufRelease(buffer: released.id)))
+    }
+    if remaining.isEmpty { return .ranAndReturned("kvm_free_memslot: dma_buf_detach", finish(&m)) }
+    return .ran("kvm_free_memslot: dma_buf_detach")
+  }
+
+  /// The VM is gone.
+  private func finish(_ m: inout Machine) -> OpResult {
+    m.kvm.vms[vm] = nil
+    m.kvm.tds[vm] = nil
+    return .success(.none)
+  }
+}
+
+/// `vfio_pci_dma_buf_release()` (`drivers/vfio/pci/vfio_pci_dmabuf.c`) after a buffer's last
+/// reference is gone: a buffer still on its device's list leaves it under `memory_lock` held
+/// for write, and returns the device registration it held.
+struct VFIOPCIDmaBufRelease: Hashable, Sendable {
+  let buffer: DmaBufID
+
+  mutating func step(_ m: inout Machine, ctx: ContextID) throws(LockViolation) -> FrameStep {
+    if let device = m.vfio.dmaBuf(buffer)?.device, let lock = m.vfio.device(device)?.memoryLock,
+       let wait = lock.writeWait(for: ctx) {
+      return .blocked(wait)
+    }
+    m.vfio.releaseDmaBuf(buffer, trace: &m.trace)
+    return .ranAndReturned("vfio_pci_dma_buf_release: memory_lock write, leave the device's list", .success(.none))
+  }
+}

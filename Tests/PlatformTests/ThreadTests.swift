@@ -1,0 +1,400 @@
+import Testing
+import KernelCore
+import DmaBuf
+@testable import VFIO
+@testable import KVM
+import TDX
+@testable import Platform
+
+/// A context standing for another kernel thread that holds a lock.
+let holder = ContextID(rawValue: 99)
+
+extension Bench {
+  /// The VM behind the default VM's fd.
+  var plainVM: VMID {
+    guard case .vm(let id)? = try? machine.files.lookup(plain) else { return VMID(0) }
+    return id
+  }
+  var tdVM: VMID {
+    guard case .vm(let id)? = try? machine.files.lookup(td) else { return VMID(0) }
+    return id
+  }
+
+  /// Steps `thread` alone until it finishes, letting vCPUs answer kicks; fails on a wait
+  /// nothing else will end.
+  mutating func finish(_ thread: inout KernelThread, sourceLocation: SourceLocation = #_sourceLocation) -> OpResult? {
+    var contention = Contention()
+    for _ in 0 ..< 10_000 {
+      switch machine.step(&thread, choices: &contention) {
+      case .finished(let result): return result
+      case .ran: continue
+      case .blocked(let wait):
+        let responders = machine.kickResponders().filter { $0 != thread.vcpu }
+        guard !responders.isEmpty else {
+          Issue.record("\(thread.name) waits for \(wait) with nothing to end it", sourceLocation: sourceLocation)
+          return nil
+        }
+        for vcpu in responders { try? machine.answerKick(vcpu) }
+      }
+    }
+    Issue.record("\(thread.name) did not finish in 10000 steps", sourceLocation: sourceLocation)
+    return nil
+  }
+
+  /// Steps `thread` until it answers `blocked`; returns the wait.
+  mutating func stepUntilBlocked(_ thread: inout KernelThread) -> Wait? {
+    var contention = Contention()
+    for _ in 0 ..< 1_000 {
+      switch machine.step(&thread, choices: &contention) {
+      case .blocked(let wait): return wait
+      case .finished: return nil
+      case .ran: continue
+      }
+    }
+    return nil
+  }
+}
+
+/// Every path, for every lock it takes: with the lock held by another thread its step answers
+/// `blocked` and changes nothing (machine and thread), and once the holder releases the lock
+/// the path finishes with the kernel's result.
+@Suite struct BlockingTests {
+  enum Lock: String, CaseIterable, Sendable {
+    case memoryLockForRead, memoryLockForWrite, resv, mmuLockWrite, slotsLock
+  }
+
+  struct Case: CustomTestStringConvertible, Sendable {
+    let path: String
+    let lock: Lock
+    let expected: OpResult
+    /// Whose resv is held, for `.resv`.
+    var buffer = DmaBufID(1)
+    var testDescription: String { "\(path) waits for \(lock.rawValue)" }
+  }
+
+  static let cases: [Case] = [
+    Case(path: "vfio.read", lock: .memoryLockForWrite, expected: .success(.read(0))),
+    Case(path: "vfio.dma_buf export", lock: .memoryLockForRead, expected: .success(.fd(FD(7)))),
+    Case(path: "decode-off revoke", lock: .memoryLockForRead, expected: .success(.none)),
+    Case(path: "decode-off revoke", lock: .resv, expected: .success(.none)),
+    Case(path: "decode-off revoke", lock: .mmuLockWrite, expected: .success(.none)),
+    Case(path: "VFIO_DEVICE_RESET", lock: .memoryLockForRead, expected: .success(.none)),
+    Case(path: "vfio.close", lock: .memoryLockForRead, expected: .success(.none)),
+    Case(path: "guest.read fault", lock: .resv, expected: .success(.guestAccess("mapped"))),
+    Case(path: "guest.read fault", lock: .mmuLockWrite, expected: .success(.guestAccess("mapped"))),
+    Case(path: "memslot create", lock: .slotsLock, expected: .success(.none)),
+    Case(path: "memslot create", lock: .resv, expected: .success(.none), buffer: DmaBufID(2)),
+    Case(path: "memslot delete", lock: .mmuLockWrite, expected: .success(.none)),
+    Case(path: "memslot delete", lock: .resv, expected: .success(.none)),
+    Case(path: "dmabuf.attach", lock: .resv, expected: .success(.attachment(AttachmentID(2)))),
+    Case(path: "dmabuf.get_pfn", lock: .resv, expected: .success(.pfn(PFN(0x4000000), order: 9))),
+    Case(path: "dmabuf.detach, then release", lock: .memoryLockForRead, expected: .success(.none)),
+    Case(path: "VM destroy", lock: .mmuLockWrite, expected: .success(.none)),
+    Case(path: "VM destroy", lock: .resv, expected: .success(.none)),
+  ]
+
+  /// A default VM with BAR0 of a shared device in slot 1 (buffer fd 5 attached by KVM as
+  /// attachment 1), one page faulted in, and a second buffer (fd 6 after export) free.
+  static func setUp(_ c: Case) throws -> (Bench, Operation) {
+    var bench = try Bench(.reviewed)
+    let (dev, buf) = try bench.sharedSlot()
+    let op: Operation
+    switch c.path {
+    case "vfio.read": op = .vfioRead(fd: dev, regionIndex: 0, offset: 0, size: 4)
+    case "vfio.dma_buf export":
+      op = .vfioDmaBuf(fd: dev, regionIndex: 0, ranges: [DmaRange(offset: 0, length: 0x1000)], openFlags: 0, flags: 0)
+    case "decode-off revoke":
+      _ = bench.access(bench.plain, gpaBase)
+      op = .vfioSetMemoryDecode(fd: dev, enable: false)
+    case "VFIO_DEVICE_RESET": op = .vfioReset(fd: dev)
+    case "vfio.close": op = .vfioClose(fd: dev)
+    case "guest.read fault": op = .guestRead(vm: bench.plain, gpa: GPA(gpaBase + 0x1000), size: 4)
+    case "memslot create":
+      let second = try bench.exportBAR0(dev)
+      op = .kvmSetUserMemoryRegion2(vm: bench.plain, region: MemoryRegion2(
+        slot: 2, flags: vfioDmaBuf, guestPhysAddr: gpaBase + 0x4000_0000, memorySize: Bench.bar0, guestMemfd: second.rawValue))
+    case "memslot delete":
+      _ = bench.access(bench.plain, gpaBase)
+      op = .kvmSetUserMemoryRegion2(vm: bench.plain, region: MemoryRegion2(
+        slot: 1, flags: vfioDmaBuf, guestPhysAddr: gpaBase, memorySize: 0))
+    case "dmabuf.attach": op = .dmabufAttach(fd: buf, importer: "t", dynamic: true, peer2peer: true)
+    case "dmabuf.get_pfn":
+      let a = try bench.attach(buf)
+      op = .dmabufGetPfn(attachment: a, pgoff: PageIndex(0))
+    case "dmabuf.detach, then release":
+      let a = try bench.attach(buf)
+      try bench.ok(.kvmSetUserMemoryRegion2(vm: bench.plain, region: MemoryRegion2(
+        slot: 1, flags: vfioDmaBuf, guestPhysAddr: gpaBase, memorySize: 0)))
+      try bench.ok(.dmabufClose(fd: buf))
+      op = .dmabufDetach(attachment: a)
+    case "VM destroy":
+      _ = bench.access(bench.plain, gpaBase)
+      op = .kvmDestroyVM(vm: bench.plain)
+    default: throw OpFailure.errno(.EINVAL)
+    }
+    return (bench, op)
+  }
+
+  static func hold(_ lock: Lock, _ bench: inout Bench, buffer: DmaBufID, vm: VMID) throws {
+    let device = VFIODeviceID(1)
+    switch lock {
+    case .memoryLockForRead: _ = try bench.machine.vfio.devices[device]!.memoryLock.tryLockRead(holder)
+    case .memoryLockForWrite: _ = try bench.machine.vfio.devices[device]!.memoryLock.tryLockWrite(holder)
+    case .resv: _ = try bench.machine.dmabufCore.lockResv(buffer, context: holder)
+    case .mmuLockWrite: _ = try bench.machine.kvm.vms[vm]!.mmuLock.tryLockWrite(holder)
+    case .slotsLock: try bench.machine.kvm.vms[vm]!.lockSlots(holder)
+    }
+  }
+
+  static func release(_ lock: Lock, _ bench: inout Bench, buffer: DmaBufID, vm: VMID) throws {
+    let device = VFIODeviceID(1)
+    switch lock {
+    case .memoryLockForRead, .memoryLockForWrite: try bench.machine.vfio.devices[device]!.memoryLock.unlock(holder)
+    case .resv: try bench.machine.dmabufCore.unlockResv(buffer, context: holder)
+    case .mmuLockWrite: try bench.machine.kvm.vms[vm]!.mmuLock.unlock(holder)
+    case .slotsLock: try bench.machine.kvm.vms[vm]!.unlockSlots(holder)
+    }
+  }
+
+  @Test(arguments: cases)
+  func aHeldLockBlocksWithoutChange(c: Case) throws {
+    var (bench, op) = try Self.setUp(c)
+    let vm = bench.plainVM
+    try Self.hold(c.lock, &bench, buffer: c.buffer, vm: vm)
+    var thread = bench.machine.startThread(op, context: ContextID(rawValue: 1), name: "t1")
+    let blocked = bench.stepUntilBlocked(&thread)
+    let wait = try #require(blocked, "\(c.path) never waited")
+    guard case .lock(_, _, let by) = wait.kind else { Issue.record("\(wait) is not a lock"); return }
+    #expect(by == holder || by == nil)
+    // Blocked again: the machine and the thread are exactly as they were.
+    let machineBefore = bench.machine, threadBefore = thread
+    var contention = Contention()
+    guard case .blocked(let again) = bench.machine.step(&thread, choices: &contention) else {
+      Issue.record("\(c.path) went on while the lock is held"); return
+    }
+    #expect(again == wait)
+    #expect(bench.machine == machineBefore && thread == threadBefore)
+    try Self.release(c.lock, &bench, buffer: c.buffer, vm: vm)
+    #expect(bench.finish(&thread) == c.expected)
+    #expect(bench.machine.locksHeld(by: ContextID(rawValue: 1)).isEmpty)
+  }
+
+  /// The TD zap's kick waits for every vCPU in guest mode to answer its IPI; a vCPU running
+  /// its own access answers it before its next instruction.
+  @Test func theKickWaitsForEveryVCPUInGuestMode() throws {
+    var bench = try Bench(.reviewed)
+    let (dev, _) = try bench.tdSlot()
+    try bench.ok(.guestAcceptMMIO(vm: bench.td, gpa: GPA(gpaBase), expectHPA: nil))
+    var revoke = bench.machine.startThread(.vfioSetMemoryDecode(fd: dev, enable: false), context: ContextID(rawValue: 2))
+    let blocked = bench.stepUntilBlocked(&revoke)
+    let wait = try #require(blocked)
+    #expect(wait == .event("vm1 vcpu0 to leave guest mode (KVM_REQ_OUTSIDE_GUEST_MODE)"))
+    #expect(bench.machine.kickResponders() == [VCPURef(vm: bench.tdVM, index: 0)])
+    // vCPU 0's own thread is in guest mode: its next step takes the IPI.
+    var access = bench.machine.startThread(.guestRead(vm: bench.td, gpa: GPA(gpaBase), size: 4), context: ContextID(rawValue: 1))
+    var contention = Contention()
+    guard case .ran(let label) = bench.machine.step(&access, choices: &contention) else { Issue.record("no IPI step"); return }
+    #expect("\(label)" == "IPI: exit guest mode, enter again")
+    #expect(bench.machine.kickResponders().isEmpty)
+    #expect(bench.finish(&revoke) == .success(.none))
+    #expect(bench.finish(&access) == .failure(.errno(.EIO)))
+    #expect(bench.violated().isEmpty)
+  }
+
+  /// A memslot delete waits in synchronize_srcu() for a vCPU inside its fault.
+  @Test func aMemslotDeleteWaitsForSRCUReaders() throws {
+    var bench = try Bench(.reviewed)
+    _ = try bench.sharedSlot()
+    var fault = bench.machine.startThread(.guestRead(vm: bench.plain, gpa: GPA(gpaBase), size: 4), context: ContextID(rawValue: 1))
+    var contention = Contention()
+    _ = bench.machine.step(&fault, choices: &contention)   // guest: EPT violation
+    _ = bench.machine.step(&fault, choices: &contention)   // fault: srcu_read_lock, seq, slot
+    var delete = bench.machine.startThread(.kvmSetUserMemoryRegion2(vm: bench.plain, region: MemoryRegion2(
+      slot: 1, flags: vfioDmaBuf, guestPhysAddr: gpaBase, memorySize: 0)), context: ContextID(rawValue: 2))
+    let blocked = bench.stepUntilBlocked(&delete)
+    let wait = try #require(blocked)
+    #expect(wait == .event("synchronize_srcu: ctx1 is in a kvm->srcu read section"))
+    // The fault finishes first (its PFN was looked up before the slot went INVALID), then the
+    // delete flushes what it installed.
+    #expect(bench.finish(&fault) == .success(.guestAccess("mapped")))
+    #expect(bench.finish(&delete) == .success(.none))
+    #expect(bench.vm(bench.plain)?.mmu.mappedPages == 0)
+    #expect(bench.violated().isEmpty)
+  }
+}
+
+/// One fixed interleaving of a fault and a decode-off revoke, driven by hand: the fault reads
+/// the sequence and the PFN, the revoke zaps and ends its invalidation, and the fault finds
+/// the sequence moved under mmu_lock, retries, and this time the exporter refuses: EIO.
+@Suite struct InterleavingTests {
+  @Test func faultRetriesAfterARevokeBetweenLookupAndInstall() throws {
+    var bench = try Bench(.reviewed)
+    let (dev, _) = try bench.sharedSlot()
+    var expected = bench.machine
+    #expect(expected.perform(.vfioSetMemoryDecode(fd: dev, enable: false)) == .success(.none))
+
+    var fault = bench.machine.startThread(.guestRead(vm: bench.plain, gpa: GPA(gpaBase), size: 4),
+                                          context: ContextID(rawValue: 1), name: "vcpu0")
+    var revoke = bench.machine.startThread(.vfioSetMemoryDecode(fd: dev, enable: false),
+                                           context: ContextID(rawValue: 2), name: "ctx2")
+    var c = Contention()
+    func label(_ step: ThreadStep) -> String {
+      switch step {
+      case .ran(let label): "\(label)"
+      case .blocked(let wait): "blocked: \(wait)"
+      case .finished(let result): "finished: \(result)"
+      }
+    }
+    #expect(label(bench.machine.step(&fault, choices: &c)) == "guest: access, EPT violation, VM exit")
+    #expect(label(bench.machine.step(&fault, choices: &c)) == "fault: srcu_read_lock, read mmu_invalidate_seq, find the slot")
+    #expect(label(bench.machine.step(&fault, choices: &c)) == "fault: get_pfn under resv")
+    #expect(label(bench.machine.step(&revoke, choices: &c)) == "down_write(memory_lock)")
+    #expect(label(bench.machine.step(&revoke, choices: &c)) == "dma_resv_lock, flip, move_notify")
+    #expect(label(bench.machine.step(&revoke, choices: &c)) == "move_notify: mmu_lock write, invalidate, zap the slot, unlock")
+    #expect(label(bench.machine.step(&revoke, choices: &c)) == "dma_resv_unlock")
+    #expect(label(bench.machine.step(&revoke, choices: &c)) == "config write: command register")
+    #expect(label(bench.machine.step(&revoke, choices: &c)) == "finished: success(Platform.OpValue.none)")
+    // The fault holds a PFN of a revoked buffer; mmu_invalidate_seq moved since it read it.
+    #expect(label(bench.machine.step(&fault, choices: &c)) == "fault: mmu_lock read, seq checked, install SPTE")
+    #expect(fault.retries == 1)
+    #expect(bench.vm(bench.plain)?.mmu.mappedPages == 0)
+    #expect(label(bench.machine.step(&fault, choices: &c)) == "guest: access, EPT violation, VM exit")
+    #expect(label(bench.machine.step(&fault, choices: &c)) == "fault: srcu_read_lock, read mmu_invalidate_seq, find the slot")
+    #expect(label(bench.machine.step(&fault, choices: &c)) == "finished: failure(errno EIO)")
+    bench.machine.canonicalize()
+    #expect(bench.machine == expected, "the end state is the revoke's alone")
+    #expect(bench.violated().isEmpty)
+    #expect(bench.machine.locksHeld(by: ContextID(rawValue: 1)).isEmpty && bench.machine.locksHeld(by: ContextID(rawValue: 2)).isEmpty)
+  }
+}
+
+/// Two machines no operation can tell apart compare and hash equal.
+@Suite struct CanonicalStateTests {
+  @Test func revokeRestoreRefaultEqualsOneFault() throws {
+    var once = try Bench(.reviewed)
+    let (dev1, _) = try once.sharedSlot()
+    var again = once
+    _ = dev1
+    #expect(once.access(once.plain, gpaBase) == .success(.guestAccess("mapped")))
+    #expect(again.access(again.plain, gpaBase) == .success(.guestAccess("mapped")))
+    try again.ok(.vfioSetMemoryDecode(fd: dev1, enable: false))
+    try again.ok(.vfioSetMemoryDecode(fd: dev1, enable: true))
+    #expect(again.access(again.plain, gpaBase) == .success(.guestAccess("mapped")))
+    #expect(again.machine == once.machine)
+    #expect(again.machine.hashValue == once.machine.hashValue)
+  }
+
+  @Test func aTDRevokeRestoreReacceptEqualsOneAccept() throws {
+    var once = try Bench(.reviewed)
+    _ = try once.tdSlot()
+    var again = once
+    try once.ok(.guestAcceptMMIO(vm: once.td, gpa: GPA(gpaBase), expectHPA: nil))
+    try again.ok(.guestAcceptMMIO(vm: again.td, gpa: GPA(gpaBase), expectHPA: nil))
+    // STOP revokes (block, track, kick, unmap); LOCK and START restore; the guest accepts again.
+    try again.ok(.tdispStop(device: "nic0"))
+    try again.ok(.tdispLock(device: "nic0"))
+    try again.ok(.tdispStart(device: "nic0", nonce: .echo))
+    try again.ok(.guestAcceptMMIO(vm: again.td, gpa: GPA(gpaBase), expectHPA: nil))
+    #expect(again.machine == once.machine)
+    #expect(again.machine.hashValue == once.machine.hashValue)
+  }
+
+  @Test(arguments: [false, true])
+  func independentAccessesInEitherOrder(td: Bool) throws {
+    var base = try Bench(.reviewed)
+    let vm: FD
+    if td { _ = try base.tdSlot(); vm = base.td } else {
+      _ = try base.sharedSlot(); vm = base.plain
+    }
+    let a: Operation = td ? .guestAcceptMMIO(vm: vm, gpa: GPA(gpaBase), expectHPA: nil) : .guestRead(vm: vm, gpa: GPA(gpaBase), size: 4)
+    let b: Operation = td ? .guestAcceptMMIO(vm: vm, gpa: GPA(gpaBase + 0x3000), expectHPA: nil)
+      : .guestWrite(vm: vm, gpa: GPA(gpaBase + 0x3000), size: 4)
+    var ab = base, ba = base
+    try ab.ok(a); try ab.ok(b)
+    try ba.ok(b); try ba.ok(a)
+    #expect(ab.machine == ba.machine)
+    #expect(ab.machine.hashValue == ba.machine.hashValue)
+  }
+
+  /// After every step of every shipped flow no lock is held and no invalidation is in progress.
+  @Test(arguments: Variant.allCases)
+  func nothingIsHeldBetweenOperations(variant: Variant) throws {
+    var bench = try Bench(variant)
+    let (dev, buf) = try bench.tdSlot()
+    let ops: [Operation] = [
+      .guestAcceptMMIO(vm: bench.td, gpa: GPA(gpaBase), expectHPA: nil),
+      .guestRead(vm: bench.td, gpa: GPA(gpaBase), size: 4),
+      .vfioReset(fd: dev), .tdispStop(device: "nic0"), .vfioSetMemoryDecode(fd: dev, enable: false),
+      .kvmSetUserMemoryRegion2(vm: bench.td, region: MemoryRegion2(slot: 1, flags: vfioDmaBuf, guestPhysAddr: gpaBase, memorySize: 0)),
+      .dmabufClose(fd: buf), .vfioClose(fd: dev), .kvmDestroyVM(vm: bench.td),
+    ]
+    for op in ops {
+      _ = bench.machine.perform(op)
+      for ctx in [ContextID.ioctl, ContextID(rawValue: 1)] { #expect(bench.machine.locksHeld(by: ctx).isEmpty, "\(op)") }
+      for vm in bench.machine.kvm.vms.values {
+        #expect(vm.invalidation.inProgress == 0 && vm.invalidation.seq == 0 && vm.pendingKicks.isEmpty, "\(op)")
+      }
+    }
+  }
+}
+
+/// What a driver must find rather than cap: a fault that can never succeed.
+@Suite struct LivelockTests {
+  /// rfc-v1's map path: tdx_mmio_map() turns every failed TDH.MMIO.MAP into -EBUSY, so a
+  /// fault whose MAP cannot succeed (no DEVIF, no MMIOMT) retries for ever. reviewed: the
+  /// status is unexpected, KVM_BUG_ON, EIO.
+  @Test(arguments: Variant.allCases)
+  func aMapThatAlwaysFails(variant: Variant) throws {
+    var bench = try Bench(variant)
+    let dev = try bench.fd(.vfioOpen(device: "nic0"))
+    try bench.ok(.vfioBindIOMMUFD(fd: dev, private: true, vm: bench.td))
+    try bench.ok(.tdispLock(device: "nic0"))
+    try bench.ok(.tdispStart(device: "nic0", nonce: .echo))
+    let buf = try bench.exportBAR0(dev)
+    try bench.ok(.kvmSetUserMemoryRegion2(vm: bench.td, region: MemoryRegion2(
+      slot: 1, flags: vfioDmaBuf, guestPhysAddr: gpaBase, memorySize: Bench.bar0, guestMemfd: buf.rawValue)))
+    let result = bench.access(bench.td, gpaBase)
+    switch variant {
+    case .reviewed:
+      #expect(result == .failure(.errno(.EIO)))
+      #expect(bench.violated() == ["NoKVMBugOn"])
+    case .rfcV1:
+      guard case .failure(.livelock(let what)) = result else { Issue.record("expected a livelock, got \(result)"); return }
+      #expect(what.hasPrefix("ioctl: guest.read retries for ever"))
+      #expect(bench.vm(bench.td)?.isDead == false)
+      #expect(bench.violated().isEmpty)
+    }
+  }
+
+  /// Contention the driver chooses: a busy TDH.MMIO.MAP is retried, in both variants.
+  @Test(arguments: Variant.allCases)
+  func busyIsRetried(variant: Variant) throws {
+    var bench = try Bench(variant)
+    _ = try bench.tdSlot()
+    var contention = Contention(busy: [.init(.mmioMap), .init(.mmioMap)])
+    #expect(bench.machine.perform(.guestAcceptMMIO(vm: bench.td, gpa: GPA(gpaBase), expectHPA: nil), context: .ioctl,
+                                  contention: &contention) == .success(.guestAccess("accepted")))
+    #expect(contention.busy.isEmpty)
+    #expect(bench.machine.trace.events.contains { $0.description.contains("after 2 retries") })
+    #expect(bench.violated().isEmpty)
+  }
+
+  /// Patch 12 retries BLOCK and UNMAP only on exactly TDX_ERROR_SEPT_BUSY: a busy status
+  /// naming another operand (the module reports a busy Secure-EPT entry with operand RCX) is
+  /// KVM_BUG_ON in rfc-v1; reviewed retries any TDX_OPERAND_BUSY, as tdx_operand_busy() does.
+  @Test(arguments: Variant.allCases, [TDXOperand.sept, TDXOperand.rcx])
+  func busyBlockWithAnOperand(variant: Variant, operand: UInt32) throws {
+    var bench = try Bench(variant)
+    _ = try bench.tdSlot()
+    try bench.ok(.guestAcceptMMIO(vm: bench.td, gpa: GPA(gpaBase), expectHPA: nil))
+    try bench.ok(.tdxStreamBlock(device: "nic0"))   // so UNMAP may succeed with the TDI running
+    var contention = Contention(busy: [.init(.mmioBlock, operand: operand)])
+    let result = bench.machine.perform(.kvmSetUserMemoryRegion2(vm: bench.td, region: MemoryRegion2(
+      slot: 1, flags: vfioDmaBuf, guestPhysAddr: gpaBase, memorySize: 0)), context: .ioctl, contention: &contention)
+    #expect(result == .success(.none))
+    let killed = variant == .rfcV1 && operand != TDXOperand.sept
+    #expect(bench.vm(bench.td)?.isDead == killed)
+    // KVM_BUG_ON in the flush: the slot goes, the TD's mapping stays (unreachable, the TD is dead).
+    #expect(bench.violated() == (killed ? ["NoSPTEOutsideMemslot", "NoKVMBugOn"] : []))
+  }
+}

@@ -34,6 +34,13 @@ public struct StateExpectation: Hashable, Sendable, CustomStringConvertible {
     ("devif", "device", "CONFIG_UNLOCKED\\|CONFIG_LOCKED\\|RUN\\|ERROR\\|none", "the TDISP state the TDX module's DEVIF for the device last saw (`none`: no DEVIF)"),
   ]
 
+  /// The keys as a Markdown table (the README shows it; a test keeps the two equal).
+  public static var referenceTable: String {
+    var lines = ["| key | by | value | what it reads |", "|---|---|---|---|"]
+    for k in keys { lines.append("| `\(k.key)` | \(k.by) | \(k.value) | \(k.meaning) |") }
+    return lines.joined(separator: "\n") + "\n"
+  }
+
   public static let tdiValues = ["CONFIG_UNLOCKED", "CONFIG_LOCKED", "RUN", "ERROR", "none"]
   public static let dmabufValues = ["live", "revoked", "closed"]
   public static let vmValues = ["live", "dead", "gone"]

@@ -92,7 +92,7 @@ public struct StepResult: Codable, Hashable, Sendable {
     case "exit_mmio": "no memslot maps the address: KVM_RUN returned KVM_EXIT_MMIO for user space to emulate the access"
     case "killed": "the TD was terminated: it touched an unaccepted MMIO page, or was already terminated"
     case "ve": "the TD took a #VE (virtualization exception) for the access"
-    case "accepted": "the TD accepted the page (TDG.MMIO.ACCEPT succeeded); it may now access it"
+    case "accepted": "the TD accepted the page with TDG.MMIO.ACCEPT; it may now access it"
     default: nil
     }
   }

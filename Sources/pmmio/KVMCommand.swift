@@ -105,7 +105,7 @@ struct KVMCommand: ParsableCommand {
       throw ExitCode(2)
     }
     let result: KVMComparison
-    let progress = Progress("pmmio kvm: measuring \(repeatCount) fresh VMs per side, \(iterations) iterations each")
+    let progress = TerminalProgress("pmmio kvm: measuring \(repeatCount) fresh VMs per side, \(iterations) iterations each")
     do throws(Errno) {
       result = try KVMComparison.measure(
         iterations: iterations, revokeAfter: revokeAfter, preferGuestMemfd: guestMemfd,

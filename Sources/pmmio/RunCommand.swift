@@ -28,7 +28,7 @@ struct RunCommand: ParsableCommand {
 
   func run() throws {
     let scenario = try options.loadScenario()
-    let progress = Progress("pmmio: \(scenario.name): building the machine")
+    let progress = TerminalProgress("pmmio: \(scenario.name): building the machine")
     defer { progress.finish() }
     let total = scenario.allSteps.count
     let report = try ScenarioRunner.run(

@@ -4,7 +4,7 @@ import Synchronization
 /// A status line on stderr for work that takes more than a second, only when stderr is a
 /// terminal: nothing is printed for quick runs, pipes or files. The line is redrawn in place
 /// (`\r`) four times a second with the elapsed time, and erased when the work is done.
-final class Progress: Sendable {
+final class TerminalProgress: Sendable {
   private struct State {
     var status: String
     var shown = false
@@ -14,11 +14,13 @@ final class Progress: Sendable {
   private let started = ContinuousClock.now
   private let done = DispatchSemaphore(value: 0)
   let enabled: Bool
+  let fd: Int32
 
-  /// Starts watching; `enabled: false` (stderr is not a terminal) makes every call a no-op.
-  init(_ status: String, enabled: Bool = isatty(STDERR_FILENO) != 0) {
+  /// Starts watching; where `fd` (stderr) is not a terminal every call is a no-op.
+  init(_ status: String, fd: Int32 = STDERR_FILENO) {
     state = Mutex(State(status: status))
-    self.enabled = enabled
+    self.fd = fd
+    enabled = isatty(fd) != 0
     guard enabled else { return }
     Thread.detachNewThread { [self] in
       while done.wait(timeout: .now() + .milliseconds(250)) == .timedOut {
@@ -28,7 +30,7 @@ final class Progress: Sendable {
         let stop: Bool = state.withLock { s in
           guard !s.finished else { return true }
           s.shown = true
-          Self.write("\r\u{1B}[K\(s.status) (\(elapsed.components.seconds) s)")
+          write("\r\u{1B}[K\(s.status) (\(elapsed.components.seconds) s)")
           return false
         }
         if stop { return }
@@ -47,12 +49,13 @@ final class Progress: Sendable {
     guard enabled else { return }
     state.withLock { s in
       s.finished = true
-      if s.shown { Self.write("\r\u{1B}[K") }
+      if s.shown { write("\r\u{1B}[K") }
     }
     done.signal()
   }
 
-  static func write(_ text: String) {
-    FileHandle.standardError.write(Data(text.utf8))
+  private func write(_ text: String) {
+    let bytes = Array(text.utf8)
+    _ = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
   }
 }

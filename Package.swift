@@ -27,14 +27,16 @@ let package = Package(
     .target(name: "TDX", dependencies: ["KernelCore", collections]),
     .target(name: "KVM", dependencies: ["KernelCore", "DmaBuf", collections]),
     .target(name: "Platform", dependencies: ["KernelCore", "PCI", "DmaBuf", "VFIO", "TDX", "KVM", collections]),
-    .target(name: "Scenarios", dependencies: ["KernelCore", "DmaBuf", "KVM", "Platform", .product(name: "Yams", package: "Yams")]),
+    // What a machine looks like (text, JSON, SVG) and where outputs are written.
+    .target(name: "Reports", dependencies: ["KernelCore", "PCI", "DmaBuf", "VFIO", "TDX", "KVM", "Platform"]),
+    .target(name: "Scenarios", dependencies: ["KernelCore", "DmaBuf", "KVM", "Platform", "Reports", .product(name: "Yams", package: "Yams")]),
     // Real /dev/kvm: a C shim for the ioctl numbers Swift cannot import, and a plain-C reference VMM
     // that runs the same guest in the same process, so figures are compared side by side.
     .target(name: "CKVMShim", path: "Sources/CKVMShim"),
     .target(name: "CReferenceVMM", dependencies: ["CKVMShim"], path: "Sources/CReferenceVMM"),
     .target(name: "HostKVM", dependencies: ["KernelCore", "DmaBuf", "KVM", "Platform", "CKVMShim", "CReferenceVMM"]),
     .executableTarget(name: "pmmio", dependencies: [
-      "KernelCore", "Platform", "Scenarios", "HostKVM",
+      "KernelCore", "Platform", "Scenarios", "Reports", "HostKVM",
       .product(name: "ArgumentParser", package: "swift-argument-parser"),
     ]),
 
@@ -46,6 +48,8 @@ let package = Package(
     .testTarget(name: "KVMTests", dependencies: ["KernelCore", "DmaBuf", "KVM"]),
     .testTarget(name: "PlatformTests", dependencies: ["KernelCore", "Platform", "PCI", "DmaBuf", "VFIO", "TDX", "KVM"]),
     .testTarget(name: "ScenariosTests", dependencies: ["KernelCore", "Platform", "Scenarios"]),
+    // Golden/ holds the expected SVG; the test reads it by path.
+    .testTarget(name: "ReportsTests", dependencies: ["KernelCore", "Platform", "Reports", "Scenarios"], exclude: ["Golden"]),
     .testTarget(name: "HostKVMTests", dependencies: ["KernelCore", "KVM", "Platform", "HostKVM"]),
     .testTarget(name: "pmmioTests", dependencies: ["pmmio"]),
   ]

@@ -16,6 +16,12 @@ import HashTreeCollections
 /// `alloc_fd()` does. Unknown or closed fds fail with `EBADF`, as `fdget()` does.
 public struct FileTable<File: Hashable & Sendable>: Hashable, Sendable {
   private var files: TreeDictionary<FD, File> = [:]
+  /// `files->next_fd`: no fd below it is free. A hint only (history, like the kernel's): it is
+  /// outside `==` and hashing, so two tables with the same open files compare equal.
+  private var nextFD: Int32 = 3
+  /// Slots `install` has looked at so far: the work it did, for tests that count it.
+  /// History, outside `==` and hashing like ``nextFD``.
+  internal private(set) var slotsScanned = 0
 
   public init() {}
 
@@ -23,16 +29,26 @@ public struct FileTable<File: Hashable & Sendable>: Hashable, Sendable {
   public static var limit: Int32 { 1024 }
 
   /// Installs `file` at the lowest free fd (`fd_install(get_unused_fd_flags(), file)`).
+  ///
+  /// As `alloc_fd()` does, the search starts at `next_fd`, below which every fd is taken, and
+  /// `next_fd` moves past the fd handed out; `close` moves it back down. Opening n files one
+  /// after another is O(n log n), not the O(n²) of a scan from fd 3 each time.
   /// - Throws: `EMFILE` when every fd below ``limit`` is taken.
   public mutating func install(_ file: File) throws(Errno) -> FD {
-    // Scanning from 3 keeps the table canonical (no allocation hint in the state), so two
-    // machines with the same open files compare equal. Tables here hold a handful of fds.
-    var candidate: Int32 = 3
-    while files[FD(candidate)] != nil { candidate += 1 }
-    guard candidate < Self.limit else { throw .EMFILE }
+    var candidate = nextFD
+    while candidate < Self.limit, files[FD(candidate)] != nil { candidate += 1; slotsScanned += 1 }
+    slotsScanned += 1
+    guard candidate < Self.limit else {
+      throw .EMFILE.because("alloc_fd", "every fd below the process's limit of \(Self.limit) (RLIMIT_NOFILE) is open: "
+                                        + "\(files.count) files and the 3 standard streams")
+    }
     files[FD(candidate)] = file
+    nextFD = candidate + 1
     return FD(candidate)
   }
+
+  public static func == (a: FileTable, b: FileTable) -> Bool { a.files == b.files }
+  public func hash(into hasher: inout Hasher) { hasher.combine(files) }
 
   /// The file behind `fd` (`fdget()`). - Throws: `EBADF` for an fd that is not open.
   public func lookup(_ fd: FD) throws(Errno) -> File {
@@ -44,6 +60,8 @@ public struct FileTable<File: Hashable & Sendable>: Hashable, Sendable {
   /// drops the file's reference. - Throws: `EBADF` for an fd that is not open.
   public mutating func remove(_ fd: FD) throws(Errno) -> File {
     guard let file = files.removeValue(forKey: fd) else { throw .EBADF }
+    // __put_unused_fd(): the freed fd may be the lowest free one now.
+    if fd.rawValue >= 3, fd.rawValue < nextFD { nextFD = fd.rawValue }
     return file
   }
 

@@ -45,6 +45,20 @@ public struct VMConfiguration: Hashable, Sendable {
 /// is not a power of two …). Scenarios report it with the position of the offending entry.
 public struct ConfigurationError: Error, Hashable, Sendable, CustomStringConvertible {
   public let message: String
-  public init(_ message: String) { self.message = message }
+  /// The entry at fault, so that a scenario can point at its line.
+  public let subject: ConfigurationSubject?
+  public init(_ message: String, subject: ConfigurationSubject? = nil) {
+    self.message = message; self.subject = subject
+  }
   public var description: String { message }
+}
+
+/// Which entry of a ``MachineConfiguration`` an error is about, by position in its arrays.
+public enum ConfigurationSubject: Hashable, Sendable {
+  /// `devices[device]`.
+  case device(Int)
+  /// `devices[device].bars[bar]` (the position in the array, not the BAR register number).
+  case bar(device: Int, bar: Int)
+  /// `vms[vm]`.
+  case vm(Int)
 }

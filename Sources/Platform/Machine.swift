@@ -33,51 +33,65 @@ public struct Machine: Hashable, Sendable {
   /// fds of the VMs the configuration created, by name.
   public private(set) var configuredVMs: [String: FD] = [:]
 
-  /// The host-physical window BARs are placed in (above any modelled RAM), each BAR naturally
-  /// aligned to its size as firmware assigns them.
-  public static let mmioWindowBase = HPA(0x40_0000_0000)
+  /// Where the first 64-bit BAR goes: the start of the 64-bit MMIO window, above any modelled
+  /// RAM. BARs are placed as firmware assigns them, each naturally aligned to its size:
+  /// 32-bit BARs below 4 GiB (``MMIOWindowAllocator/default32Bit``), 64-bit BARs from here
+  /// (``MMIOWindowAllocator/default64Bit``).
+  public static let mmioWindowBase = MMIOWindowAllocator.default64Bit.base
 
   public init(configuration: MachineConfiguration, variant: Variant = .reviewed) throws(ConfigurationError) {
     self.variant = variant
     var vfio = VFIOPCIDriver(variant: variant)
     var names: [String: VFIODeviceID] = [:]
-    var cursor = Self.mmioWindowBase.rawValue
-    for device in configuration.devices {
-      guard names[device.name] == nil else { throw ConfigurationError("device \(device.name) is defined twice") }
+    // BAR placement: the one place BARs get addresses.
+    var window32 = MMIOWindowAllocator.default32Bit
+    var window64 = MMIOWindowAllocator.default64Bit
+    for (d, device) in configuration.devices.enumerated() {
+      guard names[device.name] == nil else {
+        throw ConfigurationError("device \(device.name) is defined twice", subject: .device(d))
+      }
       var bars: [BAR] = []
-      for bar in device.bars.sorted(by: { $0.index < $1.index }) {
-        guard bar.size >= pageSize, bar.size & (bar.size - 1) == 0 else {
-          throw ConfigurationError("BAR \(bar.index) of \(device.name): size 0x\(String(bar.size, radix: 16)) is not a power of two of at least 4 KiB")
+      var positions: [Int] = []
+      for (b, bar) in device.bars.enumerated().sorted(by: { $0.element.index < $1.element.index }) {
+        let base: HPA
+        do {
+          base = bar.is64Bit ? try window64.allocate(size: bar.size) : try window32.allocate(size: bar.size)
+        } catch {
+          let window = bar.is64Bit ? "64-bit" : "32-bit (below 4 GiB)"
+          throw ConfigurationError("BAR \(bar.index) of \(device.name) cannot be placed in the \(window) MMIO window: "
+                                   + (error.reason?.description ?? error.name), subject: .bar(device: d, bar: b))
         }
-        // Natural alignment, checked: a BAR that does not fit below 2^64 is a bad machine.
-        let (aligned, wrapped) = cursor.addingReportingOverflow(bar.size - 1)
-        let (end, past) = (aligned & ~(bar.size - 1)).addingReportingOverflow(bar.size)
-        guard !wrapped, !past else {
-          throw ConfigurationError("BAR \(bar.index) of \(device.name): size 0x\(String(bar.size, radix: 16)) does not fit in the physical address space")
-        }
-        cursor = aligned & ~(bar.size - 1)
-        bars.append(BAR(index: bar.index, size: bar.size, base: HPA(cursor), is64Bit: bar.is64Bit,
+        positions.append(b)
+        bars.append(BAR(index: bar.index, size: bar.size, base: base, is64Bit: bar.is64Bit,
                         prefetchable: bar.prefetchable,
                         msixTable: bar.msixTable.map { BARSpan(offset: $0.offset, size: $0.length) },
                         msixPBA: bar.msixPBA.map { BARSpan(offset: $0.offset, size: $0.length) }))
-        cursor = end
+      }
+      if let (n, problem) = BAR.firstProblem(in: bars) {
+        throw ConfigurationError("BAR \(bars[n].index) of \(device.name): \(problem)", subject: .bar(device: d, bar: positions[n]))
       }
       let function: PCIFunction
       do { function = try PCIFunction(name: device.name, bars: bars, tdisp: device.tdisp) } catch {
-        throw ConfigurationError("device \(device.name): its BARs are invalid (\(error.name)): a 64-bit BAR takes two "
-                                 + "registers (BAR 5 cannot be 64-bit; a 64-bit BAR n leaves no BAR n+1), and BARs may not overlap")
+        throw ConfigurationError("device '\(device.name)' cannot be built (\(error.name))", subject: .device(d))
       }
       names[device.name] = vfio.registerDevice(function)
     }
     self.vfio = vfio
     self.deviceNames = names
-    for vm in configuration.vms {
-      guard configuredVMs[vm.name] == nil else { throw ConfigurationError("VM \(vm.name) is defined twice") }
-      // As a VMM does: create the VM and its first vCPU.
-      guard case .success(.fd(let fd)) = perform(.kvmCreateVM(type: vm.type)),
-            case .success = perform(.kvmCreateVCPU(vm: fd, id: 0)) else {
-        throw ConfigurationError("VM \(vm.name) could not be created")
+    for (v, vm) in configuration.vms.enumerated() {
+      guard configuredVMs[vm.name] == nil else { throw ConfigurationError("VM \(vm.name) is defined twice", subject: .vm(v)) }
+      // As a VMM does: create the VM and its first vCPU; a failure says which ioctl and why.
+      func refused(_ ioctl: String, _ failure: OpFailure) -> ConfigurationError {
+        ConfigurationError("VM \(vm.name) cannot be created: \(ioctl) failed with \(failure)"
+                           + (failure.reason.map { " (\($0))" } ?? ""), subject: .vm(v))
       }
+      let fd: FD
+      switch perform(.kvmCreateVM(type: vm.type)) {
+      case .success(.fd(let created)): fd = created
+      case .success: throw ConfigurationError("VM \(vm.name) cannot be created: KVM_CREATE_VM returned no fd", subject: .vm(v))
+      case .failure(let failure): throw refused("KVM_CREATE_VM", failure)
+      }
+      if case .failure(let failure) = perform(.kvmCreateVCPU(vm: fd, id: 0)) { throw refused("KVM_CREATE_VCPU 0", failure) }
       configuredVMs[vm.name] = fd
     }
     _ = trace.drain()

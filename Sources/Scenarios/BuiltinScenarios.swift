@@ -52,6 +52,16 @@ public enum BuiltinScenarios {
       - { op: vfio.region_info, fd: dev, region_index: 0, expect: { errno: EBADF } }
     """
 
+  /// Every built-in scenario: its name, one line on what it shows, its YAML. `pmmio scenarios`
+  /// lists them; each is also in `Examples/` as `NAME.yaml`, byte for byte.
+  public static let all: [(name: String, summary: String, yaml: String)] = [
+    ("default", "a TDISP device's BAR as private MMIO of a TD, end to end: bind, lock, export, map, accept, revoke, teardown",
+     defaultYAML + "\n"),
+  ]
+
+  /// The built-in scenario called `name`.
+  public static func named(_ name: String) -> String? { all.first { $0.name == name }?.yaml }
+
   /// ``defaultYAML``, parsed.
   public static func defaultScenario() throws(ScenarioError) -> Scenario {
     try ScenarioParser.parse(defaultYAML, file: defaultFile)

@@ -40,9 +40,13 @@ extension RunReport {
     for step in steps {
       let start = UInt64(step.index) * 100
       let tid = track(step.context)
-      var args = ["text": step.text, "result": step.result, "verdict": step.verdict.rawValue,
-                  "ns": String(step.nanoseconds)]
+      var args = ["text": step.text, "result": step.result.text, "verdict": step.verdict.rawValue,
+                  "ns": String(step.nanoseconds), "at": "\(step.location):\(step.column)"]
+      if let reason = step.result.reason { args["reason"] = reason.description }
+      if let meaning = step.result.meaning { args["meaning"] = meaning }
       if let e = step.expectation { args["expect"] = e }
+      if let m = step.mismatch { args["mismatch"] = m }
+      for (n, m) in (step.stateMismatches ?? []).enumerated() { args["state mismatch \(n + 1)"] = m }
       for v in step.invariantViolations { args["violated " + v.name] = v.message }
       events.append(ChromeTraceEvent(name: step.op, cat: "step", ph: "X", ts: start, dur: 90, pid: 1, tid: tid, args: args))
       for (n, line) in step.trace.enumerated() {
@@ -57,7 +61,7 @@ extension RunReport {
     events.append(ChromeTraceEvent(name: "process_name", cat: "__metadata", ph: "M", ts: 0, pid: 1, tid: 0,
                                    args: ["name": "pmmio \(scenario) (\(variant))"]))
     let encoder = JSONEncoder()
-    encoder.outputFormatting = [.sortedKeys]
+    encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
     guard let data = try? encoder.encode(ChromeTrace(traceEvents: events, displayTimeUnit: "ms")) else { return "{}" }
     return String(decoding: data, as: UTF8.self) + "\n"
   }

@@ -1,6 +1,7 @@
 import Foundation
 import KernelCore
 import Platform
+import Reports
 
 /// One traced event as reports carry it.
 public struct TraceLine: Codable, Hashable, Sendable, CustomStringConvertible {
@@ -28,10 +29,10 @@ public struct InvariantSummary: Codable, Hashable, Sendable {
 
 /// A step's verdict against its `expect:`.
 public enum Verdict: String, Codable, Hashable, Sendable {
-  /// The result met the expectation.
-  case met
-  /// It did not: the run exits 1.
-  case failed
+  /// The result (and the machine's state, if `expect:` names one) is what `expect:` says.
+  case asExpected = "as expected"
+  /// It is not: the run exits 1.
+  case notAsExpected = "not as expected"
   /// No `expect:`: reported, not judged.
   case unchecked
 }
@@ -43,26 +44,30 @@ public struct StepReport: Codable, Hashable, Sendable {
   public var path: String
   /// The thread that ran it (`ioctl`, `vcpu1`, `ctx2` …): one Perfetto track each.
   public var context: String
+  /// Where the step is written.
+  public var file: String
   public var line: Int
   public var column: Int
   public var op: String
   /// The step as written, without `expect:`.
   public var text: String
-  /// `ok`, `ok fd 3`, `errno EINVAL`, `tdx TDX_OPERAND_BUSY` …
-  public var result: String
-  public var succeeded: Bool
-  /// The errno name when the step failed with one.
-  public var errno: String?
-  /// The TDX status name when the step failed with one.
-  public var tdx: String?
-  /// The TDISP error name when the device refused the request.
-  public var tdisp: String?
+  /// What the operation returned, field by field.
+  public var result: StepResult
+  /// What `expect:` asked for, as text.
   public var expectation: String?
   public var verdict: Verdict
+  /// Why the result is not as expected.
   public var mismatch: String?
+  /// What of `expect: { state: ... }` did not hold.
+  public var stateMismatches: [String]?
   public var trace: [TraceLine]
   public var invariantViolations: [InvariantViolation]
   public var nanoseconds: UInt64
+
+  /// The call succeeded.
+  public var succeeded: Bool { result.ok }
+  /// `file:line`, for FAILED lines.
+  public var location: String { "\(file):\(line)" }
 
   init(step: ScenarioStep, thread: String, result: OpResult, trace: [TraceLine], violations: [InvariantViolation],
        nanoseconds: UInt64) {
@@ -72,41 +77,53 @@ public struct StepReport: Codable, Hashable, Sendable {
     case .concurrent(let n): path = "concurrent[\(n)]"
     }
     context = thread
+    file = step.position.file
     line = step.position.line
     column = step.position.column
     op = step.opName
     text = step.text
-    self.result = ResultText.describe(result)
-    switch result {
-    case .success: succeeded = true
-    case .failure(.errno(let e)): succeeded = false; errno = e.name
-    case .failure(.tdx(let s)): succeeded = false; tdx = s.name
-    case .failure(.tdisp(_, let name)): succeeded = false; tdisp = name
-    case .failure(.livelock), .failure(.deadlock), .failure(.lockViolation): succeeded = false
-    }
-    expectation = step.expectation?.description
+    self.result = StepResult(result)
+    let expectations = [step.expectation?.description, step.stateExpectation?.description].compactMap { $0 }
+    expectation = expectations.isEmpty ? nil : expectations.joined(separator: ", ")
     if let expected = step.expectation {
       mismatch = expected.mismatch(result)
-      verdict = mismatch == nil ? .met : .failed
+      verdict = mismatch == nil ? .asExpected : .notAsExpected
     } else {
-      verdict = .unchecked
+      verdict = step.stateExpectation == nil ? .unchecked : .asExpected
     }
     self.trace = trace
     invariantViolations = violations
     self.nanoseconds = nanoseconds
+  }
+
+  /// Adds what of the step's `expect: { state: ... }` did not hold.
+  public mutating func judge(stateMismatches found: [String]) {
+    guard !found.isEmpty else { return }
+    stateMismatches = found
+    verdict = .notAsExpected
   }
 }
 
 /// Everything a `run` found: per step results, invariants, counters and timings. `text` is
 /// for people, `jsonString()` for tools (one JSON document).
 public struct RunReport: Codable, Hashable, Sendable {
+  /// Version of the JSON layout; bumped when a field changes meaning or goes away.
+  public static let currentSchema = 1
+
   public struct Counters: Codable, Hashable, Sendable {
+    /// Steps run.
     public var steps = 0
-    public var stepsSucceeded = 0
-    public var stepsFailed = 0
-    public var expectationsMet = 0
-    public var expectationsFailed = 0
+    /// Steps whose result (and state) was what `expect:` said.
+    public var asExpected = 0
+    /// Steps whose result or state was not: each makes the run exit 1.
+    public var notAsExpected = 0
+    /// Steps without `expect:`.
     public var unchecked = 0
+    /// Steps whose operation succeeded, and those that returned an error (as expected or not).
+    public var succeeded = 0
+    public var returnedError = 0
+    /// Steps not run because `--stop-on-failure` stopped the run.
+    public var notRun = 0
     /// Invariant checks performed (invariants × steps).
     public var invariantChecks = 0
     /// Distinct invariants checked.
@@ -120,6 +137,13 @@ public struct RunReport: Codable, Hashable, Sendable {
     public var machineBuildNanoseconds: UInt64
   }
 
+  /// Why the run ended before its last step.
+  public struct Stop: Codable, Hashable, Sendable {
+    public var afterStep: Int
+    public var reason: String
+  }
+
+  public var schema = RunReport.currentSchema
   public var scenario: String
   public var variant: String
   /// Events traced while the machine was built, before the first step.
@@ -128,29 +152,37 @@ public struct RunReport: Codable, Hashable, Sendable {
   public var invariants: [InvariantSummary]
   public var counters: Counters
   public var timings: Timings
+  /// Set when the run stopped early.
+  public var stopped: Stop?
+  /// The machine after the last step run, when the run was asked to keep it (`pmmio show`).
+  public var state: MachineState?
   /// 0: every expectation held and no invariant broke; 1 otherwise.
   public var exitStatus: Int32
 
   init(scenario: String, variant: String, setupTrace: [TraceLine], steps: [StepReport],
-       invariants: [InvariantSummary], timings: Timings) {
+       invariants: [InvariantSummary], timings: Timings, stopped: Stop? = nil, notRun: Int = 0,
+       state: MachineState? = nil) {
     self.scenario = scenario; self.variant = variant; self.setupTrace = setupTrace
     self.steps = steps; self.invariants = invariants; self.timings = timings
+    self.stopped = stopped; self.state = state
     var c = Counters()
     c.steps = steps.count
-    c.stepsSucceeded = steps.count { $0.succeeded }
-    c.stepsFailed = c.steps - c.stepsSucceeded
-    c.expectationsMet = steps.count { $0.verdict == .met }
-    c.expectationsFailed = steps.count { $0.verdict == .failed }
+    c.succeeded = steps.count { $0.succeeded }
+    c.returnedError = c.steps - c.succeeded
+    c.asExpected = steps.count { $0.verdict == .asExpected }
+    c.notAsExpected = steps.count { $0.verdict == .notAsExpected }
     c.unchecked = steps.count { $0.verdict == .unchecked }
+    c.notRun = notRun
     c.invariantChecks = invariants.reduce(0) { $0 + $1.checks }
     c.invariantsChecked = invariants.count
     c.invariantsViolated = invariants.count { $0.violations > 0 }
     counters = c
-    exitStatus = c.expectationsFailed == 0 && c.invariantsViolated == 0 ? 0 : 1
+    exitStatus = c.notAsExpected == 0 && c.invariantsViolated == 0 ? 0 : 1
   }
 
   /// The report for people: the trace of each step as a kernel log would show it, the step's
-  /// result and verdict, then a summary.
+  /// result with the reason for a failure, its verdict, then a summary. Every FAILED and
+  /// VIOLATED line names the step's `file:line`.
   public var text: String {
     var out = "scenario \(scenario) (variant \(variant))\n"
     for line in setupTrace { out += "        \(line)\n" }
@@ -158,21 +190,24 @@ public struct RunReport: Codable, Hashable, Sendable {
       let where_ = step.path == "steps" ? "" : " [\(step.path)]"
       out += String(format: "%4d  ", step.index) + "\(step.text)\(where_)\n"
       for line in step.trace { out += "        \(line)\n" }
-      var verdict = ""
-      switch step.verdict {
-      case .met: verdict = "   expect \(step.expectation ?? ""): ok"
-      case .failed: verdict = "   FAILED: \(step.mismatch ?? "")"
-      case .unchecked: break
-      }
-      out += "      = \(step.result)\(verdict)\n"
-      for v in step.invariantViolations { out += "      INVARIANT \(v.name) VIOLATED: \(v.message)\n" }
+      out += "      = \(step.result.explained)"
+      if step.verdict == .asExpected { out += "   as expected (\(step.expectation ?? ""))" }
+      out += "\n"
+      if let mismatch = step.mismatch { out += "      FAILED \(step.location): \(mismatch)\n" }
+      for mismatch in step.stateMismatches ?? [] { out += "      FAILED \(step.location): \(mismatch)\n" }
+      for v in step.invariantViolations { out += "      VIOLATED \(step.location): invariant \(v.name): \(v.message)\n" }
     }
     let c = counters
-    out += "\nsummary: \(c.steps) steps (\(c.stepsSucceeded) succeeded, \(c.stepsFailed) failed); "
-    out += "expectations: \(c.expectationsMet) met, \(c.expectationsFailed) failed, \(c.unchecked) unchecked; "
+    out += "\nsummary: \(c.steps) step\(c.steps == 1 ? "" : "s"): \(c.asExpected) as expected, \(c.notAsExpected) not as expected, "
+    out += "\(c.unchecked) without expect (\(c.succeeded) succeeded, \(c.returnedError) returned an error); "
     out += "invariants: \(c.invariantsChecked) checked \(c.invariantChecks) times, \(c.invariantsViolated) violated\n"
+    if let stopped {
+      out += "stopped after step \(stopped.afterStep) (\(stopped.reason)): \(c.notRun) step(s) not run\n"
+    }
     for inv in invariants where inv.violations > 0 {
-      out += "  violated: \(inv.name) (\(inv.violations)x, first after step \(inv.firstViolationStep ?? 0): \(inv.firstViolation ?? ""))\n"
+      let step = steps.first { $0.index == inv.firstViolationStep }
+      out += "  violated: \(inv.name) (\(inv.violations)x, first after step \(inv.firstViolationStep ?? 0)"
+        + (step.map { " at \($0.location)" } ?? "") + ": \(inv.firstViolation ?? ""))\n"
     }
     out += exitStatus == 0 ? "PASS\n" : "FAIL\n"
     return out
@@ -190,7 +225,7 @@ public struct RunReport: Codable, Hashable, Sendable {
     for step in steps {
       emit(step.index, 0, step.context, "\(step.op) \(step.text)")
       for (n, line) in step.trace.enumerated() { emit(step.index, n + 1, step.context, line.description) }
-      emit(step.index, step.trace.count + 1, step.context, "= \(step.result)")
+      emit(step.index, step.trace.count + 1, step.context, "= \(step.result.explained)")
     }
     return out
   }
@@ -198,7 +233,7 @@ public struct RunReport: Codable, Hashable, Sendable {
   /// One JSON document (sorted keys, so diffs between runs are stable).
   public func jsonString() -> String {
     let encoder = JSONEncoder()
-    encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+    encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
     guard let data = try? encoder.encode(self) else { return "{}" }
     return String(decoding: data, as: UTF8.self) + "\n"
   }

@@ -14,16 +14,23 @@ public struct SourcePosition: Hashable, Sendable, Codable, CustomStringConvertib
   public var description: String { "\(file):\(line):\(column)" }
 }
 
-/// Bad input: a scenario that cannot be parsed, or a machine that cannot be built from it.
-/// `pmmio` prints ``description`` and exits 2.
+/// Bad input: a scenario that cannot be read or parsed, or a machine that cannot be built
+/// from it. `pmmio` prints ``description`` and exits 2.
 public struct ScenarioError: Error, Hashable, Sendable, CustomStringConvertible {
-  public let position: SourcePosition
+  /// The file the error is about (`-` and `/dev/stdin` read standard input).
+  public let file: String
+  /// Where in the file; `nil` when the whole file is at fault (missing, a directory).
+  public let position: SourcePosition?
   public let message: String
   public init(_ position: SourcePosition, _ message: String) {
-    self.position = position; self.message = message
+    file = position.file; self.position = position; self.message = message
   }
-  /// `file:line:column: message`.
-  public var description: String { "\(position): \(message)" }
+  /// An error about the file as a whole.
+  public init(file: String, _ message: String) {
+    self.file = file; position = nil; self.message = message
+  }
+  /// `file:line:column: message`, or `file: message` for the whole file.
+  public var description: String { "\(position.map(\.description) ?? file): \(message)" }
 }
 
 /// A parsed scenario (format version 1): the machine to build and the steps to replay.
@@ -39,10 +46,21 @@ public struct Scenario: Hashable, Sendable {
   /// `concurrent:`: paths that `explore` interleaves; `run` runs them in order after `steps`.
   public var concurrent: [[ScenarioStep]]
 
+  /// Where each device, BAR and VM of `machine` is written, for configuration errors.
+  public var machinePositions: MachinePositions
+
   public init(name: String, variant: Variant?, machine: MachineConfiguration,
-              machinePosition: SourcePosition, steps: [ScenarioStep], concurrent: [[ScenarioStep]]) {
+              machinePosition: SourcePosition, steps: [ScenarioStep], concurrent: [[ScenarioStep]],
+              machinePositions: MachinePositions = MachinePositions()) {
     self.name = name; self.variant = variant; self.machine = machine
     self.machinePosition = machinePosition; self.steps = steps; self.concurrent = concurrent
+    self.machinePositions = machinePositions
+  }
+
+  /// A machine that cannot be built, reported at the entry at fault (the BAR's own line), or
+  /// at `machine:` when the error names none.
+  public func error(_ error: ConfigurationError) -> ScenarioError {
+    ScenarioError(machinePositions.position(of: error.subject) ?? machinePosition, "machine: \(error.message)")
   }
 
   /// Every step in `run` order: `steps`, then each concurrent path.
@@ -70,6 +88,26 @@ public struct Scenario: Hashable, Sendable {
       vcpu = n
     }
     return vcpu
+  }
+}
+
+/// Where each entry of `machine:` is written.
+public struct MachinePositions: Hashable, Sendable {
+  /// `machine.devices[n]`.
+  public var devices: [SourcePosition] = []
+  /// `machine.devices[n].bars[m]`.
+  public var bars: [[SourcePosition]] = []
+  /// `machine.vms[n]`.
+  public var vms: [SourcePosition] = []
+  public init() {}
+
+  public func position(of subject: ConfigurationSubject?) -> SourcePosition? {
+    switch subject {
+    case .device(let d): devices.indices.contains(d) ? devices[d] : nil
+    case .bar(let d, let b): bars.indices.contains(d) && bars[d].indices.contains(b) ? bars[d][b] : nil
+    case .vm(let v): vms.indices.contains(v) ? vms[v] : nil
+    case nil: nil
+    }
   }
 }
 
@@ -102,6 +140,8 @@ public struct ScenarioStep: Hashable, Sendable {
   public var binding: String?
   /// `nil`: the step may fail; it is reported but not judged.
   public var expectation: StepExpectation?
+  /// `expect: { state: { ... } }`: what the machine must look like after the step.
+  public var stateExpectation: StateExpectation?
 
   /// The ``Operation`` this step performs, names resolved against what earlier steps returned.
   public func operation(in handles: HandleEnvironment) -> Operation {

@@ -58,11 +58,16 @@ public enum ScenarioParser {
 /// The parser's state: the file name for positions and the names bound so far.
 struct ScenarioReader {
   let file: String
+  /// In file order, for messages; the sets answer "is it known" in O(1).
   var deviceNames: [String] = []
   var vmNames: [String] = []
+  var knownDevices: Set<String> = []
+  var knownVMs: Set<String> = []
   /// Every `as:` name in the file, for the duplicate check.
   var everyBinding: Set<String> = []
   var stepCount = 0
+  /// Where each device, BAR and VM is written.
+  var machinePositions = MachinePositions()
 
   init(file: String) { self.file = file }
 
@@ -72,6 +77,14 @@ struct ScenarioReader {
   }
 
   func fail(_ node: Node, _ message: String) -> ScenarioError { ScenarioError(position(node), message) }
+
+  /// `unknown errno 'EINVL': did you mean 'EINVAL'?`, with the known words listed when they
+  /// are few enough to read.
+  func unknown(_ node: Node, _ what: String, _ word: String, among known: [String], list: Bool = true) -> ScenarioError {
+    let hint = Suggestion.closest(to: word, among: known).map { ": did you mean '\($0)'?" } ?? ""
+    let expected = list && known.count <= 12 ? " (expected: \(known.joined(separator: ", ")))" : ""
+    return fail(node, "unknown \(what) '\(word)'\(hint)\(expected)")
+  }
 
   // MARK: Shapes
 
@@ -93,7 +106,8 @@ struct ScenarioReader {
     for (keyNode, value) in mapping {
       guard case .scalar(let key) = keyNode else { throw fail(keyNode, "\(what): keys must be words") }
       guard allowed.contains(key.string) else {
-        throw fail(keyNode, "unknown key '\(key.string)' in \(what) (expected: \(allowed.joined(separator: ", ")))")
+        let hint = Suggestion.closest(to: key.string, among: allowed).map { ": did you mean '\($0)'?" } ?? ""
+        throw fail(keyNode, "unknown key '\(key.string)' in \(what)\(hint) (expected: \(allowed.joined(separator: ", ")))")
       }
       result.append((key.string, keyNode, value))
     }
@@ -169,7 +183,7 @@ struct ScenarioReader {
     if let node = value(top, "variant") {
       let text = try string(node, key: "variant")
       guard let v = Variant(rawValue: text) else {
-        throw fail(node, "unknown variant '\(text)' (expected: \(Variant.allCases.map(\.rawValue).joined(separator: ", ")))")
+        throw unknown(node, "variant", text, among: Variant.allCases.map(\.rawValue))
       }
       variant = v
     }
@@ -200,7 +214,7 @@ struct ScenarioReader {
       }
     }
     return Scenario(name: name, variant: variant, machine: machine, machinePosition: machinePosition,
-                    steps: steps, concurrent: concurrent)
+                    steps: steps, concurrent: concurrent, machinePositions: machinePositions)
   }
 
   var defaultName: String {
@@ -217,9 +231,10 @@ struct ScenarioReader {
     if let list = value(top, "devices") {
       for item in try self.list(list, key: "devices") {
         let device = try deviceConfiguration(item)
-        guard !deviceNames.contains(device.name) else { throw fail(item, "duplicate device name '\(device.name)'") }
+        guard knownDevices.insert(device.name).inserted else { throw fail(item, "duplicate device name '\(device.name)'") }
         deviceNames.append(device.name)
         devices.append(device)
+        machinePositions.devices.append(position(item))
       }
     }
     var vms: [VMConfiguration] = []
@@ -231,23 +246,26 @@ struct ScenarioReader {
         if let typeNode = value(fields, "type") {
           let text = try string(typeNode, key: "type")
           guard let t = VMTypeName(rawValue: text) else {
-            throw fail(typeNode, "unknown VM type '\(text)' (expected: default, tdx)")
+            throw unknown(typeNode, "VM type", text, among: VMTypeName.allCases.map(\.rawValue))
           }
           type = t
         }
-        guard !vmNames.contains(name) else { throw fail(item, "duplicate VM name '\(name)'") }
+        guard knownVMs.insert(name).inserted else { throw fail(item, "duplicate VM name '\(name)'") }
         vmNames.append(name)
         vms.append(VMConfiguration(name: name, type: type))
+        machinePositions.vms.append(position(item))
       }
     }
     return MachineConfiguration(devices: devices, vms: vms)
   }
 
-  func deviceConfiguration(_ node: Node) throws(ScenarioError) -> DeviceConfiguration {
+  mutating func deviceConfiguration(_ node: Node) throws(ScenarioError) -> DeviceConfiguration {
     let fields = try entries(node, what: "a device", allowed: ["name", "bars", "tdisp"])
     let name = try string(try required(fields, "name", in: node, what: "a device"), key: "name")
     var bars: [BARConfiguration] = []
+    var barPositions: [SourcePosition] = []
     for item in try list(try required(fields, "bars", in: node, what: "a device"), key: "bars") {
+      barPositions.append(position(item))
       let keys = ["index", "size", "is64", "prefetchable", "msix_table", "msix_pba"]
       let bar = try entries(item, what: "a BAR", allowed: keys)
       let indexNode = try required(bar, "index", in: item, what: "a BAR")
@@ -272,6 +290,7 @@ struct ScenarioReader {
         msixPBA: try value(bar, "msix_pba").map { n throws(ScenarioError) in try pair(n, key: "msix_pba") }))
     }
     let tdisp = try value(fields, "tdisp").map { n throws(ScenarioError) in try bool(n, key: "tdisp") } ?? false
+    machinePositions.bars.append(barPositions)
     return DeviceConfiguration(name: name, bars: bars, tdisp: tdisp)
   }
 
@@ -283,7 +302,9 @@ struct ScenarioReader {
     }
     guard let opNode = mapping["op"] else { throw fail(node, "missing key 'op' in step") }
     let opName = try string(opNode, key: "op")
-    guard let spec = OpSpec.named(opName) else { throw fail(opNode, "unknown op '\(opName)'") }
+    guard let spec = OpSpec.named(opName) else {
+      throw unknown(opNode, "op", opName, among: OpSpec.all.map(\.name), list: false)
+    }
     let what = "op \(opName)"
     let fields = try entries(node, what: what, allowed: ["op"] + spec.keys.map(\.name) + ["expect"])
 
@@ -300,7 +321,7 @@ struct ScenarioReader {
       }
       if key.kind == .binding {
         let name = try string(valueNode, key: key.name)
-        guard !everyBinding.contains(name), !vmNames.contains(name) else {
+        guard !everyBinding.contains(name), !knownVMs.contains(name) else {
           throw fail(valueNode, "duplicate name '\(name)': already bound by 'as:' or a VM name")
         }
         binding = name
@@ -308,25 +329,31 @@ struct ScenarioReader {
       }
       arguments[key.name] = try argument(valueNode, key: key, bound: bound)
     }
-    var expected: StepExpectation?
-    if let node = value(fields, "expect") { expected = try expectation(node) }
-    // Bound only after the step's own arguments: a step cannot use what it returns.
+    // Bound only after the step's own arguments: a step cannot use what it returns. Its
+    // `expect: { state: ... }` may name it: the state is read after the step.
     if let binding, let kind = spec.binds {
       everyBinding.insert(binding)
       bound[binding] = kind
     }
+    var expected: StepExpectation?
+    var expectedState: StateExpectation?
+    if let node = value(fields, "expect") { (expected, expectedState) = try expectation(node, bound: bound) }
     stepCount += 1
-    return ScenarioStep(index: stepCount, path: path, position: position(node), opName: opName,
-                        text: Self.render(node, omitting: "expect"), arguments: arguments,
-                        binding: binding, expectation: expected)
+    var step = ScenarioStep(index: stepCount, path: path, position: position(node), opName: opName,
+                            text: Self.render(node, omitting: "expect"), arguments: arguments,
+                            binding: binding, expectation: expected)
+    step.stateExpectation = expectedState
+    return step
   }
 
   func argument(_ node: Node, key: KeySpec, bound: [String: BindingKind]) throws(ScenarioError) -> ArgumentValue {
     switch key.kind {
     case .device:
       let name = try string(node, key: key.name)
-      guard deviceNames.contains(name) else {
-        throw fail(node, "unknown device '\(name)' (machine.devices: \(deviceNames.joined(separator: ", ")))")
+      guard knownDevices.contains(name) else {
+        let hint = Suggestion.closest(to: name, among: deviceNames).map { ": did you mean '\($0)'?" } ?? ""
+        let known = deviceNames.isEmpty ? "none" : deviceNames.prefix(8).joined(separator: ", ") + (deviceNames.count > 8 ? ", ..." : "")
+        throw fail(node, "unknown device '\(name)'\(hint) (machine.devices: \(known))")
       }
       return .string(name)
     case .fd, .vm, .attachment:
@@ -337,7 +364,8 @@ struct ScenarioReader {
     case .choice(let words):
       let word = try string(node, key: key.name)
       guard words.contains(word) else {
-        throw fail(node, "'\(key.name)' must be one of \(words.joined(separator: "|")), found '\(word)'")
+        throw fail(node, "'\(key.name)' must be one of \(words.joined(separator: "|")), found '\(word)'"
+                   + (Suggestion.closest(to: word, among: words).map { ": did you mean '\($0)'?" } ?? ""))
       }
       return .string(word)
     case .string: return .string(try string(node, key: key.name))
@@ -351,7 +379,7 @@ struct ScenarioReader {
       for item in try list(node, key: key.name) {
         let word = try string(item, key: key.name)
         guard let flag = MemoryFlag(rawValue: word) else {
-          throw fail(item, "unknown memory flag '\(word)' (expected: \(MemoryFlag.allCases.map(\.rawValue).joined(separator: ", ")))")
+          throw unknown(item, "memory flag", word, among: MemoryFlag.allCases.map(\.rawValue))
         }
         bits |= UInt64(flag.bit)
       }
@@ -380,52 +408,82 @@ struct ScenarioReader {
       guard kind == wanted else { throw fail(node, "'\(text)' names an \(kind.rawValue), not an \(wanted.rawValue)") }
       return .name(text)
     }
-    if wanted == .fd, vmNames.contains(text) { return .name(text) }
+    if wanted == .fd, knownVMs.contains(text) { return .name(text) }
     throw fail(node, "'\(text)' is not bound: no earlier step has 'as: \(text)'"
                + (wanted == .fd ? " and no VM of machine.vms has that name" : ""))
   }
 
   // MARK: expect:
 
-  func expectation(_ node: Node) throws(ScenarioError) -> StepExpectation {
+  /// `expect:`: what the result must be, and what the machine must look like after the step
+  /// (`state:` as a mapping; `state: RUN` is the TDI state a TDISP request returned).
+  func expectation(_ node: Node, bound: [String: BindingKind]) throws(ScenarioError) -> (StepExpectation?, StateExpectation?) {
     if case .scalar(let s) = node {
       switch s.string {
-      case "ok": return .ok
-      case "error": return .error
+      case "ok": return (.ok, nil)
+      case "error": return (.error, nil)
       default:
-        throw fail(node, "unknown expectation '\(s.string)' (ok, error, or { errno | tdx | tdisp | pfn | state | flags | fault | value: ... })")
+        let hint = Suggestion.closest(to: s.string, among: ["ok", "error"]).map { ": did you mean '\($0)'?" } ?? ""
+        throw fail(node, "unknown expectation '\(s.string)'\(hint) (ok, error, or { errno | tdx | tdisp | pfn | state | flags | fault | value: ... })")
       }
     }
-    let kinds = ["errno", "tdx", "tdisp", "pfn", "order", "state", "flags", "fault", "value"]
+    let kinds = ["ok", "error", "errno", "tdx", "tdisp", "pfn", "order", "state", "flags", "fault", "value"]
     let fields = try entries(node, what: "expect", allowed: kinds)
-    let main = fields.filter { $0.key != "order" }
+    var machineState: StateExpectation?
+    if let entry = fields.first(where: { $0.key == "state" }), case .mapping = entry.value {
+      machineState = try stateExpectation(entry.value, bound: bound)
+    }
+    let main = fields.filter { $0.key != "order" && !($0.key == "state" && machineState != nil) }
+    if main.isEmpty, let machineState { return (nil, machineState) }
     guard main.count == 1, let entry = main.first else {
-      throw fail(node, "expect needs exactly one of errno, tdx, tdisp, pfn, state, flags, fault, value")
+      throw fail(node, "expect needs one of ok, error, errno, tdx, tdisp, pfn, state, flags, fault, value"
+                 + " (and may add state: { ... })")
     }
     if let order = value(fields, "order"), entry.key != "pfn" {
       throw fail(order, "'order' goes only with 'pfn'")
     }
+    return (try resultExpectation(entry, order: value(fields, "order")), machineState)
+  }
+
+  /// `{ ok }` (a flow mapping's bare key) and `{ ok: ~ }` read as `ok`; `{ ok: true }` too.
+  func bareWord(_ entry: (key: String, keyNode: Node, value: Node)) throws(ScenarioError) {
+    guard case .scalar(let s) = entry.value, ["", "~", "null", "true"].contains(s.string) else {
+      throw fail(entry.value, "'\(entry.key)' takes no value")
+    }
+  }
+
+  func resultExpectation(_ entry: (key: String, keyNode: Node, value: Node), order orderNode: Node?) throws(ScenarioError) -> StepExpectation {
     let v = entry.value
     switch entry.key {
+    case "ok":
+      try bareWord(entry)
+      return .ok
+    case "error":
+      try bareWord(entry)
+      return .error
     case "errno":
       let name = try string(v, key: "errno")
-      guard let errno = Errno(name: name) else { throw fail(v, "unknown errno '\(name)'") }
+      guard let errno = Errno(name: name) else { throw unknown(v, "errno", name, among: Errno.allNamed.map(\.name), list: false) }
       return .errno(errno)
     case "tdx":
       let name = try string(v, key: "tdx")
-      guard let status = TDXStatus(name: name) else { throw fail(v, "unknown TDX status '\(name)'") }
+      guard let status = TDXStatus(name: name) else {
+        throw unknown(v, "TDX status", name, among: TDXStatus.allNamed.map(\.name), list: false)
+      }
       return .tdx(status)
     case "tdisp":
       let name = try string(v, key: "tdisp")
-      guard TDISPErrorName.isKnown(name) else { throw fail(v, "unknown TDISP error '\(name)'") }
+      guard TDISPErrorName.isKnown(name) else {
+        throw unknown(v, "TDISP error", name, among: TDISPErrorName.all.map(\.name), list: false)
+      }
       return .tdisp(name)
     case "pfn":
-      let order = try value(fields, "order").map { n throws(ScenarioError) in UInt8(try number(n, key: "order", max: 63)) }
+      let order = try orderNode.map { n throws(ScenarioError) in UInt8(try number(n, key: "order", max: 63)) }
       return .pfn(try number(v, key: "pfn"), order: order)
     case "state":
       let name = try string(v, key: "state")
       guard tdiStateNames.contains(name) else {
-        throw fail(v, "unknown TDI state '\(name)' (expected: \(tdiStateNames.joined(separator: ", ")))")
+        throw unknown(v, "TDI state", name, among: tdiStateNames)
       }
       return .state(name)
     case "flags":
@@ -433,7 +491,7 @@ struct ScenarioReader {
       for item in try list(v, key: "flags") {
         let name = try string(item, key: "flags")
         guard RegionInfoFlag.known.contains(RegionInfoFlag.canonical(name)) else {
-          throw fail(item, "unknown region info flag '\(name)' (expected: \(RegionInfoFlag.known.joined(separator: ", ")))")
+          throw unknown(item, "region info flag", name, among: RegionInfoFlag.known)
         }
         flags.append(name)
       }
@@ -441,12 +499,70 @@ struct ScenarioReader {
     case "fault":
       let name = try string(v, key: "fault")
       guard let fault = GuestFault(rawValue: name) else {
-        throw fail(v, "unknown fault '\(name)' (expected: \(GuestFault.allCases.map(\.rawValue).joined(separator: ", ")))")
+        throw unknown(v, "fault", name, among: GuestFault.allCases.map(\.rawValue))
       }
       return .fault(fault)
     default:
       return .value(try number(v, key: "value"))
     }
+  }
+
+  // MARK: expect: { state: ... }
+
+  /// The machine-state keys of ``StateExpectation``, each a mapping from a device, VM or
+  /// dma-buf name to the value expected (for `sept`, a mapping from GPA to state).
+  func stateExpectation(_ node: Node, bound: [String: BindingKind]) throws(ScenarioError) -> StateExpectation {
+    var checks: [StateExpectation.Check] = []
+    let keys = StateExpectation.keys.map(\.key)
+    for entry in try entries(node, what: "state", allowed: keys) {
+      guard case .mapping(let mapping) = entry.value else {
+        throw fail(entry.value, "'state.\(entry.key)' must be a mapping from a name to its value, found \(Self.shape(entry.value))")
+      }
+      for (nameNode, valueNode) in mapping {
+        let name = try string(nameNode, key: "state.\(entry.key)")
+        func device() throws(ScenarioError) -> String {
+          guard knownDevices.contains(name) else {
+            throw unknown(nameNode, "device", name, among: deviceNames, list: deviceNames.count <= 8)
+          }
+          return name
+        }
+        func vm() throws(ScenarioError) -> String {
+          _ = try handle(nameNode, key: KeySpec("state.\(entry.key)", .vm), bound: bound)
+          return name
+        }
+        func word(_ allowed: [String]) throws(ScenarioError) -> String {
+          let text = try string(valueNode, key: "state.\(entry.key)")
+          guard allowed.contains(text) else { throw unknown(valueNode, "value", text, among: allowed) }
+          return text
+        }
+        switch entry.key {
+        case "tdi": checks.append(.tdi(device: try device(), state: try word(StateExpectation.tdiValues)))
+        case "memory": checks.append(.memory(device: try device(), enabled: try bool(valueNode, key: "state.memory")))
+        case "dmabuf":
+          guard bound[name] == .fd else { throw fail(nameNode, "'\(name)' is not bound to an fd by an earlier 'as:'") }
+          checks.append(.dmabuf(name: name, state: try word(StateExpectation.dmabufValues)))
+        case "memslots": checks.append(.memslots(vm: try vm(), count: try number(valueNode, key: "state.memslots")))
+        case "mapped": checks.append(.mapped(vm: try vm(), pages: try number(valueNode, key: "state.mapped")))
+        case "vm": checks.append(.vm(vm: try vm(), state: try word(StateExpectation.vmValues)))
+        case "devif": checks.append(.devif(device: try device(), state: try word(StateExpectation.tdiValues)))
+        default:  // sept
+          let vmName = try vm()
+          guard case .mapping(let pages) = valueNode else {
+            throw fail(valueNode, "'state.sept.\(name)' must be a mapping from GPA to state, found \(Self.shape(valueNode))")
+          }
+          for (gpaNode, stateNode) in pages {
+            let gpa = try number(gpaNode, key: "state.sept")
+            let text = try string(stateNode, key: "state.sept")
+            guard StateExpectation.septValues.contains(text) else {
+              throw unknown(stateNode, "SEPT state", text, among: StateExpectation.septValues)
+            }
+            checks.append(.sept(vm: vmName, gpa: gpa, state: text))
+          }
+        }
+      }
+    }
+    guard !checks.isEmpty else { throw fail(node, "'state' names nothing to check") }
+    return StateExpectation(checks: checks)
   }
 
   // MARK: Text as written

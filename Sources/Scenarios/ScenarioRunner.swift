@@ -1,5 +1,6 @@
 import KernelCore
 import Platform
+import Reports
 #if canImport(Darwin)
 import Darwin
 #endif
@@ -19,7 +20,8 @@ public enum ScenarioRunner {
 
   /// Builds the machine and runs every step.
   /// - Throws: a ``ScenarioError`` at `machine:` when the configuration cannot be built.
-  public static func run(_ scenario: Scenario, variant override: Variant? = nil) throws(ScenarioError) -> RunReport {
+  public static func run(_ scenario: Scenario, variant override: Variant? = nil,
+                         options: RunOptions = RunOptions()) throws(ScenarioError) -> RunReport {
     let variant = effectiveVariant(scenario, override: override)
     let clock = ContinuousClock()
     let started = clock.now
@@ -27,14 +29,14 @@ public enum ScenarioRunner {
     do {
       machine = try Machine(configuration: scenario.machine, variant: variant)
     } catch {
-      throw ScenarioError(scenario.machinePosition, "machine: \(error.message)")
+      throw scenario.error(error)
     }
-    return run(scenario, on: machine, variant: variant, buildTime: clock.now - started)
+    return run(scenario, on: machine, variant: variant, buildTime: clock.now - started, options: options)
   }
 
   /// Runs every step on `machine` (any ``ScenarioMachine``: tests script one).
   public static func run<M: ScenarioMachine>(_ scenario: Scenario, on machine: M, variant: Variant,
-                                             buildTime: Duration = .zero) -> RunReport {
+                                             buildTime: Duration = .zero, options: RunOptions = RunOptions()) -> RunReport {
     var machine = machine
     let clock = ContinuousClock()
     let started = clock.now
@@ -49,7 +51,10 @@ public enum ScenarioRunner {
     var steps: [StepReport] = []
     var invariants: [String: InvariantSummary] = [:]
     var invariantOrder: [String] = []
-    for step in scenario.allSteps {
+    let allSteps = scenario.allSteps
+    var stopped: RunReport.Stop?
+    for step in allSteps {
+      if let last = options.stopAfterStep, step.index > last { break }
       let operation = step.operation(in: handles)
       let before = clock.now
       let result = machine.perform(operation, context: step.path.context)
@@ -73,15 +78,43 @@ public enum ScenarioRunner {
           }
         }
       }
-      steps.append(StepReport(step: step, thread: scenario.threadName(for: step.path), result: result,
-                              trace: events, violations: violations, nanoseconds: elapsed.nanoseconds))
+      var report = StepReport(step: step, thread: scenario.threadName(for: step.path), result: result,
+                              trace: events, violations: violations, nanoseconds: elapsed.nanoseconds)
+      if let expected = step.stateExpectation {
+        report.judge(stateMismatches: expected.mismatches(in: machine.machineState(), handles: handles))
+      }
+      steps.append(report)
+      options.progress?(steps.count, allSteps.count)
+      if options.stopOnFailure, report.verdict == .notAsExpected || !violations.isEmpty {
+        if steps.count < allSteps.count { stopped = RunReport.Stop(afterStep: step.index, reason: "--stop-on-failure") }
+        break
+      }
     }
     let finished = clock.now
     return RunReport(
       scenario: scenario.name, variant: variant.rawValue, setupTrace: setup, steps: steps,
       invariants: invariantOrder.compactMap { invariants[$0] },
       timings: RunReport.Timings(totalNanoseconds: (finished - started + buildTime).nanoseconds,
-                                 machineBuildNanoseconds: buildTime.nanoseconds))
+                                 machineBuildNanoseconds: buildTime.nanoseconds),
+      stopped: stopped, notRun: stopped == nil ? 0 : allSteps.count - steps.count,
+      state: options.keepState ? machine.machineState() : nil)
+  }
+}
+
+/// How a run goes besides its steps: where it stops, what it keeps, whom it tells.
+public struct RunOptions: Sendable {
+  /// Stop at the first step not as expected or the first invariant violated.
+  public var stopOnFailure = false
+  /// Run no step past this index (0: build the machine only). `pmmio show --at`.
+  public var stopAfterStep: Int?
+  /// Keep the machine's state after the last step run in ``RunReport/state``.
+  public var keepState = false
+  /// Told after each step: steps run, steps in all.
+  public var progress: (@Sendable (Int, Int) -> Void)?
+  public init(stopOnFailure: Bool = false, stopAfterStep: Int? = nil, keepState: Bool = false,
+              progress: (@Sendable (Int, Int) -> Void)? = nil) {
+    self.stopOnFailure = stopOnFailure; self.stopAfterStep = stopAfterStep
+    self.keepState = keepState; self.progress = progress
   }
 }
 
@@ -93,9 +126,17 @@ public protocol ScenarioMachine {
   func checkInvariants(quiescent: Bool) -> [InvariantCheck]
   func vmFD(named name: String) -> FD?
   var trace: Trace { get set }
+  /// The machine as `pmmio show` prints it; `nil` for machines that have none (scripts).
+  func machineState() -> MachineState?
 }
 
-extension Machine: ScenarioMachine {}
+extension ScenarioMachine {
+  public func machineState() -> MachineState? { nil }
+}
+
+extension Machine: ScenarioMachine {
+  public func machineState() -> MachineState? { MachineState(self) }
+}
 
 extension Duration {
   var nanoseconds: UInt64 {

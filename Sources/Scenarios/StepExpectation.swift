@@ -110,26 +110,5 @@ public let tdiStateNames = ["CONFIG_UNLOCKED", "CONFIG_LOCKED", "RUN", "ERROR"]
 
 /// How a result is printed in reports: `ok fd 3`, `errno EINVAL`, `tdx TDX_OPERAND_BUSY`.
 public enum ResultText {
-  public static func describe(_ result: OpResult) -> String {
-    switch result {
-    case .success(let value): value == .none ? "ok" : "ok \(describe(value))"
-    case .failure(let failure): failure.description
-    }
-  }
-
-  public static func describe(_ value: OpValue) -> String {
-    switch value {
-    case .none: ""
-    case .fd(let fd): "fd \(fd.rawValue)"
-    case .attachment(let id): "attachment \(id.rawValue)"
-    case .pfn(let pfn, let order): "pfn 0x\(String(pfn.rawValue, radix: 16)) order \(order)"
-    case .regionInfo(let flags, let size, let offset):
-      "flags [\(flags.joined(separator: ", "))] size 0x\(String(size, radix: 16)) offset 0x\(String(offset, radix: 16))"
-    case .read(let v): "value 0x\(String(v, radix: 16))"
-    case .tdiState(let s): "state \(s)"
-    case .report(let lines): "report [\(lines.joined(separator: "; "))]"
-    case .guestAccess(let s): "fault \(s)"
-    case .seamcall(let regs): "TDX_SUCCESS [\(regs.map { "0x" + String($0, radix: 16) }.joined(separator: ", "))]"
-    }
-  }
+  public static func describe(_ result: OpResult) -> String { StepResult(result).text }
 }

@@ -22,8 +22,13 @@ public struct VFIOPCIDriver: Hashable, Sendable {
   public func dmaBuf(_ id: DmaBufID) -> VFIOPCIDmaBuf? { dmabufs[id] }
 
   /// `vfio_pci_core_register_device()`: the driver takes a function.
+  ///
+  /// Devices are never unregistered, so their ids are 1...n and the next is n + 1: O(1), where
+  /// taking the largest key walked every device and made building a machine quadratic.
+  /// - Complexity: O(log n) for the insertion.
   public mutating func registerDevice(_ function: PCIFunction) -> VFIODeviceID {
-    let id = devices.keys.max()?.next ?? VFIODeviceID(1)
+    var id = VFIODeviceID(UInt32(truncatingIfNeeded: devices.count + 1))
+    if devices[id] != nil { id = devices.keys.max()?.next ?? id }  // only if a device was ever removed
     devices[id] = VFIOPCICoreDevice(id: id, function: function, openCount: 0, binding: nil,
                                     memoryLock: KernelRWSemaphore("vdev\(id.rawValue)->memory_lock"),
                                     dmabufs: [], registrations: 1, hostMappings: [])

@@ -1,17 +1,25 @@
 import ArgumentParser
 import KernelCore
+import Scenarios
 
-/// Options every scenario-running subcommand (`run`, later `explore`, `fuzz`) shares.
+/// Options every scenario command (`run`, `show`) shares.
 struct CommonOptions: ParsableArguments {
-  @Flag(help: "Print one JSON document on stdout instead of the text report.")
+  @Argument(help: "A scenario YAML file, or - for standard input (default: the embedded default scenario).")
+  var file: String?
+
+  @Flag(help: "Print one JSON document on stdout instead of text; errors become a JSON document on stderr.")
   var json = false
 
   @Option(help: "rfc-v1 or reviewed (default: the scenario's 'variant:', else reviewed).")
   var variant: Variant?
 
-  @Option(help: ArgumentHelp("Also write the trace: 'text FILE' (kernel-log style) or 'perfetto FILE' (Chrome/Perfetto JSON). Repeatable.",
-                             valueName: "format> <file"))
-  var trace: [TraceRequest] = []
+  /// The scenario to run: FILE, standard input for `-`, or the embedded default.
+  /// - Throws: ``ScenarioError`` for a file that cannot be read or parsed.
+  func loadScenario() throws(ScenarioError) -> Scenario {
+    guard let file else { return try BuiltinScenarios.defaultScenario() }
+    let input = try ScenarioInput.read(file)
+    return try ScenarioParser.parse(input.text, file: input.file)
+  }
 }
 
 extension Variant: ExpressibleByArgument {}
@@ -53,5 +61,19 @@ struct TraceRequest: ExpressibleByArgument, Hashable {
       i += 1
     }
     return out
+  }
+}
+
+/// Refuses two outputs that would land on one stream or file.
+/// - Throws: `ValidationError` naming the two.
+func checkDistinctOutputs(_ outputs: [(option: String, path: String)], json: Bool) throws {
+  var seen: [String: String] = [:]
+  if json { seen["-"] = "--json" }
+  for output in outputs {
+    if let other = seen[output.path] {
+      let target = output.path == "-" ? "standard output" : output.path
+      throw ValidationError("\(output.option) and \(other) both write to \(target)")
+    }
+    seen[output.path] = output.option
   }
 }

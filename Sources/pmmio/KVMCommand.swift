@@ -35,8 +35,9 @@ struct KVMCommand: ParsableCommand {
   @Flag(help: "Only the trapped run: never map, complete every access in user space.")
   var trapped = false
 
-  @Option(name: .customLong("revoke-after"), help: "Revoke the buffer after N iterations of a mapped run (0: no revoke run).")
-  var revokeAfter: UInt64 = 1_000
+  @Option(name: .customLong("revoke-after"), help: "Revoke the buffer after N iterations of a mapped run (0: no revoke run; default 1000).")
+  var revokeAfterOption: UInt64?
+  var revokeAfter: UInt64 { revokeAfterOption ?? 1_000 }
 
   @Flag(name: .customLong("guest-memfd"), help: "Back the BAR slot with guest_memfd where the host offers it.")
   var guestMemfd = false
@@ -44,8 +45,9 @@ struct KVMCommand: ParsableCommand {
   @Option(help: "Who the Swift back end asks for PFNs: 'model' (the VFIO dma-buf model) or 'in-memory'.")
   var exporter: ExporterName = .model
 
-  @Option(help: "The model's variant with --exporter model: rfc-v1 or reviewed.")
-  var variant: Variant = .reviewed
+  @Option(name: .customLong("variant"), help: "The model's variant with --exporter model: rfc-v1 or reviewed (default).")
+  var variantOption: Variant?
+  var variant: Variant { variantOption ?? .reviewed }
 
   @Option(name: .customLong("repeat"),
     help: "Fresh VMs per side for each figure (median, min, max).")
@@ -67,6 +69,16 @@ struct KVMCommand: ParsableCommand {
   }
 
   func validate() throws {
+    // Options that would do nothing in this mode are refused, not ignored.
+    if trapped, revokeAfterOption != nil {
+      throw ValidationError("--revoke-after does nothing with --trapped: the revoke run is a mapped run")
+    }
+    if trapped, guestMemfd {
+      throw ValidationError("--guest-memfd does nothing with --trapped: a trapped run installs no memslot")
+    }
+    if exporter == .inMemory, variantOption != nil {
+      throw ValidationError("--variant does nothing with --exporter in-memory: only the model has variants")
+    }
     guard iterations > 0, iterations <= UInt64(UInt32.max) else {
       throw ValidationError("--iterations must be between 1 and \(UInt32.max)")
     }
@@ -81,6 +93,10 @@ struct KVMCommand: ParsableCommand {
   }
 
   func run() throws {
+    if BuildInfo.configuration == "debug" {
+      standardError("pmmio kvm: warning: this is a debug build; its figures are not representative. "
+                    + "Measure with: swift build -c release --product pmmio && .build/release/pmmio kvm")
+    }
     // A one-line answer, not a stack of errors, where this machine cannot run guests.
     do throws(Errno) {
       _ = try KVMSystem().createVM()
@@ -89,18 +105,25 @@ struct KVMCommand: ParsableCommand {
       throw ExitCode(2)
     }
     let result: KVMComparison
+    let progress = TerminalProgress("pmmio kvm: measuring \(repeatCount) fresh VMs per side, \(iterations) iterations each")
     do throws(Errno) {
       result = try KVMComparison.measure(
         iterations: iterations, revokeAfter: revokeAfter, preferGuestMemfd: guestMemfd,
         trappedOnly: trapped, exporter: exporterKind, repeat: repeatCount)
+      progress.finish()
     } catch {
+      progress.finish()
       print("pmmio kvm: a run failed: \(error.name)")
       throw ExitCode(1)
     }
     if json {
       let encoder = JSONEncoder()
-      encoder.outputFormatting = [.sortedKeys]
-      let data = try encoder.encode(result)
+      encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+      let data = try encoder.encode(Document(
+        iterations: iterations, revokeAfter: trapped ? nil : revokeAfter, trapped: trapped, repeatCount: repeatCount,
+        exporter: exporter.rawValue, variant: exporter == .model ? variant.rawValue : nil,
+        kernel: Self.kernelRelease(), build: BuildInfo.configuration, pmmio: BuildInfo.version,
+        swift: result.swift, c: result.c))
       print(String(decoding: data, as: UTF8.self))
     } else {
       printText(result)
@@ -110,6 +133,36 @@ struct KVMCommand: ParsableCommand {
     {
       throw ExitCode(1)
     }
+  }
+
+  /// What `--json` prints: how the figures were taken, then the figures of each side.
+  struct Document: Encodable {
+    var schema = 1
+    var iterations: UInt64
+    var revokeAfter: UInt64?
+    var trapped: Bool
+    var repeatCount: Int
+    var exporter: String
+    var variant: String?
+    /// `uname -r`.
+    var kernel: String
+    /// `debug` or `release`: debug figures are not representative.
+    var build: String
+    var pmmio: String
+    var swift: KVMFigures
+    var c: KVMFigures
+
+    enum CodingKeys: String, CodingKey {
+      case schema, iterations, revokeAfter = "revoke_after", trapped, repeatCount = "repeat", exporter, variant
+      case kernel, build, pmmio, swift, c
+    }
+  }
+
+  /// The running kernel's release (`uname -r`).
+  static func kernelRelease() -> String {
+    var name = utsname()
+    guard uname(&name) == 0 else { return "unknown" }
+    return withUnsafeBytes(of: &name.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
   }
 
   static func behaved(_ f: KVMFigures, trapped: Bool, iterations: UInt64) -> Bool {

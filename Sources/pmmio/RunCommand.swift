@@ -1,6 +1,6 @@
 import ArgumentParser
 import Foundation
-import KernelCore
+import Reports
 import Scenarios
 
 /// `pmmio run [FILE]`: replay a scenario, print each step's result and every invariant checked.
@@ -8,57 +8,47 @@ struct RunCommand: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "run",
     abstract: "Replay a scenario: steps, then each concurrent path in order.",
-    discussion: "Without FILE, runs the embedded default scenario. Exit status: 0 all expectations held and no invariant failed, 1 otherwise, 2 bad input.")
-
-  @Argument(help: "A scenario YAML file (default: the embedded default scenario).")
-  var file: String?
+    discussion: """
+      Without FILE, runs the embedded default scenario; FILE - reads standard input. \
+      Exit status: 0 every step as expected and no invariant violated, 1 otherwise, 2 bad input or usage.
+      """)
 
   @OptionGroup var options: CommonOptions
 
+  @Option(help: ArgumentHelp("Also write the trace: 'text FILE' (kernel-log style) or 'perfetto FILE' (Chrome/Perfetto JSON); FILE - is standard output, instead of the report. Repeatable.",
+                             valueName: "format> <file"))
+  var trace: [TraceRequest] = []
+
+  @Flag(name: .customLong("stop-on-failure"), help: "Stop at the first step not as expected or the first invariant violated.")
+  var stopOnFailure = false
+
+  func validate() throws {
+    try checkDistinctOutputs(trace.map { ("--trace \($0.format.rawValue)", $0.path) }, json: options.json)
+  }
+
   func run() throws {
-    let scenario = try loadScenario()
-    if isatty(STDERR_FILENO) != 0 {
-      standardError("pmmio: running \(scenario.name) (\(scenario.allSteps.count) steps)")
-    }
-    let report: RunReport
-    do {
-      report = try ScenarioRunner.run(scenario, variant: options.variant)
-    } catch {
-      standardError(error.description)
-      throw ExitCode(2)
-    }
-    for request in options.trace {
+    let scenario = try options.loadScenario()
+    let progress = TerminalProgress("pmmio: \(scenario.name): building the machine")
+    defer { progress.finish() }
+    let total = scenario.allSteps.count
+    let report = try ScenarioRunner.run(
+      scenario, variant: options.variant,
+      options: RunOptions(stopOnFailure: stopOnFailure, progress: { done, _ in
+        progress.update("pmmio: \(scenario.name): step \(done) of \(total)")
+      }))
+    progress.finish()
+    for request in trace {
       let contents = request.format == .text ? report.traceText : report.perfettoJSON()
       do {
-        try contents.write(toFile: request.path, atomically: true, encoding: .utf8)
+        try OutputFile.write(contents, to: request.path)
       } catch {
-        standardError("pmmio: cannot write trace \(request.path): \(error.localizedDescription)")
-        throw ExitCode(2)
+        throw InputProblem("--trace \(request.format.rawValue): \(error)")
       }
     }
-    print(options.json ? report.jsonString() : report.text, terminator: "")
+    // A trace on standard output takes the report's place.
+    if !trace.contains(where: { $0.path == "-" }) {
+      print(options.json ? report.jsonString() : report.text, terminator: "")
+    }
     if report.exitStatus != 0 { throw ExitCode(report.exitStatus) }
   }
-
-  /// The scenario to run. - Throws: `ExitCode(2)` after printing why, for unreadable or bad input.
-  func loadScenario() throws -> Scenario {
-    do {
-      guard let file else { return try BuiltinScenarios.defaultScenario() }
-      let yaml: String
-      do {
-        yaml = try String(contentsOfFile: file, encoding: .utf8)
-      } catch {
-        standardError("pmmio: cannot read \(file): \(error.localizedDescription)")
-        throw ExitCode(2)
-      }
-      return try ScenarioParser.parse(yaml, file: file)
-    } catch let error as ScenarioError {
-      standardError(error.description)
-      throw ExitCode(2)
-    }
-  }
-}
-
-func standardError(_ line: String) {
-  FileHandle.standardError.write(Data((line + "\n").utf8))
 }

@@ -167,3 +167,44 @@ struct MMIOWindowAllocatorTests {
     #expect(throws: Errno.EINVAL) { try window.allocate(size: size) }
   }
 }
+
+@Suite("PCI: what is wrong with a set of BARs, in words")
+struct BARProblemTests {
+  static func bar(_ index: UInt32, _ base: UInt64, _ size: UInt64, is64: Bool = true) -> BAR {
+    BAR(index: index, size: size, base: HPA(base), is64Bit: is64)
+  }
+
+  @Test(arguments: [
+    ([bar(0, 0x40_0000_0000, 0x1000), bar(1, 0x40_0000_1000, 0x1000)], 1, "register 1 is the upper half of 64-bit BAR 0"),
+    ([bar(5, 0x40_0000_0000, 0x1000)], 0, "BAR 5 cannot be 64-bit: a 64-bit BAR takes two registers and there is no register 6"),
+    ([bar(0, 0x1_0000_0000, 0x1000, is64: false)], 0,
+     "a 32-bit BAR must lie below 4 GiB, and 0x100000000 + 0x1000 does not"),
+    ([bar(0, 0x40_0000_1000, 0x2000)], 0, "base 0x4000001000 is not aligned to its size 0x2000"),
+    ([bar(2, 0x40_0000_0000, 0x1000), bar(0, 0x40_0000_0000, 0x2000)], 0,
+     "its addresses [0x4000000000, 0x4000000fff] overlap BAR 0's"),
+    ([bar(0, 0x10_0000_0000_0000, 0x1000)], 0, "it ends past 2^52, the x86-64 physical address limit"),
+  ] as [([BAR], Int, String)])
+  func firstProblem(bars: [BAR], position: Int, problem: String) {
+    let found = BAR.firstProblem(in: bars)
+    #expect(found?.position == position)
+    #expect(found?.problem == problem)
+    // PCIFunction refuses exactly what firstProblem names.
+    #expect(throws: Errno.EINVAL) { try PCIFunction(name: "f", bars: bars, tdisp: false) }
+  }
+
+  @Test func goodBARsHaveNoProblem() throws {
+    let bars = [Self.bar(0, 0xC000_0000, 0x1000, is64: false), Self.bar(1, 0xC000_1000, 0x1000, is64: false),
+                Self.bar(2, 0x40_0000_0000, 0x4000)]
+    #expect(BAR.firstProblem(in: bars) == nil)
+    _ = try PCIFunction(name: "f", bars: bars, tdisp: false)
+  }
+
+  @Test func aFullWindowSaysHowMuchIsLeft() {
+    var window = MMIOWindowAllocator.default32Bit
+    do { _ = try window.allocate(size: 0x4000_0000); Issue.record("1 GiB fit below 0xFEC0_0000") } catch {
+      #expect(error == .ENOSPC)
+      #expect(error.reason?.description == "pci_assign_resource: no space for 1 GiB aligned to its size in window "
+              + "[0xc0000000-0xfebfffff]: 1004 MiB left from 0xc0000000")
+    }
+  }
+}

@@ -26,6 +26,9 @@ import KernelCore
     Case(file: "slot-move.yaml", variant: .reviewed, failedExpectations: 0, violated: []),
     Case(file: "slot-move.yaml", variant: .rfcV1, failedExpectations: 1,
          violated: ["NoDanglingBinding", "NoMoveNotifyOnFreedSlot"]),
+    // The built-in default scenario, as Examples/default.yaml.
+    Case(file: "default.yaml", variant: .reviewed, failedExpectations: 0, violated: []),
+    Case(file: "default.yaml", variant: .rfcV1, failedExpectations: 1, violated: ["PrivateMMIOOnlyWhileTDIRuns"]),
     Case(file: "design-sample.yaml", variant: .reviewed, failedExpectations: 0, violated: []),
     Case(file: "design-sample.yaml", variant: .rfcV1, failedExpectations: 0,
          violated: ["NoKVMBugOn"]),
@@ -40,8 +43,15 @@ import KernelCore
     let url = Self.examples.appendingPathComponent(c.file)
     let scenario = try ScenarioParser.parse(String(contentsOf: url, encoding: .utf8), file: c.file)
     let report = try ScenarioRunner.run(scenario, variant: c.variant)
-    #expect(report.counters.expectationsFailed == c.failedExpectations)
+    #expect(report.counters.notAsExpected == c.failedExpectations)
     #expect(report.invariants.filter { $0.violations > 0 }.map(\.name) == c.violated)
     #expect(report.exitStatus == c.exitStatus)
   }
+}
+
+@Test("Examples/default.yaml is the built-in default scenario, byte for byte")
+func defaultExampleIsTheBuiltIn() throws {
+  let file = try String(contentsOf: ExampleScenarioTests.examples.appendingPathComponent("default.yaml"), encoding: .utf8)
+  #expect(file == BuiltinScenarios.named("default"))
+  #expect(file == BuiltinScenarios.defaultYAML + "\n")
 }

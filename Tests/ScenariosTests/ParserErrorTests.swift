@@ -32,7 +32,7 @@ struct BadInput: CustomTestStringConvertible, Sendable {
   BadInput(label: "unknown key", steps: "  - { op: vfio.open, device: nic0, colour: red }",
            error: "t.yaml:7:36: unknown key 'colour' in op vfio.open (expected: op, device, as, expect)"),
   BadInput(label: "unknown op", steps: "  - { op: vfio.opne, device: nic0 }",
-           error: "t.yaml:7:11: unknown op 'vfio.opne'"),
+           error: "t.yaml:7:11: unknown op 'vfio.opne': did you mean 'vfio.open'?"),
   BadInput(label: "bad errno name", steps: "  - { op: vfio.close, fd: 3, expect: { errno: EFOO } }",
            error: "t.yaml:7:47: unknown errno 'EFOO'"),
   BadInput(label: "bad TDX status", steps: "  - { op: tdx.seamcall, leaf: 158, expect: { tdx: TDX_NOPE } }",
@@ -62,7 +62,7 @@ struct BadInput: CustomTestStringConvertible, Sendable {
   BadInput(label: "fd where an attachment goes", steps: "  - { op: vfio.open, device: nic0, as: dev }\n  - { op: dmabuf.detach, attachment: dev }",
            error: "t.yaml:8:38: 'dev' names an fd, not an attachment"),
   BadInput(label: "unknown device", steps: "  - { op: tdisp.lock, device: nic9 }",
-           error: "t.yaml:7:31: unknown device 'nic9' (machine.devices: nic0)"),
+           error: "t.yaml:7:31: unknown device 'nic9': did you mean 'nic0'? (machine.devices: nic0)"),
   BadInput(label: "unknown memory flag", steps: "  - { op: kvm.set_user_memory_region2, vm: td0, slot: 0, flags: [dirty], guest_phys_addr: 0, memory_size: 0x1000 }",
            error: "t.yaml:7:66: unknown memory flag 'dirty' (expected: log_dirty_pages, readonly, guest_memfd, vfio_dmabuf)"),
   BadInput(label: "bad choice", steps: "  - { op: vfio.set_power, fd: 3, state: D3cold }",
@@ -70,7 +70,7 @@ struct BadInput: CustomTestStringConvertible, Sendable {
   BadInput(label: "unknown expectation", steps: "  - { op: vfio.close, fd: 3, expect: fine }",
            error: "t.yaml:7:38: unknown expectation 'fine' (ok, error, or { errno | tdx | tdisp | pfn | state | flags | fault | value: ... })"),
   BadInput(label: "two expectations", steps: "  - { op: vfio.close, fd: 3, expect: { errno: EBADF, value: 1 } }",
-           error: "t.yaml:7:38: expect needs exactly one of errno, tdx, tdisp, pfn, state, flags, fault, value"),
+           error: "t.yaml:7:38: expect needs one of ok, error, errno, tdx, tdisp, pfn, state, flags, fault, value (and may add state: { ... })"),
   BadInput(label: "malformed YAML", steps: "  - { op: vfio.close, fd: 3",
            error: "t.yaml:8:1: malformed YAML: did not find expected ',' or '}' (while parsing a flow mapping at 7:5)"),
 ])
@@ -80,7 +80,7 @@ func badStep(_ input: BadInput) {
 
 @Test("bad top-level and machine input is reported at its position", arguments: [
   ("name: x\nfoo: 1\n", "t.yaml:2:1: unknown key 'foo' in the scenario (expected: name, variant, machine, steps, concurrent)"),
-  ("variant: rfc-v2\n", "t.yaml:1:10: unknown variant 'rfc-v2' (expected: rfc-v1, reviewed)"),
+  ("variant: rfc-v2\n", "t.yaml:1:10: unknown variant 'rfc-v2': did you mean 'rfc-v1'? (expected: rfc-v1, reviewed)"),
   ("steps: []\nsteps: []\n", "t.yaml:1:1: duplicate key 'steps' in mapping"),
   ("steps:\n  - { op: vfio.close, fd: 3 }\n steps: []\n",
    "t.yaml:3:2: malformed YAML: did not find expected key (while parsing a block mapping at 1:1)"),

@@ -15,6 +15,11 @@ import Platform
     #expect(text.contains("<!-- op-table:begin -->\n" + OpSpec.referenceTable + "<!-- op-table:end -->"))
   }
 
+  @Test func stateKeyTableIsTheParsers() throws {
+    let text = try String(contentsOf: Self.readme, encoding: .utf8)
+    #expect(text.contains("<!-- state-keys:begin -->\n" + StateExpectation.referenceTable + "<!-- state-keys:end -->"))
+  }
+
   @Test func everyInvariantIsListed() throws {
     let text = try String(contentsOf: Self.readme, encoding: .utf8)
     #expect(text.contains("<!-- invariants:begin -->\n" + Machine.invariantTable + "<!-- invariants:end -->"))

@@ -23,9 +23,10 @@ func exitZero() throws {
 
 @Test("exit 1 when an expectation fails")
 func exitOne() throws {
-  let result = try pmmio([try scenarioFile(fails)])
+  let path = try scenarioFile(fails)
+  let result = try pmmio([path])
   #expect(result.status == 1)
-  #expect(result.stdout.contains("FAILED: expected ok"))
+  #expect(result.stdout.contains("FAILED \(path):1: expected ok, got errno EBADF"))
 }
 
 @Test("exit 2 with file:line:column on stderr for bad input")
@@ -33,7 +34,7 @@ func exitTwo() throws {
   let path = try scenarioFile("steps:\n  - { op: vfio.nope }\n")
   let result = try pmmio(["run", path])
   #expect(result.status == 2)
-  #expect(result.stderr == "\(path):2:11: unknown op 'vfio.nope'\n")
+  #expect(result.stderr == "\(path):2:11: unknown op 'vfio.nope': did you mean 'vfio.open'?\n")
   #expect(result.stdout.isEmpty)
 }
 
@@ -56,7 +57,8 @@ func json() throws {
   #expect(result.status == 1)
   let object = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any]
   let counters = try #require(object?["counters"] as? [String: Any])
-  #expect(counters["expectationsFailed"] as? Int == 1)
+  #expect(counters["notAsExpected"] as? Int == 1)
+  #expect(object?["schema"] as? Int == 1)
   #expect((object?["steps"] as? [Any])?.count == 1)
   #expect(object?["timings"] != nil)
   #expect(object?["variant"] as? String == "reviewed")
@@ -88,7 +90,7 @@ func defaultScenario() throws {
   let result = try pmmio([])
   #expect(result.status == 0)
   #expect(result.stdout.hasPrefix("scenario private-mmio-td (variant reviewed)\n"))
-  #expect(result.stdout.contains("expectations: 22 met, 0 failed"))
+  #expect(result.stdout.contains("summary: 22 steps: 22 as expected, 0 not as expected, 0 without expect (18 succeeded, 4 returned an error)"))
   #expect(result.stdout.contains("TDH.MMIO.UNMAP"))
 }
 
@@ -96,6 +98,6 @@ func defaultScenario() throws {
 func defaultScenarioRFC() throws {
   let result = try pmmio(["--variant", "rfc-v1"])
   #expect(result.status == 1)
-  #expect(result.stdout.contains("FAILED: expected fault eio, got ok fault already_mapped"))
+  #expect(result.stdout.contains("FAILED <builtin:default>:34: expected fault eio, got ok fault already_mapped"))
   #expect(result.stdout.contains("violated: PrivateMMIOOnlyWhileTDIRuns"))
 }

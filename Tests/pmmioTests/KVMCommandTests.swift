@@ -100,3 +100,22 @@ func kvmUsageErrors(arguments: [String]) throws {
   #expect(outcome.status == 2)
   #expect(outcome.stderr.contains("must be between"))
 }
+
+@Test(
+  "pmmio kvm --json records how it measured: iterations, kernel, build; a debug build warns on stderr",
+  .enabled(if: kvmUsable, "needs a usable /dev/kvm (absent, not openable, or KVM_CREATE_VM fails here)"))
+func kvmJSONRecordsTheSetUp() throws {
+  let outcome = try pmmio(["kvm", "--iterations", "30", "--revoke-after", "0", "--repeat", "1", "--json"])
+  #expect(outcome.status == 0)
+  let document = try #require(try JSONSerialization.jsonObject(with: Data(outcome.stdout.utf8)) as? [String: Any])
+  #expect(document["schema"] as? Int == 1)
+  #expect(document["iterations"] as? Int == 30)
+  #expect(document["repeat"] as? Int == 1)
+  var name = utsname()
+  uname(&name)
+  let release = withUnsafeBytes(of: &name.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+  #expect(document["kernel"] as? String == release)
+  let build = try #require(document["build"] as? String)
+  #expect(["debug", "release"].contains(build))
+  #expect(outcome.stderr.contains("warning: this is a debug build") == (build == "debug"))
+}

@@ -18,7 +18,8 @@ struct Outcome {
   var stderr: String
 }
 
-func pmmio(_ arguments: [String]) throws -> Outcome {
+/// Runs the built `pmmio` with `arguments`, feeding it `stdin` (nothing: /dev/null).
+func pmmio(_ arguments: [String], stdin: Data? = nil) throws -> Outcome {
   let url = try #require(pmmioURL(), "pmmio binary not found next to the tests")
   let process = Process()
   process.executableURL = url
@@ -26,7 +27,17 @@ func pmmio(_ arguments: [String]) throws -> Outcome {
   let out = Pipe(), err = Pipe()
   process.standardOutput = out
   process.standardError = err
+  let input = Pipe()
+  process.standardInput = stdin == nil ? FileHandle.nullDevice : input
   try process.run()
+  if let stdin {
+    // A writer thread: the child may fill its output pipes before reading all of stdin.
+    let writer = input.fileHandleForWriting
+    Thread.detachNewThread {
+      writer.write(stdin)
+      try? writer.close()
+    }
+  }
   // Read before waiting: a full pipe would otherwise block the child.
   let stdout = out.fileHandleForReading.readDataToEndOfFile()
   let stderr = err.fileHandleForReading.readDataToEndOfFile()

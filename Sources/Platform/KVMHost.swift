@@ -21,6 +21,9 @@ public struct KVMHost: Hashable, Sendable {
   public internal(set) var leaked: TreeSet<AttachmentID> = []
   /// What happened that the invariants about history read; outside equality.
   public internal(set) var observed = Observed(KVMObservations())
+  /// TDs whose TLB epochs moved since the state was last made canonical (a TRACK, a vCPU
+  /// entering or leaving the guest): only they need their epochs made relative again.
+  var epochsMoved = Observed(Set<TDID>())
 
   /// vCPUs of a TD, fixed when the TD is built (`KVM_TDX_INIT_VM`'s `max_vcpus` here).
   public static let tdVCPUs: UInt32 = 4
@@ -89,6 +92,7 @@ extension KVMHost {
     } else {
       do { try body(&tdx); status = nil } catch { status = error }
       trace.absorb(&tdx.trace)
+      if let td = tds[vm] { epochsMoved.value.insert(td) }
     }
     guard let status else { return .success }
     switch (variant, call) {
@@ -117,6 +121,7 @@ extension KVMHost {
           state.vcpus[Int(vcpu.index)].inGuest else { return }
     try quietly(traced) { (m: inout TDXModule) throws(TDXStatus) in try m.tdExit(td: td, vcpu: vcpu.index) }
     trace.absorb(&tdx.trace)
+    epochsMoved.value.insert(td)
   }
 
   /// A vCPU of a TD enters guest mode (`TDH.VP.ENTER`) if it is not there.
@@ -125,6 +130,7 @@ extension KVMHost {
           Int(vcpu.index) < state.vcpus.count, !state.vcpus[Int(vcpu.index)].inGuest else { return }
     try quietly(traced) { (m: inout TDXModule) throws(TDXStatus) in try m.tdhVPEnter(td: td, vcpu: vcpu.index) }
     trace.absorb(&tdx.trace)
+    epochsMoved.value.insert(td)
   }
 
   /// Runs a module call whose preconditions the caller checked, with the module's own tracing

@@ -55,7 +55,8 @@ extension Machine {
         threads[i].rebaseSeqs(vm: id, by: base)
       }
     }
-    kvm.tdx.normalizeEpochs()
+    for td in kvm.epochsMoved.value { kvm.tdx.normalizeEpochs(of: td) }
+    kvm.epochsMoved.value.removeAll()
   }
 }
 

@@ -33,7 +33,9 @@ extension Machine {
     try errno { () throws(Errno) in try requireFreeFD() }
     let id = kvm.vms.keys.max()?.next ?? VMID(1)
     if type == .tdx {
-      kvm.tds[id] = try status { () throws(TDXStatus) in try kvm.tdx.tdhMngCreate(vcpuCount: KVMHost.tdVCPUs) }
+      let td = try status { () throws(TDXStatus) in try kvm.tdx.tdhMngCreate(vcpuCount: KVMHost.tdVCPUs) }
+      kvm.tds[id] = td
+      kvm.epochsMoved.value.insert(td)
       trace.absorb(&kvm.tdx.trace)
     }
     let fd = try errno { () throws(Errno) in try files.install(.vm(id)) }

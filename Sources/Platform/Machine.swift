@@ -127,7 +127,9 @@ public struct Machine: Hashable, Sendable {
       switch step(&thread, choices: &contention) {
       case .finished(let result):
         canonicalize()
-        if case .failure(let failure) = result { trace.emit(.platform, "-> \(failure)") }
+        if case .failure(let failure) = result {
+          trace.emit(.platform, "-> \(failure)" + (failure.reason.map { " (\($0))" } ?? ""))
+        }
         return result
       case .ran:
         // At each retry the thread is back at the start of its access: if the machine, the

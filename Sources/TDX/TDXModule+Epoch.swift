@@ -85,24 +85,23 @@ extension TDXModule {
     }
   }
 
-  /// Makes every TD's epochs relative, where no MMIO_BLOCKED entry still names an old one:
-  /// only differences of epochs matter to TRACK and to tracking, so the epoch and the entry
-  /// epochs of the vCPUs in the guest are shifted down until the oldest is 0 (an odd shift
-  /// swaps the two per-parity counts with them; vCPUs outside the guest forget theirs). Two
-  /// modules that differ only by how many epochs passed long ago then compare equal.
-  public mutating func normalizeEpochs() {
-    for (td, state) in tds where state.blockedEntries == 0 {
-      var base = state.epoch
-      for vcpu in state.vcpus where vcpu.inGuest { base = min(base, vcpu.enteredEpoch) }
-      let stale = state.vcpus.contains { !$0.inGuest && $0.enteredEpoch != 0 }
-      guard base > 0 || stale else { continue }
-      var shifted = state
-      shifted.epoch -= base
-      for i in shifted.vcpus.indices {
-        shifted.vcpus[i].enteredEpoch = shifted.vcpus[i].inGuest ? shifted.vcpus[i].enteredEpoch - base : 0
-      }
-      if base & 1 == 1 { shifted.refcount.swapAt(0, 1) }
-      tds[td] = shifted
+  /// Makes `td`'s epochs relative, unless an MMIO_BLOCKED entry still names an old one: only
+  /// differences of epochs matter to TRACK and to tracking, so the epoch and the entry epochs
+  /// of the vCPUs in the guest are shifted down until the oldest is 0 (an odd shift swaps the
+  /// two per-parity counts with them; vCPUs outside the guest forget theirs). Two modules that
+  /// differ only by how many epochs passed long ago then compare equal.
+  public mutating func normalizeEpochs(of td: TDID) {
+    guard let state = tds[td], state.blockedEntries == 0 else { return }
+    var base = state.epoch
+    for vcpu in state.vcpus where vcpu.inGuest { base = min(base, vcpu.enteredEpoch) }
+    let stale = state.vcpus.contains { !$0.inGuest && $0.enteredEpoch != 0 }
+    guard base > 0 || stale else { return }
+    var shifted = state
+    shifted.epoch -= base
+    for i in shifted.vcpus.indices {
+      shifted.vcpus[i].enteredEpoch = shifted.vcpus[i].inGuest ? shifted.vcpus[i].enteredEpoch - base : 0
     }
+    if base & 1 == 1 { shifted.refcount.swapAt(0, 1) }
+    tds[td] = shifted
   }
 }

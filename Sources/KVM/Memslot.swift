@@ -186,6 +186,6 @@ public struct MemslotCommit: Hashable, Sendable {
   public let detach: [AttachmentID]
   /// Attachments the change left bound to a freed slot (`rfc-v1` move / flags change).
   public let leftDangling: [AttachmentID]
-  /// Mappings removed from the TDP MMU (`kvm_arch_flush_shadow_memslot()`).
-  public let zapped: [MappedLeaf]
+  /// What the TDP MMU unmapped (`kvm_arch_flush_shadow_memslot()`): leaves and pages.
+  public let zapped: TDPMMU.Zapped
 }

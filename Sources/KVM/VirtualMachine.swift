@@ -196,11 +196,11 @@ public struct VirtualMachine: Hashable, Sendable {
     guard plan.generation == memslotGeneration else { throw .EAGAIN }
     guard (plan.dmaBufFD == nil) == (binding == nil) else { throw .EINVAL }
     if plan.change == .unchanged {
-      return MemslotCommit(change: .unchanged, detach: [], leftDangling: [], zapped: [])
+      return MemslotCommit(change: .unchanged, detach: [], leftDangling: [], zapped: TDPMMU.Zapped())
     }
     var detach: [AttachmentID] = []
     var dangling: [AttachmentID] = []
-    var zapped: [MappedLeaf] = []
+    var zapped = TDPMMU.Zapped()
     if let old = plan.old {
       if plan.change == .delete || plan.change == .move {
         invalidation.begin(old.gfns)
@@ -258,7 +258,7 @@ public struct VirtualMachine: Hashable, Sendable {
   /// Zaps `gfns` from the TDP MMU directly (a non-TD VM; a TD's private MMIO goes through
   /// ``ZapPath``), with `mmu_lock` held for write by `ctx`.
   @discardableResult
-  public mutating func zapRange(_ gfns: Range<GFN>, ctx: ContextID) throws(LockViolation) -> [MappedLeaf] {
+  public mutating func zapRange(_ gfns: Range<GFN>, ctx: ContextID) throws(LockViolation) -> TDPMMU.Zapped {
     try mmuLock.assertHeldWrite(by: ctx)
     return mmu.zap(gfns)
   }

@@ -343,8 +343,8 @@ public struct TDPMMU: Hashable, Sendable {
         h.pointee.account(leaf: inTheWay, at: i, -1)
       }
       var child: TableNode
-      if let existing = children[i].take() {
-        child = existing
+      if children[i] != nil {
+        child = children[i].take()!   // moved out, so the uniqueness check sees one reference
         h.pointee.account(child: child.header, at: i, -1)
         if !isKnownUniquelyReferenced(&child) {
           child = child.copy()

@@ -14,10 +14,18 @@ let package = Package(
   targets: [
     // The C floor: memslot lookup, exporter offset -> PFN, a 4-level 512-ary radix, SEPT states.
     .target(name: "CFloor", path: "Sources/CFloor"),
+    // Machines set up as the default scenario does, and their C twins.
+    .target(name: "Rigs", dependencies: ["CFloor", .product(name: "PrivateMMIO", package: "PrivateMMIO")],
+            path: "Sources/Rigs"),
+    // `swift run -c release --package-path Benchmarks profile WORK [COUNT]`: one work in a loop,
+    // for perf or callgrind.
+    .executableTarget(name: "profile", dependencies: ["Rigs", "CFloor", .product(name: "PrivateMMIO", package: "PrivateMMIO")],
+                      path: "Sources/Profile"),
     .executableTarget(
       name: "ModelBenchmarks",
       dependencies: [
         "CFloor",
+        "Rigs",
         .product(name: "PrivateMMIO", package: "PrivateMMIO"),
         .product(name: "Benchmark", package: "benchmark"),
       ],

@@ -1,52 +1,43 @@
 import KernelCore
 
-/// What a table knows about itself and its subtree, kept up to date by every mutation so that
-/// counting, hashing and dropping a whole subtree cost O(1).
-struct TableHeader {
-  /// The table's level (the root is ``PGLevel/level512G``).
-  let level: PGLevel
-  /// Non-empty entries, so an emptied table can be freed and the tree stays canonical.
-  var used: Int32 = 0
-  /// Tables in this subtree, this one included, at 4 KiB, 2 MiB and 1 GiB level (the root's
-  /// own table is not counted).
-  var tables4K: Int32 = 0, tables2M: Int32 = 0, tables1G: Int32 = 0
-  /// Leaf SPTEs in this subtree (a 2 MiB leaf counts once).
-  var leaves: Int = 0
-  /// 4 KiB pages this subtree maps.
+/// Sums over a subtree that every mutation keeps up to date along its path, so that counting,
+/// hashing and dropping a whole subtree cost O(1). All fields add up: a parent's totals are its
+/// own leaves' plus its children's totals.
+struct Totals: Equatable {
+  /// Tables at 4 KiB, 2 MiB and 1 GiB level (a root's own table is not counted).
+  var tables4K = 0, tables2M = 0, tables1G = 0
+  /// Leaf SPTEs (a 2 MiB leaf counts once).
+  var leaves = 0
+  /// 4 KiB pages mapped.
   var pages: UInt64 = 0
-  /// Order-independent digest of the subtree: the wrapping sum, over non-empty entries, of a
-  /// strong mix of (level, index, leaf SPTE) or (level, index, child digest). Equal subtrees
-  /// have equal digests; a change updates the digests on its path only.
+  /// The wrapping sum of ``leafDigest(_:gfn:level:)`` over the leaves: a multiset hash of
+  /// (GFN, level, SPTE), so equal mappings have equal digests whatever the order they were
+  /// made in, and a change adds or subtracts one term on each table of its path.
   var digest: UInt64 = 0
 
-  init(level: PGLevel) {
-    self.level = level
+  /// The totals of one table of `level` with nothing in it.
+  static func table(_ level: PGLevel) -> Totals {
     switch level {
-    case .level4K: tables4K = 1
-    case .level2M: tables2M = 1
-    case .level1G: tables1G = 1
-    case .level512G: break
+    case .level4K: Totals(tables4K: 1)
+    case .level2M: Totals(tables2M: 1)
+    case .level1G: Totals(tables1G: 1)
+    case .level512G: Totals()
     }
   }
 
-  /// Adds (`sign` 1) or removes (`sign` -1) the leaf `raw` at entry `i`.
-  @inline(__always) mutating func account(leaf raw: UInt64, at i: Int, _ sign: Int) {
-    used &+= Int32(truncatingIfNeeded: sign)
-    leaves &+= sign
-    let span = level.pages, d = TableHeader.leafDigest(level, i, raw)
-    if sign > 0 { pages &+= span; digest &+= d } else { pages &-= span; digest &-= d }
+  /// The totals of one leaf `raw` mapping the block at `gfn`.
+  @inline(__always) static func leaf(_ raw: UInt64, gfn: UInt64, level: PGLevel) -> Totals {
+    Totals(leaves: 1, pages: level.pages, digest: leafDigest(raw, gfn: gfn, level: level))
   }
 
-  /// Adds (`sign` 1) or removes (`sign` -1) a child whose header is `child` at entry `i`.
-  @inline(__always) mutating func account(child: TableHeader, at i: Int, _ sign: Int) {
-    let s = Int32(truncatingIfNeeded: sign)
-    used &+= s
-    tables4K &+= s &* child.tables4K
-    tables2M &+= s &* child.tables2M
-    tables1G &+= s &* child.tables1G
-    leaves &+= sign &* child.leaves
-    let d = TableHeader.childDigest(level, i, child.digest)
-    if sign > 0 { pages &+= child.pages; digest &+= d } else { pages &-= child.pages; digest &-= d }
+  @inline(__always) static func += (a: inout Totals, b: Totals) {
+    a.tables4K &+= b.tables4K; a.tables2M &+= b.tables2M; a.tables1G &+= b.tables1G
+    a.leaves &+= b.leaves; a.pages &+= b.pages; a.digest &+= b.digest
+  }
+
+  @inline(__always) static func -= (a: inout Totals, b: Totals) {
+    a.tables4K &-= b.tables4K; a.tables2M &-= b.tables2M; a.tables1G &-= b.tables1G
+    a.leaves &-= b.leaves; a.pages &-= b.pages; a.digest &-= b.digest
   }
 
   /// A 64-bit finalizer (murmur3's fmix64): every input bit affects every output bit.
@@ -58,12 +49,21 @@ struct TableHeader {
     return x
   }
 
-  @inline(__always) static func leafDigest(_ level: PGLevel, _ i: Int, _ raw: UInt64) -> UInt64 {
-    mix(raw &+ mix(UInt64(truncatingIfNeeded: i) | UInt64(truncatingIfNeeded: level.rawValue) << 9))
+  @inline(__always) static func leafDigest(_ raw: UInt64, gfn: UInt64, level: PGLevel) -> UInt64 {
+    mix(raw &+ mix(gfn << 2 | UInt64(truncatingIfNeeded: level.rawValue)))
   }
+}
 
-  @inline(__always) static func childDigest(_ level: PGLevel, _ i: Int, _ digest: UInt64) -> UInt64 {
-    mix(digest &+ mix(UInt64(truncatingIfNeeded: i) | UInt64(truncatingIfNeeded: level.rawValue) << 9 | 1 << 12))
+/// A table's level, how many of its entries are in use, and its subtree's ``Totals``.
+struct TableHeader {
+  let level: PGLevel
+  /// Non-empty entries, so an emptied table can be freed and the tree stays canonical.
+  var used = 0
+  var totals: Totals
+
+  init(level: PGLevel) {
+    self.level = level
+    totals = .table(level)
   }
 }
 
@@ -78,65 +78,86 @@ struct TableHeader {
 /// shared instance is ever written: that is what makes ``TableRef`` `Sendable`.
 final class TableNode: ManagedBuffer<TableHeader, UInt64> {
   static func make(level: PGLevel) -> TableNode {
-    let words = level == .level4K ? 512 : 1024
-    let node = unsafeDowncast(TableNode.create(minimumCapacity: words) { _ in TableHeader(level: level) },
-                              to: TableNode.self)
-    node.withUnsafeMutablePointerToElements { e in
-      e.initialize(repeating: 0, count: 512)
-      if level != .level4K {
-        UnsafeMutableRawPointer(e + 512).initializeMemory(as: TableNode?.self, repeating: nil, count: 512)
-      }
+    let node = unsafeDowncast(TableNode.create(minimumCapacity: level == .level4K ? 512 : 1024) { _ in
+      TableHeader(level: level)
+    }, to: TableNode.self)
+    let words = node.words
+    words.initialize(repeating: 0, count: 512)
+    if level != .level4K {
+      UnsafeMutableRawPointer(words + 512).initializeMemory(as: TableNode?.self, repeating: nil, count: 512)
     }
     return node
   }
 
+  /// The header, in place. Valid while the table is alive.
+  @inline(__always) var head: UnsafeMutablePointer<TableHeader> { withUnsafeMutablePointerToHeader { $0 } }
+  /// The entry words, in place. Valid while the table is alive.
+  @inline(__always) var words: UnsafeMutablePointer<UInt64> { withUnsafeMutablePointerToElements { $0 } }
+  /// The child slots of a table above 4 KiB. Valid while the table is alive.
+  @inline(__always) var children: UnsafeMutablePointer<TableNode?> {
+    UnsafeMutableRawPointer(words + 512).assumingMemoryBound(to: TableNode?.self)
+  }
+  @inline(__always) var level: PGLevel { head.pointee.level }
+
   /// A copy sharing every child (each gets one more reference).
   func copy() -> TableNode {
-    let level = header.level
-    let node = unsafeDowncast(TableNode.create(minimumCapacity: level == .level4K ? 512 : 1024) { _ in header },
-                              to: TableNode.self)
-    withUnsafeMutablePointerToElements { from in
-      node.withUnsafeMutablePointerToElements { to in
-        to.initialize(from: from, count: 512)
-        if level != .level4K {
-          TableNode.children(to).initialize(from: TableNode.children(from), count: 512)
-        }
-      }
-    }
+    let level = self.level
+    let node = unsafeDowncast(TableNode.create(minimumCapacity: level == .level4K ? 512 : 1024) { _ in
+      head.pointee
+    }, to: TableNode.self)
+    // One memcpy of the words, then one more reference to each child: what the generic
+    // `initialize(from:count:)` of `TableNode?` does, without a value-witness call per slot.
+    UnsafeMutableRawPointer(node.words).copyMemory(from: words, byteCount: (level == .level4K ? 512 : 1024) * 8)
+    if level != .level4K { forEachChild { _ = $0.retain() } }
     return node
   }
 
   deinit {
-    if header.level != .level4K {
-      _ = withUnsafeMutablePointerToElements { e in TableNode.children(e).deinitialize(count: 512) }
+    if level != .level4K { forEachChild { $0.release() } }
+  }
+
+  /// Calls `body` with each child of a table above 4 KiB, its slot read as a raw word.
+  @inline(__always) func forEachChild(_ body: (Unmanaged<TableNode>) -> Void) {
+    let slots = UnsafeRawPointer(words + 512)
+    for i in 0 ..< 512 {
+      let bits = slots.load(fromByteOffset: i * 8, as: UInt.self)
+      if bits != 0 { body(Unmanaged.fromOpaque(UnsafeRawPointer(bitPattern: bits)!)) }
     }
   }
 
-  @inline(__always) static func children(_ elements: UnsafeMutablePointer<UInt64>) -> UnsafeMutablePointer<TableNode?> {
-    UnsafeMutableRawPointer(elements + 512).assumingMemoryBound(to: TableNode?.self)
+  /// The child slots of a table above 4 KiB whose entry words start at `words`.
+  @inline(__always) static func children(_ words: UnsafeMutablePointer<UInt64>) -> UnsafeMutablePointer<TableNode?> {
+    UnsafeMutableRawPointer(words + 512).assumingMemoryBound(to: TableNode?.self)
   }
 
-  /// Runs `body` with the header, the leaf words and (above 4 KiB) the child slots.
-  @inline(__always)
-  func withEntries<R>(_ body: (UnsafeMutablePointer<TableHeader>, UnsafeMutablePointer<UInt64>,
-                               UnsafeMutablePointer<TableNode?>?) throws -> R) rethrows -> R {
-    try withUnsafeMutablePointers { h, e in
-      try body(h, e, h.pointee.level == .level4K ? nil : TableNode.children(e))
-    }
+  /// Whether the (non-empty) child slot holds the only reference to its table, checked in
+  /// place so that no reference is taken.
+  @inline(__always) static func isUnique(_ slot: UnsafeMutablePointer<TableNode?>) -> Bool {
+    slot.withMemoryRebound(to: TableNode.self, capacity: 1) { isKnownUniquelyReferenced(&$0.pointee) }
   }
 
-  /// A table of `level` whose 512 leaves are the pieces of the huge leaf `raw` one level up
-  /// (`make_small_spte()`).
-  static func split(_ raw: UInt64, into level: PGLevel) -> TableNode {
+  /// The table in a non-empty child slot, without retaining it (valid while the slot holds it).
+  @inline(__always) static func unmanaged(_ slot: UnsafeMutablePointer<TableNode?>) -> Unmanaged<TableNode> {
+    Unmanaged.fromOpaque(UnsafeRawPointer(slot).load(as: UnsafeRawPointer.self))
+  }
+
+  /// The child in slot `i` without retaining it (valid while this table holds it).
+  @inline(__always) func child(_ i: Int) -> Unmanaged<TableNode>? {
+    let bits = UnsafeRawPointer(words + 512).load(fromByteOffset: i * 8, as: UInt.self)
+    return bits == 0 ? nil : Unmanaged.fromOpaque(UnsafeRawPointer(bitPattern: bits)!)
+  }
+
+  /// A table of `level` whose 512 leaves are the pieces of the huge leaf `raw` one level up,
+  /// covering GFNs from `gfn` (`make_small_spte()`).
+  static func split(_ raw: UInt64, into level: PGLevel, gfn: UInt64) -> TableNode {
     let node = make(level: level)
-    let huge = SPTE(rawValue: raw)
-    node.withEntries { h, leaves, _ in
-      for j in 0 ..< 512 {
-        let piece = huge.splitPiece(index: UInt64(j), childLevel: level).rawValue
-        leaves[j] = piece
-        h.pointee.account(leaf: piece, at: j, 1)
-      }
+    let huge = SPTE(rawValue: raw), leaves = node.words, head = node.head
+    for j in 0 ..< 512 {
+      let piece = huge.splitPiece(index: UInt64(j), childLevel: level).rawValue
+      leaves[j] = piece
+      head.pointee.totals += .leaf(piece, gfn: gfn + UInt64(j) * level.pages, level: level)
     }
+    head.pointee.used = 512
     return node
   }
 
@@ -146,7 +167,6 @@ final class TableNode: ManagedBuffer<TableHeader, UInt64> {
     let header = (MemoryLayout<TableHeader>.stride + 7) & ~7
     return objectHeader + header + (level == .level4K ? 512 : 1024) * 8
   }
-
 }
 
 /// A strong reference to a table, `Sendable` because tables are written only while uniquely
@@ -201,21 +221,21 @@ public struct TDPMMU: Hashable, Sendable {
   public init() {}
 
   /// 4 KiB-equivalent pages currently mapped.
-  public var mappedPages: UInt64 { root.header.pages }
+  public var mappedPages: UInt64 { root.head.pointee.totals.pages }
   /// Leaf SPTEs currently installed (a 2 MiB leaf counts once).
-  public var leafCount: Int { root.header.leaves }
+  public var leafCount: Int { root.head.pointee.totals.leaves }
   /// Tables allocated below the root.
   public var tableCount: Int {
-    let h = root.header
-    return Int(h.tables4K) + Int(h.tables2M) + Int(h.tables1G)
+    let t = root.head.pointee.totals
+    return Int(t.tables4K) + Int(t.tables2M) + Int(t.tables1G)
   }
 
   /// Bytes of model state the MMU holds (tables including the root), for the
   /// "at most 32 bytes per mapped 4 KiB page" budget.
   public var modelBytes: Int {
-    let h = root.header
-    return TableNode.bytes(level: .level512G) + Int(h.tables4K) * TableNode.bytes(level: .level4K)
-      + Int(h.tables2M) * TableNode.bytes(level: .level2M) + Int(h.tables1G) * TableNode.bytes(level: .level1G)
+    let t = root.head.pointee.totals
+    return TableNode.bytes(level: .level512G) + Int(t.tables4K) * TableNode.bytes(level: .level4K)
+      + Int(t.tables2M) * TableNode.bytes(level: .level2M) + Int(t.tables1G) * TableNode.bytes(level: .level1G)
   }
 
   @inline(__always) static func index(_ gfn: UInt64, _ level: PGLevel) -> Int {
@@ -233,26 +253,21 @@ public struct TDPMMU: Hashable, Sendable {
   // MARK: Lookup
 
   /// The leaf covering `gfn`, if any (`kvm_tdp_mmu_get_walk()` to the last present level).
+  /// - Complexity: O(1), at most four tables read, no reference counting.
   public func lookup(_ gfn: GFN) -> MappedLeaf? {
     guard gfn <= TDPMMU.maxGFN else { return nil }
-    var node = Unmanaged.passUnretained(root)
-    while true {
-      let step: (leaf: MappedLeaf?, next: Unmanaged<TableNode>?) = node._withUnsafeGuaranteedRef { n in
-        n.withEntries { h, leaves, children in
-          let level = h.pointee.level
-          let i = TDPMMU.index(gfn.rawValue, level)
-          let raw = leaves[i]
-          if raw != 0 {
-            let base = gfn.rawValue & ~(level.pages - 1)
-            return (MappedLeaf(gfn: GFN(base), level: level, spte: SPTE(rawValue: raw)), nil)
-          }
-          guard let children, let child = children[i] else { return (nil, nil) }
-          return (nil, Unmanaged.passUnretained(child))
+    return withExtendedLifetime(storage) {
+      var node = Unmanaged.passUnretained(root)
+      while true {
+        let (words, level) = node._withUnsafeGuaranteedRef { ($0.words, $0.level) }
+        let i = TDPMMU.index(gfn.rawValue, level)
+        let raw = words[i]
+        if raw != 0 {
+          return MappedLeaf(gfn: GFN(gfn.rawValue & ~(level.pages - 1)), level: level, spte: SPTE(rawValue: raw))
         }
+        guard level != .level4K, let child = node._withUnsafeGuaranteedRef({ $0.child(i) }) else { return nil }
+        node = child
       }
-      if let leaf = step.leaf { return leaf }
-      guard let next = step.next else { return nil }
-      node = next
     }
   }
 
@@ -279,17 +294,15 @@ public struct TDPMMU: Hashable, Sendable {
 
   static func visit(_ node: TableNode, base: UInt64, _ start: UInt64, _ end: UInt64,
                     _ body: (MappedLeaf) throws -> Void) rethrows {
-    try node.withEntries { h, leaves, children in
-      let level = h.pointee.level, span = level.pages
-      let lo = max(start, base), hi = min(end, base &+ 512 &* span)
-      guard lo < hi else { return }
-      for i in Int((lo - base) / span) ... Int((hi - 1 - base) / span) {
-        let entryBase = base + UInt64(i) * span
-        if leaves[i] != 0 {
-          try body(MappedLeaf(gfn: GFN(entryBase), level: level, spte: SPTE(rawValue: leaves[i])))
-        } else if let children, let child = children[i] {
-          try visit(child, base: entryBase, start, end, body)
-        }
+    let level = node.level, span = level.pages, leaves = node.words
+    let lo = max(start, base), hi = min(end, base &+ 512 &* span)
+    guard lo < hi else { return }
+    for i in Int((lo - base) / span) ... Int((hi - 1 - base) / span) {
+      let entryBase = base + UInt64(i) * span
+      if leaves[i] != 0 {
+        try body(MappedLeaf(gfn: GFN(entryBase), level: level, spte: SPTE(rawValue: leaves[i])))
+      } else if level != .level4K, let child = node.children[i] {
+        try visit(child, base: entryBase, start, end, body)
       }
     }
   }
@@ -303,7 +316,8 @@ public struct TDPMMU: Hashable, Sendable {
   /// - Returns: the leaf that was replaced at exactly this block, if one was.
   /// - Throws: `EINVAL` for a leaf level above 1 GiB, a GFN not aligned to `level`, or one past
   ///   ``maxGFN`` (the kernel would never build such an SPTE).
-  /// - Complexity: O(1): four tables walked, a new table only where a level is missing.
+  /// - Complexity: O(1): four tables walked and written in place (copied only if shared), a
+  ///   new table only where a level is missing.
   @discardableResult
   public mutating func map(_ gfn: GFN, level: PGLevel, spte: SPTE) throws(Errno) -> SPTE? {
     guard level <= .level1G, gfn <= TDPMMU.maxGFN, gfn.rawValue & (level.pages - 1) == 0,
@@ -312,52 +326,95 @@ public struct TDPMMU: Hashable, Sendable {
   }
 
   @discardableResult
-  mutating func mapUnchecked(_ gfn: GFN, level: PGLevel, spte: SPTE) -> SPTE? {
+  mutating func mapUnchecked(_ gfn: GFN, level target: PGLevel, spte: SPTE) -> SPTE? {
     uniqueRoot()
-    let replaced = TDPMMU.mapIn(root, gfn.rawValue, target: level, spte: spte.rawValue, &work)
+    let replaced = withExtendedLifetime(storage) {
+      TDPMMU.mapPath(root, gfn.rawValue, target: target, spte: spte.rawValue, &work)
+    }
     return replaced == 0 ? nil : SPTE(rawValue: replaced)
   }
 
-  /// Maps into `node`, which the caller made uniquely referenced; returns the replaced leaf
-  /// (0 for none).
-  private static func mapIn(_ node: TableNode, _ gfn: UInt64, target: PGLevel, spte: UInt64,
-                            _ work: inout Work) -> UInt64 {
-    work.tablesWalked += 1
-    return node.withEntries { h, leaves, children in
-      let level = h.pointee.level
+  /// The walk of ``map(_:level:spte:)`` from a uniquely referenced root down to `target`:
+  /// each child is checked for uniqueness in its slot (no reference taken) and copied only
+  /// when shared, a missing level is allocated. Every change of totals is added to the
+  /// headers of the tables above it on the path. Returns the replaced leaf (0 for none).
+  private static func mapPath(_ root: TableNode, _ gfn: UInt64, target: PGLevel, spte: UInt64,
+                              _ work: inout Work) -> UInt64 {
+    var path = Path(root.head)
+    var words = root.words
+    var level = PGLevel.level512G
+    while level != target {
+      work.tablesWalked += 1
       let i = index(gfn, level)
-      if level == target {
-        if let children, let child = children[i].take() {
-          h.pointee.account(child: child.header, at: i, -1)
-        }
-        let old = leaves[i]
-        if old != 0 { h.pointee.account(leaf: old, at: i, -1) }
-        leaves[i] = spte
-        h.pointee.account(leaf: spte, at: i, 1)
-        return old
-      }
-      guard let children, let lower = level.lower else { return 0 }
-      let inTheWay = leaves[i]
+      let lowerRaw = level.rawValue &- 1
+      let inTheWay = words[i]
       if inTheWay != 0 {
-        leaves[i] = 0
-        h.pointee.account(leaf: inTheWay, at: i, -1)
+        words[i] = 0
+        path.last.pointee.used -= 1
+        path.add(Totals.leaf(inTheWay, gfn: gfn & ~(level.pages &- 1), level: level), sign: -1)
       }
-      var child: TableNode
-      if children[i] != nil {
-        child = children[i].take()!   // moved out, so the uniqueness check sees one reference
-        h.pointee.account(child: child.header, at: i, -1)
-        if !isKnownUniquelyReferenced(&child) {
-          child = child.copy()
-          work.tablesCopied += 1
-        }
-      } else {
-        child = TableNode.make(level: lower)
+      let slot = TableNode.children(words) + i
+      if slot.pointee == nil {
+        let lower = PGLevel(rawValue: lowerRaw) ?? .level4K
+        slot.pointee = TableNode.make(level: lower)
         work.tablesAllocated += 1
+        path.last.pointee.used += 1
+        path.add(.table(lower), sign: 1)
+      } else if !TableNode.isUnique(slot) {
+        slot.pointee = slot.pointee!.copy()
+        work.tablesCopied += 1
       }
-      let replaced = mapIn(child, gfn, target: target, spte: spte, &work)
-      h.pointee.account(child: child.header, at: i, 1)
-      children[i] = child
-      return replaced
+      let child = TableNode.unmanaged(slot)
+      let next = child._withUnsafeGuaranteedRef { ($0.head, $0.words) }
+      path.push(next.0)
+      words = next.1
+      level = next.0.pointee.level
+    }
+    work.tablesWalked += 1
+    let i = index(gfn, level)
+    var delta = Totals()
+    let head = path.last
+    if level != .level4K, let child = TableNode.children(words)[i].take() {
+      delta -= child.head.pointee.totals
+      head.pointee.used -= 1
+    }
+    let old = words[i]
+    if old != 0 { delta -= .leaf(old, gfn: gfn, level: level) } else { head.pointee.used += 1 }
+    words[i] = spte
+    delta += .leaf(spte, gfn: gfn, level: level)
+    path.add(delta, sign: 1)
+    return old
+  }
+
+  /// The headers of the tables from the root down to the current one (at most four).
+  struct Path {
+    typealias Head = UnsafeMutablePointer<TableHeader>
+    var heads: (Head, Head, Head, Head)
+    var count = 1
+    init(_ root: Head) { heads = (root, root, root, root) }
+    var last: Head {
+      switch count {
+      case 1: heads.0
+      case 2: heads.1
+      case 3: heads.2
+      default: heads.3
+      }
+    }
+    mutating func push(_ head: Head) {
+      switch count {
+      case 1: heads.1 = head
+      case 2: heads.2 = head
+      default: heads.3 = head
+      }
+      count += 1
+    }
+    /// Adds (`sign` 1) or subtracts `delta` to every header on the path.
+    @inline(__always) func add(_ delta: Totals, sign: Int) {
+      func apply(_ h: Head) { if sign > 0 { h.pointee.totals += delta } else { h.pointee.totals -= delta } }
+      apply(heads.0)
+      if count > 1 { apply(heads.1) }
+      if count > 2 { apply(heads.2) }
+      if count > 3 { apply(heads.3) }
     }
   }
 
@@ -377,7 +434,7 @@ public struct TDPMMU: Hashable, Sendable {
   /// A huge leaf that `range` covers only in part is split into next-level leaves with the
   /// same attributes and the uncovered pieces stay mapped. Only tables that hold mappings in
   /// the range and are not wholly inside it are walked (and copied, when shared); a table
-  /// wholly inside is dropped with its counts, without a walk. Emptied tables are freed.
+  /// wholly inside is dropped with its totals, without a walk. Emptied tables are freed.
   /// Callers that need the leaves take ``leaves(in:)`` first.
   /// - Returns: how many leaves and pages were unmapped.
   /// - Complexity: O(tables crossing the range's two ends), plus freeing the dropped tables
@@ -392,58 +449,65 @@ public struct TDPMMU: Hashable, Sendable {
     return removed
   }
 
+  /// Zaps inside `node` (uniquely referenced); returns the change of its totals.
+  @discardableResult
   private static func zapIn(_ node: TableNode, base: UInt64, _ start: UInt64, _ end: UInt64,
-                            _ removed: inout Zapped, _ work: inout Work) {
+                            _ removed: inout Zapped, _ work: inout Work) -> Totals {
     work.tablesWalked += 1
-    node.withEntries { h, leaves, children in
-      let level = h.pointee.level, span = level.pages
-      let lo = max(start, base), hi = min(end, base &+ 512 &* span)
-      guard lo < hi else { return }
-      for i in Int((lo - base) / span) ... Int((hi - 1 - base) / span) {
-        let entryBase = base + UInt64(i) * span
-        let covered = start <= entryBase && entryBase + span <= end
-        let raw = leaves[i]
-        if raw != 0 {
-          leaves[i] = 0
-          h.pointee.account(leaf: raw, at: i, -1)
-          if covered {
-            removed.leaves += 1
-            removed.pages += span
-            continue
-          }
-          // Partly covered huge page: split it so the rest of it stays mapped.
-          guard let children, let lower = level.lower else { continue }
-          let piece = TableNode.split(raw, into: lower)
-          work.tablesAllocated += 1
-          h.pointee.account(child: piece.header, at: i, 1)
-          children[i] = piece
-        }
-        guard let children, var child = children[i].take() else { continue }
-        let before = child.header
-        h.pointee.account(child: before, at: i, -1)
+    let head = node.head, leaves = node.words, level = head.pointee.level, span = level.pages
+    var delta = Totals()
+    let lo = max(start, base), hi = min(end, base &+ 512 &* span)
+    guard lo < hi else { return delta }
+    for i in Int((lo - base) / span) ... Int((hi - 1 - base) / span) {
+      let entryBase = base + UInt64(i) * span
+      let covered = start <= entryBase && entryBase + span <= end
+      let raw = leaves[i]
+      if raw != 0 {
+        leaves[i] = 0
+        head.pointee.used -= 1
+        delta -= .leaf(raw, gfn: entryBase, level: level)
         if covered {
-          removed.leaves += before.leaves
-          removed.pages += before.pages
-          continue       // the subtree goes with `child`, freed if nobody shares it
+          removed.leaves += 1
+          removed.pages += span
+          continue
         }
-        if !isKnownUniquelyReferenced(&child) {
-          child = child.copy()
-          work.tablesCopied += 1
-        }
-        zapIn(child, base: entryBase, start, end, &removed, &work)
-        let after = child.header
-        if after.used != 0 {
-          h.pointee.account(child: after, at: i, 1)
-          children[i] = child
-        }
+        // Partly covered huge page: split it so the rest of it stays mapped.
+        guard let lower = level.lower else { continue }
+        let piece = TableNode.split(raw, into: lower, gfn: entryBase)
+        work.tablesAllocated += 1
+        head.pointee.used += 1
+        delta += piece.head.pointee.totals
+        node.children[i] = piece
+      }
+      guard level != .level4K, var child = node.children[i].take() else { continue }
+      if covered {
+        let gone = child.head.pointee.totals
+        head.pointee.used -= 1
+        delta -= gone
+        removed.leaves += gone.leaves
+        removed.pages += gone.pages
+        continue       // the subtree goes with `child`, freed if nobody shares it
+      }
+      if !isKnownUniquelyReferenced(&child) {
+        child = child.copy()
+        work.tablesCopied += 1
+      }
+      delta += zapIn(child, base: entryBase, start, end, &removed, &work)
+      if child.head.pointee.used == 0 {
+        head.pointee.used -= 1
+        delta -= child.head.pointee.totals   // an empty table: only itself is left to count
+      } else {
+        node.children[i] = child
       }
     }
+    head.pointee.totals += delta
+    return delta
   }
 
   // MARK: Value semantics
 
-  /// Compares mappings, walking only tables the two MMUs do not share; a digest that differs
-  /// ends the walk at once.
+  /// Compares mappings, walking only tables the two MMUs do not share; totals that differ
+  /// (a digest, a count) end the walk at once.
   public static func == (a: TDPMMU, b: TDPMMU) -> Bool {
     var visited = 0
     return equal(a.root, b.root, visited: &visited)
@@ -453,45 +517,35 @@ public struct TDPMMU: Hashable, Sendable {
   static func equal(_ a: TableNode, _ b: TableNode, visited: inout Int) -> Bool {
     if a === b { return true }
     visited += 1
-    return a.withEntries { ha, la, ca in
-      b.withEntries { hb, lb, cb in
-        let x = ha.pointee, y = hb.pointee
-        guard x.level == y.level, x.digest == y.digest, x.pages == y.pages, x.leaves == y.leaves,
-              x.used == y.used else { return false }
-        for i in 0 ..< 512 where la[i] != lb[i] { return false }
-        guard let ca, let cb else { return true }
-        for i in 0 ..< 512 {
-          switch (ca[i], cb[i]) {
-          case (nil, nil): continue
-          case let (p?, q?): if !equal(p, q, visited: &visited) { return false }
-          default: return false
-          }
-        }
-        return true
+    let x = a.head.pointee, y = b.head.pointee
+    guard x.level == y.level, x.used == y.used, x.totals == y.totals else { return false }
+    let la = a.words, lb = b.words
+    for i in 0 ..< 512 where la[i] != lb[i] { return false }
+    guard x.level != .level4K else { return true }
+    let ca = a.children, cb = b.children
+    for i in 0 ..< 512 {
+      switch (ca[i], cb[i]) {
+      case (nil, nil): continue
+      case let (p?, q?): if !equal(p, q, visited: &visited) { return false }
+      default: return false
       }
     }
+    return true
   }
 
-  /// O(1): the root's digest stands for every mapping (see ``TableHeader/digest``).
+  /// O(1): the root's digest stands for every mapping (see ``Totals/digest``).
   public func hash(into hasher: inout Hasher) {
-    let h = root.header
-    hasher.combine(h.digest)
-    hasher.combine(h.pages)
+    let t = root.head.pointee.totals
+    hasher.combine(t.digest)
+    hasher.combine(t.pages)
   }
 
-  /// The root digest computed from scratch by walking every table (tests check the
+  /// The root digest computed from scratch by visiting every leaf (tests check the
   /// incremental one against it).
-  static func recomputedDigest(_ node: TableNode) -> UInt64 {
-    node.withEntries { h, leaves, children in
-      var d: UInt64 = 0
-      for i in 0 ..< 512 {
-        if leaves[i] != 0 { d &+= TableHeader.leafDigest(h.pointee.level, i, leaves[i]) }
-        if let children, let child = children[i] {
-          d &+= TableHeader.childDigest(h.pointee.level, i, recomputedDigest(child))
-        }
-      }
-      return d
-    }
+  func recomputedDigest() -> UInt64 {
+    var d: UInt64 = 0
+    forEachLeaf { d &+= Totals.leafDigest($0.spte.rawValue, gfn: $0.gfn.rawValue, level: $0.level) }
+    return d
   }
 
   /// Whether two MMUs share their root table (no write since one was copied from the other).
@@ -505,11 +559,11 @@ public struct TDPMMU: Hashable, Sendable {
     while let x = a, let y = b {
       walked += 1
       if x === y { shared += 1 }
-      let level = x.header.level
-      guard level != .level4K, y.header.level == level else { break }
+      let level = x.level
+      guard level != .level4K, y.level == level else { break }
       let i = TDPMMU.index(gfn.rawValue, level)
-      a = x.withEntries { _, _, c in c?[i] }
-      b = y.withEntries { _, _, c in c?[i] }
+      a = x.children[i]
+      b = y.children[i]
     }
     return (shared, walked)
   }

@@ -3,6 +3,7 @@ import CFloor
 import KernelCore
 import KVM
 import Platform
+import Rigs
 
 // Each work is measured twice: `<Work>/swift` through the model's public API
 // (`Machine.perform`, or `TDPMMU` where a machine cannot be populated fast enough), and

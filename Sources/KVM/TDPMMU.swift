@@ -94,9 +94,7 @@ final class TableNode: ManagedBuffer<TableHeader, UInt64> {
   /// The entry words, in place. Valid while the table is alive.
   @inline(__always) var words: UnsafeMutablePointer<UInt64> { withUnsafeMutablePointerToElements { $0 } }
   /// The child slots of a table above 4 KiB. Valid while the table is alive.
-  @inline(__always) var children: UnsafeMutablePointer<TableNode?> {
-    UnsafeMutableRawPointer(words + 512).assumingMemoryBound(to: TableNode?.self)
-  }
+  @inline(__always) var children: UnsafeMutablePointer<TableNode?> { TableNode.children(words) }
   @inline(__always) var level: PGLevel { head.pointee.level }
 
   /// A copy sharing every child (each gets one more reference).
@@ -143,7 +141,7 @@ final class TableNode: ManagedBuffer<TableHeader, UInt64> {
 
   /// The child in slot `i` without retaining it (valid while this table holds it).
   @inline(__always) func child(_ i: Int) -> Unmanaged<TableNode>? {
-    let bits = UnsafeRawPointer(words + 512).load(fromByteOffset: i * 8, as: UInt.self)
+    let bits = UnsafeRawPointer(children + i).load(as: UInt.self)
     return bits == 0 ? nil : Unmanaged.fromOpaque(UnsafeRawPointer(bitPattern: bits)!)
   }
 

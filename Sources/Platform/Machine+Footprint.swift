@@ -25,6 +25,8 @@ public enum Resource: Hashable, Sendable {
   case kicks(VMID)
   /// The TDX module's DEVIFs and MMIO metadata table.
   case tdxGlobal
+  /// The process's fd table and VFIO's open files.
+  case files
 
   func conflicts(with other: Resource) -> Bool {
     switch (self, other) {
@@ -68,13 +70,23 @@ extension Machine {
     guard let top = thread.stack.last, thread.result == nil else { return Footprint() }
     let ctx = thread.context
     switch top {
-    case .start, .returning, .setMemoryRegion, .destroyVM, .dmaBufRelease:
+    case .start(let op):
+      return footprint(starting: op)
+    case .returning, .setMemoryRegion, .destroyVM, .dmaBufRelease:
       return .all
     case .dmaBufMove(let path, _):
-      var writes: [Resource] = [.device(path.device), .tdxGlobal]
-      if let device = vfio.device(path.device) { writes += device.dmabufs.map { .buffer($0) } }
-      // A flip marks the importers' attachments; KVM's importer work is a frame of its own.
-      return Footprint(reads: [.anyBuffer], writes: writes)
+      let device = Resource.device(path.device)
+      switch path.nextRegion {
+      case .none: return Footprint()
+      case .lockMemory, .unlockMemory: return Footprint(writes: [device])
+      case .deviceWork: return Footprint(reads: [.anyBuffer], writes: [device, .tdxGlobal])
+      case .unlockResv(let buffer): return Footprint(writes: [device, .buffer(buffer)])
+      case .flip:
+        // A flip marks the importers' attachments; KVM's importer work is a frame of its own.
+        var writes: [Resource] = [device, .tdxGlobal]
+        if let d = vfio.device(path.device) { writes += d.dmabufs.map { .buffer($0) } }
+        return Footprint(reads: [.anyBuffer], writes: writes)
+      }
     case .moveNotify(let notify):
       return Footprint(reads: [.vmSlots(notify.vm), .anyBuffer], writes: [.vmMMU(notify.vm)])
     case .secureZap(let zap):
@@ -102,6 +114,35 @@ extension Machine {
         if td { writes += [.td(vm), .tdxGlobal] }
         return Footprint(reads: [.vmSlots(vm), .anyBuffer], writes: writes)
       }
+    }
+  }
+
+  /// The footprint of an operation's first step (which also resolves its fds).
+  func footprint(starting op: Operation) -> Footprint {
+    func vmID(_ fd: FD) -> VMID? {
+      if case .vm(let id)? = try? files.lookup(fd) { return id }
+      return nil
+    }
+    func deviceID(_ fd: FD) -> VFIODeviceID? {
+      if case .vfioDevice(let file)? = try? files.lookup(fd) { return vfio.file(file)?.device }
+      return nil
+    }
+    switch op {
+    case .guestRead(let fd, _, _, _), .guestWrite(let fd, _, _, _), .guestAcceptMMIO(let fd, _, _, _):
+      guard let vm = vmID(fd) else { return .all }
+      var guest = Footprint(reads: [.files, .vmMMU(vm), .vmSlots(vm), .anyBuffer])
+      if kvm.tds[vm] != nil {
+        guest.reads += [.anyDevice, .tdxGlobal]
+        guest.writes += [.td(vm), .kicks(vm)]
+      }
+      return guest
+    case .vfioSetMemoryDecode(let fd, _), .vfioSetPower(let fd, _), .vfioReset(let fd), .vfioFLR(let fd),
+         .vfioHotReset(let fd):
+      // The first region is down_write(memory_lock).
+      guard let device = deviceID(fd) else { return .all }
+      return Footprint(reads: [.files], writes: [.device(device)])
+    default:
+      return .all
     }
   }
 

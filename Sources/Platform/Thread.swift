@@ -160,6 +160,9 @@ extension Machine {
   /// were.
   public mutating func step(_ thread: inout KernelThread, choices: inout Contention) -> ThreadStep {
     if let result = thread.result { return .finished(result) }
+    // The TDX module traces into its own buffer: it builds no event while the machine's
+    // tracing is off.
+    kvm.tdx.trace.isEnabled = trace.isEnabled
     defer { trace.absorb(&kvm.tdx.trace) }
     let saved = thread
     if case .start(let op)? = thread.stack.first, thread.stack.count == 1 { thread.beganOnDeadVM = targetsDeadVM(op) }

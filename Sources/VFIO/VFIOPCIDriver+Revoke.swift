@@ -252,6 +252,34 @@ public struct DmaBufMovePath: Hashable, Sendable {
   /// Whether the buffer's importers are being told (the path holds its resv).
   public var revokedFlip: Bool? { flip?.revoked }
 
+  /// What the next region can touch, for the explorer's footprints.
+  public enum NextRegion: Hashable, Sendable {
+    /// `down_write(memory_lock)`.
+    case lockMemory
+    /// The device's own work: the config write, the reset, the TSM unbind (and a trailing unlock).
+    case deviceWork
+    /// A buffer stage: the next buffer's flip, or on to the next stage.
+    case flip
+    /// `dma_resv_unlock` of this buffer (and a trailing unlock).
+    case unlockResv(DmaBufID)
+    /// `up_write(memory_lock)`.
+    case unlockMemory
+    /// Nothing: the path is over.
+    case none
+  }
+
+  /// See ``NextRegion``.
+  public var nextRegion: NextRegion {
+    if let flip { return .unlockResv(flip.buffer) }
+    switch stages.first {
+    case nil: return .none
+    case .lock: return .lockMemory
+    case .unbindTSM, .work, .closed: return .deviceWork
+    case .revoke, .revokeIfEnabled, .restore, .follow, .cleanup: return .flip
+    case .unlock: return .unlockMemory
+    }
+  }
+
   private var regionName: StaticString {
     switch trigger {
     case .memoryDecode: "config write: command register"

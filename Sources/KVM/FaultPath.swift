@@ -231,7 +231,7 @@ public struct FaultPath: Hashable, Sendable {
       try vm.mmuLock.unlock(ctx)
       return try finish(.retry, &vm)
     }
-    if let leaf = vm.mmu.lookup(gfn), access != .write || leaf.spte.isWritable {
+    if let leaf = vm.presentLeaf(gfn), access != .write || leaf.spte.isWritable {
       try vm.mmuLock.unlock(ctx)
       return try finish(.outcome(.alreadyMapped), &vm)  // another vCPU raced ahead: a spurious fault
     }

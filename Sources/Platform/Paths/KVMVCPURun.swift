@@ -122,7 +122,7 @@ struct VCPURun: Hashable, Sendable {
       guard case .access(let gpa, _, let access) = kind else {
         throw LockViolation(lock: "vcpu", message: "an accept on a VM without a TD")
       }
-      if let leaf = m.kvm.vms[vm]!.mmu.lookup(gpa.gfn), access != .write || leaf.spte.isWritable {
+      if let leaf = m.kvm.vms[vm]!.presentLeaf(gpa.gfn), access != .write || leaf.spte.isWritable {
         m.noteCompletedAccess(vm, gpa: gpa, accept: false)
         return complete(faulted ? .mapped : .alreadyMapped)
       }

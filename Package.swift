@@ -55,6 +55,6 @@ let package = Package(
     .testTarget(name: "ReportsTests", dependencies: ["KernelCore", "Platform", "Reports", "Scenarios"], exclude: ["Golden"]),
     .testTarget(name: "HostKVMTests", dependencies: ["KernelCore", "KVM", "Platform", "HostKVM"]),
     .testTarget(name: "ExplorerTests", dependencies: ["KernelCore", "Platform", "Scenarios", "Explorer"]),
-    .testTarget(name: "pmmioTests", dependencies: ["pmmio"]),
+    .testTarget(name: "pmmioTests", dependencies: ["pmmio", "Scenarios"]),
   ]
 )

@@ -16,6 +16,9 @@ public struct ExploreOptions: Sendable {
   public var verifyIndependence = false
   /// Told about once a second.
   public var progress: (@Sendable (ExploreProgress) -> Void)?
+  /// Changes the machine after the scenario's steps, before the threads start: tests plant
+  /// faults no scenario can make (a lock whose holder is gone) to see the search report them.
+  var plant: (@Sendable (inout Machine) -> Void)?
 
   public init(maxStates: Int = 5_000_000, maxDepth: Int = 1_000_000, reduction: Bool = true,
               verifyIndependence: Bool = false, progress: (@Sendable (ExploreProgress) -> Void)? = nil) {
@@ -170,6 +173,7 @@ struct Search {
         stepsWrong = "\(step.position): step \(step.index) \(step.opName): \(mismatch)"
       }
     }
+    options.plant?(&machine)
     _ = machine.trace.drain()
     let (program, start) = InterleavingProgram.start(scenario, machine: machine, handles: handles)
     self.program = program

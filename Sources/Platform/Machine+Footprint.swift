@@ -84,7 +84,7 @@ extension Machine {
       case .flip:
         // A flip marks the importers' attachments; KVM's importer work is a frame of its own.
         var writes: [Resource] = [device, .tdxGlobal]
-        if let d = vfio.device(path.device) { writes += d.dmabufs.map { .buffer($0) } }
+        writes += path.flipCandidates(vfio).map { .buffer($0) }
         return Footprint(reads: [.anyBuffer], writes: writes)
       }
     case .moveNotify(let notify):

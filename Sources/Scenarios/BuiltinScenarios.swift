@@ -57,7 +57,7 @@ public enum BuiltinScenarios {
   public static let all: [(name: String, summary: String, yaml: String)] = [
     ("default", "a TDISP device's BAR as private MMIO of a TD, end to end: bind, lock, export, map, accept, revoke, teardown",
      defaultYAML + "\n"),
-  ]
+  ] + RaceScenarios.all.map { (name: $0.name, summary: "race: \($0.question)", yaml: $0.yaml) }
 
   /// The built-in scenario called `name`.
   public static func named(_ name: String) -> String? { all.first { $0.name == name }?.yaml }

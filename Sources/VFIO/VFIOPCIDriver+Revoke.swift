@@ -310,6 +310,14 @@ public struct DmaBufMovePath: Hashable, Sendable {
     }
   }
 
+  /// The buffers the next `.flip` region may take the resv of: those left in the stage, or,
+  /// before the stage starts, those it will go through.
+  public func flipCandidates(_ driver: VFIOPCIDriver) -> [DmaBufID] {
+    if bufferStageStarted { return buffers }
+    if stages.first == .renotify { return revokedHere }
+    return driver.devices[device]?.dmabufs ?? []
+  }
+
   private var regionName: StaticString {
     switch trigger {
     case .memoryDecode: "config write: command register"

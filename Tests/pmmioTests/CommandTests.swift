@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import Scenarios
 
 private let examples = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
   .deletingLastPathComponent().appendingPathComponent("Examples")
@@ -43,7 +44,9 @@ private func json(_ text: String) throws -> [String: Any] {
   @Test func anUnknownBuiltInSuggestsOne() throws {
     let result = try pmmio(["scenarios", "show", "defualt"])
     #expect(result.status == 2)
-    #expect(result.stderr == "pmmio: no built-in scenario 'defualt' (did you mean 'default'?); the built-ins are default\n")
+    let names = BuiltinScenarios.all.map(\.name).joined(separator: ", ")
+    #expect(result.stderr == "pmmio: no built-in scenario 'defualt' (did you mean 'default'?); the built-ins are \(names)\n")
+    #expect(names.hasPrefix("default, "))
   }
 
   @Test("with --json, bad input is a JSON document on stderr", arguments: [

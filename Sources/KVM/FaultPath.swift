@@ -293,7 +293,7 @@ public struct FaultPath: Hashable, Sendable {
       try vm.mmuLock.unlock(ctx)
       return try finish(.retry, &vm)
     }
-    if let leaf = (shared ? vm.sharedMMU : vm.mmu).lookup(gfn), access != .write || leaf.spte.isWritable {
+    if let leaf = shared ? vm.sharedMMU.lookup(gfn) : vm.presentLeaf(gfn), access != .write || leaf.spte.isWritable {
       try vm.mmuLock.unlock(ctx)
       return try finish(.outcome(.alreadyMapped), &vm)  // another vCPU raced ahead: a spurious fault
     }

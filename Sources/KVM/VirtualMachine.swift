@@ -41,6 +41,10 @@ public struct VirtualMachine: Hashable, Sendable {
   /// vCPUs with `KVM_REQ_OUTSIDE_GUEST_MODE` pending whose IPI has not been answered: each
   /// must leave guest mode before the kicker (`kvm_make_all_cpus_request()` waits) goes on.
   public internal(set) var pendingKicks: TreeSet<UInt32> = []
+  /// Mirror SPTEs whose Secure-EPT entries a zap blocked and left mapped, because their
+  /// interface was still trusted: not present to the guest or to a fault, and unmapped by a
+  /// later zap (the TDX mirror SPTE between BLOCK and UNMAP).
+  public internal(set) var blockedMirror: TreeSet<GFN> = []
   /// `kvm->vm_bugged`.
   public internal(set) var isDead = false
   /// Host RAM, as PFN ranges: a PFN outside all of them is MMIO (``isMMIOPFN(_:)``).
@@ -406,6 +410,7 @@ public struct VirtualMachine: Hashable, Sendable {
     mmu = TDPMMU()
     sharedMMU = TDPMMU()
     guestMemfds = [:]
+    blockedMirror = []
     return (live, stale)
   }
 
@@ -593,14 +598,21 @@ public struct VirtualMachine: Hashable, Sendable {
   /// invalidation over `gfns`; the returned ``ZapPath`` unmaps the Secure-EPT entries and
   /// ends both.
   /// - Returns: the path, or what `ctx` waits for (nothing changed).
-  public mutating func beginSecureZap(_ gfns: Range<GFN>,
-                                      ctx: ContextID) throws(LockViolation) -> Result<ZapPath, WaitError> {
+  public mutating func beginSecureZap(_ gfns: Range<GFN>, ctx: ContextID,
+                                      unmap: Bool = true) throws(LockViolation) -> Result<ZapPath, WaitError> {
     if let wait = mmuLock.writeWait(for: ctx) { return .failure(WaitError(wait: wait)) }
     _ = try mmuLock.tryLockWrite(ctx)
     invalidation.begin(gfns)
     // The TD's shared (direct) root needs no SEAMCALL: its mappings of the range go at once.
     sharedMMU.zap(gfns)
-    return .success(ZapPath(vm: self, gfns: gfns, ctx: ctx))
+    return .success(ZapPath(vm: self, gfns: gfns, ctx: ctx, unmap: unmap))
+  }
+
+  /// The leaf mapping `gfn` that a guest access or a fault sees: a blocked mirror entry is not
+  /// present.
+  public func presentLeaf(_ gfn: GFN) -> MappedLeaf? {
+    guard let leaf = mmu.lookup(gfn), !blockedMirror.contains(leaf.gfn) else { return nil }
+    return leaf
   }
 
   // MARK: Locks the platform's paths take

@@ -76,6 +76,14 @@ extension Machine {
       return .ranAndReturned(Self.label(op), oneRegion(op))
 
     // MARK: A region, then VFIO's revoke or restore when the TDI's state moved it
+    case .tdispStop(let name) where deviceNames[name].flatMap({ vfio.tsmUnbind($0, context: ctx) }) != nil:
+      // reviewed, a device bound private: the TSM's unbind goes through VFIO, which revokes
+      // (KVM blocks the Secure-EPT entries) before the interface is stopped.
+      guard let device = deviceNames[name], var path = vfio.tsmUnbind(device, context: ctx) else {
+        throw LockViolation(lock: "vdev->memory_lock", message: "TSM unbind path vanished")
+      }
+      defer { frame = .dmaBufMove(path, result: .success(.tdiState(TDIState.configUnlocked.specName))) }
+      return try stepDmaBufMove(&path, result: .success(.tdiState(TDIState.configUnlocked.specName)), ctx: ctx)
     case .tdispLock, .tdispStart, .tdispStop, .pciFLR, .pciWriteCommand:
       let (result, device) = tdispOrConfigRegion(op)
       guard case .success = result, let device, let path = vfio.tsmStateChanged(device, context: ctx) else {

@@ -143,6 +143,12 @@ extension Machine {
     }
   }
 
+  /// The exporter's private data for a buffer (patch 9), as KVM reads it through the dma-buf.
+  func exporterData(of buffer: DmaBufID) -> ExporterData? {
+    guard let object = dmabufCore.buffer(buffer) else { return nil }
+    do { return try vfio.exporterData(buffer: object) } catch { return nil }
+  }
+
   /// The HPA the device interface report gives for the BAR offset behind `gpa`: what a TD
   /// guest that read the report and knows where it placed the BAR expects to accept.
   func reportedHPA(_ id: VMID, gpa: GPA) -> HPA? {

@@ -103,6 +103,13 @@ public struct Machine: Hashable, Sendable {
     _ = trace.drain()
   }
 
+  /// Turns tracing on or off everywhere (the machine's trace and the TDX module's): off, no
+  /// event is built. The explorer runs millions of steps with it off.
+  public mutating func setTracing(_ enabled: Bool) {
+    trace.isEnabled = enabled
+    kvm.tdx.trace.isEnabled = enabled
+  }
+
   /// The fd of a VM the configuration created, by its name (`td0`); `nil` for no such VM.
   public func vmFD(named name: String) -> FD? { configuredVMs[name] }
 

@@ -12,7 +12,7 @@ import Yams
 /// `as:` bound them, and names bound twice. Nothing here traps on input.
 public enum ScenarioParser {
   /// Top-level keys, in the order the format documents them.
-  public static let topLevelKeys = ["name", "variant", "machine", "steps", "concurrent"]
+  public static let topLevelKeys = ["name", "variant", "machine", "steps", "concurrent", "schedule"]
 
   /// Parses `yaml`; `file` is only used in positions (`<builtin>` for embedded scenarios).
   public static func parse(_ yaml: String, file: String) throws(ScenarioError) -> Scenario {
@@ -214,8 +214,21 @@ struct ScenarioReader {
         concurrent.append(path)
       }
     }
-    return Scenario(name: name, variant: variant, machine: machine, machinePosition: machinePosition,
-                    steps: steps, concurrent: concurrent, machinePositions: machinePositions)
+    var scenario = Scenario(name: name, variant: variant, machine: machine, machinePosition: machinePosition,
+                            steps: steps, concurrent: concurrent, machinePositions: machinePositions)
+    if let node = value(top, "schedule") {
+      let threads = concurrent.indices.map { scenario.threadName(for: .concurrent($0)) }
+      var schedule: [ScheduleEntry] = []
+      for item in try list(node, key: "schedule") {
+        let actor = try string(item, key: "schedule")
+        guard threads.contains(actor) || ScheduleEntry.isIPI(actor) else {
+          throw unknown(item, "thread", actor, among: threads + ["vcpuN.ipi"])
+        }
+        schedule.append(ScheduleEntry(actor: actor, position: position(item)))
+      }
+      scenario.schedule = schedule
+    }
+    return scenario
   }
 
   var defaultName: String {

@@ -192,6 +192,8 @@ extension VFIOPCIDriver: DmaBufExporter {
   /// Patch 9's `struct vfio_dma_buf_data`.
   public func exporterData(buffer: DmaBufObject) throws(Errno) -> ExporterData {
     guard let priv = dmabufs[buffer.id] else { throw .ENOENT }
-    return ExporterData(isPrivate: priv.isPrivate, vm: priv.vm)
+    let state = priv.device.flatMap { devices[$0]?.function.tdiState }
+    return ExporterData(isPrivate: priv.isPrivate, vm: priv.vm,
+                        interfaceTrusted: priv.isPrivate && state != nil && state != .configUnlocked)
   }
 }

@@ -79,7 +79,7 @@ func badStep(_ input: BadInput) {
 }
 
 @Test("bad top-level and machine input is reported at its position", arguments: [
-  ("name: x\nfoo: 1\n", "t.yaml:2:1: unknown key 'foo' in the scenario (expected: name, variant, machine, steps, concurrent)"),
+  ("name: x\nfoo: 1\n", "t.yaml:2:1: unknown key 'foo' in the scenario (expected: name, variant, machine, steps, concurrent, schedule)"),
   ("variant: rfc-v2\n", "t.yaml:1:10: unknown variant 'rfc-v2': did you mean 'rfc-v1'? (expected: rfc-v1, reviewed)"),
   ("steps: []\nsteps: []\n", "t.yaml:1:1: duplicate key 'steps' in mapping"),
   ("steps:\n  - { op: vfio.close, fd: 3 }\n steps: []\n",

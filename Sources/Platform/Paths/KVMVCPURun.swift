@@ -131,8 +131,9 @@ struct VCPURun: Hashable, Sendable {
         throw LockViolation(lock: "vcpu", message: "an accept on a VM without a TD")
       }
       let current = m.kvm.vms[vm]!
-      let root = sharedTDAccess ? current.sharedMMU : current.mmu
-      if let leaf = root.lookup(current.faultGFN(gpa)), access != .write || leaf.spte.isWritable {
+      let gfn = current.faultGFN(gpa)
+      if let leaf = sharedTDAccess ? current.sharedMMU.lookup(gfn) : current.presentLeaf(gfn),
+         access != .write || leaf.spte.isWritable {
         m.noteCompletedAccess(vm, gpa: gpa, accept: false)
         return complete(faulted ? .mapped : .alreadyMapped)
       }

@@ -102,11 +102,13 @@ struct KVMSetMemoryRegion: Hashable, Sendable {
       guard let old = plan.old else { throw LockViolation(lock: "kvm->slots_lock", message: "invalidated a slot that did not exist") }
       // The private MMIO slot delete protocol (reviewed): no fault of the old slot is in flight
       // any more and new ones retry on the invalid slot, so the mirror is final here. Private
-      // MMIO it still maps could only be unmapped while the interface is CONFIG_UNLOCKED (or its
-      // IDE stream blocked); KVM cannot know that, and a refused TDH.MMIO.UNMAP is KVM_BUG_ON.
-      // So KVM refuses: the slot becomes valid again (kvm_set_memslot()'s error path,
-      // kvm_activate_memslot(kvm, invalid_slot, old)), the VMM must revoke first.
-      if m.variant == .reviewed, m.kvm.tds[vm] != nil, old.dmaBuf != nil,
+      // MMIO it still maps (or holds blocked) cannot be unmapped while the exporter says the
+      // interface is trusted (the module wants CONFIG_UNLOCKED or a blocked stream, and a
+      // refused TDH.MMIO.UNMAP is KVM_BUG_ON). So KVM refuses: the slot becomes valid again
+      // (kvm_set_memslot()'s error path, kvm_activate_memslot(kvm, invalid_slot, old)), and the
+      // VMM must revoke first.
+      if m.variant == .reviewed, m.kvm.tds[vm] != nil, let binding = old.dmaBuf,
+         m.exporterData(of: binding.dmaBuf)?.interfaceTrusted == true,
          let mapped = m.kvm.vms[vm]!.mmu.leaves(in: old.gfns).first {
         m.kvm.vms[vm]!.revalidateMemslot(old.key)
         m.trace.emit(.kvm, "vm\(vm.rawValue): KVM_SET_USER_MEMORY_REGION2 slot \(region.slot) delete refused: private MMIO \(mapped.gfn.gpa) is mapped")

@@ -51,7 +51,7 @@ private func json(_ text: String) throws -> [String: Any] {
 
   @Test("with --json, bad input is a JSON document on stderr", arguments: [
     (["run", "--json", "/nonexistent.yaml"], "/nonexistent.yaml", nil as Int?, "no such file"),
-    (["show", "--json", "--at", "99"], nil, nil, "--at 99: private-mmio-td has 22 step(s) (0 is the machine before the first)"),
+    (["show", "--json", "--at", "99"], nil, nil, "--at 99: private-mmio-td has 23 step(s) (0 is the machine before the first)"),
   ])
   func jsonErrors(arguments: [String], file: String?, line: Int?, message: String) throws {
     let result = try pmmio(arguments)
@@ -132,7 +132,7 @@ private func json(_ text: String) throws -> [String: Any] {
       #expect(result.stdout.contains("\n\(section)"), "\(section)")
     }
     #expect(result.stdout.contains("0000000080000000-0000000080001fff -> 0000004000000000  2 x 4K  MMIO_MAPPED"))
-    #expect(result.stdout.contains("after step 15 of 22"))
+    #expect(result.stdout.contains("after step 15 of 23"))
   }
 
   @Test func atZeroIsTheMachineBeforeTheFirstStep() throws {

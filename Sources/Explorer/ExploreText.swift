@@ -6,7 +6,7 @@ public enum ExploreText {
     var out = "explore \(r.scenario) (variant \(r.variant), reduction \(r.reduction ? "on" : "off"))\n"
     out += "  states \(r.states), distinct states \(r.distinctStates), transitions \(r.transitions), "
       + "maximum depth \(r.maxDepth), \(format(r.seconds)) s, \(Int(r.statesPerSecond.rounded())) states/s\n"
-    guard let f = r.finding else {
+    guard !r.findings.isEmpty else {
       if r.complete {
         out += "no invariant violated, \(r.distinctStates) states, complete\n"
       } else {
@@ -14,12 +14,26 @@ public enum ExploreText {
       }
       return out
     }
+    if r.findings.count > 1 {
+      out += "\(r.findings.count) findings, each with a shortest counterexample"
+        + (r.complete ? " (the search is complete)" : ", stopped by \(r.stoppedBy ?? "a limit")") + ":\n"
+    }
+    for (n, f) in r.findings.enumerated() {
+      if r.findings.count > 1 { out += "\n[\(n + 1)] " }
+      out += render(f)
+    }
+    return out
+  }
+
+  /// One finding: what broke, the numbered steps with their events, the schedule.
+  static func render(_ f: Finding) -> String {
+    var out: String
     switch f.kind {
-    case .violation: out += "VIOLATED: \(f.invariant ?? "?"): \(f.message)\n"
-    case .deadlock: out += "DEADLOCK: \(f.message)\n"
-    case .livelock: out += "LIVELOCK: \(f.message)\n"
-    case .modelBug: out += "MODEL BUG: \(f.message)\n"
-    case .steps: out += "STEPS NOT AS EXPECTED: \(f.message)\n"
+    case .violation: out = "VIOLATED: \(f.invariant ?? "?"): \(f.message)\n"
+    case .deadlock: out = "DEADLOCK: \(f.message)\n"
+    case .livelock: out = "LIVELOCK: \(f.message)\n"
+    case .modelBug: out = "MODEL BUG: \(f.message)\n"
+    case .steps: out = "STEPS NOT AS EXPECTED: \(f.message)\n"
     }
     if f.steps.isEmpty {
       out += "counterexample: the scenario's steps alone\n"

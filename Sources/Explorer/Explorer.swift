@@ -16,14 +16,18 @@ public struct ExploreOptions: Sendable {
   public var verifyIndependence = false
   /// Told about once a second.
   public var progress: (@Sendable (ExploreProgress) -> Void)?
+  /// Search on after the first finding, to the end, and report a shortest counterexample for
+  /// every invariant that breaks (and any deadlock or livelock), not only the first.
+  public var allFindings = false
   /// Changes the machine after the scenario's steps, before the threads start: tests plant
   /// faults no scenario can make (a lock whose holder is gone) to see the search report them.
   var plant: (@Sendable (inout Machine) -> Void)?
 
   public init(maxStates: Int = 5_000_000, maxDepth: Int = 1_000_000, reduction: Bool = true,
-              verifyIndependence: Bool = false, progress: (@Sendable (ExploreProgress) -> Void)? = nil) {
+              verifyIndependence: Bool = false, allFindings: Bool = false,
+              progress: (@Sendable (ExploreProgress) -> Void)? = nil) {
     self.maxStates = maxStates; self.maxDepth = maxDepth; self.reduction = reduction
-    self.verifyIndependence = verifyIndependence; self.progress = progress
+    self.verifyIndependence = verifyIndependence; self.allFindings = allFindings; self.progress = progress
   }
 }
 
@@ -80,7 +84,12 @@ public struct ExploreReport: Codable, Sendable {
   public var complete: Bool
   /// The limit that stopped the search (`max-states`, `max-depth`), when one did.
   public var stoppedBy: String?
+  /// The first finding: a shortest counterexample (with ``ExploreOptions/allFindings``, the
+  /// shortest of ``findings``).
   public var finding: Finding?
+  /// With ``ExploreOptions/allFindings``: one shortest counterexample per invariant broken
+  /// (and per deadlock or livelock), shortest first. Otherwise ``finding`` alone, if any.
+  public var findings: [Finding]
 
   /// 0 nothing found and complete; 1 a finding; 3 a limit stopped the search first.
   public var exitStatus: Int32 { finding != nil ? 1 : complete ? 0 : 3 }
@@ -151,7 +160,11 @@ struct Search {
   var transitions = 0
   var maxDepth = 0
   var stoppedBy: String?
-  var finding: (node: Int32, kind: Finding.Kind, invariant: String?, message: String, extra: Actor?)?
+  typealias Found = (node: Int32, kind: Finding.Kind, invariant: String?, message: String, extra: Actor?)
+  /// The first finding (the search stops there), unless ``ExploreOptions/allFindings``.
+  var finding: Found?
+  /// With ``ExploreOptions/allFindings``: the shortest finding per invariant (or kind).
+  var found: [String: Found] = [:]
   let clock = ContinuousClock()
   let started: ContinuousClock.Instant
 
@@ -188,9 +201,35 @@ struct Search {
     queue.append(0)
     if let stepsWrong {
       finding = (0, .steps, nil, "the steps did not go as expected: \(stepsWrong)", nil)
-    } else if let violation = initial.machine.firstViolation(quiescent: true) {
-      finding = (0, .violation, violation.name, violation.violation ?? "", nil)
+    } else {
+      _ = checkState(0, initial.machine, kinds: [.everyState, .quiescent, .history])
     }
+  }
+
+  /// Records a finding. - Returns: whether the search stops (it goes on only for `allFindings`).
+  mutating func record(_ f: Found) -> Bool {
+    guard options.allFindings, f.kind != .steps else {
+      finding = f
+      return true
+    }
+    let key = f.invariant ?? f.kind.rawValue
+    if let old = found[key], depth(of: old) <= depth(of: f) { return false }
+    found[key] = f
+    return false
+  }
+
+  /// Checks the invariants of `kinds` in `machine`, reached at node `node` (by `extra` from it,
+  /// for a transition's history), and records what breaks: the first violated invariant, or
+  /// with `allFindings` every one. - Returns: whether the search stops.
+  mutating func checkState(_ node: Int32, _ machine: Machine, kinds: Set<InvariantKind>, extra: Actor? = nil) -> Bool {
+    guard options.allFindings else {
+      guard let violation = machine.firstViolation(of: kinds) else { return false }
+      return record((node, .violation, violation.name, violation.violation ?? "", extra))
+    }
+    for check in machine.checkInvariants(of: kinds) {
+      if let message = check.violation { _ = record((node, .violation, check.name, message, extra)) }
+    }
+    return false
   }
 
   mutating func run() -> ExploreReport {
@@ -212,7 +251,7 @@ struct Search {
     }
     // A re-expansion can put a shallower state behind deeper ones in the queue: expand what is
     // left that could still give a shorter counterexample, and keep the shortest.
-    if var best = finding, best.kind != .steps {
+    if !options.allFindings, var best = finding, best.kind != .steps {
       let pending = queue.filter { Int(nodes[Int($0)].depth) + 1 < depth(of: best) }
       queue.removeAll()
       for i in pending where Int(nodes[Int(i)].depth) + 1 < depth(of: best) {
@@ -222,14 +261,22 @@ struct Search {
       }
       finding = best
     }
-    let complete = finding == nil && stoppedBy == nil
-    if complete { findLivelock() }
+    let searched = finding == nil && stoppedBy == nil
+    if searched { findLivelock() }
     let elapsed = seconds
+    var findings: [Finding]
+    if let finding {
+      findings = [report(finding)]
+    } else {
+      findings = found.values.map(report)
+        .sorted { ($0.steps.count, $0.invariant ?? $0.kind.rawValue) < ($1.steps.count, $1.invariant ?? $1.kind.rawValue) }
+    }
     return ExploreReport(
       scenario: scenario.name, variant: variant.rawValue, reduction: options.reduction, states: generated,
       distinctStates: nodes.count, transitions: transitions, maxDepth: maxDepth, seconds: elapsed,
-      statesPerSecond: elapsed > 0 ? Double(nodes.count) / elapsed : 0, complete: complete && finding == nil,
-      stoppedBy: stoppedBy, finding: finding.map(report))
+      statesPerSecond: elapsed > 0 ? Double(nodes.count) / elapsed : 0,
+      complete: searched && (options.allFindings || finding == nil),
+      stoppedBy: stoppedBy, finding: findings.first, findings: findings)
   }
 
   /// The length of the schedule that leads to a finding.
@@ -263,15 +310,15 @@ struct Search {
       switch next.step(a, program, contention: &contention) {
       case .blocked, .idle: continue
       case .modelBug(let violation):
-        finding = (i, .modelBug, nil, "\(program.name(of: a)): \(violation)", a)
-        return
+        if record((i, .modelBug, nil, "\(program.name(of: a)): \(violation)", a)) { return }
+        continue
       case .ran(_, let completed):
         enabled += 1
         generated += 1
         transitions += 1
         if let completed, case .failure(.lockViolation(let violation)) = completed.result {
-          finding = (i, .modelBug, nil, "\(program.name(of: a)): \(violation)", a)
-          return
+          if record((i, .modelBug, nil, "\(program.name(of: a)): \(violation)", a)) { return }
+          continue
         }
       }
       next.canonicalize()
@@ -285,10 +332,7 @@ struct Search {
       }
       // History invariants fire on the transition that does the harm: checked on every
       // successor, also one already visited.
-      if let violation = next.machine.firstViolation(of: [.history]) {
-        finding = (i, .violation, violation.name, violation.violation ?? "", a)
-        return
-      }
+      if checkState(i, next.machine, kinds: [.history], extra: a) { return }
       if let j = index[next] {
         successors[Int(i)].append(j)
         revisit(j, sleep: childSleep)
@@ -302,16 +346,13 @@ struct Search {
       successors.append([])
       successors[Int(i)].append(j)
       index[next] = j
-      if let violation = next.machine.firstViolation(of: next.isQuiescent ? [.everyState, .quiescent] : [.everyState]) {
-        finding = (j, .violation, violation.name, violation.violation ?? "", nil)
-        return
-      }
+      if checkState(j, next.machine, kinds: next.isQuiescent ? [.everyState, .quiescent] : [.everyState]) { return }
       queue.append(j)
     }
     if options.verifyIndependence {
       for (u, a) in independentPairs where !commute(s, u, a) {
-        finding = (i, .modelBug, nil, "the footprints of \(program.name(of: u)) and \(program.name(of: a)) say their steps commute, but they do not", nil)
-        return
+        let message = "the footprints of \(program.name(of: u)) and \(program.name(of: a)) say their steps commute, but they do not"
+        if record((i, .modelBug, nil, message, nil)) { return }
       }
     }
     if enabled == 0, !actors.contains(where: sleep.contains), !s.isDone(program) {
@@ -321,7 +362,7 @@ struct Search {
         if case .blocked(let wait) = probe.step(a, program, contention: &contention) { return "\(program.name(of: a)) waits for \(wait)" }
         return nil
       }
-      finding = (i, .deadlock, nil, "every thread with work left waits: " + waits.joined(separator: "; "), nil)
+      _ = record((i, .deadlock, nil, "every thread with work left waits: " + waits.joined(separator: "; "), nil))
     }
   }
 
@@ -369,9 +410,9 @@ struct Search {
     }
     guard let (entry, members) = best else { return }
     let cycle = cycleThrough(entry, within: members)
-    finding = (entry, .livelock, nil,
-               "the threads can run for ever and never finish: \(cycle.count) step(s) lead back to the same state", nil)
     livelockCycle = cycle
+    _ = record((entry, .livelock, nil,
+                "the threads can run for ever and never finish: \(cycle.count) step(s) lead back to the same state", nil))
   }
 
   var livelockCycle: [Actor] = []

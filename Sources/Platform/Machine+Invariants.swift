@@ -23,8 +23,13 @@ extension Machine {
   /// Every invariant, in a fixed order, with its verdict. `quiescent`: no thread is inside a
   /// path, so the quiescent invariants apply too; otherwise they are not checked.
   public func checkInvariants(quiescent: Bool = true) -> [InvariantCheck] {
+    checkInvariants(of: quiescent ? [.everyState, .quiescent, .history] : [.everyState, .history])
+  }
+
+  /// Every invariant of the given kinds, in the fixed order, with its verdict.
+  public func checkInvariants(of kinds: Set<InvariantKind>) -> [InvariantCheck] {
     Self.invariants.compactMap { invariant in
-      guard quiescent || invariant.kind != .quiescent else { return nil }
+      guard kinds.contains(invariant.kind) else { return nil }
       let violations = invariant.check(self)
       return InvariantCheck(name: invariant.name, violation: violations.isEmpty ? nil : violations.joined(separator: "; "))
     }

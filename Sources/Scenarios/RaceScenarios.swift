@@ -227,9 +227,11 @@ public enum RaceScenarios {
     ("slot-move-vs-revoke", "Can a dma-buf memslot be moved while its buffer may be revoked?", """
     # Can a dma-buf memslot be moved while its buffer may be revoked? The posted series checks
     # only GUEST_MEMFD in "fd-backed slots cannot be moved": a dma-buf slot's move frees the old
-    # slot without detaching its attachment, so a revoke's move_notify reaches freed memory.
-    # Answer (reviewed): dma-buf slots are immutable (EINVAL), nothing is freed under the
-    # importer. rfc-v1: move_notify on the freed slot, as an interleaving.
+    # slot without detaching its attachment, so a revoke's move_notify (memory decode turned off
+    # here) reaches freed memory. Answer (reviewed): dma-buf slots are immutable (EINVAL), nothing
+    # is freed under the importer. rfc-v1: the move leaves the old attachment on the freed slot
+    # (NoDanglingBinding), and `pmmio explore --all` shows the revoke's move_notify reaching it
+    # as an interleaving (NoMoveNotifyOnFreedSlot).
     name: slot-move-vs-revoke
     machine:
       devices:
@@ -252,7 +254,7 @@ public enum RaceScenarios {
     concurrent:
       - [ { op: kvm.set_user_memory_region2, vm: td0, slot: 1, flags: [vfio_dmabuf],
             guest_phys_addr: 0xA0000000, memory_size: 0x200000, fd: buf } ]
-      - [ { op: tdisp.stop, device: nic0 } ]
+      - [ { op: vfio.set_memory_decode, fd: dev, enable: false } ]
 
     """),
     ("td-accept-vs-tdisp-stop", "Does UNMAP race with accept?", """

@@ -16,7 +16,9 @@ struct ExploreCommand: ParsableCommand {
       inside a path). The first violation, deadlock or model bug found has a shortest schedule; \
       once the search is complete, a cycle no thread can leave is a livelock. \
       --out FILE writes the counterexample as a scenario with a schedule: that pmmio run FILE \
-      replays region by region. Expectations of the concurrent steps are not judged here: \
+      replays region by region. --all searches on to the end and reports a shortest \
+      counterexample for every invariant that breaks (a first violation can hide the harm it \
+      leads to). Expectations of the concurrent steps are not judged here: \
       each interleaving gives its own results. \
       Exit status: 0 complete and nothing found, 1 a violation, deadlock or livelock found, \
       2 bad input or usage, 3 a limit stopped the search first and nothing was found.
@@ -33,7 +35,10 @@ struct ExploreCommand: ParsableCommand {
   @Flag(name: .customLong("no-reduction"), help: "Explore every interleaving, without partial-order reduction.")
   var noReduction = false
 
-  @Option(help: "Write the counterexample as a scenario with a 'schedule:' that pmmio run replays.")
+  @Flag(help: "Search to the end and report a shortest counterexample for every invariant that breaks, not only the first.")
+  var all = false
+
+  @Option(help: "Write the (first) counterexample as a scenario with a 'schedule:' that pmmio run replays.")
   var out: String?
 
   func validate() throws {
@@ -52,7 +57,7 @@ struct ExploreCommand: ParsableCommand {
     defer { progress.finish() }
     let report = try Explorer.explore(
       scenario, variant: options.variant,
-      options: ExploreOptions(maxStates: maxStates, maxDepth: maxDepth, reduction: !noReduction, progress: { p in
+      options: ExploreOptions(maxStates: maxStates, maxDepth: maxDepth, reduction: !noReduction, allFindings: all, progress: { p in
         progress.update("pmmio: exploring \(scenario.name): \(p.distinctStates) states, depth \(p.depth)")
       }))
     progress.finish()

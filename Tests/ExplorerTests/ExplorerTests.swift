@@ -169,6 +169,38 @@ let raceNames = RaceScenarios.all.map(\.name)
   }
 }
 
+@Suite struct AllFindings {
+  /// rfc-v1's slot move leaves the old attachment on the freed slot (the first violation);
+  /// searching on shows the revoke's move_notify reaching that slot, a harm the first one
+  /// hides.
+  @Test func theMoveNotifyOnTheFreedSlotShowsAsAnInterleaving() throws {
+    let report = try Explorer.explore(try race("slot-move-vs-revoke"), variant: .rfcV1,
+                                      options: ExploreOptions(allFindings: true))
+    #expect(report.findings.map(\.invariant) == ["NoDanglingBinding", "NoMoveNotifyOnFreedSlot"])
+    #expect(report.findings.map(\.steps.count) == [5, 8])
+    #expect(report.findings[1].schedule == ["ctx1", "ctx1", "ctx1", "ctx1", "ctx1", "ctx2", "ctx2", "ctx2"])
+    #expect(report.finding?.invariant == "NoDanglingBinding")
+    #expect(report.complete)
+    #expect(report.exitStatus == 1)
+  }
+
+  /// With or without `allFindings`, the first finding is the same (invariant and length), and
+  /// a safe scenario stays safe.
+  @Test(arguments: Reduction.all)
+  func theFirstFindingIsTheSame(_ name: String, _ variant: Variant) throws {
+    let scenario = try race(name)
+    let first = try Explorer.explore(scenario, variant: variant)
+    let all = try Explorer.explore(scenario, variant: variant, options: ExploreOptions(allFindings: true))
+    #expect(all.finding?.kind == first.finding?.kind)
+    #expect(all.finding?.steps.count == first.finding?.steps.count)
+    #expect(all.findings.contains { $0.invariant == first.finding?.invariant && $0.steps.count == first.finding?.steps.count }
+      || first.finding == nil)
+    #expect(all.findings.count >= first.findings.count)
+    #expect(all.complete)
+    #expect(Set(all.findings.map { $0.invariant ?? $0.kind.rawValue }).count == all.findings.count, "one per invariant")
+  }
+}
+
 @Suite struct Limits {
   @Test func maxStatesStopsTheSearch() throws {
     let report = try Explorer.explore(try race("two-vcpus-same-page"), variant: .reviewed,

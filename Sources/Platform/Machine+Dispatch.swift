@@ -19,7 +19,7 @@ extension Machine {
       return .ranAndReturned(Self.label(op), oneRegion(op))
 
     // MARK: One region under a lock another path may hold
-    case .vfioRead(let fd, let index, _, _), .vfioWrite(let fd, let index, _, _):
+    case .vfioRead(let fd, let index, _, _), .vfioWrite(let fd, let index, _, _, _):
       // vfio_pci_bar_rw() checks memory decode under memory_lock held for read.
       if index < VFIOPCIRegion.rom, let wait = memoryLockWait(fd, write: false, ctx: ctx) { return .blocked(wait) }
       return .ranAndReturned(Self.label(op), oneRegion(op))
@@ -86,14 +86,15 @@ extension Machine {
       do { vm = try liveVM(vmFD) } catch { return .ranAndReturned(Self.label(op), .failure(error)) }
       frame = .setMemoryRegion(KVMSetMemoryRegion(vm: vm, region: region))
       return try stepAgain(&frame, thread: thread, choices: &choices)
-    case .guestRead(let vmFD, let gpa, let size, let vcpu), .guestWrite(let vmFD, let gpa, let size, let vcpu):
+    case .guestRead(let vmFD, let gpa, let size, let vcpu), .guestWrite(let vmFD, let gpa, let size, let vcpu, _):
       let access: AccessKind = if case .guestWrite = op { .write } else { .read }
+      let stored: UInt64 = if case .guestWrite(_, _, _, _, let value) = op { value } else { 0 }
       do throws(OpFailure) {
         let vm = try guestVCPU(vmFD, vcpu)
         guard [1, 2, 4, 8].contains(size), gpa.pageOffset + size <= pageSize else {
           throw OpFailure.errno(Errno.EINVAL.because("kvm_arch_vcpu_ioctl_run", "the model's guest accesses are 1, 2, 4 or 8 bytes inside one page"))
         }
-        frame = .vcpuRun(VCPURun(vm: vm, vcpu: vcpu, kind: .access(gpa, size: size, access)))
+        frame = .vcpuRun(VCPURun(vm: vm, vcpu: vcpu, kind: .access(gpa, size: size, access), stored: stored))
       } catch { return .ranAndReturned(Self.label(op), .failure(error)) }
       return try stepAgain(&frame, thread: thread, choices: &choices)
     case .guestAcceptMMIO(let vmFD, let gpa, let expectHPA, let vcpu):

@@ -39,11 +39,12 @@ extension Machine {
         return .regionInfo(flags: info.flags.names, size: info.size, offset: info.offset)
       }
 
-    case .vfioRead(let fd, let index, let offset, let size), .vfioWrite(let fd, let index, let offset, let size):
+    case .vfioRead(let fd, let index, let offset, let size), .vfioWrite(let fd, let index, let offset, let size, _):
       let isWrite = if case .vfioWrite = op { true } else { false }
+      let stored: UInt64 = if case .vfioWrite(_, _, _, _, let value) = op { value } else { 0 }
       return try errno { () throws(Errno) in
         let value = try vfio.regionAccess(try vfioFile(fd, .other), index: index, offset: offset, size: size,
-                                          isWrite: isWrite, trace: &trace)
+                                          isWrite: isWrite, value: stored, trace: &trace)
         return isWrite ? .none : .read(value)
       }
 

@@ -222,7 +222,7 @@ extension Machine {
     let fd: FD
     switch op {
     case .kvmCreateVCPU(let vm, _), .kvmSetUserMemoryRegion2(let vm, _), .guestRead(let vm, _, _, _),
-         .guestWrite(let vm, _, _, _), .guestAcceptMMIO(let vm, _, _, _), .tdxDevifCreate(let vm, _):
+         .guestWrite(let vm, _, _, _, _), .guestAcceptMMIO(let vm, _, _, _), .tdxDevifCreate(let vm, _):
       fd = vm
     default:
       return false

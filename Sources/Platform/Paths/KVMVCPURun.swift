@@ -31,14 +31,16 @@ struct VCPURun: Hashable, Sendable {
   let vm: VMID
   let vcpu: UInt32
   let kind: Kind
+  /// What a store writes (its low `size` bytes).
+  let stored: UInt64
   var state: State = .guest
   /// This access installed a mapping (the outcome is `mapped`, not `already_mapped`).
   var faulted = false
   /// Faults that went back to the guest (history).
   var retries = Observed(0)
 
-  init(vm: VMID, vcpu: UInt32, kind: Kind) {
-    self.vm = vm; self.vcpu = vcpu; self.kind = kind
+  init(vm: VMID, vcpu: UInt32, kind: Kind, stored: UInt64 = 0) {
+    self.vm = vm; self.vcpu = vcpu; self.kind = kind; self.stored = stored
   }
 
   var ref: VCPURef { VCPURef(vm: vm, index: vcpu) }
@@ -119,12 +121,15 @@ struct VCPURun: Hashable, Sendable {
   /// Guest mode: the access, or the TDCALL, once the vCPU runs.
   private mutating func inGuest(_ m: inout Machine, ctx: ContextID) throws(LockViolation) -> FrameStep {
     guard let td = m.kvm.tds[vm] else {
-      guard case .access(let gpa, _, let access) = kind else {
+      guard case .access(let gpa, let size, let access) = kind else {
         throw LockViolation(lock: "vcpu", message: "an accept on a VM without a TD")
       }
       if let leaf = m.kvm.vms[vm]!.mmu.lookup(gpa.gfn), access != .write || leaf.spte.isWritable {
         m.noteCompletedAccess(vm, gpa: gpa, accept: false)
-        return complete(faulted ? .mapped : .alreadyMapped)
+        // The access reaches whatever the SPTE maps, which may no longer be what the exporter hands out.
+        let hpa = leaf.spte.pfn.hpa.advanced(by: gpa.rawValue - leaf.gfn.gpa.rawValue)
+        return complete(faulted ? .mapped : .alreadyMapped,
+                        value: m.mmioAccess(vm, gpa: gpa, hpa: hpa, size: size, store: access == .write ? stored : nil))
       }
       state = .fault(FaultPath(ctx: ctx, gpa: gpa, access: access), request: nil)
       return .ran("guest: access, EPT violation, VM exit")
@@ -137,16 +142,17 @@ struct VCPURun: Hashable, Sendable {
     // KVM_RUN: TDH.VP.ENTER if the vCPU is not in guest mode yet (or came back from a fault).
     try m.kvm.enterGuest(ref, traced: false, trace: &m.trace)
     switch kind {
-    case .access(let gpa, _, let access):
+    case .access(let gpa, let size, let access):
       let page = GPA(gpa.rawValue & ~(pageSize - 1))
       let wasPending = m.kvm.tdx.septEntry(td: td, gpa: page)?.state == .mmioPending
       let result = m.kvm.tdx.guestAccess(td: td, gpa: gpa)
       m.trace.absorb(&m.kvm.tdx.trace)
       if wasPending, result != .killedTD { m.kvm.observed.value.unpunishedPendingAccesses += 1 }
       switch result {
-      case .mapped:
+      case .mapped(let hpa):
         m.noteCompletedAccess(vm, gpa: gpa, accept: false)
-        return complete(faulted ? .mapped : .alreadyMapped)
+        return complete(faulted ? .mapped : .alreadyMapped,
+                        value: m.mmioAccess(vm, gpa: gpa, hpa: hpa, size: size, store: access == .write ? stored : nil))
       case .killedTD, .tdNotRunnable: return complete(.killed)
       case .virtualizationException: return .ranAndReturned("guest: access, #VE", .success(.guestAccess("ve")))
       case .eptViolation:
@@ -208,8 +214,9 @@ struct VCPURun: Hashable, Sendable {
     }
   }
 
-  private func complete(_ outcome: FaultOutcome) -> FrameStep {
-    .ranAndReturned("guest: access completes", .success(.guestAccess(outcome.rawValue)))
+  /// The access completed; `value` is what a load read.
+  private func complete(_ outcome: FaultOutcome, value: UInt64? = nil) -> FrameStep {
+    .ranAndReturned("guest: access completes", .success(.guestAccess(outcome.rawValue, value: value)))
   }
 }
 

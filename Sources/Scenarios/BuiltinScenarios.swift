@@ -35,9 +35,9 @@ public enum BuiltinScenarios {
       - { op: vfio.dma_buf, fd: dev, region_index: 0, ranges: [[0, 0x200000]], as: buf, expect: ok }
       - { op: kvm.set_user_memory_region2, vm: td0, slot: 1, flags: [vfio_dmabuf],
           guest_phys_addr: 0x80000000, memory_size: 0x200000, fd: buf, expect: ok }
-      # The guest accepts: EPT violation -> fault -> TDH.MMIO.MAP (MMIO_PENDING) -> TDG.MMIO.ACCEPT.
+      # The guest accepts (EPT violation, fault, TDH.MMIO.MAP, TDG.MMIO.ACCEPT), then reads a register.
       - { op: guest.accept_mmio, vm: td0, gpa: 0x80000000, expect: ok }
-      - { op: guest.read, vm: td0, gpa: 0x80000000, size: 4, expect: { fault: already_mapped } }
+      - { op: guest.read, vm: td0, gpa: 0x80000010, size: 4, expect: { fault: already_mapped, value: 0x10 } }
       - { op: guest.accept_mmio, vm: td0, gpa: 0x80001000, expect: ok }
       - { op: guest.write, vm: td0, gpa: 0x80001008, size: 8, expect: { fault: already_mapped } }
       # Teardown. Stopping the interface ends the TD's trust in it: the buffer is revoked and

@@ -91,7 +91,8 @@ public struct PCIFunction: Hashable, Sendable {
   public mutating func writeCommand(_ value: PCICommand, trace: inout Trace) {
     let old = command
     command = value
-    trace.emit(.pci, "\(name): command \(old) -> \(value)")
+    trace.emit(.pciCommand, "\(name): command \(old) -> \(value)",
+               [.text("device", name), .text("old", "\(old)"), .text("new", "\(value)")])
     let cleared = old.subtracting(value)
     if cleared.contains(.memorySpace) {
       enterErrorIfLocked("Memory Space Enable cleared", trace: &trace)
@@ -110,7 +111,7 @@ public struct PCIFunction: Hashable, Sendable {
   public mutating func writePowerState(_ state: PCIPowerState, trace: inout Trace) {
     let old = powerState
     powerState = state
-    trace.emit(.pci, "\(name): power \(old) -> \(state)")
+    trace.emit(.pciPower, "\(name): power \(old) -> \(state)", [.text("device", name), .text("old", "\(old)"), .text("new", "\(state)")])
     if old == .d0 && state == .d3hot {
       enterErrorIfLocked("D3hot entry", trace: &trace)
     }
@@ -139,7 +140,8 @@ public struct PCIFunction: Hashable, Sendable {
       let old = interface.state
       interface.phase = .configUnlocked
       tdi = interface
-      trace.emit(.tdisp, "\(name): \(old) -> CONFIG_UNLOCKED (conventional reset)")
+      trace.emit(.tdispState, "\(name): \(old) -> CONFIG_UNLOCKED (conventional reset)",
+                 Self.tdispFields(name, old.specName, "CONFIG_UNLOCKED", "conventional reset"))
     }
   }
 
@@ -147,7 +149,7 @@ public struct PCIFunction: Hashable, Sendable {
   /// capability under `LOCK_MSIX`, a resizable-BAR size, ATS or PASID controls.
   /// Under lock the TDI moves to ERROR; otherwise nothing in the model changes.
   public mutating func writeSecurityRelevantConfig(_ what: String = "BAR", trace: inout Trace) {
-    trace.emit(.pci, "\(name): config write (\(what))")
+    trace.emit(.pciConfigWrite, "\(name): config write (\(what))", [.text("device", name), .text("what", what)])
     enterErrorIfLocked("\(what) written", trace: &trace)
   }
 
@@ -159,7 +161,13 @@ public struct PCIFunction: Hashable, Sendable {
     command = []
     powerState = .d0
     contents.reset()
-    trace.emit(.pci, "\(name): \(kind): command \(oldCommand) -> \(command), power \(oldPower) -> D0")
+    trace.emit(.pciReset, "\(name): \(kind): command \(oldCommand) -> \(command), power \(oldPower) -> D0",
+               [.text("device", name), .text("kind", kind), .text("command", "\(command)"), .text("power", "\(powerState)")])
+  }
+
+  /// The fields of a `tdisp:state` event.
+  static func tdispFields(_ device: String, _ old: String, _ new: String, _ cause: String) -> [TraceField] {
+    [.text("device", device), .text("old", old), .text("new", new), .text("cause", cause)]
   }
 
   /// CONFIG_LOCKED or RUN -> ERROR; any other state is left as it is.
@@ -168,6 +176,6 @@ public struct PCIFunction: Hashable, Sendable {
     let old = interface.state
     interface.phase = .error
     tdi = interface
-    trace.emit(.tdisp, "\(name): \(old) -> ERROR (\(reason))")
+    trace.emit(.tdispState, "\(name): \(old) -> ERROR (\(reason))", Self.tdispFields(name, old.specName, "ERROR", reason))
   }
 }

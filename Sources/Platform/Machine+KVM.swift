@@ -40,7 +40,8 @@ extension Machine {
     }
     let fd = try errno { () throws(Errno) in try files.install(.vm(id)) }
     kvm.vms[id] = VirtualMachine(id: id, type: type == .tdx ? .tdx : .default)
-    trace.emit(.kvm, "KVM_CREATE_VM type \(type == .tdx ? "KVM_X86_TDX_VM" : "KVM_X86_DEFAULT_VM") -> vm\(id.rawValue) (\(fd))")
+    trace.emit(.kvmCreateVM, "KVM_CREATE_VM type \(type == .tdx ? "KVM_X86_TDX_VM" : "KVM_X86_DEFAULT_VM") -> vm\(id.rawValue) (\(fd))",
+               [.vm(id), .text("type", type.rawValue), .fd(fd)])
     return .fd(fd)
   }
 
@@ -52,7 +53,7 @@ extension Machine {
       throw .errno(Errno.EINVAL.because("tdx_vcpu_create", "vCPU id \(vcpu) is not below the TD's max_vcpus (\(KVMHost.tdVCPUs))"))
     }
     try errno { () throws(Errno) in try kvm.vms[id]!.createVCPU(vcpu) }
-    trace.emit(.kvm, "KVM_CREATE_VCPU vm\(id.rawValue) vcpu \(vcpu)")
+    trace.emit(.kvmCreateVCPU, "KVM_CREATE_VCPU vm\(id.rawValue) vcpu \(vcpu)", [.vm(id), .int("vcpu", vcpu)])
     if kvm.tds[id] != nil {
       do { try kvm.enterGuest(VCPURef(vm: id, index: vcpu), traced: true, trace: &trace) } catch {
         throw .lockViolation(error)

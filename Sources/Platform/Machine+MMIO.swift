@@ -17,29 +17,35 @@ extension Machine {
   /// - Returns: what a load read; `nil` for a store or a load of RAM.
   mutating func mmioAccess(_ vm: VMID, gpa: GPA, hpa: HPA, size: UInt64, store: UInt64?) -> UInt64? {
     guard let slot = kvm.vms[vm]?.memslot(containing: gpa.gfn), let binding = slot.dmaBuf else { return nil }
+    let event: TraceEventName = store == nil ? .guestMMIORead : .guestMMIOWrite
+    let kind = store == nil ? "load" : "store"
     guard let (device, bar) = functionDecoding(hpa, hint: vfio.dmaBuf(binding.dmaBuf)?.device),
           let function = vfio.device(device)?.function else {
-      trace.emit(.guest, "vm\(vm.rawValue) \(store == nil ? "load" : "store") \(gpa) -> \(hpa): no function decodes it (master abort)")
-      return store == nil ? BARContents.allOnes(size: size) : nil
+      let value = store ?? BARContents.allOnes(size: size)
+      trace.emit(event, "vm\(vm.rawValue) \(kind) \(gpa) -> \(hpa): no function decodes it (master abort)",
+                 [.vm(vm), .gpa(gpa), .hpa(hpa), .int("size", size), .hex("value", value), .flag("decode", false)])
+      return store == nil ? value : nil
     }
     let offset = hpa.rawValue - bar.base.rawValue
-    guard let store else {
-      let value = function.memoryRead(bar: bar.index, offset: offset, size: size)
-      trace.emit(.guest, "vm\(vm.rawValue) load \(gpa) size \(size) -> \(function.name) BAR\(bar.index) +0x\(String(offset, radix: 16))"
-                 + " = 0x\(String(value, radix: 16))\(function.memoryDecodeEnabled ? "" : " (no decode: master abort)")")
-      return value
-    }
-    var taken = false
-    do {
-      try vfio.withFunction(of: device) { (f: inout PCIFunction) throws(Errno) in
-        taken = f.memoryWrite(bar: bar.index, offset: offset, size: size, value: store)
+    var value = store.map { $0 & BARContents.allOnes(size: size) } ?? 0
+    var decoded = true
+    if store != nil {
+      do {
+        try vfio.withFunction(of: device) { (f: inout PCIFunction) throws(Errno) in
+          decoded = f.memoryWrite(bar: bar.index, offset: offset, size: size, value: value)
+        }
+      } catch {
+        return nil  // the device was found above: withFunction cannot refuse it
       }
-    } catch {
-      return nil  // the device was found above: withFunction cannot refuse it
+    } else {
+      value = function.memoryRead(bar: bar.index, offset: offset, size: size)
+      decoded = function.memoryDecodeEnabled
     }
-    trace.emit(.guest, "vm\(vm.rawValue) store \(gpa) size \(size) -> \(function.name) BAR\(bar.index) +0x\(String(offset, radix: 16))"
-               + " = 0x\(String(store & BARContents.allOnes(size: size), radix: 16))\(taken ? "" : " (no decode: dropped)")")
-    return nil
+    trace.emit(event, "vm\(vm.rawValue) \(kind) \(gpa) size \(size) -> \(function.name) BAR\(bar.index) +0x\(String(offset, radix: 16))"
+               + " = 0x\(String(value, radix: 16))\(decoded ? "" : store == nil ? " (no decode: master abort)" : " (no decode: dropped)")",
+               [.vm(vm), .gpa(gpa), .hpa(hpa), .text("device", function.name), .int("bar", bar.index), .hex("offset", offset),
+                .int("size", size), .hex("value", value), .flag("decode", decoded)])
+    return store == nil ? value : nil
   }
 
   /// The function and BAR that decode `hpa`: the exporting device first (the usual case),

@@ -81,7 +81,8 @@ extension Machine {
     case .dmabufGetPfn(let attachment, let pgoff):
       return try errno { () throws(Errno) in
         let lookup = try lookupPfn(attachment, pgoff: pgoff)
-        trace.emit(.dmabuf, "get_pfn attachment \(attachment.rawValue) pgoff \(pgoff.rawValue) -> pfn \(lookup.pfn) order \(lookup.order)")
+        trace.emit(.dmabufGetPfn, "get_pfn attachment \(attachment.rawValue) pgoff \(pgoff.rawValue) -> pfn \(lookup.pfn) order \(lookup.order)",
+                   [.id("attachment", attachment), .hex("pgoff", pgoff.rawValue), .hex("pfn", lookup.pfn.rawValue), .int("order", lookup.order)])
         return .pfn(lookup.pfn, order: lookup.order)
       }
 
@@ -143,7 +144,7 @@ extension Machine {
       frame = .dmaBufMove(path, result: .success(.none))
       return .ran(label)
     case .dmaBuf(let buffer):
-      trace.emit(.dmabuf, "close dmabuf\(buffer.rawValue) (\(fd))")
+      trace.emit(.dmabufClose, "close dmabuf\(buffer.rawValue) (\(fd))", [.id("buffer", buffer), .fd(fd)])
       guard let released = dmabufCore.put(buffer, trace: &trace) else { return .ranAndReturned(label, .success(.none)) }
       frame = .dmaBufRelease(VFIOPCIDmaBufRelease(buffer: released.id))
       return .ran(label)

@@ -46,7 +46,9 @@ extension VFIOPCIDriver {
     }
     guard !live.isEmpty else { return }
     devices[id]!.observedResetsUnderLiveImport.value += 1
-    trace.emit(.vfio, "reset of vfio-dev\(id.rawValue) while dmabuf\(live.map { String($0.rawValue) }.joined(separator: ",")) still mapped by importers")
+    trace.emit(.vfioResetUnderImport,
+               "reset of vfio-dev\(id.rawValue) while dmabuf\(live.map { String($0.rawValue) }.joined(separator: ",")) still mapped by importers",
+               [traceDevice(id), .text("buffers", live.map { String($0.rawValue) }.joined(separator: ","))])
   }
 
   // MARK: Starting a path
@@ -90,7 +92,7 @@ extension VFIOPCIDriver {
   /// - Throws: `EBADF` for an unknown file.
   public mutating func release(_ fileID: VFIOFileID, context: ContextID, trace: inout Trace) throws(Errno) -> DmaBufMovePath? {
     guard let file = files.removeValue(forKey: fileID) else { throw Errno.EBADF.because("vfio_device_fops_release", "no such file") }
-    trace.emit(.vfio, "close vfio-dev\(file.device.rawValue) (file \(fileID.rawValue))")
+    trace.emit(.vfioClose, "close vfio-dev\(file.device.rawValue) (file \(fileID.rawValue))", [traceDevice(file.device), .id("file", fileID)])
     guard file.accessGranted, devices[file.device] != nil else { return nil }
     return DmaBufMovePath(device: file.device, ctx: context, trigger: .close, variant: variant)
   }
@@ -212,6 +214,7 @@ public struct DmaBufMovePath: Hashable, Sendable {
       }
       // Every importer has returned: dma_resv_unlock.
       try dmabufCore.unlockResv(current.buffer, context: ctx)
+      trace.end(depth: 0)
       current.pending = []
       flip = nil
       return try finishRegion("dma_resv_unlock", &driver, &dmabufCore, &sink, &trace)
@@ -276,7 +279,7 @@ public struct DmaBufMovePath: Hashable, Sendable {
       // running, so the TD's Secure-EPT entries may be unmapped. The posted RFC has no such step.
       guard driver.variant == .reviewed, let device = driver.devices[id], device.isPrivate,
             device.function.tdi?.state.isLocked == true else { return }
-      trace.emit(.vfio, "TSM unbind of vfio-dev\(id.rawValue) before revoke")
+      trace.emit(.vfioTSMUnbind, "TSM unbind of vfio-dev\(id.rawValue) before revoke", [driver.traceDevice(id)])
       do { try driver.devices[id]!.function.tdispStopInterface(trace: &trace) } catch {
         // STOP_INTERFACE is answered in every state by a function with a TDI.
         throw LockViolation(lock: "vdev->memory_lock", message: "STOP_INTERFACE refused: \(error.name)")
@@ -291,7 +294,7 @@ public struct DmaBufMovePath: Hashable, Sendable {
       case .power(let state):
         driver.devices[id]!.function.writePowerState(state, trace: &trace)
       case .reset(let kind):
-        trace.emit(.vfio, "\(kind.rawValue) of vfio-dev\(id.rawValue)")
+        trace.emit(.vfioReset, "\(kind.rawValue) of vfio-dev\(id.rawValue)", [driver.traceDevice(id), .text("kind", kind.rawValue)])
         // pci_try_reset_function() / the bus reset save and restore config space around the
         // reset, so the command register the user set survives; the TDI does not.
         let saved = driver.devices[id]!.function.command
@@ -303,7 +306,7 @@ public struct DmaBufMovePath: Hashable, Sendable {
         driver.devices[id]!.function.writeCommand(saved, trace: &trace)
       case .close:
         // vfio_pci_core_disable(): bus mastering off, memory decode off, then a function reset.
-        trace.emit(.vfio, "disable and reset vfio-dev\(id.rawValue)")
+        trace.emit(.vfioDisable, "disable and reset vfio-dev\(id.rawValue)", [driver.traceDevice(id)])
         driver.devices[id]!.function.writeCommand([], trace: &trace)
         driver.noteReset(of: id, dmabufCore: dmabufCore, trace: &trace)
         driver.devices[id]!.function.functionLevelReset(trace: &trace)
@@ -359,13 +362,18 @@ public struct DmaBufMovePath: Hashable, Sendable {
         driver.dmabufs[buffer]!.device = nil
         driver.devices[device]!.registrations -= 1
       }
-      trace.emit(.vfio, "\(revoked ? "revoke" : "restore") dmabuf\(buffer.rawValue)\(cleanup ? " for good" : "")")
+      trace.emit(.vfioDmaBufMove, "\(revoked ? "revoke" : "restore") dmabuf\(buffer.rawValue)\(cleanup ? " for good" : "")",
+                 [driver.traceDevice(device), .id("buffer", buffer), .flag("revoked", revoked), .flag("for_good", cleanup)])
+      // The buffer's revoke (or restore) is a slice: its importers' move_notify runs inside it,
+      // until the resv lock is dropped.
+      trace.begin("\(revoked ? "revoke" : "restore") dmabuf\(buffer.rawValue)", depth: 0)
       let notified = try dmabufCore.moveNotify(buffer, context: ctx, trace: &trace)
       if let first = notified.first {
         flip = Flip(buffer: buffer, revoked: revoked, pending: notified, awaiting: true)
         return .notify(first, revoked: revoked, "dma_resv_lock, flip, move_notify")
       }
       try dmabufCore.unlockResv(buffer, context: ctx)
+      trace.end(depth: 0)
       return try finishRegion("dma_resv_lock, flip, move_notify, dma_resv_unlock", &driver, &dmabufCore, &sink, &trace)
     }
     if stage == .cleanup { driver.devices[device]!.dmabufs = [] }

@@ -18,6 +18,11 @@ public struct VFIOPCIDriver: Hashable, Sendable {
   public static let exporterName = "vfio-pci"
 
   public func device(_ id: VFIODeviceID) -> VFIOPCICoreDevice? { devices[id] }
+
+  /// `device=nic0`: a device in trace fields is its function's name (its BDF in the kernel).
+  func traceDevice(_ id: VFIODeviceID) -> TraceField {
+    .text("device", devices[id]?.function.name ?? "vfio-dev\(id.rawValue)")
+  }
   public func file(_ id: VFIOFileID) -> VFIODeviceFile? { files[id] }
   public func dmaBuf(_ id: DmaBufID) -> VFIOPCIDmaBuf? { dmabufs[id] }
 
@@ -50,7 +55,7 @@ public struct VFIOPCIDriver: Hashable, Sendable {
     guard devices[device] != nil else { throw .ENODEV }
     let id = files.keys.max()?.next ?? VFIOFileID(1)
     files[id] = VFIODeviceFile(device: device, accessGranted: false)
-    trace.emit(.vfio, "open vfio-dev\(device.rawValue) (file \(id.rawValue))")
+    trace.emit(.vfioOpen, "open vfio-dev\(device.rawValue) (file \(id.rawValue))", [traceDevice(device), .id("file", id)])
     return id
   }
 
@@ -86,7 +91,8 @@ public struct VFIOPCIDriver: Hashable, Sendable {
     device.binding = VFIOBinding(isPrivate: isPrivate, vm: vm)
     devices[file.device] = device
     files[fileID]!.accessGranted = true
-    trace.emit(.vfio, "bind vfio-dev\(file.device.rawValue)\(isPrivate ? " private" : "")\(vm.map { " to vm\($0.rawValue)" } ?? "")")
+    trace.emit(.vfioBind, "bind vfio-dev\(file.device.rawValue)\(isPrivate ? " private" : "")\(vm.map { " to vm\($0.rawValue)" } ?? "")",
+               [traceDevice(file.device), .flag("private", isPrivate)] + (vm.map { [.vm($0)] } ?? []))
   }
 
   /// The file's device, once bound. - Throws: `EBADF` for an unknown file, `EINVAL` before
@@ -191,7 +197,10 @@ public struct VFIOPCIDriver: Hashable, Sendable {
         result |= byte << (i * 8)
       }
     }
-    trace.emit(.vfio, "\(isWrite ? "write" : "read") BAR\(index) +0x\(String(offset, radix: 16)) size \(count)")
+    let shown = isWrite ? value & BARContents.allOnes(size: count) : result
+    trace.emit(isWrite ? .vfioBARWrite : .vfioBARRead,
+               "\(isWrite ? "write" : "read") BAR\(index) +0x\(String(offset, radix: 16)) size \(count) = 0x\(String(shown, radix: 16))",
+               [traceDevice(id), .int("bar", index), .hex("offset", offset), .int("size", count), .hex("value", shown)])
     return result
   }
 
@@ -209,6 +218,6 @@ public struct VFIOPCIDriver: Hashable, Sendable {
       throw Errno.EINVAL.because("vfio_pci_core_mmap", "!vdev->bar_mmap_supported[\(index)]")
     }
     devices[id]!.hostMappings.append(index)
-    trace.emit(.vfio, "mmap BAR\(index) of vfio-dev\(id.rawValue) into user space")
+    trace.emit(.vfioMmap, "mmap BAR\(index) of vfio-dev\(id.rawValue) into user space", [traceDevice(id), .int("bar", index)])
   }
 }

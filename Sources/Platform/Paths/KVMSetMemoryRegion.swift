@@ -136,8 +136,10 @@ struct KVMSetMemoryRegion: Hashable, Sendable {
   private mutating func commit(_ plan: MemslotPlan, _ binding: DmaBufBinding?, _ m: inout Machine,
                                ctx: ContextID, label: StaticString) throws(LockViolation) -> FrameStep {
     let commit = try m.kvm.vms[vm]!.commitSetUserMemoryRegion2(plan, binding: binding, ctx: ctx)
-    m.trace.emit(.kvm, "vm\(vm.rawValue): KVM_SET_USER_MEMORY_REGION2 slot \(region.slot) \(commit.change)"
-                 + (commit.leftDangling.isEmpty ? "" : " (attachment \(commit.leftDangling.map { String($0.rawValue) }.joined(separator: ",")) left bound to the freed slot)"))
+    m.trace.emit(.kvmSetMemoryRegion, "vm\(vm.rawValue): KVM_SET_USER_MEMORY_REGION2 slot \(region.slot) \(commit.change)"
+                 + (commit.leftDangling.isEmpty ? "" : " (attachment \(commit.leftDangling.map { String($0.rawValue) }.joined(separator: ",")) left bound to the freed slot)"),
+                 [.vm(vm), .int("slot", region.slot), .text("change", "\(commit.change)"), .hex("gpa", region.guestPhysAddr),
+                  .hex("size", region.memorySize), .hex("flags", UInt64(region.flags))])
     if !commit.detach.isEmpty {
       state = .detach(commit.detach)
       return .ran(label)

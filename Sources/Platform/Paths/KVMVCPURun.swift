@@ -107,7 +107,7 @@ struct VCPURun: Hashable, Sendable {
         }
         let contended = choices.takeBusy(.mmioMap)
         let result = m.kvm.seamcall(vm, .mmioMap, variant: m.variant, contended: contended, trace: &m.trace,
-                                    "\(gpa)") { (module: inout TDXModule) throws(TDXStatus) in
+                                    "\(gpa)", [.gpa(gpa), .hpa(hpa)]) { (module: inout TDXModule) throws(TDXStatus) in
           try module.tdhMMIOMap(td: td, gpa: gpa, level: SEPTLevel(level), hpa: hpa)
         }
         let action = try path.secureMapCompleted(result, vm: &m.kvm.vms[vm]!)
@@ -194,7 +194,8 @@ struct VCPURun: Hashable, Sendable {
       state = .guest
       return .ran(label)
     case .outcome(let outcome):
-      m.trace.emit(.mmu, "vm\(vm.rawValue): fault at \(gpa) -> \(outcome.rawValue)\(retries.value > 0 ? " after \(retries.value) retries" : "")")
+      m.trace.emit(.kvmMMUFault, "vm\(vm.rawValue): fault at \(gpa) -> \(outcome.rawValue)\(retries.value > 0 ? " after \(retries.value) retries" : "")",
+                   [.vm(vm), .gpa(gpa), .text("outcome", outcome.rawValue), .int("retries", retries.value)])
       switch outcome {
       case .mapped:
         faulted = true

@@ -80,7 +80,7 @@ func traces() throws {
   let perfetto = dir.appendingPathComponent("trace.json").path
   let result = try pmmio(["run", "--trace", "text", text, "--trace", "perfetto", perfetto, path])
   #expect(result.status == 0)
-  #expect(try String(contentsOfFile: text, encoding: .utf8).contains("[   1.000] ioctl vfio.close"))
+  #expect(try String(contentsOfFile: text, encoding: .utf8).contains(" ioctl step 1 "))
   let object = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: perfetto))) as? [String: Any]
   #expect((object?["traceEvents"] as? [Any])?.isEmpty == false)
 }

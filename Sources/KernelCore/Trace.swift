@@ -42,7 +42,8 @@ public struct TraceField: Hashable, Sendable, CustomStringConvertible {
   public let key: String
   public let value: String
   public init(_ key: String, _ value: String) { self.key = key; self.value = value }
-  public var description: String { "\(key)=\(value)" }
+  /// `key=value`; a value with a space in it is quoted (`purpose="move_notify zap"`).
+  public var description: String { value.contains(" ") ? "\(key)=\"\(value)\"" : "\(key)=\(value)" }
 
   public static func gpa(_ address: GPA) -> TraceField { TraceField("gpa", address.description) }
   public static func hpa(_ address: HPA) -> TraceField { TraceField("hpa", address.description) }

@@ -287,7 +287,7 @@ public struct RunReport: Codable, Hashable, Sendable {
   public var traceText: String {
     var out = "# pmmio trace: scenario \(scenario), variant \(variant)\n"
     out += "# TIME is REGION.N: REGION counts the atomic regions the machine has run (the model's step clock),\n"
-    out += "# N numbers the events within one region.\n"
+    out += "# N orders what happened within one region (events, and the slice and region marks not shown here).\n"
     out += "#\n#       TIME THREAD EVENT: MESSAGE  FIELDS\n"
     let blank = "#" + String(repeating: " ", count: 12)
     func emit(_ context: String, _ line: TraceLine) {

@@ -24,6 +24,9 @@ public struct BARContents: Hashable, Sendable {
   /// The bytes written since the last reset (for `pmmio show`).
   public var writtenByteCount: Int { written.values.reduce(0) { $0 + $1.count } }
 
+  /// The bytes of BAR `bar` that hold something else than their reset value.
+  public func writtenByteCount(bar: UInt32) -> Int { written[bar]?.count ?? 0 }
+
   /// The reset value of the byte at `offset`: byte `offset % 4` of its register, whose value
   /// is the register's own offset.
   @inlinable public static func resetByte(at offset: UInt64) -> UInt8 {

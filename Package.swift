@@ -10,7 +10,7 @@ let package = Package(
   platforms: [.macOS(.v15)],
   products: [
     .executable(name: "pmmio", targets: ["pmmio"]),
-    .library(name: "PrivateMMIO", targets: ["Platform", "Scenarios"]),
+    .library(name: "PrivateMMIO", targets: ["Platform", "Scenarios", "Explorer"]),
     .library(name: "HostKVM", targets: ["HostKVM"]),
   ],
   dependencies: [
@@ -35,8 +35,11 @@ let package = Package(
     .target(name: "CKVMShim", path: "Sources/CKVMShim"),
     .target(name: "CReferenceVMM", dependencies: ["CKVMShim"], path: "Sources/CReferenceVMM"),
     .target(name: "HostKVM", dependencies: ["KernelCore", "DmaBuf", "KVM", "Platform", "CKVMShim", "CReferenceVMM"]),
+    // The interleaving explorer: every schedule of a scenario's concurrent paths.
+    .target(name: "Explorer", dependencies: ["KernelCore", "Platform", "Scenarios",
+                                             .product(name: "DequeModule", package: "swift-collections")]),
     .executableTarget(name: "pmmio", dependencies: [
-      "KernelCore", "Platform", "Scenarios", "Reports", "HostKVM",
+      "KernelCore", "Platform", "Scenarios", "Reports", "HostKVM", "Explorer",
       .product(name: "ArgumentParser", package: "swift-argument-parser"),
     ]),
 
@@ -51,6 +54,7 @@ let package = Package(
     // Golden/ holds the expected SVG; the test reads it by path.
     .testTarget(name: "ReportsTests", dependencies: ["KernelCore", "Platform", "Reports", "Scenarios"], exclude: ["Golden"]),
     .testTarget(name: "HostKVMTests", dependencies: ["KernelCore", "KVM", "Platform", "HostKVM"]),
-    .testTarget(name: "pmmioTests", dependencies: ["pmmio"]),
+    .testTarget(name: "ExplorerTests", dependencies: ["KernelCore", "Platform", "Scenarios", "Explorer"]),
+    .testTarget(name: "pmmioTests", dependencies: ["pmmio", "Scenarios"]),
   ]
 )

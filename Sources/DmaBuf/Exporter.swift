@@ -17,7 +17,14 @@ public struct ExporterData: Hashable, Sendable {
   public var isPrivate: Bool
   /// The VM the exporting device is bound to, if any.
   public var vm: VMID?
-  public init(isPrivate: Bool, vm: VMID?) { self.isPrivate = isPrivate; self.vm = vm }
+  /// The device interface behind a private buffer is still trusted by its TD (TDISP
+  /// CONFIG_LOCKED, RUN or ERROR: not yet stopped), so its Secure-EPT entries may be blocked
+  /// but not unmapped. `reviewed`'s extension of patch 9's data (this model's proposal): it
+  /// lets KVM block on a revoke and unmap once the TSM has stopped the interface.
+  public var interfaceTrusted: Bool
+  public init(isPrivate: Bool, vm: VMID?, interfaceTrusted: Bool = false) {
+    self.isPrivate = isPrivate; self.vm = vm; self.interfaceTrusted = interfaceTrusted
+  }
 }
 
 /// A PFN answer of `get_pfn`: the frame and the order of the naturally aligned block around

@@ -28,7 +28,8 @@ public enum FaultOutcome: String, Hashable, Sendable, CaseIterable {
   case alreadyMapped = "already_mapped"
   /// No slot, or a write to a read-only slot: `KVM_EXIT_MMIO` to user space.
   case exitMMIO = "exit_mmio"
-  /// `KVM_RUN` fails with `EFAULT` (a memory-fault exit).
+  /// `KVM_RUN` fails with `EFAULT` (a memory-fault exit: `KVM_EXIT_MEMORY_FAULT` in
+  /// `kvm_run`, see ``MemoryFaultExit``).
   case efault
   /// `KVM_RUN` fails with `EIO`: exporter error, or the VM is dead.
   case eio
@@ -45,14 +46,17 @@ public enum PFNSource: Hashable, Sendable {
   case dmaBuf(DmaBufBinding)
   /// The host page tables behind the slot's user address (`hva_to_pfn()`).
   case userspace(hva: UInt64)
-  /// guest_memfd at this byte offset (`kvm_gmem_get_pfn()`).
-  case guestMemfd(offset: UInt64)
+  /// guest_memfd at this byte offset (`kvm_gmem_get_pfn()`); `file` is `slot->gmem.file`,
+  /// `nil` once the file was closed (`kvm_gmem_get_pfn()` then answers `-EFAULT`).
+  case guestMemfd(file: GuestMemfdID?, offset: UInt64)
 }
 
 /// The PFN a fault needs: slot, GFN and the page offset inside the slot's backing.
 public struct PFNRequest: Hashable, Sendable {
   public let slot: SlotKey
   public let gfn: GFN
+  /// `fault->is_private`.
+  public var isPrivate = false
   /// The page inside the backing object (for a dma-buf: the buffer page).
   public let pgoff: PageIndex
   public let source: PFNSource
@@ -81,6 +85,31 @@ public enum SecureCallResult: Hashable, Sendable {
 public enum FaultResult: Hashable, Sendable {
   case outcome(FaultOutcome)
   case retry
+  /// `kvm_mmu_prepare_memory_fault_exit()`: `KVM_RUN` returns the exit's errno (EFAULT) with
+  /// `KVM_EXIT_MEMORY_FAULT` in `kvm_run`. The outcome is ``FaultOutcome/efault``.
+  case memoryFault(MemoryFaultExit)
+  /// The kernel would go on in a way the model does not have (a TD's private RAM needs
+  /// `TDH.MEM.PAGE.AUG`, which the TDX module model lacks): `KVM_RUN` is refused, saying so.
+  case notModelled(function: StaticString, what: String)
+
+  public static func == (a: FaultResult, b: FaultResult) -> Bool {
+    switch (a, b) {
+    case (.outcome(let x), .outcome(let y)): x == y
+    case (.retry, .retry): true
+    case (.memoryFault(let x), .memoryFault(let y)): x == y
+    case (.notModelled(_, let x), .notModelled(_, let y)): x == y
+    default: false
+    }
+  }
+
+  public func hash(into hasher: inout Hasher) {
+    switch self {
+    case .outcome(let o): hasher.combine(0); hasher.combine(o)
+    case .retry: hasher.combine(1)
+    case .memoryFault(let e): hasher.combine(2); hasher.combine(e)
+    case .notModelled(_, let what): hasher.combine(3); hasher.combine(what)
+    }
+  }
 }
 
 /// What the caller must do after a step of a ``FaultPath``.
@@ -126,6 +155,8 @@ public struct FaultPath: Hashable, Sendable {
   public let gpa: GPA
   public let access: AccessKind
   var state: State = .begin
+  /// `fault->is_private`, decided in ``begin(_:)``.
+  public private(set) var isPrivate = false
 
   public init(ctx: ContextID, gpa: GPA, access: AccessKind) {
     self.ctx = ctx; self.gpa = gpa; self.access = access
@@ -167,37 +198,62 @@ public struct FaultPath: Hashable, Sendable {
     return .complete(result)
   }
 
-  /// Region 1: `srcu_read_lock`, the sequence, the slot.
+  /// Region 1: `srcu_read_lock`, the sequence, the private/shared check, the slot
+  /// (`kvm_mmu_faultin_pfn()` and `__kvm_mmu_faultin_pfn()`, `arch/x86/kvm/mmu/mmu.c`, 6.18,
+  /// with the RFC's dma-buf slots of patch 7):
+  /// - `fault->is_private` is the access (``VirtualMachine/isPrivateAccess(_:)``); if it differs
+  ///   from `kvm_mem_is_private(kvm, gfn)` the fault ends in `KVM_EXIT_MEMORY_FAULT` (flags
+  ///   PRIVATE when the access was private) and `KVM_RUN` fails `EFAULT`;
+  /// - no slot (`kvm_handle_noslot_fault()`): a private access is a memory-fault exit, a shared
+  ///   one is emulated MMIO (`exit_mmio`);
+  /// - a slot being deleted or moved (`KVM_MEMSLOT_INVALID`) is `RET_PF_RETRY`;
+  /// - a dma-buf slot takes its PFN from the exporter, private or shared ("vfio_dmabuf slot is
+  ///   also applicable for shared mapping");
+  /// - a private access, or any access to a `KVM_MEMSLOT_GMEM_ONLY` slot, goes to
+  ///   `kvm_mmu_faultin_pfn_gmem()`: a slot without guest_memfd (`!kvm_slot_has_gmem()`) is a
+  ///   memory-fault exit, else `kvm_gmem_get_pfn()`;
+  /// - a shared access to any other slot goes to the user address (`hva_to_pfn()`).
   public mutating func begin(_ vm: inout VirtualMachine) throws(LockViolation) -> FaultAction {
     guard case .begin = state else { throw misuse("begin") }
     try vm.srcu.readLock(ctx)
     guard !vm.isDead else { return try finish(.outcome(.eio), &vm) }
-    let gfn = gpa.gfn
-    // The sequence is read before the slot and the PFN: whatever invalidation starts
-    // after this point is seen under mmu_lock.
+    let gfn = vm.faultGFN(gpa)
+    let isPrivate = vm.isPrivateAccess(gpa)
+    self.isPrivate = isPrivate
+    // The sequence is read before the attributes, the slot and the PFN: whatever invalidation
+    // (or attribute change) starts after this point is seen under mmu_lock.
     let mmuSeq = vm.invalidation.seq
-    // No slot: ordinary guests exit to user space to emulate MMIO; a private-memory guest's
-    // GPA is never emulated, KVM exits with KVM_EXIT_MEMORY_FAULT and KVM_RUN fails EFAULT.
+    // "Now that we have a snapshot of mmu_invalidate_seq we can check for a private vs. shared
+    // mismatch."
+    if isPrivate != vm.memoryAttributes.isPrivate(gfn) {
+      return try finish(.memoryFault(MemoryFaultExit(isPrivate: isPrivate, gfn: gfn)), &vm)
+    }
     guard let slot = vm.memslot(containing: gfn) else {
-      return try finish(.outcome(vm.type.hasPrivateMemory ? .efault : .exitMMIO), &vm)
+      if isPrivate { return try finish(.memoryFault(MemoryFaultExit(isPrivate: true, gfn: gfn)), &vm) }
+      return try finish(.outcome(.exitMMIO), &vm)
     }
     // kvm_mmu_faultin_pfn(): "Retry the page fault if the gfn hit a memslot that is being
     // deleted or moved."
     if slot.isInvalid { return try finish(.retry, &vm) }
     if access == .write && slot.flags.contains(.readonly) { return try finish(.outcome(.exitMMIO), &vm) }
     let rel = gfn.rawValue - slot.baseGFN.rawValue
-    let request: PFNRequest
+    var request: PFNRequest
     if let binding = slot.dmaBuf {
       request = PFNRequest(slot: slot.key, gfn: gfn, pgoff: PageIndex(binding.pgoff.rawValue + rel),
                            source: .dmaBuf(binding))
-    } else if slot.flags.contains(.guestMemfd) {
+    } else if isPrivate || slot.isGmemOnly {
+      // kvm_mmu_faultin_pfn_gmem(): "if (!kvm_slot_has_gmem(fault->slot))" -> memory fault.
+      guard slot.flags.contains(.guestMemfd) else {
+        return try finish(.memoryFault(MemoryFaultExit(isPrivate: isPrivate, gfn: gfn)), &vm)
+      }
       let offset = slot.guestMemfdOffset + (rel << pageShift)
       request = PFNRequest(slot: slot.key, gfn: gfn, pgoff: PageIndex(offset >> pageShift),
-                           source: .guestMemfd(offset: offset))
+                           source: .guestMemfd(file: slot.gmemFile, offset: offset))
     } else {
       request = PFNRequest(slot: slot.key, gfn: gfn, pgoff: PageIndex(rel),
                            source: .userspace(hva: slot.userspaceAddr + (rel << pageShift)))
     }
+    request.isPrivate = isPrivate
     state = .resolving(mmuSeq: mmuSeq, slot: slot)
     return .resolvePFN(request)
   }
@@ -208,6 +264,10 @@ public struct FaultPath: Hashable, Sendable {
                                    vm: inout VirtualMachine) throws(LockViolation) -> FaultAction? {
     guard case .resolving(let mmuSeq, let slot) = state else { throw misuse("pfnResolved") }
     switch answer {
+    case .failure(let errno) where slot.dmaBuf == nil:
+      // kvm_mmu_faultin_pfn_gmem(): any error of kvm_gmem_get_pfn() prepares the memory-fault
+      // exit and is what KVM_RUN returns.
+      return try finish(.memoryFault(MemoryFaultExit(isPrivate: isPrivate, gfn: vm.faultGFN(gpa), errno: errno)), &vm)
     case .failure: return try finish(.outcome(.eio), &vm)
     case .success(let resolved):
       state = .resolved(mmuSeq: mmuSeq, slot: slot, pfn: resolved)
@@ -220,7 +280,9 @@ public struct FaultPath: Hashable, Sendable {
     guard case .resolved(let mmuSeq, let slot, let resolved) = state else { throw misuse("install") }
     if let wait = vm.mmuLock.readWait(for: ctx) { return .blocked(wait) }
     _ = try vm.mmuLock.tryLockRead(ctx)
-    let gfn = gpa.gfn
+    let gfn = vm.faultGFN(gpa)
+    // A TD's shared GPAs live in its direct root; everything else in the (mirror) root.
+    let shared = vm.type == .tdx && !isPrivate
     if vm.isDead {
       try vm.mmuLock.unlock(ctx)
       return try finish(.outcome(.eio), &vm)
@@ -231,23 +293,36 @@ public struct FaultPath: Hashable, Sendable {
       try vm.mmuLock.unlock(ctx)
       return try finish(.retry, &vm)
     }
-    if let leaf = vm.mmu.lookup(gfn), access != .write || leaf.spte.isWritable {
+    if let leaf = shared ? vm.sharedMMU.lookup(gfn) : vm.presentLeaf(gfn), access != .write || leaf.spte.isWritable {
       try vm.mmuLock.unlock(ctx)
       return try finish(.outcome(.alreadyMapped), &vm)  // another vCPU raced ahead: a spurious fault
     }
-    let maxLevel: PGLevel = vm.type == .tdx ? .level4K : .level1G
+    let mmio = vm.isMMIOPFN(resolved.pfn)
+    if vm.type == .tdx && isPrivate && !mmio {
+      // tdx_sept_set_private_spte() would TDH.MEM.PAGE.AUG a private RAM page.
+      try vm.mmuLock.unlock(ctx)
+      return try finish(.notModelled(function: "tdx_sept_set_private_spte",
+                                     what: "model: a TD's private RAM (TDH.MEM.PAGE.AUG) is not modelled"), &vm)
+    }
+    guard gfn <= TDPMMU.maxGFN else {
+      try vm.mmuLock.unlock(ctx)
+      return try finish(.notModelled(function: "kvm_tdp_mmu_map",
+                                     what: "model: the TDP MMU is 4-level; GFN \(gfn.rawValue) is past 48-bit GPAs"), &vm)
+    }
+    let maxLevel: PGLevel = vm.type == .tdx && isPrivate ? .level4K : .level1G
     let level = mmuHugepageAdjust(gfn: gfn, pfn: resolved.pfn, slotGFNs: slot.gfns,
                                   exporterOrder: resolved.order, maxLevel: maxLevel)
     let mask = level.pages - 1
     let baseGFN = GFN(gfn.rawValue & ~mask)
     let basePFN = PFN(resolved.pfn.rawValue & ~mask)
     let spte = SPTE(pfn: basePFN, level: level, writable: !slot.flags.contains(.readonly),
-                    executable: true, mmio: vm.isMMIOPFN(resolved.pfn))
-    if vm.type == .tdx {
+                    executable: true, mmio: mmio)
+    if vm.type == .tdx && isPrivate {
       state = .mapping(gfn: baseGFN, level: level, spte: spte)
       return .secureMap(gpa: baseGFN.gpa, hpa: basePFN.hpa, level: level)
     }
-    vm.mmu.mapUnchecked(baseGFN, level: level, spte: spte)
+    if shared { vm.sharedMMU.mapUnchecked(baseGFN, level: level, spte: spte) }
+    else { vm.mmu.mapUnchecked(baseGFN, level: level, spte: spte) }
     try vm.mmuLock.unlock(ctx)
     return try finish(.outcome(.mapped), &vm)
   }

@@ -51,11 +51,12 @@ public enum KVMInvariants {
     return out
   }
 
-  /// `RevokedImpliesNoSPTE`: no SPTE in the GFNs of a binding whose buffer was revoked and
-  /// whose `move_notify` has returned (`revoked`: those attachments, from the caller).
+  /// `RevokedImpliesNoSPTE`: no present SPTE in the GFNs of a binding whose buffer was
+  /// revoked and whose `move_notify` has returned (`revoked`: those attachments, from the
+  /// caller). A blocked mirror entry of a TD is not present: no vCPU reaches it.
   public static func noSPTEForRevokedBinding(_ vm: VirtualMachine, revoked: Set<AttachmentID>) -> [String] {
     vm.bindings.values.filter { revoked.contains($0.binding.attachment) }.compactMap { b in
-      let left = vm.mmu.leaves(in: b.gfns)
+      let left = vm.mmu.leaves(in: b.gfns).filter { !vm.blockedMirror.contains($0.gfn) }
       return left.isEmpty ? nil
         : "vm \(vm.id): \(left.count) SPTE(s) still map revoked buffer \(b.binding.dmaBuf) (attachment \(b.binding.attachment))"
     }

@@ -1,22 +1,44 @@
 import KernelCore
 import DmaBuf
 
-/// `KVM_CREATE_VM`'s machine type (`arch/x86/include/uapi/asm/kvm.h`).
+/// `KVM_CREATE_VM`'s machine type (`arch/x86/include/uapi/asm/kvm.h`): `KVM_X86_DEFAULT_VM` 0,
+/// `KVM_X86_SW_PROTECTED_VM` 1, `KVM_X86_SEV_VM` 2, `KVM_X86_SEV_ES_VM` 3,
+/// `KVM_X86_SNP_VM` 4, `KVM_X86_TDX_VM` 5. The model has the Intel ones.
 public enum VMType: UInt32, Hashable, Sendable, CaseIterable, CustomStringConvertible {
   /// `KVM_X86_DEFAULT_VM`.
   case `default` = 0
+  /// `KVM_X86_SW_PROTECTED_VM`: private (guest_memfd) memory and memory attributes with no
+  /// hardware protection behind them (`CONFIG_KVM_SW_PROTECTED_VM`, needs the TDP MMU).
+  case swProtected = 1
   /// `KVM_X86_TDX_VM`.
   case tdx = 5
 
-  /// `kvm_arch_has_private_mem()`: TDs have private (guest_memfd) memory.
-  public var hasPrivateMemory: Bool { self == .tdx }
-  /// `kvm_arch_has_readonly_mem()`: false with protected state (a TD's registers are
-  /// private, so KVM cannot emulate the write that hits a read-only slot).
+  /// `kvm_arch_has_private_mem()`: `kvm->arch.has_private_mem`, set by `kvm_arch_init_vm()`
+  /// for every type but the default one.
+  public var hasPrivateMemory: Bool { self != .default }
+  /// `kvm_arch_has_readonly_mem()`: `!kvm->arch.has_protected_state`. A TD's registers are
+  /// private, so KVM cannot emulate the write that hits a read-only slot; a software-protected
+  /// VM's state is not protected.
   public var hasReadonlyMemory: Bool { self != .tdx }
-  /// `kvm_arch_nr_memslot_as_ids()`: two address spaces (normal and SMM) unless the VM has
-  /// private memory, which has no SMM.
-  public var addressSpaces: UInt16 { hasPrivateMemory ? 1 : 2 }
-  public var description: String { self == .tdx ? "tdx" : "default" }
+  /// `kvm_arch_nr_memslot_as_ids()`: two address spaces (normal and SMM) when the host has SMM
+  /// (`CONFIG_KVM_SMM`), unless the VM has private memory, which has no SMM.
+  public func addressSpaces(smm: Bool) -> UInt16 { hasPrivateMemory || !smm ? 1 : 2 }
+  /// The name the ioctl's documentation uses.
+  public var uapiName: String {
+    switch self {
+    case .default: "KVM_X86_DEFAULT_VM"
+    case .swProtected: "KVM_X86_SW_PROTECTED_VM"
+    case .tdx: "KVM_X86_TDX_VM"
+    }
+  }
+  /// The scenario spelling (`default`, `sw_protected`, `tdx`).
+  public var description: String {
+    switch self {
+    case .default: "default"
+    case .swProtected: "sw_protected"
+    case .tdx: "tdx"
+    }
+  }
 }
 
 /// `kvm_userspace_memory_region2.flags` (`include/uapi/linux/kvm.h`).
@@ -102,6 +124,12 @@ public struct Memslot: Hashable, Sendable, CustomStringConvertible {
   public let guestMemfdOffset: UInt64
   /// Set for a ``MemslotFlags/vfioDmaBuf`` slot.
   public let dmaBuf: DmaBufBinding?
+  /// `slot->gmem.file` of a ``MemslotFlags/guestMemfd`` slot; `nil` once the file is closed
+  /// (`kvm_gmem_release()` clears it), after which a private fault gets `EFAULT`.
+  public internal(set) var gmemFile: GuestMemfdID?
+  /// `KVM_MEMSLOT_GMEM_ONLY`: bound to a guest_memfd with `GUEST_MEMFD_FLAG_MMAP`, so shared
+  /// faults take their PFN from guest_memfd too (`kvm_memslot_is_gmem_only()`).
+  public internal(set) var isGmemOnly = false
   /// `KVM_MEMSLOT_INVALID`: the slot is being deleted or moved; a fault that finds it retries.
   public internal(set) var isInvalid = false
 
@@ -141,6 +169,9 @@ public struct MemslotPlan: Hashable, Sendable {
   /// The dma-buf fd to resolve and attach, for a new dma-buf slot (create, and in `rfc-v1`
   /// the re-created slot of a move or flags change).
   public let dmaBufFD: FD?
+  /// The guest_memfd fd to bind (`kvm_gmem_bind()`), for a new ``MemslotFlags/guestMemfd``
+  /// slot.
+  public var gmemFD: FD? = nil
 
   /// The slot's pages.
   public var npages: UInt64 { region.memorySize.pages }
@@ -184,6 +215,28 @@ public struct DmaBufDescription: Hashable, Sendable {
 /// KVM's view of `struct vfio_dma_buf_data` (patch 9): the exporter data the dma-buf
 /// protocol hands importers, never VFIO's own type.
 public typealias VFIODmaBufData = ExporterData
+
+/// What `fget(mem->guest_memfd)` found, as `kvm_gmem_bind()` sees it.
+public enum GuestMemfdLookup: Hashable, Sendable {
+  /// A guest_memfd file (`file->f_op == &kvm_gmem_fops`).
+  case guestMemfd(GuestMemfd)
+  /// An open file of another kind.
+  case otherFile
+}
+
+/// Where a new slot's guest_memfd binding goes: the file and its first page.
+public struct GuestMemfdSlotBinding: Hashable, Sendable {
+  public let file: GuestMemfdID
+  public let pgoff: UInt64
+  public let gmemOnly: Bool
+}
+
+/// The ioctl a memslot update came through: `KVM_SET_USER_MEMORY_REGION` reads only the
+/// first five fields and takes only `KVM_SET_USER_MEMORY_REGION_V1_FLAGS`.
+public enum MemoryRegionIoctl: Hashable, Sendable {
+  case region
+  case region2
+}
 
 /// What a committed memslot change leaves for the caller to do.
 public struct MemslotCommit: Hashable, Sendable {

@@ -1,38 +1,178 @@
 import KernelCore
 
-/// One 512-entry page table of the TDP MMU (`struct kvm_mmu_page` with its `spt` page).
-///
-/// A slot holds a leaf SPTE (`leaves[i] != 0`), a child table (`children[i] != nil`), or
-/// nothing. Tables are shared between copies of a ``TDPMMU`` and copied on the first write
-/// after a copy, so snapshotting a machine is O(1) and a later fault copies one path.
-/// `@unchecked Sendable`: a table is mutated only while uniquely referenced
-/// (`isKnownUniquelyReferenced`), so no shared instance is ever written.
-final class TableNode: @unchecked Sendable {
-  var leaves: ContiguousArray<UInt64>
-  /// Child tables; empty at 4 KiB level, where every entry is a leaf.
-  var children: ContiguousArray<TableNode?>
+/// Sums over a subtree that every mutation keeps up to date along its path, so that counting,
+/// hashing and dropping a whole subtree cost O(1). All fields add up: a parent's totals are its
+/// own leaves' plus its children's totals.
+struct Totals: Equatable {
+  /// Tables at 4 KiB, 2 MiB and 1 GiB level (a root's own table is not counted).
+  var tables4K = 0, tables2M = 0, tables1G = 0
+  /// Leaf SPTEs (a 2 MiB leaf counts once).
+  var leaves = 0
+  /// 4 KiB pages mapped.
+  var pages: UInt64 = 0
+  /// The wrapping sum of ``leafDigest(_:gfn:level:)`` over the leaves: a multiset hash of
+  /// (GFN, level, SPTE), so equal mappings have equal digests whatever the order they were
+  /// made in, and a change adds or subtracts one term on each table of its path.
+  var digest: UInt64 = 0
+
+  /// The totals of one table of `level` with nothing in it.
+  static func table(_ level: PGLevel) -> Totals {
+    switch level {
+    case .level4K: Totals(tables4K: 1)
+    case .level2M: Totals(tables2M: 1)
+    case .level1G: Totals(tables1G: 1)
+    case .level512G: Totals()
+    }
+  }
+
+  /// The totals of one leaf `raw` mapping the block at `gfn`.
+  @inline(__always) static func leaf(_ raw: UInt64, gfn: UInt64, level: PGLevel) -> Totals {
+    Totals(leaves: 1, pages: level.pages, digest: leafDigest(raw, gfn: gfn, level: level))
+  }
+
+  @inline(__always) static func += (a: inout Totals, b: Totals) {
+    a.tables4K &+= b.tables4K; a.tables2M &+= b.tables2M; a.tables1G &+= b.tables1G
+    a.leaves &+= b.leaves; a.pages &+= b.pages; a.digest &+= b.digest
+  }
+
+  @inline(__always) static func -= (a: inout Totals, b: Totals) {
+    a.tables4K &-= b.tables4K; a.tables2M &-= b.tables2M; a.tables1G &-= b.tables1G
+    a.leaves &-= b.leaves; a.pages &-= b.pages; a.digest &-= b.digest
+  }
+
+  /// A 64-bit finalizer (murmur3's fmix64): every input bit affects every output bit.
+  @inline(__always) static func mix(_ x: UInt64) -> UInt64 {
+    var x = x
+    x ^= x >> 33; x &*= 0xff51_afd7_ed55_8ccd
+    x ^= x >> 33; x &*= 0xc4ce_b9fe_1a85_ec53
+    x ^= x >> 33
+    return x
+  }
+
+  @inline(__always) static func leafDigest(_ raw: UInt64, gfn: UInt64, level: PGLevel) -> UInt64 {
+    mix(raw &+ mix(gfn << 2 | UInt64(truncatingIfNeeded: level.rawValue)))
+  }
+}
+
+/// A table's level, how many of its entries are in use, and its subtree's ``Totals``.
+struct TableHeader {
+  let level: PGLevel
   /// Non-empty entries, so an emptied table can be freed and the tree stays canonical.
-  var used: Int
+  var used = 0
+  var totals: Totals
 
   init(level: PGLevel) {
-    leaves = ContiguousArray(repeating: 0, count: 512)
-    children = level == .level4K ? [] : ContiguousArray(repeating: nil, count: 512)
-    used = 0
+    self.level = level
+    totals = .table(level)
+  }
+}
+
+/// One 512-entry page table of the TDP MMU (`struct kvm_mmu_page` with its `spt` page), with
+/// its entries allocated in the same object.
+///
+/// Words 0..<512 are leaf SPTEs (0: none). A table above 4 KiB has 512 more words, bound to
+/// `TableNode?`: its child tables. An entry holds a leaf, a child or nothing, never both.
+/// Tables are shared between copies of a ``TDPMMU`` and copied on the first write after a
+/// copy, so snapshotting a machine is O(1) and a later fault copies one path.
+/// A table is mutated only while uniquely referenced (`isKnownUniquelyReferenced`), so no
+/// shared instance is ever written: that is what makes ``TableRef`` `Sendable`.
+final class TableNode: ManagedBuffer<TableHeader, UInt64> {
+  static func make(level: PGLevel) -> TableNode {
+    let node = unsafeDowncast(TableNode.create(minimumCapacity: level == .level4K ? 512 : 1024) { _ in
+      TableHeader(level: level)
+    }, to: TableNode.self)
+    let words = node.words
+    words.initialize(repeating: 0, count: 512)
+    if level != .level4K {
+      UnsafeMutableRawPointer(words + 512).initializeMemory(as: TableNode?.self, repeating: nil, count: 512)
+    }
+    return node
   }
 
-  init(copying other: TableNode) {
-    leaves = other.leaves
-    children = other.children
-    used = other.used
+  /// The header, in place. Valid while the table is alive.
+  @inline(__always) var head: UnsafeMutablePointer<TableHeader> { withUnsafeMutablePointerToHeader { $0 } }
+  /// The entry words, in place. Valid while the table is alive.
+  @inline(__always) var words: UnsafeMutablePointer<UInt64> { withUnsafeMutablePointerToElements { $0 } }
+  /// The child slots of a table above 4 KiB. Valid while the table is alive.
+  @inline(__always) var children: UnsafeMutablePointer<TableNode?> { TableNode.children(words) }
+  @inline(__always) var level: PGLevel { head.pointee.level }
+
+  /// A copy sharing every child (each gets one more reference).
+  func copy() -> TableNode {
+    let level = self.level
+    let node = unsafeDowncast(TableNode.create(minimumCapacity: level == .level4K ? 512 : 1024) { _ in
+      head.pointee
+    }, to: TableNode.self)
+    // One memcpy of the words, then one more reference to each child: what the generic
+    // `initialize(from:count:)` of `TableNode?` does, without a value-witness call per slot.
+    UnsafeMutableRawPointer(node.words).copyMemory(from: words, byteCount: (level == .level4K ? 512 : 1024) * 8)
+    if level != .level4K { forEachChild { _ = $0.retain() } }
+    return node
   }
 
-  /// Approximate heap bytes of one table: object header, two array buffers with headers.
+  deinit {
+    if level != .level4K { forEachChild { $0.release() } }
+  }
+
+  /// Calls `body` with each child of a table above 4 KiB, its slot read as a raw word.
+  @inline(__always) func forEachChild(_ body: (Unmanaged<TableNode>) -> Void) {
+    let slots = UnsafeRawPointer(words + 512)
+    for i in 0 ..< 512 {
+      let bits = slots.load(fromByteOffset: i * 8, as: UInt.self)
+      if bits != 0 { body(Unmanaged.fromOpaque(UnsafeRawPointer(bitPattern: bits)!)) }
+    }
+  }
+
+  /// The child slots of a table above 4 KiB whose entry words start at `words`.
+  @inline(__always) static func children(_ words: UnsafeMutablePointer<UInt64>) -> UnsafeMutablePointer<TableNode?> {
+    UnsafeMutableRawPointer(words + 512).assumingMemoryBound(to: TableNode?.self)
+  }
+
+  /// Whether the (non-empty) child slot holds the only reference to its table, checked in
+  /// place so that no reference is taken.
+  @inline(__always) static func isUnique(_ slot: UnsafeMutablePointer<TableNode?>) -> Bool {
+    slot.withMemoryRebound(to: TableNode.self, capacity: 1) { isKnownUniquelyReferenced(&$0.pointee) }
+  }
+
+  /// The table in a non-empty child slot, without retaining it (valid while the slot holds it).
+  @inline(__always) static func unmanaged(_ slot: UnsafeMutablePointer<TableNode?>) -> Unmanaged<TableNode> {
+    Unmanaged.fromOpaque(UnsafeRawPointer(slot).load(as: UnsafeRawPointer.self))
+  }
+
+  /// The child in slot `i` without retaining it (valid while this table holds it).
+  @inline(__always) func child(_ i: Int) -> Unmanaged<TableNode>? {
+    let bits = UnsafeRawPointer(children + i).load(as: UInt.self)
+    return bits == 0 ? nil : Unmanaged.fromOpaque(UnsafeRawPointer(bitPattern: bits)!)
+  }
+
+  /// A table of `level` whose 512 leaves are the pieces of the huge leaf `raw` one level up,
+  /// covering GFNs from `gfn` (`make_small_spte()`).
+  static func split(_ raw: UInt64, into level: PGLevel, gfn: UInt64) -> TableNode {
+    let node = make(level: level)
+    let huge = SPTE(rawValue: raw), leaves = node.words, head = node.head
+    for j in 0 ..< 512 {
+      let piece = huge.splitPiece(index: UInt64(j), childLevel: level).rawValue
+      leaves[j] = piece
+      head.pointee.totals += .leaf(piece, gfn: gfn + UInt64(j) * level.pages, level: level)
+    }
+    head.pointee.used = 512
+    return node
+  }
+
+  /// Approximate heap bytes of one table: object header, table header, entry words.
   static func bytes(level: PGLevel) -> Int {
-    let arrayHeader = 32, objectHeader = 16 + 24
-    let leafBytes = arrayHeader + 512 * MemoryLayout<UInt64>.stride
-    let childBytes = level == .level4K ? 0 : arrayHeader + 512 * MemoryLayout<TableNode?>.stride
-    return objectHeader + leafBytes + childBytes
+    let objectHeader = 16
+    let header = (MemoryLayout<TableHeader>.stride + 7) & ~7
+    return objectHeader + header + (level == .level4K ? 512 : 1024) * 8
   }
+}
+
+/// A strong reference to a table, `Sendable` because tables are written only while uniquely
+/// referenced (`ManagedBuffer` itself is never `Sendable`).
+struct TableRef: @unchecked Sendable {
+  var node: TableNode
+  /// The table shared by every empty MMU, so `TDPMMU()` allocates nothing.
+  static let emptyRoot = TableRef(node: TableNode.make(level: .level512G))
 }
 
 /// A leaf mapping as the MMU holds it: the first GFN it covers, its level and its SPTE.
@@ -50,83 +190,117 @@ public struct MappedLeaf: Hashable, Sendable, CustomStringConvertible {
 /// tables mapping GFNs to leaf SPTEs at 4 KiB, 2 MiB or 1 GiB.
 ///
 /// A value: copying is O(1) (tables are shared), a mutation after a copy copies only the
-/// tables on its path. Equality compares mappings, not table identity; the tree is kept
-/// canonical (no empty tables), so equal mappings give equal trees.
+/// tables on its path, and a mutation of tables nobody shares happens in place. Every table
+/// carries its subtree's counts and digest, so counters, `hash(into:)` and dropping a fully
+/// zapped subtree are O(1), and `==` walks only the tables two MMUs do not share. Equality
+/// compares mappings, not table identity; the tree is kept canonical (no empty tables), so
+/// equal mappings give equal trees.
 public struct TDPMMU: Hashable, Sendable {
   /// The largest GFN a 4-level (48-bit) EPT can map: `kvm_mmu_max_gfn()` with
   /// `MAXPHYADDR` 48.
   public static let maxGFN = GFN((1 << 36) - 1)
 
-  var root = TableNode(level: .level512G)
-  /// 4 KiB-equivalent pages currently mapped.
-  public private(set) var mappedPages: UInt64 = 0
-  /// Leaf SPTEs currently installed (a 2 MiB leaf counts once).
-  public private(set) var leafCount: Int = 0
-  /// Tables below the root, by level (index 0 = 4 KiB tables).
-  var tableCounts: [Int] = [0, 0, 0]
+  var storage = TableRef.emptyRoot
+  var root: TableNode { storage.node }
+  /// What the MMU's mutations cost, counted (history: outside `==` and `hash`).
+  public internal(set) var work = Work()
+
+  /// Tables touched by mutations since the MMU was created, for tests that pin costs by
+  /// counting instead of timing.
+  public struct Work: Hashable, Sendable {
+    /// Tables a map or zap walked into (each one's digest and counts were updated).
+    public internal(set) var tablesWalked = 0
+    /// Tables copied because another MMU still shared them.
+    public internal(set) var tablesCopied = 0
+    /// Tables allocated for new levels (or to split a huge page).
+    public internal(set) var tablesAllocated = 0
+  }
 
   public init() {}
 
+  /// 4 KiB-equivalent pages currently mapped.
+  public var mappedPages: UInt64 { root.head.pointee.totals.pages }
+  /// Leaf SPTEs currently installed (a 2 MiB leaf counts once).
+  public var leafCount: Int { root.head.pointee.totals.leaves }
   /// Tables allocated below the root.
-  public var tableCount: Int { tableCounts.reduce(0, +) }
+  public var tableCount: Int {
+    let t = root.head.pointee.totals
+    return Int(t.tables4K) + Int(t.tables2M) + Int(t.tables1G)
+  }
 
   /// Bytes of model state the MMU holds (tables including the root), for the
   /// "at most 32 bytes per mapped 4 KiB page" budget.
   public var modelBytes: Int {
-    TableNode.bytes(level: .level512G)
-      + tableCounts[0] * TableNode.bytes(level: .level4K)
-      + tableCounts[1] * TableNode.bytes(level: .level2M)
-      + tableCounts[2] * TableNode.bytes(level: .level1G)
+    let t = root.head.pointee.totals
+    return TableNode.bytes(level: .level512G) + Int(t.tables4K) * TableNode.bytes(level: .level4K)
+      + Int(t.tables2M) * TableNode.bytes(level: .level2M) + Int(t.tables1G) * TableNode.bytes(level: .level1G)
   }
 
   @inline(__always) static func index(_ gfn: UInt64, _ level: PGLevel) -> Int {
     Int(truncatingIfNeeded: (gfn >> level.gfnShift) & 511)
   }
 
-  @inline(__always) static func makeUnique(_ node: inout TableNode) {
-    if !isKnownUniquelyReferenced(&node) { node = TableNode(copying: node) }
+  /// Makes the root uniquely referenced before a mutation.
+  @inline(__always) mutating func uniqueRoot() {
+    if !isKnownUniquelyReferenced(&storage.node) {
+      storage.node = storage.node.copy()
+      work.tablesCopied += 1
+    }
   }
 
   // MARK: Lookup
 
   /// The leaf covering `gfn`, if any (`kvm_tdp_mmu_get_walk()` to the last present level).
+  /// - Complexity: O(1), at most four tables read, no reference counting.
   public func lookup(_ gfn: GFN) -> MappedLeaf? {
     guard gfn <= TDPMMU.maxGFN else { return nil }
-    var node = root
-    var level = PGLevel.level512G
-    while true {
-      let i = TDPMMU.index(gfn.rawValue, level)
-      let raw = node.leaves[i]
-      if raw != 0 {
-        let base = gfn.rawValue & ~(level.pages - 1)
-        return MappedLeaf(gfn: GFN(base), level: level, spte: SPTE(rawValue: raw))
+    return withExtendedLifetime(storage) {
+      var node = Unmanaged.passUnretained(root)
+      while true {
+        let (words, level) = node._withUnsafeGuaranteedRef { ($0.words, $0.level) }
+        let i = TDPMMU.index(gfn.rawValue, level)
+        let raw = words[i]
+        if raw != 0 {
+          return MappedLeaf(gfn: GFN(gfn.rawValue & ~(level.pages - 1)), level: level, spte: SPTE(rawValue: raw))
+        }
+        guard level != .level4K, let child = node._withUnsafeGuaranteedRef({ $0.child(i) }) else { return nil }
+        node = child
       }
-      guard let lower = level.lower, let child = node.children[i] else { return nil }
-      node = child
-      level = lower
     }
   }
 
   /// Every leaf overlapping `range`, in GFN order.
   public func leaves(in range: Range<GFN> = GFN(0) ..< GFN(TDPMMU.maxGFN.rawValue + 1)) -> [MappedLeaf] {
     var out: [MappedLeaf] = []
-    TDPMMU.collect(root, level: .level512G, base: 0, range.lowerBound.rawValue,
-                   range.upperBound.rawValue, into: &out)
+    forEachLeaf(in: range) { out.append($0) }
     return out
   }
 
-  static func collect(_ node: TableNode, level: PGLevel, base: UInt64, _ start: UInt64, _ end: UInt64,
-                      into out: inout [MappedLeaf]) {
-    let span = level.pages
-    let nodeEnd = base &+ 512 &* span
-    let lo = max(start, base), hi = min(end, nodeEnd)
+  /// Calls `body` with every leaf overlapping `range`, in GFN order, without collecting them.
+  public func forEachLeaf(in range: Range<GFN> = GFN(0) ..< GFN(TDPMMU.maxGFN.rawValue + 1),
+                          _ body: (MappedLeaf) throws -> Void) rethrows {
+    guard mappedPages > 0 else { return }
+    try TDPMMU.visit(root, base: 0, range.lowerBound.rawValue, range.upperBound.rawValue, body)
+  }
+
+  /// Whether any leaf overlaps `range` (stops at the first).
+  public func hasLeaves(in range: Range<GFN>) -> Bool {
+    struct Found: Error {}
+    do { try forEachLeaf(in: range) { _ in throw Found() } } catch { return true }
+    return false
+  }
+
+  static func visit(_ node: TableNode, base: UInt64, _ start: UInt64, _ end: UInt64,
+                    _ body: (MappedLeaf) throws -> Void) rethrows {
+    let level = node.level, span = level.pages, leaves = node.words
+    let lo = max(start, base), hi = min(end, base &+ 512 &* span)
     guard lo < hi else { return }
     for i in Int((lo - base) / span) ... Int((hi - 1 - base) / span) {
       let entryBase = base + UInt64(i) * span
-      if node.leaves[i] != 0 {
-        out.append(MappedLeaf(gfn: GFN(entryBase), level: level, spte: SPTE(rawValue: node.leaves[i])))
-      } else if let lower = level.lower, let child = node.children[i] {
-        collect(child, level: lower, base: entryBase, start, end, into: &out)
+      if leaves[i] != 0 {
+        try body(MappedLeaf(gfn: GFN(entryBase), level: level, spte: SPTE(rawValue: leaves[i])))
+      } else if level != .level4K, let child = node.children[i] {
+        try visit(child, base: entryBase, start, end, body)
       }
     }
   }
@@ -140,6 +314,8 @@ public struct TDPMMU: Hashable, Sendable {
   /// - Returns: the leaf that was replaced at exactly this block, if one was.
   /// - Throws: `EINVAL` for a leaf level above 1 GiB, a GFN not aligned to `level`, or one past
   ///   ``maxGFN`` (the kernel would never build such an SPTE).
+  /// - Complexity: O(1): four tables walked and written in place (copied only if shared), a
+  ///   new table only where a level is missing.
   @discardableResult
   public mutating func map(_ gfn: GFN, level: PGLevel, spte: SPTE) throws(Errno) -> SPTE? {
     guard level <= .level1G, gfn <= TDPMMU.maxGFN, gfn.rawValue & (level.pages - 1) == 0,
@@ -148,194 +324,226 @@ public struct TDPMMU: Hashable, Sendable {
   }
 
   @discardableResult
-  mutating func mapUnchecked(_ gfn: GFN, level: PGLevel, spte: SPTE) -> SPTE? {
-    var replaced: SPTE? = nil
-    var node = root
-    root = TableNode(level: .level4K)  // drop our reference so `node` can be unique
-    TDPMMU.makeUnique(&node)
-    mapInto(&node, nodeLevel: .level512G, gfn.rawValue, target: level, spte: spte.rawValue, &replaced)
-    root = node
-    return replaced
+  mutating func mapUnchecked(_ gfn: GFN, level target: PGLevel, spte: SPTE) -> SPTE? {
+    uniqueRoot()
+    let replaced = withExtendedLifetime(storage) {
+      TDPMMU.mapPath(root, gfn.rawValue, target: target, spte: spte.rawValue, &work)
+    }
+    return replaced == 0 ? nil : SPTE(rawValue: replaced)
   }
 
-  private mutating func mapInto(_ node: inout TableNode, nodeLevel: PGLevel, _ gfn: UInt64,
-                                target: PGLevel, spte: UInt64, _ replaced: inout SPTE?) {
-    let i = TDPMMU.index(gfn, nodeLevel)
-    if nodeLevel == target {
-      if let child = node.children.isEmpty ? nil : node.children[i] {
-        forget(child, level: nodeLevel.lower ?? .level4K, freeTable: true)
-        node.children[i] = nil
-        node.used -= 1
+  /// The walk of ``map(_:level:spte:)`` from a uniquely referenced root down to `target`:
+  /// each child is checked for uniqueness in its slot (no reference taken) and copied only
+  /// when shared, a missing level is allocated. Every change of totals is added to the
+  /// headers of the tables above it on the path. Returns the replaced leaf (0 for none).
+  private static func mapPath(_ root: TableNode, _ gfn: UInt64, target: PGLevel, spte: UInt64,
+                              _ work: inout Work) -> UInt64 {
+    var path = Path(root.head)
+    var words = root.words
+    var level = PGLevel.level512G
+    while level != target {
+      work.tablesWalked += 1
+      let i = index(gfn, level)
+      let lowerRaw = level.rawValue &- 1
+      let inTheWay = words[i]
+      if inTheWay != 0 {
+        words[i] = 0
+        path.last.pointee.used -= 1
+        path.add(Totals.leaf(inTheWay, gfn: gfn & ~(level.pages &- 1), level: level), sign: -1)
       }
-      let old = node.leaves[i]
-      if old != 0 {
-        replaced = SPTE(rawValue: old)
-        mappedPages -= nodeLevel.pages
-        leafCount -= 1
-        node.used -= 1
+      let slot = TableNode.children(words) + i
+      if slot.pointee == nil {
+        let lower = PGLevel(rawValue: lowerRaw) ?? .level4K
+        slot.pointee = TableNode.make(level: lower)
+        work.tablesAllocated += 1
+        path.last.pointee.used += 1
+        path.add(.table(lower), sign: 1)
+      } else if !TableNode.isUnique(slot) {
+        slot.pointee = slot.pointee!.copy()
+        work.tablesCopied += 1
       }
-      node.leaves[i] = spte
-      node.used += 1
-      mappedPages += nodeLevel.pages
-      leafCount += 1
-      return
+      let child = TableNode.unmanaged(slot)
+      let next = child._withUnsafeGuaranteedRef { ($0.head, $0.words) }
+      path.push(next.0)
+      words = next.1
+      level = next.0.pointee.level
     }
-    guard let lower = nodeLevel.lower else { return }
-    if node.leaves[i] != 0 {
-      node.leaves[i] = 0
-      node.used -= 1
-      mappedPages -= nodeLevel.pages
-      leafCount -= 1
+    work.tablesWalked += 1
+    let i = index(gfn, level)
+    var delta = Totals()
+    let head = path.last
+    if level != .level4K, let child = TableNode.children(words)[i].take() {
+      delta -= child.head.pointee.totals
+      head.pointee.used -= 1
     }
-    var child: TableNode
-    if let existing = node.children[i] {
-      child = existing
-      node.children[i] = nil
-      TDPMMU.makeUnique(&child)
-    } else {
-      child = TableNode(level: lower)
-      tableCounts[lower.rawValue - 1] += 1
-      node.used += 1
-    }
-    mapInto(&child, nodeLevel: lower, gfn, target: target, spte: spte, &replaced)
-    node.children[i] = child
+    let old = words[i]
+    if old != 0 { delta -= .leaf(old, gfn: gfn, level: level) } else { head.pointee.used += 1 }
+    words[i] = spte
+    delta += .leaf(spte, gfn: gfn, level: level)
+    path.add(delta, sign: 1)
+    return old
   }
 
-  /// Subtracts a subtree's leaves and tables from the counters (the subtree is being freed).
-  private mutating func forget(_ node: TableNode, level: PGLevel, freeTable: Bool) {
-    if freeTable { tableCounts[level.rawValue - 1] -= 1 }
-    for i in 0 ..< 512 {
-      if node.leaves[i] != 0 {
-        mappedPages -= level.pages
-        leafCount -= 1
-      } else if let lower = level.lower, let child = node.children[i] {
-        forget(child, level: lower, freeTable: true)
+  /// The headers of the tables from the root down to the current one (at most four).
+  struct Path {
+    typealias Head = UnsafeMutablePointer<TableHeader>
+    var heads: (Head, Head, Head, Head)
+    var count = 1
+    init(_ root: Head) { heads = (root, root, root, root) }
+    var last: Head {
+      switch count {
+      case 1: heads.0
+      case 2: heads.1
+      case 3: heads.2
+      default: heads.3
       }
+    }
+    mutating func push(_ head: Head) {
+      switch count {
+      case 1: heads.1 = head
+      case 2: heads.2 = head
+      default: heads.3 = head
+      }
+      count += 1
+    }
+    /// Adds (`sign` 1) or subtracts `delta` to every header on the path.
+    @inline(__always) func add(_ delta: Totals, sign: Int) {
+      func apply(_ h: Head) { if sign > 0 { h.pointee.totals += delta } else { h.pointee.totals -= delta } }
+      apply(heads.0)
+      if count > 1 { apply(heads.1) }
+      if count > 2 { apply(heads.2) }
+      if count > 3 { apply(heads.3) }
     }
   }
 
   // MARK: Zap
 
+  /// What a zap removed.
+  public struct Zapped: Hashable, Sendable {
+    /// Leaf SPTEs removed (after splitting: the pieces that were unmapped).
+    public internal(set) var leaves = 0
+    /// 4 KiB pages unmapped.
+    public internal(set) var pages: UInt64 = 0
+    public var isEmpty: Bool { leaves == 0 }
+  }
+
   /// Removes every mapping of GFNs in `range` (`kvm_tdp_mmu_zap_leafs()` over the range).
   ///
   /// A huge leaf that `range` covers only in part is split into next-level leaves with the
   /// same attributes and the uncovered pieces stay mapped. Only tables that hold mappings in
-  /// the range are visited (and copied, when shared). Emptied tables are freed.
-  /// - Returns: the leaves removed, in GFN order (after splitting: what was unmapped).
+  /// the range and are not wholly inside it are walked (and copied, when shared); a table
+  /// wholly inside is dropped with its totals, without a walk. Emptied tables are freed.
+  /// Callers that need the leaves take ``leaves(in:)`` first.
+  /// - Returns: how many leaves and pages were unmapped.
+  /// - Complexity: O(tables crossing the range's two ends), plus freeing the dropped tables
+  ///   nobody else shares.
   @discardableResult
-  public mutating func zap(_ range: Range<GFN>) -> [MappedLeaf] {
-    var removed: [MappedLeaf] = []
+  public mutating func zap(_ range: Range<GFN>) -> Zapped {
+    var removed = Zapped()
     let start = range.lowerBound.rawValue, end = min(range.upperBound.rawValue, TDPMMU.maxGFN.rawValue + 1)
     guard start < end, mappedPages > 0 else { return removed }
-    var node = root
-    root = TableNode(level: .level4K)
-    TDPMMU.makeUnique(&node)
-    zapIn(&node, level: .level512G, base: 0, start, end, &removed)
-    root = node
+    uniqueRoot()
+    TDPMMU.zapIn(root, base: 0, start, end, &removed, &work)
     return removed
   }
 
-  private mutating func zapIn(_ node: inout TableNode, level: PGLevel, base: UInt64,
-                              _ start: UInt64, _ end: UInt64, _ removed: inout [MappedLeaf]) {
-    let span = level.pages
+  /// Zaps inside `node` (uniquely referenced); returns the change of its totals.
+  @discardableResult
+  private static func zapIn(_ node: TableNode, base: UInt64, _ start: UInt64, _ end: UInt64,
+                            _ removed: inout Zapped, _ work: inout Work) -> Totals {
+    work.tablesWalked += 1
+    let head = node.head, leaves = node.words, level = head.pointee.level, span = level.pages
+    var delta = Totals()
     let lo = max(start, base), hi = min(end, base &+ 512 &* span)
-    guard lo < hi else { return }
+    guard lo < hi else { return delta }
     for i in Int((lo - base) / span) ... Int((hi - 1 - base) / span) {
       let entryBase = base + UInt64(i) * span
       let covered = start <= entryBase && entryBase + span <= end
-      let raw = node.leaves[i]
+      let raw = leaves[i]
       if raw != 0 {
+        leaves[i] = 0
+        head.pointee.used -= 1
+        delta -= .leaf(raw, gfn: entryBase, level: level)
         if covered {
-          removed.append(MappedLeaf(gfn: GFN(entryBase), level: level, spte: SPTE(rawValue: raw)))
-          node.leaves[i] = 0
-          node.used -= 1
-          mappedPages -= span
-          leafCount -= 1
+          removed.leaves += 1
+          removed.pages += span
           continue
         }
         // Partly covered huge page: split it so the rest of it stays mapped.
         guard let lower = level.lower else { continue }
-        let child = TableNode(level: lower)
-        let huge = SPTE(rawValue: raw)
-        for j in 0 ..< 512 { child.leaves[j] = huge.splitPiece(index: UInt64(j), childLevel: lower).rawValue }
-        child.used = 512
-        node.leaves[i] = 0
-        node.children[i] = child
-        tableCounts[lower.rawValue - 1] += 1
-        leafCount += 511
+        let piece = TableNode.split(raw, into: lower, gfn: entryBase)
+        work.tablesAllocated += 1
+        head.pointee.used += 1
+        delta += piece.head.pointee.totals
+        node.children[i] = piece
       }
-      guard let lower = level.lower, var child = node.children[i] else { continue }
-      node.children[i] = nil
+      guard level != .level4K, var child = node.children[i].take() else { continue }
       if covered {
-        forgetCollecting(child, level: lower, base: entryBase, &removed)
-        node.used -= 1
-        continue
+        let gone = child.head.pointee.totals
+        head.pointee.used -= 1
+        delta -= gone
+        removed.leaves += gone.leaves
+        removed.pages += gone.pages
+        continue       // the subtree goes with `child`, freed if nobody shares it
       }
-      TDPMMU.makeUnique(&child)
-      zapIn(&child, level: lower, base: entryBase, start, end, &removed)
-      if child.used == 0 {
-        tableCounts[lower.rawValue - 1] -= 1
-        node.used -= 1
+      if !isKnownUniquelyReferenced(&child) {
+        child = child.copy()
+        work.tablesCopied += 1
+      }
+      delta += zapIn(child, base: entryBase, start, end, &removed, &work)
+      if child.head.pointee.used == 0 {
+        head.pointee.used -= 1
+        delta -= child.head.pointee.totals   // an empty table: only itself is left to count
       } else {
         node.children[i] = child
       }
     }
-  }
-
-  private mutating func forgetCollecting(_ node: TableNode, level: PGLevel, base: UInt64,
-                                         _ removed: inout [MappedLeaf]) {
-    tableCounts[level.rawValue - 1] -= 1
-    for i in 0 ..< 512 {
-      let entryBase = base + UInt64(i) * level.pages
-      if node.leaves[i] != 0 {
-        removed.append(MappedLeaf(gfn: GFN(entryBase), level: level, spte: SPTE(rawValue: node.leaves[i])))
-        mappedPages -= level.pages
-        leafCount -= 1
-      } else if let lower = level.lower, let child = node.children[i] {
-        forgetCollecting(child, level: lower, base: entryBase, &removed)
-      }
-    }
+    head.pointee.totals += delta
+    return delta
   }
 
   // MARK: Value semantics
 
+  /// Compares mappings, walking only tables the two MMUs do not share; totals that differ
+  /// (a digest, a count) end the walk at once.
   public static func == (a: TDPMMU, b: TDPMMU) -> Bool {
-    a.mappedPages == b.mappedPages && a.leafCount == b.leafCount
-      && a.tableCounts == b.tableCounts && equal(a.root, b.root, hasChildren: true)
+    var visited = 0
+    return equal(a.root, b.root, visited: &visited)
   }
 
-  static func equal(_ a: TableNode, _ b: TableNode, hasChildren: Bool) -> Bool {
+  /// ``==`` that also counts the table pairs it had to compare.
+  static func equal(_ a: TableNode, _ b: TableNode, visited: inout Int) -> Bool {
     if a === b { return true }
-    guard a.used == b.used, a.leaves == b.leaves else { return false }
-    guard hasChildren else { return true }
+    visited += 1
+    let x = a.head.pointee, y = b.head.pointee
+    guard x.level == y.level, x.used == y.used, x.totals == y.totals else { return false }
+    let la = a.words, lb = b.words
+    for i in 0 ..< 512 where la[i] != lb[i] { return false }
+    guard x.level != .level4K else { return true }
+    let ca = a.children, cb = b.children
     for i in 0 ..< 512 {
-      switch (a.children[i], b.children[i]) {
+      switch (ca[i], cb[i]) {
       case (nil, nil): continue
-      case let (x?, y?): if !equal(x, y, hasChildren: !y.children.isEmpty) { return false }
+      case let (p?, q?): if !equal(p, q, visited: &visited) { return false }
       default: return false
       }
     }
     return true
   }
 
-  /// Hashes every mapping: linear in the tables present, which is what a visited set of
-  /// explored states needs; the explorer's machines map few pages.
+  /// O(1): the root's digest stands for every mapping (see ``Totals/digest``).
   public func hash(into hasher: inout Hasher) {
-    hasher.combine(mappedPages)
-    hasher.combine(leafCount)
-    TDPMMU.hashNode(root, into: &hasher)
+    let t = root.head.pointee.totals
+    hasher.combine(t.digest)
+    hasher.combine(t.pages)
   }
 
-  static func hashNode(_ node: TableNode, into hasher: inout Hasher) {
-    for i in 0 ..< 512 {
-      if node.leaves[i] != 0 {
-        hasher.combine(i)
-        hasher.combine(node.leaves[i])
-      } else if !node.children.isEmpty, let child = node.children[i] {
-        hasher.combine(i &+ 512)
-        hashNode(child, into: &hasher)
-      }
-    }
+  /// The root digest computed from scratch by visiting every leaf (tests check the
+  /// incremental one against it).
+  func recomputedDigest() -> UInt64 {
+    var d: UInt64 = 0
+    forEachLeaf { d &+= Totals.leafDigest($0.spte.rawValue, gfn: $0.gfn.rawValue, level: $0.level) }
+    return d
   }
 
   /// Whether two MMUs share their root table (no write since one was copied from the other).
@@ -345,14 +553,15 @@ public struct TDPMMU: Hashable, Sendable {
   /// mutation, only the path to the mutated entry differs.
   public func sharedTablesOnPath(to gfn: GFN, with other: TDPMMU) -> (shared: Int, walked: Int) {
     var a: TableNode? = root, b: TableNode? = other.root
-    var level: PGLevel? = .level512G
     var shared = 0, walked = 0
-    while let x = a, let y = b, let l = level {
+    while let x = a, let y = b {
       walked += 1
       if x === y { shared += 1 }
-      let i = TDPMMU.index(gfn.rawValue, l)
-      guard !x.children.isEmpty, !y.children.isEmpty else { break }
-      a = x.children[i]; b = y.children[i]; level = l.lower
+      let level = x.level
+      guard level != .level4K, y.level == level else { break }
+      let i = TDPMMU.index(gfn.rawValue, level)
+      a = x.children[i]
+      b = y.children[i]
     }
     return (shared, walked)
   }

@@ -41,14 +41,52 @@ public struct VirtualMachine: Hashable, Sendable {
   /// vCPUs with `KVM_REQ_OUTSIDE_GUEST_MODE` pending whose IPI has not been answered: each
   /// must leave guest mode before the kicker (`kvm_make_all_cpus_request()` waits) goes on.
   public internal(set) var pendingKicks: TreeSet<UInt32> = []
+  /// Mirror SPTEs whose Secure-EPT entries a zap blocked and left mapped, because their
+  /// interface was still trusted: not present to the guest or to a fault, and unmapped by a
+  /// later zap (the TDX mirror SPTE between BLOCK and UNMAP).
+  public internal(set) var blockedMirror: TreeSet<GFN> = []
   /// `kvm->vm_bugged`.
   public internal(set) var isDead = false
   /// Host RAM, as PFN ranges: a PFN outside all of them is MMIO (``isMMIOPFN(_:)``).
   public let ramPFNs: [Range<PFN>]
+  /// What the host allows this VM: address spaces, the largest GFN, a TD's shared bit.
+  public let limits: VMLimits
+  /// `kvm->mem_attr_array` (`KVM_SET_MEMORY_ATTRIBUTES`).
+  public internal(set) var memoryAttributes = MemoryAttributeMap()
+  /// The guest_memfd files created on this VM (`KVM_CREATE_GUEST_MEMFD`), open or not yet
+  /// released.
+  public internal(set) var guestMemfds: TreeDictionary<GuestMemfdID, GuestMemfd> = [:]
+  /// A TD's shared (direct) root: mappings of GPAs with the shared bit, which never go through
+  /// the TDX module. ``mmu`` is the mirror of the Secure EPT for a TD, the only root otherwise.
+  public internal(set) var sharedMMU = TDPMMU()
+  /// What each vCPU's `struct kvm_run` holds after a `KVM_RUN` that failed with a memory-fault
+  /// exit (`exit_reason = KVM_EXIT_MEMORY_FAULT`), by vCPU id; cleared by the next entry.
+  public internal(set) var memoryFaultExits: TreeDictionary<UInt32, MemoryFaultExit> = [:]
 
-  public init(id: VMID, type: VMType, ramPFNs: [Range<PFN>] = [PFN(0) ..< PFN(0x100000)]) {
-    self.id = id; self.type = type; self.ramPFNs = ramPFNs
+  public init(id: VMID, type: VMType, ramPFNs: [Range<PFN>] = [PFN(0) ..< PFN(0x100000)],
+              limits: VMLimits? = nil) {
+    self.id = id; self.type = type; self.ramPFNs = ramPFNs; self.limits = limits ?? .standard(type)
   }
+
+  /// `kvm_is_private_gpa()`: a TD's GPA without the shared bit, or a software-protected VM's
+  /// GFN whose attributes say private (`kvm_mmu_page_fault()` sets `PFERR_PRIVATE_ACCESS` from
+  /// the attributes for VMs without hardware protection). Always false for a default VM.
+  public func isPrivateAccess(_ gpa: GPA) -> Bool {
+    switch type {
+    case .default: false
+    case .swProtected: memoryAttributes.isPrivate(gpa.gfn)
+    case .tdx: gpa.gfn.rawValue & limits.gfnDirectBits == 0
+    }
+  }
+
+  /// The GFN a fault works on: `gpa_to_gfn(gpa) & ~kvm_gfn_direct_bits(kvm)`.
+  public func faultGFN(_ gpa: GPA) -> GFN { GFN(gpa.gfn.rawValue & ~limits.gfnDirectBits) }
+
+  /// `KVM_RUN` failed with a memory-fault exit on `vcpu`: what `struct kvm_run` now says.
+  public mutating func recordMemoryFault(_ exit: MemoryFaultExit, vcpu: UInt32) { memoryFaultExits[vcpu] = exit }
+
+  /// `KVM_RUN` entered the guest again on `vcpu`: `kvm_run` no longer holds the old exit.
+  public mutating func clearMemoryFault(vcpu: UInt32) { memoryFaultExits[vcpu] = nil }
 
   /// `kvm_is_mmio_pfn()` (patch 11): a PFN with no `struct page` of RAM behind it.
   public func isMMIOPFN(_ pfn: PFN) -> Bool { !ramPFNs.contains { $0.contains(pfn) } }
@@ -83,10 +121,13 @@ public struct VirtualMachine: Hashable, Sendable {
 
   /// `check_memory_region_flags()` (`virt/kvm/kvm_main.c`), as patch 6 extends it:
   /// 1. `private_flag & (private_flag - 1)`: GUEST_MEMFD and VFIO_DMABUF together -> `EINVAL`;
-  /// 2. the private flag is valid only `if (kvm_arch_has_private_mem(kvm))` (`rfcV1`); in
-  ///    `reviewed` VFIO_DMABUF is valid for every VM type (the model's proposal after the
-  ///    review's "for every VM") and GUEST_MEMFD as in the kernel for private-memory VMs;
-  /// 3. no LOG_DIRTY_PAGES with a private flag;
+  /// 2. GUEST_MEMFD is valid `if (IS_ENABLED(CONFIG_KVM_GUEST_MEMFD))`, i.e. for every VM of
+  ///    an x86-64 kernel since 6.18 ("KVM: x86: Enable KVM_GUEST_MEMFD for all 64-bit builds";
+  ///    `reviewed`), and only `if (kvm_arch_has_private_mem(kvm))` in the RFC's base (`rfcV1`);
+  ///    VFIO_DMABUF is valid for private-memory VMs (`rfcV1`), for every VM in `reviewed` (the
+  ///    model's proposal after the review's "for every VM");
+  /// 3. no LOG_DIRTY_PAGES with a private flag ("Dirty logging private memory is not
+  ///    currently supported");
   /// 4. READONLY only `if (kvm_arch_has_readonly_mem(kvm) && !private_flag)`;
   /// 5. `mem->flags & ~valid_flags` -> `EINVAL`.
   static func checkFlags(_ flags: MemslotFlags, type: VMType, variant: Variant) throws(Errno) {
@@ -96,7 +137,7 @@ public struct VirtualMachine: Hashable, Sendable {
     }
     var valid: MemslotFlags = [.logDirtyPages]
     if type.hasPrivateMemory { valid.formUnion(privateFlags) }
-    if variant == .reviewed { valid.insert(.vfioDmaBuf) }
+    if variant == .reviewed { valid.formUnion([.vfioDmaBuf, .guestMemfd]) }
     if !privateFlags.isEmpty { valid.remove(.logDirtyPages) }
     if type.hasReadonlyMemory && privateFlags.isEmpty { valid.insert(.readonly) }
     guard flags.rawValue & ~valid.rawValue == 0 else {
@@ -105,32 +146,49 @@ public struct VirtualMachine: Hashable, Sendable {
     }
   }
 
+  /// `KVM_SET_USER_MEMORY_REGION_V1_FLAGS`: what the old ioctl takes (`kvm_vm_ioctl()`).
+  public static let v1Flags: MemslotFlags = [.logDirtyPages, .readonly]
+
   /// The checks of `KVM_SET_USER_MEMORY_REGION2` that come before the memslot is bound, in the
-  /// kernel's order (`kvm_vm_ioctl_set_memory_region()` then `__kvm_set_memory_region()`), and
-  /// the classification of `kvm_set_memslot()`. Changes nothing. Every refusal names the
-  /// function and check, e.g. `__kvm_set_memory_region: overlaps slot 2 [0x80000000, +0x200000)`.
+  /// kernel's order (`kvm_vm_ioctl()`, `kvm_vm_ioctl_set_memory_region()` then
+  /// `__kvm_set_memory_region()`), and the classification of `kvm_set_memslot()`. Changes
+  /// nothing. Every refusal names the function and check, e.g.
+  /// `__kvm_set_memory_region: overlaps slot 2 [0x80000000, +0x200000)`.
   ///
-  /// 1. (dead VM) `EIO`; `(u16)mem->slot >= KVM_USER_MEM_SLOTS` -> `EINVAL`;
+  /// 1. (dead VM) `EIO`; `KVM_SET_USER_MEMORY_REGION` with a flag outside
+  ///    `KVM_SET_USER_MEMORY_REGION_V1_FLAGS` -> `EINVAL` (its struct has no `guest_memfd`
+  ///    fields: they read as 0); `(u16)mem->slot >= KVM_USER_MEM_SLOTS` -> `EINVAL`;
   /// 2. ``checkFlags(_:type:variant:)`` (runs on delete too);
   /// 3. `memory_size` not page aligned; GPA not page aligned; `userspace_addr` not page aligned
   ///    or `!access_ok()` -> `EINVAL`;
   /// 4. GUEST_MEMFD (and in `reviewed` VFIO_DMABUF, a slice): offset unaligned or `offset +
   ///    size` wrapping -> `EINVAL`;
-  /// 5. `as_id` or `id` out of range; GPA + size wrapping; more than `KVM_MEM_MAX_NR_PAGES`
-  ///    pages -> `EINVAL`;
+  /// 5. `as_id >= kvm_arch_nr_memslot_as_ids(kvm)` or `id` out of range; GPA + size wrapping;
+  ///    more than `KVM_MEM_MAX_NR_PAGES` pages -> `EINVAL`;
   /// 6. delete (`memory_size == 0`): no such slot -> `EINVAL`; nothing else runs;
-  /// 7. modify: "Private memslots are immutable" (GUEST_MEMFD; `reviewed` also VFIO_DMABUF,
-  ///    old or new); `userspace_addr`, size or READONLY changed -> `EINVAL`; identical -> done;
+  /// 7. modify: "Private memslots are immutable" (GUEST_MEMFD in the new flags; since "KVM:
+  ///    Disallow toggling KVM_MEM_GUEST_MEMFD on an existing memslot" (6.19-rc1, 6.18.y) in the
+  ///    old ones too, `reviewed`; `reviewed` also VFIO_DMABUF, old or new); `userspace_addr`,
+  ///    size or READONLY changed -> `EINVAL`; identical -> done;
   /// 8. create or move: overlap -> `EEXIST`;
   /// 9. `rfcV1` only, patch 6 in the bind branch: VFIO_DMABUF with `guest_memfd_offset != 0`
   ///    -> `EINVAL` (after the overlap check);
-  /// 10. `kvm_arch_prepare_memory_region()`: the last GFN past `kvm_mmu_max_gfn()` -> `EINVAL`
-  ///    (the kernel runs it after binding; the model before, so a bad fd of an out-of-range
-  ///    slot answers `EINVAL` here where the kernel answers `EBADF`).
-  public func prepareSetUserMemoryRegion2(_ mem: UserspaceMemoryRegion2,
-                                          variant: Variant) throws(Errno) -> MemslotPlan {
+  /// 10. `kvm_arch_prepare_memory_region()`: the last GFN past `kvm_mmu_max_gfn()`, or (a TD)
+  ///    with the shared bit (`kvm_is_gfn_alias()`) -> `EINVAL` (the kernel runs it after
+  ///    binding; the model before, so a bad fd of an out-of-range slot answers `EINVAL` here
+  ///    where the kernel answers `EBADF`).
+  public func prepareSetUserMemoryRegion2(_ mem: UserspaceMemoryRegion2, variant: Variant,
+                                          ioctl: MemoryRegionIoctl = .region2) throws(Errno) -> MemslotPlan {
     let setRegion: StaticString = "__kvm_set_memory_region"
     guard !isDead else { throw Errno.EIO.because("kvm_vm_ioctl", "kvm->vm_dead") }
+    var mem = mem
+    if ioctl == .region {
+      guard mem.flags & ~VirtualMachine.v1Flags.rawValue == 0 else {
+        throw Errno.EINVAL.because("kvm_vm_ioctl", "KVM_SET_USER_MEMORY_REGION: mem.flags 0x\(String(mem.flags, radix: 16)) & ~KVM_SET_USER_MEMORY_REGION_V1_FLAGS")
+      }
+      mem.guestMemfdOffset = 0
+      mem.guestMemfd = 0
+    }
     guard mem.id < MemslotLimits.userMemSlots else {
       throw Errno.EINVAL.because("kvm_vm_ioctl_set_memory_region", "(u16)mem->slot \(mem.id) >= KVM_USER_MEM_SLOTS")
     }
@@ -148,8 +206,8 @@ public struct VirtualMachine: Hashable, Sendable {
         throw Errno.EINVAL.because(setRegion, "guest_memfd_offset not page aligned or offset + size wraps")
       }
     }
-    guard mem.asID < type.addressSpaces else {
-      throw Errno.EINVAL.because(setRegion, "as_id \(mem.asID) >= kvm_arch_nr_memslot_as_ids")
+    guard mem.asID < limits.addressSpaces else {
+      throw Errno.EINVAL.because(setRegion, "as_id \(mem.asID) >= kvm_arch_nr_memslot_as_ids (\(limits.addressSpaces))")
     }
     let (_, gpaOverflow) = mem.guestPhysAddr.addingReportingOverflow(mem.memorySize)
     guard !gpaOverflow else { throw Errno.EINVAL.because(setRegion, "guest_phys_addr + memory_size wraps") }
@@ -172,10 +230,14 @@ public struct VirtualMachine: Hashable, Sendable {
     }
     let change: MemslotChange
     if let old {
-      // "Private memslots are immutable": the posted series tests only GUEST_MEMFD here, so
-      // in rfc-v1 a dma-buf slot can be moved or re-flagged; the review forbids it.
+      // "Private memslots are immutable": the posted series tests only GUEST_MEMFD in the new
+      // flags, so in rfc-v1 a dma-buf slot can be moved or re-flagged and GUEST_MEMFD dropped;
+      // 6.18.y refuses the toggle too, and the review forbids changing a dma-buf slot.
       if flags.contains(.guestMemfd) {
         throw Errno.EINVAL.because(setRegion, "Private memslots are immutable, they can only be deleted")
+      }
+      if variant == .reviewed && old.flags.contains(.guestMemfd) {
+        throw Errno.EINVAL.because(setRegion, "(mem->flags ^ old->flags) & KVM_MEM_GUEST_MEMFD: toggling KVM_MEM_GUEST_MEMFD on an existing memslot")
       }
       if variant == .reviewed && (flags.contains(.vfioDmaBuf) || old.flags.contains(.vfioDmaBuf)) {
         throw Errno.EINVAL.because(setRegion, "model (reviewed): dma-buf memslots are immutable, they can only be deleted")
@@ -203,13 +265,47 @@ public struct VirtualMachine: Hashable, Sendable {
     if flags.contains(.vfioDmaBuf) && variant == .rfcV1 && mem.guestMemfdOffset != 0 {
       throw Errno.EINVAL.because(setRegion, "KVM_MEM_VFIO_DMABUF with guest_memfd_offset != 0")
     }
-    // kvm_arch_prepare_memory_region(): the slot must be mappable by the TDP MMU.
+    // kvm_arch_prepare_memory_region(): the slot must be mappable by the TDP MMU, and a TD's
+    // slot must not reach the shared half of its GPA space.
     if change == .create || change == .move {
-      guard baseGFN.rawValue + npages - 1 <= TDPMMU.maxGFN.rawValue else {
-        throw Errno.EINVAL.because("kvm_arch_prepare_memory_region", "last GFN > kvm_mmu_max_gfn()")
+      let last = baseGFN.rawValue + npages - 1
+      guard last <= limits.maxGFN.rawValue else {
+        throw Errno.EINVAL.because("kvm_arch_prepare_memory_region", "last GFN 0x\(String(last, radix: 16)) > kvm_mmu_max_gfn() 0x\(String(limits.maxGFN.rawValue, radix: 16))")
+      }
+      guard last & limits.gfnDirectBits == 0 else {
+        throw Errno.EINVAL.because("kvm_arch_prepare_memory_region", "kvm_is_gfn_alias(): the slot reaches the TD's shared bit (GPA 0x\(String(limits.gfnDirectBits << pageShift, radix: 16)))")
       }
     }
-    return plan(change, fd: dmaBufFD)
+    var result = plan(change, fd: dmaBufFD)
+    if change == .create && flags.contains(.guestMemfd) {
+      result.gmemFD = FD(Int32(bitPattern: mem.guestMemfd))
+    }
+    return result
+  }
+
+  /// `kvm_gmem_bind()` (`virt/kvm/guest_memfd.c`) for a new GUEST_MEMFD slot, after `fget()`
+  /// found an open file (a closed fd is `EBADF` before this):
+  /// 1. `file->f_op != &kvm_gmem_fops` -> `EINVAL`;
+  /// 2. `f->kvm != kvm` -> `EINVAL`;
+  /// 3. `offset < 0 || !PAGE_ALIGNED(offset) || offset + size > i_size_read(inode)` -> `EINVAL`;
+  /// 4. a binding already in `[start, end)` of the file (`xa_find(&f->bindings)`) -> `EINVAL`.
+  /// Changes nothing; the commit records the binding.
+  public func checkGuestMemfdBind(_ plan: MemslotPlan, file: GuestMemfdLookup) throws(Errno) -> GuestMemfdSlotBinding {
+    let bind: StaticString = "kvm_gmem_bind"
+    guard case .guestMemfd(let gmem) = file else {
+      throw Errno.EINVAL.because(bind, "file->f_op != &kvm_gmem_fops: not a guest_memfd")
+    }
+    guard gmem.vm == id else { throw Errno.EINVAL.because(bind, "f->kvm != kvm: the guest_memfd belongs to vm\(gmem.vm.rawValue)") }
+    let offset = plan.region.guestMemfdOffset
+    let (end, overflow) = offset.addingReportingOverflow(plan.region.memorySize)
+    guard offset.isPageAligned, !overflow, end <= gmem.size else {
+      throw Errno.EINVAL.because(bind, "offset 0x\(String(offset, radix: 16)) + size 0x\(String(plan.region.memorySize, radix: 16)) > i_size_read(inode) 0x\(String(gmem.size, radix: 16))")
+    }
+    let pages = offset.pages ..< end.pages
+    if let other = gmem.bindings.first(where: { $0.pages.overlaps(pages) }) {
+      throw Errno.EINVAL.because(bind, "xa_find(&f->bindings): pages [0x\(String(pages.lowerBound, radix: 16)), 0x\(String(pages.upperBound, radix: 16))) of the file are bound to \(other.slot)")
+    }
+    return GuestMemfdSlotBinding(file: gmem.id, pgoff: pages.lowerBound, gmemOnly: gmem.flags.contains(.mmap))
   }
 
   /// Patch 10's sanity checks in `kvm_vfio_dmabuf_bind()` (`virt/kvm/vfio_dmabuf.c`), which
@@ -240,16 +336,23 @@ public struct VirtualMachine: Hashable, Sendable {
     memslots[key]?.isInvalid = true
   }
 
+  /// `kvm_activate_memslot(kvm, invalid_slot, old)`: an invalidated slot whose update failed
+  /// is the valid slot again.
+  public mutating func revalidateMemslot(_ key: SlotKey) {
+    memslots[key]?.isInvalid = false
+  }
+
   /// Applies a plan (`kvm_set_memslot()`'s create, delete, move or flags-only): the mutating
   /// half of `KVM_SET_USER_MEMORY_REGION2`, with `slots_lock` held by `ctx`. A delete or move
   /// has been invalidated, synchronized and flushed by the caller before this.
   /// - Parameter binding: the new attachment, when the plan asked for a dma-buf.
   /// - Throws: a lock violation when `ctx` does not hold `slots_lock`.
   public mutating func commitSetUserMemoryRegion2(_ plan: MemslotPlan, binding: DmaBufBinding? = nil,
+                                                  gmem: GuestMemfdSlotBinding? = nil,
                                                   ctx: ContextID) throws(LockViolation) -> MemslotCommit {
     try slotsLock.assertHeld(by: ctx)
-    guard (plan.dmaBufFD == nil) == (binding == nil) else {
-      throw LockViolation(lock: slotsLock.name, message: "a dma-buf slot committed without its attachment")
+    guard (plan.dmaBufFD == nil) == (binding == nil), (plan.gmemFD == nil) == (gmem == nil) else {
+      throw LockViolation(lock: slotsLock.name, message: "a dma-buf or guest_memfd slot committed without its binding")
     }
     if plan.change == .unchanged {
       return MemslotCommit(change: .unchanged, detach: [], leftDangling: [])
@@ -258,6 +361,10 @@ public struct VirtualMachine: Hashable, Sendable {
     var dangling: [AttachmentID] = []
     if let old = plan.old {
       memslots[old.key] = nil
+      // kvm_gmem_unbind(): a deleted guest_memfd slot leaves its file's bindings.
+      if plan.change == .delete, let file = old.gmemFile {
+        guestMemfds[file]?.bindings.removeAll { $0.slot == old.key }
+      }
       if let b = old.dmaBuf {
         if plan.change == .delete {
           bindings[b.attachment] = nil
@@ -272,9 +379,17 @@ public struct VirtualMachine: Hashable, Sendable {
     }
     if plan.change != .delete {
       let mem = plan.region
-      let slot = Memslot(key: plan.key, baseGFN: GPA(mem.guestPhysAddr).gfn, npages: plan.npages,
+      var slot = Memslot(key: plan.key, baseGFN: GPA(mem.guestPhysAddr).gfn, npages: plan.npages,
                          flags: MemslotFlags(rawValue: mem.flags), userspaceAddr: mem.userspaceAddr,
                          guestMemfdOffset: mem.guestMemfdOffset, dmaBuf: binding)
+      if let gmem {
+        // kvm_gmem_bind(): slot->gmem.file, slot->gmem.pgoff, KVM_MEMSLOT_GMEM_ONLY, and the
+        // file's bindings over [pgoff, pgoff + npages).
+        slot.gmemFile = gmem.file
+        slot.isGmemOnly = gmem.gmemOnly
+        guestMemfds[gmem.file]?.bindings.append(
+          GuestMemfdBinding(pages: gmem.pgoff ..< gmem.pgoff + plan.npages, slot: plan.key))
+      }
       memslots[plan.key] = slot
       if let binding {
         bindings[binding.attachment] = SlotBinding(binding: binding, slot: plan.key, gfns: slot.gfns,
@@ -293,7 +408,143 @@ public struct VirtualMachine: Hashable, Sendable {
     memslots = [:]
     bindings = [:]
     mmu = TDPMMU()
+    sharedMMU = TDPMMU()
+    guestMemfds = [:]
+    blockedMirror = []
     return (live, stale)
+  }
+
+  // MARK: guest_memfd
+
+  /// `KVM_CREATE_GUEST_MEMFD`'s checks (`kvm_gmem_create()`, `virt/kvm/guest_memfd.c`), in
+  /// order, after `kvm_vm_ioctl()`'s dead-VM check:
+  /// 1. `flags & ~kvm_gmem_get_supported_flags(kvm)` -> `EINVAL`;
+  /// 2. `size <= 0 || !PAGE_ALIGNED(size)` (`loff_t`: a size past `LLONG_MAX` is negative) ->
+  ///    `EINVAL`.
+  /// `__kvm_gmem_create()` then takes an fd (`EMFILE`): the caller's part.
+  public func checkCreateGuestMemfd(_ args: KVMCreateGuestMemfdArgs) throws(Errno) -> GuestMemfd {
+    guard !isDead else { throw Errno.EIO.because("kvm_vm_ioctl", "kvm->vm_dead") }
+    let supported = GuestMemfdFlags.supported(for: type)
+    guard args.flags & ~supported.rawValue == 0 else {
+      throw Errno.EINVAL.because("kvm_gmem_create", "flags 0x\(String(args.flags, radix: 16)) & ~kvm_gmem_get_supported_flags(kvm) 0x\(String(supported.rawValue, radix: 16))")
+    }
+    guard Int64(bitPattern: args.size) > 0, args.size.isPageAligned else {
+      throw Errno.EINVAL.because("kvm_gmem_create", "size 0x\(String(args.size, radix: 16)) <= 0 or not page aligned")
+    }
+    let id = guestMemfds.keys.max()?.next ?? GuestMemfdID(1)
+    return GuestMemfd(id: id, vm: self.id, size: args.size, flags: GuestMemfdFlags(rawValue: args.flags))
+  }
+
+  /// `__kvm_gmem_create()` succeeded: the file exists.
+  public mutating func installGuestMemfd(_ file: GuestMemfd) { guestMemfds[file.id] = file }
+
+  /// `kvm_gmem_release()` of the file's last reference, with `slots_lock` and `mmu_lock` (for
+  /// write) free: every slot bound to it loses its file (`slot->gmem.file = NULL`, so a later
+  /// private fault gets `EFAULT`) and the SPTEs of the bound ranges are zapped (a file without
+  /// `INIT_SHARED` zaps private mappings only, `KVM_FILTER_PRIVATE`; the model zaps the slot's
+  /// pages that the attributes call private, or every page for an `INIT_SHARED` file). A TD's
+  /// private RAM is not modelled, so a TD has nothing to zap here.
+  /// - Returns: how many 4 KiB pages were unmapped.
+  @discardableResult
+  public mutating func releaseGuestMemfd(_ file: GuestMemfdID, ctx: ContextID) throws(LockViolation) -> UInt64 {
+    guard let gmem = guestMemfds[file] else { return 0 }
+    guard try slotsLock.tryLock(ctx) else {
+      throw LockViolation(lock: slotsLock.name, message: "kvm_gmem_release takes it while it is held")
+    }
+    guard try mmuLock.tryLockWrite(ctx) else {
+      throw LockViolation(lock: mmuLock.name, message: "kvm_gmem_release takes it while it is held")
+    }
+    let before = mmu.mappedPages
+    for binding in gmem.bindings {
+      guard let slot = memslots[binding.slot] else { continue }
+      memslots[binding.slot]?.gmemFile = nil
+      guard type != .tdx else { continue }
+      invalidation.begin(slot.gfns)
+      for gfn in slot.gfns.lowerBound.rawValue ..< slot.gfns.upperBound.rawValue
+      where gmem.flags.contains(.initShared) || memoryAttributes.isPrivate(GFN(gfn)) {
+        mmu.zap(GFN(gfn) ..< GFN(gfn + 1))
+      }
+      _ = invalidation.end()
+    }
+    guestMemfds[file] = nil
+    try mmuLock.unlock(ctx)
+    try slotsLock.unlock(ctx)
+    return before - mmu.mappedPages
+  }
+
+  // MARK: Memory attributes
+
+  /// `kvm_supported_mem_attributes()`: PRIVATE for a VM with private memory (and for the
+  /// system fd), nothing for a default VM.
+  public var supportedMemoryAttributes: MemoryAttributes { type.hasPrivateMemory ? .private : [] }
+
+  /// `KVM_SET_MEMORY_ATTRIBUTES` (`kvm_vm_ioctl_set_mem_attributes()` then
+  /// `kvm_vm_set_mem_attributes()`, `virt/kvm/kvm_main.c`), with `slots_lock` and `mmu_lock` (for
+  /// write) free for `ctx`; one region. Checks in order, after the dead-VM check:
+  /// 1. `attrs->flags` -> `EINVAL` ("flags is currently not used");
+  /// 2. `attrs->attributes & ~kvm_supported_mem_attributes(kvm)` -> `EINVAL`;
+  /// 3. `attrs->size == 0 || attrs->address + attrs->size < attrs->address` -> `EINVAL`;
+  /// 4. `!PAGE_ALIGNED(attrs->address) || !PAGE_ALIGNED(attrs->size)` -> `EINVAL`;
+  /// then under `slots_lock`: nothing to do when the range already has the attributes;
+  /// `kvm_arch_pre_set_memory_attributes()` unmaps what the change makes invalid inside
+  /// memslots (to private: shared mappings; to shared: private ones; a VM without a mirror has
+  /// one root and loses both), the attributes are stored, `kvm_mmu_invalidate_end()`.
+  ///
+  /// A TD whose conversion to shared would unmap private MMIO (mirror SPTEs in the range) is
+  /// refused with `EBUSY` (the model's proposal, as for deleting the slot: the Secure-EPT zap
+  /// cannot unmap MMIO of a trusted interface, and the kernel would `KVM_BUG_ON`).
+  /// - Returns: whether anything changed.
+  @discardableResult
+  public mutating func setMemoryAttributes(_ attrs: KVMMemoryAttributesArgs,
+                                           ctx: ContextID) throws(MemoryAttributesFailure) -> Bool {
+    let ioctl: StaticString = "kvm_vm_ioctl_set_mem_attributes"
+    guard !isDead else { throw .errno(Errno.EIO.because("kvm_vm_ioctl", "kvm->vm_dead")) }
+    guard attrs.flags == 0 else { throw .errno(Errno.EINVAL.because(ioctl, "attrs->flags 0x\(String(attrs.flags, radix: 16)): flags is currently not used")) }
+    guard attrs.attributes & ~supportedMemoryAttributes.rawValue == 0 else {
+      throw .errno(Errno.EINVAL.because(ioctl, "attrs->attributes 0x\(String(attrs.attributes, radix: 16)) & ~kvm_supported_mem_attributes(kvm) 0x\(String(supportedMemoryAttributes.rawValue, radix: 16))"))
+    }
+    let (end, overflow) = attrs.address.addingReportingOverflow(attrs.size)
+    guard attrs.size != 0, !overflow else {
+      throw .errno(Errno.EINVAL.because(ioctl, "attrs->size == 0 || attrs->address + attrs->size < attrs->address"))
+    }
+    guard attrs.address.isPageAligned, attrs.size.isPageAligned else {
+      throw .errno(Errno.EINVAL.because(ioctl, "!PAGE_ALIGNED(attrs->address) || !PAGE_ALIGNED(attrs->size)"))
+    }
+    let range = attrs.address.pages ..< end.pages
+    let wanted = MemoryAttributes(rawValue: attrs.attributes)
+    if let wait = slotsLock.wait(for: ctx) { throw .wait(wait) }
+    // "Nothing to do if the entire range has the desired attributes."
+    if memoryAttributes.rangeHas(range, wanted) { return false }
+    if let wait = mmuLock.writeWait(for: ctx) { throw .wait(wait) }
+    let inSlots = memslots.values.compactMap { slot -> Range<GFN>? in
+      let lo = max(slot.gfns.lowerBound.rawValue, range.lowerBound), hi = min(slot.gfns.upperBound.rawValue, range.upperBound)
+      return lo < hi ? GFN(lo) ..< GFN(hi) : nil
+    }
+    let mirror = mmu
+    if type == .tdx, !wanted.contains(.private),
+       let mapped = inSlots.lazy.compactMap({ mirror.leaves(in: $0).first }).first {
+      throw .errno(Errno.EBUSY.because("kvm_arch_pre_set_memory_attributes",
+        "model (reviewed): converting \(mapped.gfn.gpa) to shared would zap private MMIO the TDX module will not unmap while its interface is trusted"))
+    }
+    do throws(LockViolation) {
+      guard try slotsLock.tryLock(ctx), try mmuLock.tryLockWrite(ctx) else {
+        throw LockViolation(lock: "kvm->slots_lock", message: "KVM_SET_MEMORY_ATTRIBUTES took a lock it saw free")
+      }
+    } catch { throw .lockViolation(error) }
+    for gfns in inSlots {
+      invalidation.begin(gfns)
+      switch type {
+      case .default, .swProtected: mmu.zap(gfns)
+      case .tdx: if wanted.contains(.private) { sharedMMU.zap(gfns) }
+      }
+    }
+    memoryAttributes.set(range, wanted)
+    for _ in inSlots { _ = invalidation.end() }
+    do throws(LockViolation) {
+      try mmuLock.unlock(ctx)
+      try slotsLock.unlock(ctx)
+    } catch { throw .lockViolation(error) }
+    return true
   }
 
   // MARK: Invalidation
@@ -347,12 +598,21 @@ public struct VirtualMachine: Hashable, Sendable {
   /// invalidation over `gfns`; the returned ``ZapPath`` unmaps the Secure-EPT entries and
   /// ends both.
   /// - Returns: the path, or what `ctx` waits for (nothing changed).
-  public mutating func beginSecureZap(_ gfns: Range<GFN>,
-                                      ctx: ContextID) throws(LockViolation) -> Result<ZapPath, WaitError> {
+  public mutating func beginSecureZap(_ gfns: Range<GFN>, ctx: ContextID,
+                                      unmap: Bool = true) throws(LockViolation) -> Result<ZapPath, WaitError> {
     if let wait = mmuLock.writeWait(for: ctx) { return .failure(WaitError(wait: wait)) }
     _ = try mmuLock.tryLockWrite(ctx)
     invalidation.begin(gfns)
-    return .success(ZapPath(vm: self, gfns: gfns, ctx: ctx))
+    // The TD's shared (direct) root needs no SEAMCALL: its mappings of the range go at once.
+    sharedMMU.zap(gfns)
+    return .success(ZapPath(vm: self, gfns: gfns, ctx: ctx, unmap: unmap))
+  }
+
+  /// The leaf mapping `gfn` that a guest access or a fault sees: a blocked mirror entry is not
+  /// present.
+  public func presentLeaf(_ gfn: GFN) -> MappedLeaf? {
+    guard let leaf = mmu.lookup(gfn), !blockedMirror.contains(leaf.gfn) else { return nil }
+    return leaf
   }
 
   // MARK: Locks the platform's paths take
@@ -374,6 +634,7 @@ public struct VirtualMachine: Hashable, Sendable {
       throw LockViolation(lock: mmuLock.name, message: "\(ctx) takes it for write while it is held")
     }
     mmu.zap(gfns)
+    sharedMMU.zap(gfns)
     try mmuLock.unlock(ctx)
   }
 
@@ -391,6 +652,14 @@ public struct VirtualMachine: Hashable, Sendable {
 
   /// The IPI reached `vcpu`, or it left guest mode for another reason first.
   public mutating func answerKick(_ vcpu: UInt32) { pendingKicks.remove(vcpu) }
+}
+
+/// Why `KVM_SET_MEMORY_ATTRIBUTES` did not complete: its errno, a lock it must wait for
+/// (nothing changed), or the model's own lock mistake.
+public enum MemoryAttributesFailure: Error, Hashable, Sendable {
+  case errno(Errno)
+  case wait(Wait)
+  case lockViolation(LockViolation)
 }
 
 /// A wait carried as an error value, for APIs that either begin a region or must wait.

@@ -22,6 +22,8 @@ public enum SecureZapAction: Hashable, Sendable {
 public enum ZapOutcome: Hashable, Sendable {
   /// Every entry was unmapped.
   case zapped(entries: Int)
+  /// Every entry was blocked and tracked, and left mapped until the interface is stopped.
+  case blocked(entries: Int)
   /// A call failed with a status other than busy: `KVM_BUG_ON`, the VM is dead.
   case vmDead
 }
@@ -32,6 +34,11 @@ public enum ZapOutcome: Hashable, Sendable {
 ///
 /// Every call is one atomic region of the zapping thread; the kick is a region that sends the
 /// IPIs, followed by a wait until every vCPU that was in guest mode has left it.
+///
+/// When the interface is still trusted (`unmap` false) the zap stops after the kick: the
+/// entries stay MMIO_BLOCKED (no vCPU can access or accept them) and KVM remembers them in
+/// ``VirtualMachine/blockedMirror``; a later zap, once the interface is stopped, unmaps them
+/// without blocking or tracking them again.
 public struct ZapPath: Hashable, Sendable {
   enum State: Hashable, Sendable {
     case block(Int)
@@ -49,15 +56,28 @@ public struct ZapPath: Hashable, Sendable {
   public let gfns: Range<GFN>
   /// The mirror's leaves in the range when the zap began.
   public let entries: [MappedLeaf]
+  /// The entries still to block (those not blocked by an earlier zap), by index in `entries`.
+  let toBlock: [Int]
+  /// Whether the entries are unmapped after the kick, or only left blocked.
+  public let unmap: Bool
   var state: State
 
   /// Builds the path for a VM whose `mmu_lock` `ctx` holds for write and whose invalidation
-  /// over `gfns` has begun (``VirtualMachine/beginSecureZap(_:ctx:)``).
-  init(vm: VirtualMachine, gfns: Range<GFN>, ctx: ContextID) {
+  /// over `gfns` has begun (``VirtualMachine/beginSecureZap(_:ctx:unmap:)``).
+  init(vm: VirtualMachine, gfns: Range<GFN>, ctx: ContextID, unmap: Bool = true) {
     self.ctx = ctx
     self.gfns = gfns
-    entries = vm.mmu.leaves(in: gfns)
-    state = entries.isEmpty ? .finishing(.zapped(entries: 0)) : .block(0)
+    self.unmap = unmap
+    let leaves = vm.mmu.leaves(in: gfns)
+    entries = leaves
+    toBlock = leaves.indices.filter { !vm.blockedMirror.contains(leaves[$0].gfn) }
+    if let first = toBlock.first {
+      state = .block(first)
+    } else if unmap, !entries.isEmpty {
+      state = .unmap(0)   // blocked and tracked by an earlier zap
+    } else {
+      state = .finishing(.zapped(entries: 0))
+    }
   }
 
   public var outcome: ZapOutcome? {
@@ -75,6 +95,14 @@ public struct ZapPath: Hashable, Sendable {
       // kvm_make_all_cpus_request() returns once every IPI it sent has been acknowledged.
       if let vcpu = vm.pendingKicks.first {
         return .blocked(.event("vm\(vm.id.rawValue) vcpu\(vcpu) to leave guest mode (KVM_REQ_OUTSIDE_GUEST_MODE)"))
+      }
+      guard unmap else {
+        // The interface is still trusted: leave the entries blocked and tracked.
+        for entry in entries { vm.blockedMirror.insert(entry.gfn) }
+        try vm.invalidateEnd(ctx: ctx)
+        try vm.mmuLock.unlock(ctx)
+        state = .done(.blocked(entries: entries.count))
+        return .complete(.blocked(entries: entries.count))
       }
       state = .unmap(0)
       return .secureUnmap(gpa: entries[0].gfn.gpa, level: entries[0].level)
@@ -102,11 +130,14 @@ public struct ZapPath: Hashable, Sendable {
     case .success: break
     }
     switch state {
-    case .block(let i): state = i + 1 < entries.count ? .block(i + 1) : .track
+    case .block(let i):
+      let next = toBlock.firstIndex(of: i).map { $0 + 1 } ?? toBlock.count
+      state = next < toBlock.count ? .block(toBlock[next]) : .track
     case .track: state = .kick
     case .kick: state = .kicked
     case .unmap(let i):
       vm.mmu.zap(entries[i].range)
+      vm.blockedMirror.remove(entries[i].gfn)
       state = i + 1 < entries.count ? .unmap(i + 1) : .finishing(.zapped(entries: entries.count))
     case .kicked, .finishing, .done: break
     }

@@ -35,6 +35,7 @@ extension TraceEventName {
   public static let vfioResetUnderImport = TraceEventName(.vfio, "reset_under_import")
   public static let vfioDmaBufExport = TraceEventName(.vfio, "dmabuf_export")
   public static let vfioDmaBufMove = TraceEventName(.vfio, "dmabuf_move")
+  public static let vfioDmaBufRenotify = TraceEventName(.vfio, "dmabuf_renotify")
   // dma-buf core
   public static let dmabufExport = TraceEventName(.dmabuf, "export")
   public static let dmabufRelease = TraceEventName(.dmabuf, "release")
@@ -48,6 +49,9 @@ extension TraceEventName {
   public static let kvmCreateVM = TraceEventName(.kvm, "create_vm")
   public static let kvmCreateVCPU = TraceEventName(.kvm, "create_vcpu")
   public static let kvmSetMemoryRegion = TraceEventName(.kvm, "set_memory_region")
+  public static let kvmSetMemoryAttributes = TraceEventName(.kvm, "set_memory_attributes")
+  public static let kvmCreateGuestMemfd = TraceEventName(.kvm, "create_guest_memfd")
+  public static let kvmGmemRelease = TraceEventName(.kvm, "gmem_release")
   public static let kvmMMUFault = TraceEventName(.kvm, "mmu_fault")
   public static let kvmMMUZap = TraceEventName(.kvm, "mmu_zap")
   public static let kvmMoveNotify = TraceEventName(.kvm, "move_notify")
@@ -95,6 +99,7 @@ extension TraceEventName {
     Entry(name: .vfioResetUnderImport, fields: ["device", "buffers"], summary: "a reset while importers may still map the device's buffers"),
     Entry(name: .vfioDmaBufExport, fields: ["device", "bar", "buffer", "private", "revoked"], summary: "VFIO_DEVICE_FEATURE_DMA_BUF exported a buffer"),
     Entry(name: .vfioDmaBufMove, fields: ["device", "buffer", "revoked", "for_good"], summary: "a buffer revoked or restored (vfio_pci_dma_buf_move); a slice containing its importers' move_notify"),
+    Entry(name: .vfioDmaBufRenotify, fields: ["device", "buffer"], summary: "a revoked buffer's importers told again once the interface is stopped (reviewed); a slice containing their move_notify"),
     Entry(name: .dmabufExport, fields: ["buffer", "size", "exporter"], summary: "dma_buf_export()"),
     Entry(name: .dmabufRelease, fields: ["buffer"], summary: "the buffer's last reference is gone"),
     Entry(name: .dmabufClose, fields: ["buffer", "fd"], summary: "close() of a dma-buf fd"),
@@ -105,7 +110,10 @@ extension TraceEventName {
     Entry(name: .dmabufGetPfn, fields: ["attachment", "pgoff", "pfn", "order"], summary: "dma_buf_get_pfn_unlocked() (RFC patch 1)"),
     Entry(name: .kvmCreateVM, fields: ["vm", "type", "fd"], summary: "KVM_CREATE_VM"),
     Entry(name: .kvmCreateVCPU, fields: ["vm", "vcpu"], summary: "KVM_CREATE_VCPU"),
-    Entry(name: .kvmSetMemoryRegion, fields: ["vm", "slot", "change", "gpa", "size", "flags"], summary: "KVM_SET_USER_MEMORY_REGION2 committed a change"),
+    Entry(name: .kvmSetMemoryRegion, fields: ["vm", "slot", "change", "gpa", "size", "flags"], summary: "KVM_SET_USER_MEMORY_REGION(2) committed a change, or refused a delete"),
+    Entry(name: .kvmSetMemoryAttributes, fields: ["vm", "address", "size", "attributes"], summary: "KVM_SET_MEMORY_ATTRIBUTES changed a range to private or shared"),
+    Entry(name: .kvmCreateGuestMemfd, fields: ["vm", "size", "flags", "gmem", "fd"], summary: "KVM_CREATE_GUEST_MEMFD"),
+    Entry(name: .kvmGmemRelease, fields: ["vm", "gmem", "unmapped"], summary: "kvm_gmem_release(): the guest_memfd's last reference is gone"),
     Entry(name: .kvmMMUFault, fields: ["vm", "gpa", "outcome", "retries"], summary: "a TDP MMU fault ended (mapped, already_mapped, exit_mmio, eio …)"),
     Entry(name: .kvmMMUZap, fields: ["vm", "purpose", "outcome"], summary: "a zap of a slot's SPTEs (move_notify, memslot delete)"),
     Entry(name: .kvmMoveNotify, fields: ["vm", "attachment", "stale"], summary: "KVM's move_notify for a dma-buf slot"),

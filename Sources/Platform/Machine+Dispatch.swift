@@ -15,8 +15,35 @@ extension Machine {
     switch op {
     // MARK: One region, no lock another path holds across regions
     case .vfioOpen, .vfioBindIOMMUFD, .vfioRegionInfo, .vfioMmap, .tdispReport, .kvmCreateVM,
-         .kvmCreateVCPU, .tdxDevifRemove, .tdxMMIOMTAdd, .tdxStreamBlock, .tdxSeamcall, .tdxDevifCreate:
+         .kvmCreateVCPU, .tdxDevifRemove, .tdxMMIOMTAdd, .tdxStreamBlock, .tdxSeamcall, .tdxDevifCreate,
+         .kvmCheckExtension, .kvmCreateGuestMemfd:
       return .ranAndReturned(Self.label(op), oneRegion(op))
+    case .kvmSetMemoryAttributes(let vmFD, let address, let size, let attributes, let flags):
+      // kvm_vm_set_mem_attributes(): slots_lock across the whole update, mmu_lock for write
+      // around the unmap and the stores; the argument checks come before either.
+      let vm: VMID
+      do { vm = try liveVM(vmFD) } catch { return .ranAndReturned(Self.label(op), .failure(error)) }
+      guard host.memoryAttributes else {
+        return .ranAndReturned(Self.label(op), .failure(.errno(Errno.ENOTTY.because(
+          "kvm_vm_ioctl", "KVM_SET_MEMORY_ATTRIBUTES: no such ioctl without CONFIG_KVM_GENERIC_MEMORY_ATTRIBUTES"))))
+      }
+      let args = KVMMemoryAttributesArgs(address: address, size: size, attributes: attributes, flags: flags)
+      do throws(MemoryAttributesFailure) {
+        let changed = try kvm.vms[vm]!.setMemoryAttributes(args, ctx: ctx)
+        if changed {
+          let kind = attributes & MemoryAttributes.private.rawValue != 0 ? "private" : "shared"
+          trace.emit(.kvmSetMemoryAttributes,
+                     "vm\(vm.rawValue): KVM_SET_MEMORY_ATTRIBUTES [0x\(String(address, radix: 16)), +0x\(String(size, radix: 16))) -> \(kind)",
+                     [.vm(vm), .hex("address", address), .hex("size", size), .text("attributes", kind)])
+        }
+        return .ranAndReturned(Self.label(op), .success(.none))
+      } catch {
+        switch error {
+        case .wait(let wait): return .blocked(wait)
+        case .errno(let e): return .ranAndReturned(Self.label(op), .failure(.errno(e)))
+        case .lockViolation(let violation): throw violation
+        }
+      }
 
     // MARK: One region under a lock another path may hold
     case .vfioRead(let fd, let index, _, _), .vfioWrite(let fd, let index, _, _, _):
@@ -52,6 +79,14 @@ extension Machine {
       return .ranAndReturned(Self.label(op), oneRegion(op))
 
     // MARK: A region, then VFIO's revoke or restore when the TDI's state moved it
+    case .tdispStop(let name) where deviceNames[name].flatMap({ vfio.tsmUnbind($0, context: ctx) }) != nil:
+      // reviewed, a device bound private: the TSM's unbind goes through VFIO, which revokes
+      // (KVM blocks the Secure-EPT entries) before the interface is stopped.
+      guard let device = deviceNames[name], var path = vfio.tsmUnbind(device, context: ctx) else {
+        throw LockViolation(lock: "vdev->memory_lock", message: "TSM unbind path vanished")
+      }
+      defer { frame = .dmaBufMove(path, result: .success(.tdiState(TDIState.configUnlocked.specName))) }
+      return try stepDmaBufMove(&path, result: .success(.tdiState(TDIState.configUnlocked.specName)), ctx: ctx)
     case .tdispLock, .tdispStart, .tdispStop, .pciFLR, .pciWriteCommand:
       let (result, device) = tdispOrConfigRegion(op)
       guard case .success = result, let device, let path = vfio.tsmStateChanged(device, context: ctx) else {
@@ -81,10 +116,11 @@ extension Machine {
       } fd: { fd }
     case .vfioClose(let fd), .dmabufClose(let fd), .kvmDestroyVM(let fd):
       return try close(fd, op: op, frame: &frame, ctx: ctx)
-    case .kvmSetUserMemoryRegion2(let vmFD, let region):
+    case .kvmSetUserMemoryRegion2(let vmFD, let region), .kvmSetUserMemoryRegion(let vmFD, let region):
       let vm: VMID
       do { vm = try liveVM(vmFD) } catch { return .ranAndReturned(Self.label(op), .failure(error)) }
-      frame = .setMemoryRegion(KVMSetMemoryRegion(vm: vm, region: region))
+      let ioctl: MemoryRegionIoctl = if case .kvmSetUserMemoryRegion = op { .region } else { .region2 }
+      frame = .setMemoryRegion(KVMSetMemoryRegion(vm: vm, region: region, ioctl: ioctl))
       return try stepAgain(&frame, thread: thread, choices: &choices)
     case .guestRead(let vmFD, let gpa, let size, let vcpu), .guestWrite(let vmFD, let gpa, let size, let vcpu, _):
       let access: AccessKind = if case .guestWrite = op { .write } else { .read }
@@ -159,6 +195,10 @@ extension Machine {
     case .pciWriteCommand: "command register write from outside VFIO, relay"
     case .kvmCreateVM: "KVM_CREATE_VM"
     case .kvmCreateVCPU: "KVM_CREATE_VCPU"
+    case .kvmCheckExtension: "KVM_CHECK_EXTENSION"
+    case .kvmCreateGuestMemfd: "KVM_CREATE_GUEST_MEMFD"
+    case .kvmSetMemoryAttributes: "KVM_SET_MEMORY_ATTRIBUTES: slots_lock, mmu_lock write, unmap, store"
+    case .kvmSetUserMemoryRegion: "KVM_SET_USER_MEMORY_REGION"
     case .tdxDevifCreate: "TDH.DEVIF.CREATE"
     case .tdxDevifRemove: "TDH.DEVIF.REMOVE"
     case .tdxMMIOMTAdd: "TDH.MMIO.MT.ADD"

@@ -32,7 +32,12 @@ extension Machine {
 
   /// The first violated invariant, or `nil` (for the explorer: stops at the first).
   public func firstViolation(quiescent: Bool) -> InvariantCheck? {
-    for invariant in Self.invariants where quiescent || invariant.kind != .quiescent {
+    firstViolation(of: quiescent ? [.everyState, .quiescent, .history] : [.everyState, .history])
+  }
+
+  /// The first violated invariant of the given kinds, in the fixed order, or `nil`.
+  public func firstViolation(of kinds: Set<InvariantKind>) -> InvariantCheck? {
+    for invariant in Self.invariants where kinds.contains(invariant.kind) {
       let violations = invariant.check(self)
       if !violations.isEmpty { return InvariantCheck(name: invariant.name, violation: violations.joined(separator: "; ")) }
     }

@@ -97,13 +97,15 @@ extension Machine {
       }
 
     case .kvmCreateVM(let type): return try createVM(type)
+    case .kvmCheckExtension(let vmFD, let number): return .read(try checkExtension(vm: vmFD, number))
+    case .kvmCreateGuestMemfd(let vmFD, let size, let flags): return try createGuestMemfd(vmFD, size: size, flags: flags)
     case .kvmCreateVCPU(let vmFD, let vcpu): return try createVCPU(vmFD, vcpu)
     case .tdxDevifCreate, .tdxDevifRemove, .tdxMMIOMTAdd, .tdxStreamBlock, .tdxSeamcall:
       return try performTDX(op)
 
     case .vfioClose, .dmabufDetach, .vfioSetMemoryDecode, .vfioReset, .vfioFLR, .vfioHotReset, .vfioSetPower, .dmabufClose,
          .tdispLock, .tdispStart, .tdispStop, .pciFLR, .pciWriteCommand, .kvmSetUserMemoryRegion2, .kvmDestroyVM,
-         .guestRead, .guestWrite, .guestAcceptMMIO:
+         .guestRead, .guestWrite, .guestAcceptMMIO, .kvmSetUserMemoryRegion, .kvmSetMemoryAttributes:
       // Paths, begun by `begin(_:frame:thread:choices:)`; never one region.
       throw .lockViolation(LockViolation(lock: "thread", message: "\(op.name) run as one region"))
     }
@@ -131,6 +133,11 @@ extension Machine {
     let label = Self.label(op)
     let file: OpenFile
     do { file = try files.lookup(fd) } catch { return .ranAndReturned(label, .failure(.errno(error))) }
+    // kvm_gmem_release() takes slots_lock and mmu_lock; the close waits for them before the fd goes.
+    if case .guestMemfd(let vm, _) = file, let state = kvm.vms[vm],
+       let wait = state.slotsLock.wait(for: ctx) ?? state.mmuLock.writeWait(for: ctx) {
+      return .blocked(wait)
+    }
     // close(2) takes any open fd: `dmabuf.close` and `kvm.destroy_vm` name what the scenario
     // means to close, but the kernel does not check the kind.
     do { _ = try files.remove(fd) } catch { return .ranAndReturned(label, .failure(.errno(error))) }
@@ -149,9 +156,33 @@ extension Machine {
       frame = .dmaBufRelease(VFIOPCIDmaBufRelease(buffer: released.id))
       return .ran(label)
     case .vm(let id):
+      // A guest_memfd holds a reference to its VM (kvm_get_kvm() in __kvm_gmem_create()):
+      // kvm_destroy_vm() waits for the last of them.
+      guard !vmReferenced(id) else { return .ranAndReturned(label, .success(.none)) }
       frame = .destroyVM(KVMDestroyVM(vm: id))
       return .ran(label)
+    case .guestMemfd(let vm, let id):
+      let unmapped: UInt64
+      do { unmapped = try kvm.vms[vm]?.releaseGuestMemfd(id, ctx: ctx) ?? 0 } catch {
+        return .ranAndReturned(label, .failure(.lockViolation(error)))
+      }
+      trace.emit(.kvmGmemRelease, "vm\(vm.rawValue): kvm_gmem_release guest_memfd \(id): bindings cleared, \(unmapped) page(s) unmapped",
+                 [.vm(vm), .text("gmem", "\(id)"), .int("unmapped", unmapped)])
+      // kvm_put_kvm(): the file's reference to its VM may be the last one.
+      guard kvm.vms[vm] != nil, !vmReferenced(vm) else { return .ranAndReturned(label, .success(.none)) }
+      frame = .destroyVM(KVMDestroyVM(vm: vm))
+      return .ran(label)
     }
+  }
+
+  /// Whether an fd still refers to `vm`, itself or through one of its guest_memfd files.
+  func vmReferenced(_ vm: VMID) -> Bool {
+    files.count { file in
+      switch file {
+      case .vm(let id), .guestMemfd(let id, _): id == vm
+      case .vfioDevice, .dmaBuf: false
+      }
+    } > 0
   }
 
   // MARK: PCI and TDISP

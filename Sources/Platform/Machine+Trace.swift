@@ -45,7 +45,7 @@ extension Frame {
     case .returning: "return"
     case .dmaBufMove(let path, _): "vfio-pci revoke/restore vfio-dev\(path.device.rawValue)"
     case .moveNotify(let path): "kvm_vfio_dmabuf_move_notify vm\(path.vm.rawValue) attachment \(path.attachment.rawValue)"
-    case .secureZap(let path): "private MMIO zap vm\(path.vm.rawValue): BLOCK, TRACK, UNMAP"
+    case .secureZap(let path): "private MMIO zap vm\(path.vm.rawValue)"
     case .vcpuRun(let run): "kvm_arch_vcpu_ioctl_run vm\(run.vm.rawValue) vcpu\(run.vcpu)"
     case .setMemoryRegion(let path): "kvm_set_memory_region vm\(path.vm.rawValue)"
     case .destroyVM(let path): "kvm_destroy_vm vm\(path.vm.rawValue)"

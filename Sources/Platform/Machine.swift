@@ -11,6 +11,8 @@ public enum OpenFile: Hashable, Sendable {
   case vfioDevice(VFIOFileID)
   case dmaBuf(DmaBufID)
   case vm(VMID)
+  /// A guest_memfd file (`KVM_CREATE_GUEST_MEMFD`) of a VM; it holds a reference to its VM.
+  case guestMemfd(VMID, GuestMemfdID)
 }
 
 /// The whole system as one value: devices, VFIO, dma-bufs, VMs, the fd table.
@@ -32,6 +34,8 @@ public struct Machine: Hashable, Sendable {
   public internal(set) var kvm = KVMHost()
   /// fds of the VMs the configuration created, by name.
   public private(set) var configuredVMs: [String: FD] = [:]
+  /// What the host's KVM offers (the configuration's `host:`).
+  public let host: HostCapabilities
 
   /// Where the first 64-bit BAR goes: the start of the 64-bit MMIO window, above any modelled
   /// RAM. BARs are placed as firmware assigns them, each naturally aligned to its size:
@@ -41,6 +45,8 @@ public struct Machine: Hashable, Sendable {
 
   public init(configuration: MachineConfiguration, variant: Variant = .reviewed) throws(ConfigurationError) {
     self.variant = variant
+    if let problem = configuration.host.validate() { throw ConfigurationError("host: \(problem)") }
+    host = configuration.host
     var vfio = VFIOPCIDriver(variant: variant)
     var names: [String: VFIODeviceID] = [:]
     // BAR placement: the one place BARs get addresses.
@@ -95,6 +101,13 @@ public struct Machine: Hashable, Sendable {
       configuredVMs[vm.name] = fd
     }
     _ = trace.drain()
+  }
+
+  /// Turns tracing on or off everywhere (the machine's trace and the TDX module's): off, no
+  /// event is built. The explorer runs millions of steps with it off.
+  public mutating func setTracing(_ enabled: Bool) {
+    trace.isEnabled = enabled
+    kvm.tdx.trace.isEnabled = enabled
   }
 
   /// The fd of a VM the configuration created, by its name (`td0`); `nil` for no such VM.
@@ -222,7 +235,9 @@ extension Machine {
     let fd: FD
     switch op {
     case .kvmCreateVCPU(let vm, _), .kvmSetUserMemoryRegion2(let vm, _), .guestRead(let vm, _, _, _),
-         .guestWrite(let vm, _, _, _, _), .guestAcceptMMIO(let vm, _, _, _), .tdxDevifCreate(let vm, _):
+         .guestWrite(let vm, _, _, _, _), .guestAcceptMMIO(let vm, _, _, _), .tdxDevifCreate(let vm, _),
+         .kvmSetUserMemoryRegion(let vm, _), .kvmCreateGuestMemfd(let vm, _, _),
+         .kvmSetMemoryAttributes(let vm, _, _, _, _), .kvmCheckExtension(let vm?, _):
       fd = vm
     default:
       return false

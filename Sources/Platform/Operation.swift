@@ -65,7 +65,17 @@ public enum Operation: Hashable, Sendable {
   // MARK: KVM
   case kvmCreateVM(type: VMTypeName)
   case kvmCreateVCPU(vm: FD, id: UInt32)
+  /// `KVM_CHECK_EXTENSION` on a VM fd, or on `/dev/kvm` when `vm` is nil: the capability's
+  /// value (``OpValue/read(_:)``).
+  case kvmCheckExtension(vm: FD?, capability: Int32)
+  /// `KVM_SET_USER_MEMORY_REGION`: the old ioctl, `struct kvm_userspace_memory_region` (its
+  /// `guest_memfd` fields read as 0, only LOG_DIRTY_PAGES and READONLY allowed).
+  case kvmSetUserMemoryRegion(vm: FD, region: MemoryRegion2)
   case kvmSetUserMemoryRegion2(vm: FD, region: MemoryRegion2)
+  /// `KVM_CREATE_GUEST_MEMFD`: returns a guest_memfd fd.
+  case kvmCreateGuestMemfd(vm: FD, size: UInt64, flags: UInt64)
+  /// `KVM_SET_MEMORY_ATTRIBUTES`.
+  case kvmSetMemoryAttributes(vm: FD, address: UInt64, size: UInt64, attributes: UInt64, flags: UInt64)
   case kvmDestroyVM(vm: FD)
   /// A guest load on vCPU `vcpu`: in guest mode, then (when not mapped) the EPT violation,
   /// the fault and the access again, until it completes or `KVM_RUN` returns.
@@ -119,7 +129,11 @@ extension Operation {
     case .pciWriteCommand: "pci.write_command"
     case .kvmCreateVM: "kvm.create_vm"
     case .kvmCreateVCPU: "kvm.create_vcpu"
+    case .kvmCheckExtension: "kvm.check_extension"
+    case .kvmSetUserMemoryRegion: "kvm.set_user_memory_region"
     case .kvmSetUserMemoryRegion2: "kvm.set_user_memory_region2"
+    case .kvmCreateGuestMemfd: "kvm.create_guest_memfd"
+    case .kvmSetMemoryAttributes: "kvm.set_memory_attributes"
     case .kvmDestroyVM: "kvm.destroy_vm"
     case .guestRead: "guest.read"
     case .guestWrite: "guest.write"
@@ -146,8 +160,22 @@ public enum PowerStateName: String, Hashable, Sendable, CaseIterable { case d0 =
 /// What `tdisp.start` sends back: the nonce LOCK_INTERFACE produced, or a wrong one.
 public enum NonceChoice: String, Hashable, Sendable, CaseIterable { case echo, wrong }
 
-/// `KVM_CREATE_VM`'s type: `KVM_X86_DEFAULT_VM` (0) or `KVM_X86_TDX_VM` (2).
-public enum VMTypeName: String, Hashable, Sendable, CaseIterable { case `default`, tdx }
+/// `KVM_CREATE_VM`'s type by scenario name: `KVM_X86_DEFAULT_VM` (0),
+/// `KVM_X86_SW_PROTECTED_VM` (1) or `KVM_X86_TDX_VM` (5).
+public enum VMTypeName: String, Hashable, Sendable, CaseIterable {
+  case `default`
+  case swProtected = "sw_protected"
+  case tdx
+
+  /// The KVM machine type.
+  public var type: VMType {
+    switch self {
+    case .default: .default
+    case .swProtected: .swProtected
+    case .tdx: .tdx
+    }
+  }
+}
 
 /// `struct kvm_userspace_memory_region2`: KVM's own mirror of it, as the ioctl passes it.
 public typealias MemoryRegion2 = UserspaceMemoryRegion2

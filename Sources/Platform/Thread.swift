@@ -56,9 +56,11 @@ public struct KernelThread: Hashable, Sendable {
 }
 
 /// Counters a thread keeps for reports.
-public struct ThreadStatistics: Hashable, Sendable {
+public struct ThreadStatistics: Sendable {
   /// Regions run so far.
   public var regions = 0
+  /// The last region run (a counterexample names it when the thread finished with it).
+  public var lastRegion: StaticString?
 }
 
 /// A vCPU: its VM and index.
@@ -158,6 +160,9 @@ extension Machine {
   /// were.
   public mutating func step(_ thread: inout KernelThread, choices: inout Contention) -> ThreadStep {
     if let result = thread.result { return .finished(result) }
+    // The TDX module traces into its own buffer: it builds no event while the machine's
+    // tracing is off.
+    kvm.tdx.trace.isEnabled = trace.isEnabled
     defer { trace.absorb(&kvm.tdx.trace) }
     let saved = thread
     let savedTrace = trace.position
@@ -174,15 +179,18 @@ extension Machine {
           return .blocked(wait)
         case .ran(let label):
           thread.observed.value.regions += 1
+          thread.observed.value.lastRegion = label
           return .ran(label: label)
         case .ranThenCall(let label, let child):
           thread.stack.append(child)
           thread.observed.value.regions += 1
+          thread.observed.value.lastRegion = label
           return .ran(label: label)
         case .call(let child):
           thread.stack.append(child)
         case .ranAndReturned(let label, let result):
           thread.observed.value.regions += 1
+          thread.observed.value.lastRegion = label
           if let finished = try pop(&thread, result) { return .finished(finished) }
           return .ran(label: label)
         case .returned(let result):

@@ -26,6 +26,8 @@ extension MachineState {
       case .vm(let id):
         files.append(OpenFile(fd: fd.rawValue, kind: "vm", id: id.rawValue))
         vmFDs[id.rawValue, default: []].append(fd.rawValue)
+      case .guestMemfd(_, let id):
+        files.append(OpenFile(fd: fd.rawValue, kind: "guest_memfd", id: id.rawValue))
       }
     }
     devices = machine.vfio.devices.values.sorted { $0.id < $1.id }.map { Self.device($0, name: nameOf[$0.id]) }

@@ -35,6 +35,9 @@ public enum BuiltinScenarios {
       - { op: vfio.dma_buf, fd: dev, region_index: 0, ranges: [[0, 0x200000]], as: buf, expect: ok }
       - { op: kvm.set_user_memory_region2, vm: td0, slot: 1, flags: [vfio_dmabuf],
           guest_phys_addr: 0x80000000, memory_size: 0x200000, fd: buf, expect: ok }
+      # The VMM converts the BAR's GPAs to private: a private fault maps only where the memory
+      # attributes say private (kvm_mmu_faultin_pfn(); RFC "Handle page fault for private MMIO").
+      - { op: kvm.set_memory_attributes, vm: td0, address: 0x80000000, size: 0x200000, attributes: private, expect: ok }
       # The guest accepts (EPT violation, fault, TDH.MMIO.MAP, TDG.MMIO.ACCEPT), then reads a register.
       - { op: guest.accept_mmio, vm: td0, gpa: 0x80000000, expect: ok }
       - { op: guest.read, vm: td0, gpa: 0x80000010, size: 4, expect: { fault: already_mapped, value: 0x10 } }
@@ -57,7 +60,7 @@ public enum BuiltinScenarios {
   public static let all: [(name: String, summary: String, yaml: String)] = [
     ("default", "a TDISP device's BAR as private MMIO of a TD, end to end: bind, lock, export, map, accept, revoke, teardown",
      defaultYAML + "\n"),
-  ]
+  ] + RaceScenarios.all.map { (name: $0.name, summary: "race: \($0.question)", yaml: $0.yaml) }
 
   /// The built-in scenario called `name`.
   public static func named(_ name: String) -> String? { all.first { $0.name == name }?.yaml }

@@ -1,5 +1,6 @@
 import KernelCore
 import DmaBuf
+import KVM
 import Platform
 
 // The one table of scenario ops. The parser, the run-time builder and the README's op reference
@@ -257,6 +258,30 @@ extension OpSpec {
     },
     OpSpec("kvm.create_vcpu", "KVM_CREATE_VCPU", [KeySpec("vm", .vm), KeySpec("id", .u32, zero)]) {
       .kvmCreateVCPU(vm: $0.fd("vm"), id: $0.u32("id"))
+    },
+    OpSpec("kvm.check_extension", "KVM_CHECK_EXTENSION on the VM, or on /dev/kvm without vm (the value: expect { value: N })",
+           [KeySpec("vm", .vm, .optional), KeySpec("cap", .choice(KVMCapabilityNumber.allCases.map(\.scenarioName)))]) {
+      .kvmCheckExtension(vm: $0.optionalFD("vm"),
+                         capability: KVMCapabilityNumber.allCases.first { [name = $0.string("cap")] in $0.scenarioName == name }?.rawValue ?? 0)
+    },
+    OpSpec("kvm.create_guest_memfd", "KVM_CREATE_GUEST_MEMFD (flags: GUEST_MEMFD_FLAG_MMAP 0x1, GUEST_MEMFD_FLAG_INIT_SHARED 0x2)",
+           [KeySpec("vm", .vm), KeySpec("size", .u64), KeySpec("flags", .u64, zero)], binds: .fd) {
+      .kvmCreateGuestMemfd(vm: $0.fd("vm"), size: $0.u64("size"), flags: $0.u64("flags"))
+    },
+    OpSpec("kvm.set_memory_attributes", "KVM_SET_MEMORY_ATTRIBUTES (private: KVM_MEMORY_ATTRIBUTE_PRIVATE, shared: 0)",
+           [KeySpec("vm", .vm), KeySpec("address", .u64), KeySpec("size", .u64),
+            KeySpec("attributes", .choice(["private", "shared"]), .defaulted(.string("private"), shown: "private")),
+            KeySpec("flags", .u64, zero)]) {
+      .kvmSetMemoryAttributes(vm: $0.fd("vm"), address: $0.u64("address"), size: $0.u64("size"),
+                              attributes: $0.string("attributes") == "shared" ? 0 : MemoryAttributes.private.rawValue,
+                              flags: $0.u64("flags"))
+    },
+    OpSpec("kvm.set_user_memory_region", "KVM_SET_USER_MEMORY_REGION (the old ioctl: no guest_memfd fields)",
+           [KeySpec("vm", .vm), KeySpec("slot", .u32), KeySpec("flags", .memoryFlags, zero),
+            KeySpec("guest_phys_addr", .u64), KeySpec("memory_size", .u64), KeySpec("userspace_addr", .u64, zero)]) {
+      .kvmSetUserMemoryRegion(vm: $0.fd("vm"), region: MemoryRegion2(
+        slot: $0.u32("slot"), flags: $0.u32("flags"), guestPhysAddr: $0.u64("guest_phys_addr"),
+        memorySize: $0.u64("memory_size"), userspaceAddr: $0.u64("userspace_addr")))
     },
     OpSpec("kvm.set_user_memory_region2", "KVM_SET_USER_MEMORY_REGION2",
            [KeySpec("vm", .vm), KeySpec("slot", .u32), KeySpec("flags", .memoryFlags, zero),

@@ -222,6 +222,8 @@ public struct RunReport: Codable, Hashable, Sendable {
   public var stopped: Stop?
   /// The machine after the last step run, when the run was asked to keep it (`pmmio show`).
   public var state: MachineState?
+  /// The regions a `schedule:` stepped, in order, when the scenario has one.
+  public var schedule: [ScheduledRegion]?
   /// 0: every expectation held and no invariant broke; 1 otherwise.
   public var exitStatus: Int32
 
@@ -262,6 +264,15 @@ public struct RunReport: Codable, Hashable, Sendable {
       if let mismatch = step.mismatch { out += "      FAILED \(step.location): \(mismatch)\n" }
       for mismatch in step.stateMismatches ?? [] { out += "      FAILED \(step.location): \(mismatch)\n" }
       for v in step.invariantViolations { out += "      VIOLATED \(step.location): invariant \(v.name): \(v.message)\n" }
+    }
+    if let schedule {
+      out += "schedule (one atomic region each):\n"
+      for region in schedule {
+        out += String(format: "  s%-3d ", region.index) + "\(region.thread): \(region.region)\(region.scheduled ? "" : "   (after the schedule)")\n"
+        for line in region.trace { out += "        \(line)\n" }
+        if let problem = region.problem { out += "      FAILED: \(problem)\n" }
+        for v in region.invariantViolations { out += "      VIOLATED: invariant \(v.name): \(v.message)\n" }
+      }
     }
     let c = counters
     out += "\nsummary: \(c.steps) step\(c.steps == 1 ? "" : "s"): \(c.asExpected) as expected, \(c.notAsExpected) not as expected, "

@@ -63,6 +63,11 @@ public struct Scenario: Hashable, Sendable {
     ScenarioError(machinePositions.position(of: error.subject) ?? machinePosition, "machine: \(error.message)")
   }
 
+  /// `schedule:`: the threads to step, one atomic region each, in this order, after `steps`
+  /// (what `pmmio explore --out` writes for a counterexample). `nil`: each concurrent path
+  /// runs to its end, one after another.
+  public var schedule: [ScheduleEntry]?
+
   /// Every step in `run` order: `steps`, then each concurrent path.
   public var allSteps: [ScenarioStep] { steps + concurrent.flatMap { $0 } }
 
@@ -108,6 +113,21 @@ public struct MachinePositions: Hashable, Sendable {
     case .vm(let v): vms.indices.contains(v) ? vms[v] : nil
     case nil: nil
     }
+  }
+}
+
+/// One entry of a `schedule:`: a thread's name (`vcpu1`, `ctx2`), or a vCPU answering a kick
+/// (`vcpu0.ipi`, `td0.vcpu0.ipi`).
+public struct ScheduleEntry: Hashable, Sendable {
+  public var actor: String
+  public var position: SourcePosition
+  public init(actor: String, position: SourcePosition) { self.actor = actor; self.position = position }
+
+  /// Whether `name` names a vCPU answering a kick's IPI.
+  public static func isIPI(_ name: String) -> Bool {
+    guard name.hasSuffix(".ipi") else { return false }
+    let vcpu = name.dropLast(4).split(separator: ".").last ?? ""
+    return vcpu.hasPrefix("vcpu") && UInt32(vcpu.dropFirst(4)) != nil
   }
 }
 

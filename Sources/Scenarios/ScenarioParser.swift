@@ -1,4 +1,5 @@
 import KernelCore
+import KVM
 import Platform
 import TDX
 import Yams
@@ -11,7 +12,7 @@ import Yams
 /// `as:` bound them, and names bound twice. Nothing here traps on input.
 public enum ScenarioParser {
   /// Top-level keys, in the order the format documents them.
-  public static let topLevelKeys = ["name", "variant", "machine", "steps", "concurrent"]
+  public static let topLevelKeys = ["name", "variant", "machine", "steps", "concurrent", "schedule"]
 
   /// Parses `yaml`; `file` is only used in positions (`<builtin>` for embedded scenarios).
   public static func parse(_ yaml: String, file: String) throws(ScenarioError) -> Scenario {
@@ -213,8 +214,21 @@ struct ScenarioReader {
         concurrent.append(path)
       }
     }
-    return Scenario(name: name, variant: variant, machine: machine, machinePosition: machinePosition,
-                    steps: steps, concurrent: concurrent, machinePositions: machinePositions)
+    var scenario = Scenario(name: name, variant: variant, machine: machine, machinePosition: machinePosition,
+                            steps: steps, concurrent: concurrent, machinePositions: machinePositions)
+    if let node = value(top, "schedule") {
+      let threads = concurrent.indices.map { scenario.threadName(for: .concurrent($0)) }
+      var schedule: [ScheduleEntry] = []
+      for item in try list(node, key: "schedule") {
+        let actor = try string(item, key: "schedule")
+        guard threads.contains(actor) || ScheduleEntry.isIPI(actor) else {
+          throw unknown(item, "thread", actor, among: threads + ["vcpuN.ipi"])
+        }
+        schedule.append(ScheduleEntry(actor: actor, position: position(item)))
+      }
+      scenario.schedule = schedule
+    }
+    return scenario
   }
 
   var defaultName: String {
@@ -226,7 +240,9 @@ struct ScenarioReader {
   // MARK: machine:
 
   mutating func machineConfiguration(_ node: Node) throws(ScenarioError) -> MachineConfiguration {
-    let top = try entries(node, what: "machine", allowed: ["devices", "vms"])
+    let top = try entries(node, what: "machine", allowed: ["devices", "vms", "host"])
+    var host = HostCapabilities.typical
+    if let hostNode = value(top, "host") { host = try hostCapabilities(hostNode) }
     var devices: [DeviceConfiguration] = []
     if let list = value(top, "devices") {
       for item in try self.list(list, key: "devices") {
@@ -256,7 +272,34 @@ struct ScenarioReader {
         machinePositions.vms.append(position(item))
       }
     }
-    return MachineConfiguration(devices: devices, vms: vms)
+    return MachineConfiguration(devices: devices, vms: vms, host: host)
+  }
+
+  /// `machine: host: { smm: false, maxphyaddr: 46, vm_types: [default, tdx], memory_attributes: true }`:
+  /// what the host's KVM offers; an absent key keeps ``HostCapabilities/typical``'s value.
+  func hostCapabilities(_ node: Node) throws(ScenarioError) -> HostCapabilities {
+    let fields = try entries(node, what: "host", allowed: ["smm", "maxphyaddr", "vm_types", "memory_attributes"])
+    var host = HostCapabilities.typical
+    if let n = value(fields, "smm") { host.smm = try bool(n, key: "smm") }
+    if let n = value(fields, "memory_attributes") { host.memoryAttributes = try bool(n, key: "memory_attributes") }
+    if let n = value(fields, "maxphyaddr") {
+      let bits = try number(n, key: "maxphyaddr", max: 255)
+      guard (32 ... 52).contains(bits) else { throw fail(n, "'maxphyaddr' is \(bits): x86-64 MAXPHYADDR is between 32 and 52") }
+      host.maxPhysAddr = UInt8(bits)
+    }
+    if let n = value(fields, "vm_types") {
+      var types: Set<VMType> = []
+      for item in try list(n, key: "vm_types") {
+        let text = try string(item, key: "vm_types")
+        guard let name = VMTypeName(rawValue: text) else {
+          throw unknown(item, "VM type", text, among: VMTypeName.allCases.map(\.rawValue))
+        }
+        types.insert(name.type)
+      }
+      guard types.contains(.default) else { throw fail(n, "'vm_types' must contain default: every x86 KVM offers KVM_X86_DEFAULT_VM") }
+      host.vmTypes = types
+    }
+    return host
   }
 
   mutating func deviceConfiguration(_ node: Node) throws(ScenarioError) -> DeviceConfiguration {

@@ -31,7 +31,10 @@ public enum ScenarioRunner {
     } catch {
       throw scenario.error(error)
     }
-    return run(scenario, on: machine, variant: variant, buildTime: clock.now - started, options: options)
+    guard scenario.schedule != nil else {
+      return run(scenario, on: machine, variant: variant, buildTime: clock.now - started, options: options)
+    }
+    return runScheduled(scenario, on: machine, variant: variant, buildTime: clock.now - started)
   }
 
   /// Runs every step on `machine` (any ``ScenarioMachine``: tests script one).
@@ -49,12 +52,30 @@ public enum ScenarioRunner {
       if let fd = machine.vmFD(named: vm.name) { handles.vmFDs[vm.name] = fd }
     }
 
-    var steps: [StepReport] = []
-    var invariants: [String: InvariantSummary] = [:]
-    var invariantOrder: [String] = []
+    var log = RunLog()
     let allSteps = scenario.allSteps
-    var stopped: RunReport.Stop?
-    for step in allSteps {
+    let stopped = runSteps(allSteps, of: scenario, on: &machine, handles: &handles, log: &log, options: options)
+    let steps = log.steps
+    let finished = clock.now
+    return RunReport(
+      scenario: scenario.name, variant: variant.rawValue, setupTrace: setup, steps: steps,
+      invariants: log.summaries,
+      timings: RunReport.Timings(totalNanoseconds: (finished - started + buildTime).nanoseconds,
+                                 machineBuildNanoseconds: buildTime.nanoseconds),
+      stopped: stopped, notRun: stopped == nil ? 0 : allSteps.count - steps.count,
+      state: options.keepState ? machine.machineState() : nil)
+  }
+}
+
+extension ScenarioRunner {
+  /// Runs `steps` one after another, each on its path's thread, alone to its end: the
+  /// invariants are checked after each, its expectations judged, and the report recorded.
+  /// - Returns: why the run stopped early, if it did.
+  static func runSteps<M: ScenarioMachine>(_ steps: [ScenarioStep], of scenario: Scenario, on machine: inout M,
+                                           handles: inout HandleEnvironment, log: inout RunLog,
+                                           options: RunOptions) -> RunReport.Stop? {
+    let clock = ContinuousClock()
+    for step in steps {
       if let last = options.stopAfterStep, step.index > last { break }
       let operation = step.operation(in: handles)
       let before = clock.now
@@ -62,44 +83,52 @@ public enum ScenarioRunner {
       let elapsed = clock.now - before
       if let name = step.binding { handles.bind(name, to: result) }
       let (events, marks) = machine.trace.drainAll()
-
-      var violations: [InvariantViolation] = []
-      for check in machine.checkInvariants(quiescent: true) {
-        if invariants[check.name] == nil {
-          invariants[check.name] = InvariantSummary(name: check.name)
-          invariantOrder.append(check.name)
-        }
-        invariants[check.name]?.checks += 1
-        if let message = check.violation {
-          violations.append(InvariantViolation(name: check.name, message: message))
-          invariants[check.name]?.violations += 1
-          if invariants[check.name]?.firstViolationStep == nil {
-            invariants[check.name]?.firstViolationStep = step.index
-            invariants[check.name]?.firstViolation = message
-          }
-        }
-      }
+      let violations = log.check(machine.checkInvariants(quiescent: true), at: step.index)
       var report = StepReport(step: step, thread: scenario.threadName(for: step.path), result: result,
                               trace: events.map(TraceLine.init), marks: marks.map(TraceMarkLine.init), violations: violations, nanoseconds: elapsed.nanoseconds)
       if let expected = step.stateExpectation {
         report.judge(stateMismatches: expected.mismatches(in: machine.machineState(), handles: handles))
       }
-      steps.append(report)
-      options.progress?(steps.count, allSteps.count)
+      log.steps.append(report)
+      options.progress?(log.steps.count, steps.count)
       if options.stopOnFailure, report.verdict == .notAsExpected || !violations.isEmpty {
-        if steps.count < allSteps.count { stopped = RunReport.Stop(afterStep: step.index, reason: "--stop-on-failure") }
+        if log.steps.count < steps.count { return RunReport.Stop(afterStep: step.index, reason: "--stop-on-failure") }
         break
       }
     }
-    let finished = clock.now
-    return RunReport(
-      scenario: scenario.name, variant: variant.rawValue, setupTrace: setup, steps: steps,
-      invariants: invariantOrder.compactMap { invariants[$0] },
-      timings: RunReport.Timings(totalNanoseconds: (finished - started + buildTime).nanoseconds,
-                                 machineBuildNanoseconds: buildTime.nanoseconds),
-      stopped: stopped, notRun: stopped == nil ? 0 : allSteps.count - steps.count,
-      state: options.keepState ? machine.machineState() : nil)
+    return nil
   }
+}
+
+/// What a run has recorded so far: step reports and, per invariant, how often it was checked
+/// and when it first broke.
+struct RunLog {
+  var steps: [StepReport] = []
+  var invariants: [String: InvariantSummary] = [:]
+  var order: [String] = []
+
+  /// Counts `checks` made after step `index`; returns the violations among them.
+  mutating func check(_ checks: [InvariantCheck], at index: Int) -> [InvariantViolation] {
+    var violations: [InvariantViolation] = []
+    for check in checks {
+      if invariants[check.name] == nil {
+        invariants[check.name] = InvariantSummary(name: check.name)
+        order.append(check.name)
+      }
+      invariants[check.name]?.checks += 1
+      if let message = check.violation {
+        violations.append(InvariantViolation(name: check.name, message: message))
+        invariants[check.name]?.violations += 1
+        if invariants[check.name]?.firstViolationStep == nil {
+          invariants[check.name]?.firstViolationStep = index
+          invariants[check.name]?.firstViolation = message
+        }
+      }
+    }
+    return violations
+  }
+
+  var summaries: [InvariantSummary] { order.compactMap { invariants[$0] } }
 }
 
 /// How a run goes besides its steps: where it stops, what it keeps, whom it tells.

@@ -83,7 +83,7 @@ extension StepExpectation {
   /// other op could never match, so the parser refuses it. `state` as a word is the TDI state
   /// a TDISP request returns (as a mapping it is the machine's, and universal).
   static let resultKeys: [(key: String, ops: Set<String>)] = [
-    ("value", ["vfio.read", "guest.read"]),
+    ("value", ["vfio.read", "guest.read", "kvm.check_extension"]),
     ("fault", ["guest.read", "guest.write", "guest.accept_mmio"]),
     ("pfn", ["dmabuf.get_pfn"]),
     ("order", ["dmabuf.get_pfn"]),

@@ -60,6 +60,10 @@ public struct VFIOPCIDmaBuf: Hashable, Sendable {
   public let buffer: DmaBufID
   /// `priv->vdev`; cleared when the device is closed for good.
   public internal(set) var device: VFIODeviceID?
+  /// The device that exported the buffer, kept after `device` is cleared: its interface is
+  /// the one the buffer's Secure-EPT mappings trust.
+  public var exporter: VFIODeviceID { exportedBy }
+  let exportedBy: VFIODeviceID
   /// The BAR the buffer was exported from (every range's region in the RFC layout).
   public let regionIndex: UInt32
   /// `priv->phys_vec`: host-physical ranges in buffer order.

@@ -39,7 +39,7 @@ extension VFIOPCIDriver {
     let buffer = try dmabufCore.export(size: size, exporter: ExporterRef(name: Self.exporterName, key: id.rawValue),
                                        openFlags: request.openFlags, trace: &trace)
     let revoked = !buffersUsable(id)
-    dmabufs[buffer] = VFIOPCIDmaBuf(buffer: buffer, device: id, regionIndex: request.regionIndex,
+    dmabufs[buffer] = VFIOPCIDmaBuf(buffer: buffer, device: id, exportedBy: id, regionIndex: request.regionIndex,
                                     ranges: ranges, size: size, revoked: revoked,
                                     isPrivate: device.isPrivate, vm: device.binding?.vm)
     devices[id]!.dmabufs.append(buffer)
@@ -194,6 +194,8 @@ extension VFIOPCIDriver: DmaBufExporter {
   /// Patch 9's `struct vfio_dma_buf_data`.
   public func exporterData(buffer: DmaBufObject) throws(Errno) -> ExporterData {
     guard let priv = dmabufs[buffer.id] else { throw .ENOENT }
-    return ExporterData(isPrivate: priv.isPrivate, vm: priv.vm)
+    let state = devices[priv.exporter]?.function.tdiState
+    return ExporterData(isPrivate: priv.isPrivate, vm: priv.vm,
+                        interfaceTrusted: priv.isPrivate && state != nil && state != .configUnlocked)
   }
 }

@@ -80,6 +80,15 @@ extension VFIOPCIDriver {
     return DmaBufMovePath(device: id, ctx: context, trigger: .tsmStateChanged, variant: variant)
   }
 
+  /// The TSM stops a private device's interface in `reviewed` (`vfio_pci_tsm_unbind()` in the
+  /// later VFIO/TSM series): its buffers are revoked first (KVM blocks their Secure-EPT
+  /// entries), then STOP_INTERFACE, then the importers unmap. `nil` where VFIO has no say
+  /// (`rfc-v1`, or a device not bound private): the TSM stops the interface directly.
+  public func tsmUnbind(_ id: VFIODeviceID, context: ContextID) -> DmaBufMovePath? {
+    guard variant == .reviewed, let device = devices[id], device.isPrivate, device.function.tdi != nil else { return nil }
+    return DmaBufMovePath(device: id, ctx: context, trigger: .tsmUnbind, variant: variant)
+  }
+
   /// The last `close()` of a cdev file (`vfio_device_fops_release`). The file is gone at once;
   /// a bound file also closes the device (`vfio_pci_core_close_device`), which the returned
   /// path does: disable and reset the function, and revoke every exported buffer for good,
@@ -134,11 +143,20 @@ public struct DmaBufMovePath: Hashable, Sendable {
     case reset(VFIOPCIDriver.ResetKind)
     case close
     case tsmStateChanged
+    /// The TSM stops a private device's interface (`vfio_pci_tsm_unbind()`): `reviewed` only.
+    case tsmUnbind
   }
 
   enum Stage: Hashable, Sendable {
     case lock
+    /// `reviewed`: stop the interface of a private device whose TDI is not unlocked (after
+    /// the buffers are revoked and KVM has blocked their Secure-EPT entries).
     case unbindTSM
+    /// As ``unbindTSM``, for a state change: only when this path revoked something.
+    case unbindTSMIfRevoked
+    /// `reviewed`: tell the importers of the buffers this path revoked once more, now that the
+    /// interface is stopped (KVM unmaps the entries it blocked).
+    case renotify
     /// Revoke what is live (`vfio_pci_dma_buf_move(vdev, true)`).
     case revoke
     /// The posted config-space FLR's second "move": revoke again if memory is enabled.
@@ -174,27 +192,37 @@ public struct DmaBufMovePath: Hashable, Sendable {
   var buffers: [DmaBufID] = []
   var bufferStageStarted = false
   var flip: Flip?
+  /// Buffers this path revoked (their importers are told again after a TSM unbind).
+  var revokedHere: [DmaBufID] = []
+  /// This path stopped the device's interface.
+  var stoppedInterface = false
 
   init(device: VFIODeviceID, ctx: ContextID, trigger: Trigger, variant: Variant) {
     self.device = device
     self.ctx = ctx
     self.trigger = trigger
+    // reviewed revokes first (KVM blocks the Secure-EPT entries: no vCPU can access or
+    // accept them any more), then stops the interface, then tells the importers again (KVM
+    // unmaps, which the module allows only once the interface is stopped). In rfc-v1 the TSM
+    // stages do nothing.
     switch trigger {
     case .memoryDecode(enable: false), .power(.d3hot):
-      stages = [.lock, .unbindTSM, .revoke, .work, .restore, .unlock]
+      stages = [.lock, .revoke, .unbindTSM, .renotify, .work, .restore, .unlock]
     case .memoryDecode(enable: true), .power(.d0):
       stages = [.lock, .work, .restore, .unlock]
     case .reset(let kind):
       // The posted config-space FLR calls the post-reset move with "revoke" instead of
       // "restore" (vfio_pci_dma_buf_move(vdev, true) twice): buffers stay revoked.
       let after: Stage = kind == .configFLR && variant == .rfcV1 ? .revokeIfEnabled : .restore
-      stages = [.lock, .unbindTSM, .revoke, .work, after, .unlock]
+      stages = [.lock, .revoke, .unbindTSM, .renotify, .work, after, .unlock]
     case .close:
       stages = variant == .rfcV1
-        ? [.lock, .unbindTSM, .work, .cleanup, .closed, .unlock]
-        : [.lock, .unbindTSM, .cleanup, .work, .closed, .unlock]
+        ? [.lock, .work, .cleanup, .closed, .unlock]
+        : [.lock, .cleanup, .unbindTSM, .renotify, .work, .closed, .unlock]
     case .tsmStateChanged:
-      stages = [.lock, .follow, .unlock]
+      stages = [.lock, .follow, .unbindTSMIfRevoked, .renotify, .unlock]
+    case .tsmUnbind:
+      stages = [.lock, .revoke, .unbindTSM, .renotify, .unlock]
     }
   }
 
@@ -228,10 +256,12 @@ public struct DmaBufMovePath: Hashable, Sendable {
       _ = try driver.devices[device]!.memoryLock.tryLockWrite(ctx)
       stages.removeFirst()
       return try finishRegion("down_write(memory_lock)", &driver, &dmabufCore, &sink, &trace)
-    case .unbindTSM, .work, .closed:
-      try runLocal(stages.removeFirst(), &driver, &dmabufCore, &sink, &trace)
-      return try finishRegion(regionName, &driver, &dmabufCore, &sink, &trace)
-    case .revoke, .revokeIfEnabled, .restore, .follow, .cleanup:
+    case .unbindTSM, .unbindTSMIfRevoked, .work, .closed:
+      let stage = stages.removeFirst()
+      try runLocal(stage, &driver, &dmabufCore, &sink, &trace)
+      return try finishRegion(stage == .work || stage == .closed ? regionName : "TSM unbind: STOP_INTERFACE, relay",
+                              &driver, &dmabufCore, &sink, &trace)
+    case .revoke, .revokeIfEnabled, .restore, .follow, .cleanup, .renotify:
       return try flipNext(&driver, &dmabufCore, &sink, &trace)
     case .unlock:
       try driver.devices[device]!.memoryLock.unlock(ctx)
@@ -255,6 +285,42 @@ public struct DmaBufMovePath: Hashable, Sendable {
   /// Whether the buffer's importers are being told (the path holds its resv).
   public var revokedFlip: Bool? { flip?.revoked }
 
+  /// What the next region can touch, for the explorer's footprints.
+  public enum NextRegion: Hashable, Sendable {
+    /// `down_write(memory_lock)`.
+    case lockMemory
+    /// The device's own work: the config write, the reset, the TSM unbind (and a trailing unlock).
+    case deviceWork
+    /// A buffer stage: the next buffer's flip, or on to the next stage.
+    case flip
+    /// `dma_resv_unlock` of this buffer (and a trailing unlock).
+    case unlockResv(DmaBufID)
+    /// `up_write(memory_lock)`.
+    case unlockMemory
+    /// Nothing: the path is over.
+    case none
+  }
+
+  /// See ``NextRegion``.
+  public var nextRegion: NextRegion {
+    if let flip { return .unlockResv(flip.buffer) }
+    switch stages.first {
+    case nil: return .none
+    case .lock: return .lockMemory
+    case .unbindTSM, .unbindTSMIfRevoked, .work, .closed: return .deviceWork
+    case .revoke, .revokeIfEnabled, .restore, .follow, .cleanup, .renotify: return .flip
+    case .unlock: return .unlockMemory
+    }
+  }
+
+  /// The buffers the next `.flip` region may take the resv of: those left in the stage, or,
+  /// before the stage starts, those it will go through.
+  public func flipCandidates(_ driver: VFIOPCIDriver) -> [DmaBufID] {
+    if bufferStageStarted { return buffers }
+    if stages.first == .renotify { return revokedHere }
+    return driver.devices[device]?.dmabufs ?? []
+  }
+
   private var regionName: StaticString {
     switch trigger {
     case .memoryDecode: "config write: command register"
@@ -262,6 +328,7 @@ public struct DmaBufMovePath: Hashable, Sendable {
     case .reset: "reset"
     case .close: "close device"
     case .tsmStateChanged: "TSM state"
+    case .tsmUnbind: "TSM unbind"
     }
   }
 
@@ -273,17 +340,18 @@ public struct DmaBufMovePath: Hashable, Sendable {
     try driver.devices[device]!.memoryLock.assertHeldWrite(by: ctx)
     let id = device
     switch stage {
-    case .unbindTSM:
+    case .unbindTSM, .unbindTSMIfRevoked:
       // Ends the TDI's trusted state before its MMIO goes away (vfio_pci_tsm_unbind() in later
-      // series): TDISP STOP_INTERFACE for a private device whose interface is locked or
-      // running, so the TD's Secure-EPT entries may be unmapped. The posted RFC has no such step.
-      guard driver.variant == .reviewed, let device = driver.devices[id], device.isPrivate,
-            device.function.tdi?.state.isLocked == true else { return }
-      trace.emit(.vfioTSMUnbind, "TSM unbind of vfio-dev\(id.rawValue) before revoke", [driver.traceDevice(id)])
+      // series): TDISP STOP_INTERFACE for a private device whose interface is not unlocked, so
+      // the TD's Secure-EPT entries, blocked by the revoke just done, may be unmapped. The
+      // posted RFC has no such step.
+      guard needsUnbind(stage, driver) else { return }
+      trace.emit(.vfioTSMUnbind, "TSM unbind of vfio-dev\(id.rawValue) after the revoke blocked its MMIO", [driver.traceDevice(id)])
       do { try driver.devices[id]!.function.tdispStopInterface(trace: &trace) } catch {
         // STOP_INTERFACE is answered in every state by a function with a TDI.
         throw LockViolation(lock: "vdev->memory_lock", message: "STOP_INTERFACE refused: \(error.name)")
       }
+      stoppedInterface = true
       sink.functionChanged(id, driver.devices[id]!.function, trace: &trace)
     case .work:
       switch trigger {
@@ -310,7 +378,7 @@ public struct DmaBufMovePath: Hashable, Sendable {
         driver.devices[id]!.function.writeCommand([], trace: &trace)
         driver.noteReset(of: id, dmabufCore: dmabufCore, trace: &trace)
         driver.devices[id]!.function.functionLevelReset(trace: &trace)
-      case .tsmStateChanged:
+      case .tsmStateChanged, .tsmUnbind:
         return
       }
       sink.functionChanged(id, driver.devices[id]!.function, trace: &trace)
@@ -323,9 +391,17 @@ public struct DmaBufMovePath: Hashable, Sendable {
     }
   }
 
+  /// Whether a TSM stage stops the interface now.
+  private func needsUnbind(_ stage: Stage, _ driver: VFIOPCIDriver) -> Bool {
+    guard driver.variant == .reviewed, let device = driver.devices[device], device.isPrivate,
+          let state = device.function.tdi?.state, state != .configUnlocked else { return false }
+    return stage == .unbindTSM || !revokedHere.isEmpty
+  }
+
   /// The buffers a flipping stage looks at, and the state it flips them to (`nil`: skip).
   private func target(_ stage: Stage, _ buffer: VFIOPCIDmaBuf, _ driver: VFIOPCIDriver) -> Bool? {
     switch stage {
+    case .renotify: stoppedInterface && revokedHere.contains(buffer.buffer) ? true : nil
     case .revoke: buffer.revoked ? nil : true
     case .revokeIfEnabled: driver.devices[device]!.memoryEnabled && !buffer.revoked ? true : nil
     case .restore: driver.buffersUsable(device) && buffer.revoked ? false : nil
@@ -343,7 +419,7 @@ public struct DmaBufMovePath: Hashable, Sendable {
   ) throws(LockViolation) -> DmaBufMoveAction {
     let stage = stages[0]
     if !bufferStageStarted {
-      buffers = driver.devices[device]!.dmabufs
+      buffers = stage == .renotify ? revokedHere : driver.devices[device]!.dmabufs
       bufferStageStarted = true
     }
     while let buffer = buffers.first {
@@ -356,17 +432,23 @@ public struct DmaBufMovePath: Hashable, Sendable {
       guard try dmabufCore.lockResv(buffer, context: ctx) else {
         throw LockViolation(lock: "dmabuf\(buffer.rawValue)->resv", message: "free lock not granted")
       }
-      driver.dmabufs[buffer]!.revoked = revoked
       let cleanup = stage == .cleanup
-      if cleanup {
-        driver.dmabufs[buffer]!.device = nil
-        driver.devices[device]!.registrations -= 1
+      if stage == .renotify {
+        trace.emit(.vfioDmaBufRenotify, "dmabuf\(buffer.rawValue): the interface is stopped, tell importers again",
+                   [driver.traceDevice(device), .id("buffer", buffer)])
+      } else {
+        driver.dmabufs[buffer]!.revoked = revoked
+        if revoked, !revokedHere.contains(buffer) { revokedHere.append(buffer) }
+        if cleanup {
+          driver.dmabufs[buffer]!.device = nil
+          driver.devices[device]!.registrations -= 1
+        }
+        trace.emit(.vfioDmaBufMove, "\(revoked ? "revoke" : "restore") dmabuf\(buffer.rawValue)\(cleanup ? " for good" : "")",
+                   [driver.traceDevice(device), .id("buffer", buffer), .flag("revoked", revoked), .flag("for_good", cleanup)])
       }
-      trace.emit(.vfioDmaBufMove, "\(revoked ? "revoke" : "restore") dmabuf\(buffer.rawValue)\(cleanup ? " for good" : "")",
-                 [driver.traceDevice(device), .id("buffer", buffer), .flag("revoked", revoked), .flag("for_good", cleanup)])
-      // The buffer's revoke (or restore) is a slice: its importers' move_notify runs inside it,
-      // until the resv lock is dropped.
-      trace.begin("\(revoked ? "revoke" : "restore") dmabuf\(buffer.rawValue)", depth: 0)
+      // The buffer's revoke (or restore, or renotify) is a slice: its importers' move_notify
+      // runs inside it, until the resv lock is dropped.
+      trace.begin("\(stage == .renotify ? "renotify" : revoked ? "revoke" : "restore") dmabuf\(buffer.rawValue)", depth: 0)
       let notified = try dmabufCore.moveNotify(buffer, context: ctx, trace: &trace)
       if let first = notified.first {
         flip = Flip(buffer: buffer, revoked: revoked, pending: notified, awaiting: true)
@@ -395,17 +477,16 @@ public struct DmaBufMovePath: Hashable, Sendable {
         try driver.devices[device]!.memoryLock.unlock(ctx)
         stages.removeFirst()
         return .ran(name)
-      case .revoke, .revokeIfEnabled, .restore, .follow:
-        let candidates = bufferStageStarted ? buffers : driver.devices[device]!.dmabufs
+      case .revoke, .revokeIfEnabled, .restore, .follow, .renotify:
+        let candidates = bufferStageStarted ? buffers : stage == .renotify ? revokedHere : driver.devices[device]!.dmabufs
         let anything = candidates.contains { id in
           driver.dmabufs[id].map { target(stage, $0, driver) != nil } ?? false
         }
         guard !anything else { return .ran(name) }
         stages.removeFirst()
         bufferStageStarted = false
-      case .unbindTSM:
-        guard driver.variant == .reviewed, let device = driver.devices[device], device.isPrivate,
-              device.function.tdi?.state.isLocked == true else {
+      case .unbindTSM, .unbindTSMIfRevoked:
+        guard needsUnbind(stage, driver) else {
           stages.removeFirst()
           continue
         }

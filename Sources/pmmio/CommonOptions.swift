@@ -16,9 +16,14 @@ struct CommonOptions: ParsableArguments {
   /// The scenario to run: FILE, standard input for `-`, or the embedded default.
   /// - Throws: ``ScenarioError`` for a file that cannot be read or parsed.
   func loadScenario() throws(ScenarioError) -> Scenario {
-    guard let file else { return try BuiltinScenarios.defaultScenario() }
+    try loadScenarioWithText().scenario
+  }
+
+  /// ``loadScenario()`` with the text it was parsed from.
+  func loadScenarioWithText() throws(ScenarioError) -> (scenario: Scenario, text: String) {
+    guard let file else { return (try BuiltinScenarios.defaultScenario(), BuiltinScenarios.defaultYAML + "\n") }
     let input = try ScenarioInput.read(file)
-    return try ScenarioParser.parse(input.text, file: input.file)
+    return (try ScenarioParser.parse(input.text, file: input.file), input.text)
   }
 }
 

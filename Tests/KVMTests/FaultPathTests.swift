@@ -63,11 +63,17 @@ func defaultVMWithDmaBufSlot() throws -> VirtualMachine {
   #expect(try runFault(&vm, gpa: GPA(0x1000)) == .outcome(.exitMMIO))
 }
 
-/// A TD's GPA is private: with no slot there is nothing to emulate, KVM_RUN fails EFAULT
-/// (KVM_EXIT_MEMORY_FAULT), and nothing is mapped.
+/// A TD's GPA without the shared bit is a private access: with no slot there is nothing to
+/// emulate (`kvm_handle_noslot_fault()`), KVM_RUN fails EFAULT with KVM_EXIT_MEMORY_FAULT
+/// (flags PRIVATE, the GPA, a page), and nothing is mapped. Whether the attributes say shared
+/// (the mismatch check comes first) or private, the exit is the same.
 @Test func noSlotInATDIsAMemoryFault() throws {
   var vm = try tdWithSlot()
-  #expect(try runFault(&vm, gpa: GPA(0x1000)) == .outcome(.efault))
+  let exit = MemoryFaultExit(isPrivate: true, gfn: GFN(1))
+  #expect(try runFault(&vm, gpa: GPA(0x1000)) == .memoryFault(exit))
+  vm.memoryAttributes.set(1 ..< 2, .private)
+  #expect(try runFault(&vm, gpa: GPA(0x1000)) == .memoryFault(exit))
+  #expect(exit.flags == 0x8 && exit.gpa == 0x1000 && exit.size == 0x1000 && exit.errno == .EFAULT)
   #expect(vm.mmu.lookup(GPA(0x1000).gfn) == nil)
 }
 
@@ -137,7 +143,12 @@ func exporterErrorIsEIO(_ errno: Errno) throws {
   #expect(try fault.install(&vm) == .complete(.outcome(.mapped)))
 }
 
-func tdWithSlot() throws -> VirtualMachine { try tdWithDmaBufSlot(.reviewed) }
+/// A TD with a dma-buf slot at ``slotGPA`` whose GPAs the VMM made private.
+func tdWithSlot() throws -> VirtualMachine {
+  var vm = try tdWithDmaBufSlot(.reviewed)
+  vm.memoryAttributes.set(slotGPA.gfn.rawValue ..< slotGPA.gfn.rawValue + 512, .private)
+  return vm
+}
 
 @Test func tdFaultMapsThroughSecureMapAt4K() throws {
   var vm = try tdWithSlot()

@@ -22,3 +22,25 @@ extension VirtualMachine {
     return commit
   }
 }
+
+extension VirtualMachine {
+  /// Creates a guest_memfd of `size` on the VM (`KVM_CREATE_GUEST_MEMFD`'s checks and install).
+  @discardableResult
+  mutating func addGuestMemfd(size: UInt64 = 0x4000_0000, flags: GuestMemfdFlags = []) throws -> GuestMemfd {
+    let file = try checkCreateGuestMemfd(KVMCreateGuestMemfdArgs(size: size, flags: flags.rawValue))
+    installGuestMemfd(file)
+    return file
+  }
+
+  /// A GUEST_MEMFD slot bound to `file` (a new guest_memfd of 1 GiB when nil), as the ioctl's
+  /// thread commits it: prepare, `kvm_gmem_bind()`'s checks, commit.
+  mutating func addGuestMemfdSlot(_ r: UserspaceMemoryRegion2, file: GuestMemfd? = nil,
+                                  variant: Variant = .reviewed) throws {
+    let gmem = try file ?? addGuestMemfd()
+    let plan = try prepareSetUserMemoryRegion2(r, variant: variant)
+    let bind = try checkGuestMemfdBind(plan, file: .guestMemfd(guestMemfds[gmem.id] ?? gmem))
+    try lockSlots(ioctlThread)
+    _ = try commitSetUserMemoryRegion2(plan, gmem: bind, ctx: ioctlThread)
+    try unlockSlots(ioctlThread)
+  }
+}

@@ -127,6 +127,7 @@ extension Bench {
     let buf = try bench.exportBAR0(dev)
     try bench.ok(.kvmSetUserMemoryRegion2(vm: bench.td, region: MemoryRegion2(
       slot: 1, flags: vfioDmaBuf, guestPhysAddr: gpaBase, memorySize: Bench.bar0, guestMemfd: buf.rawValue)))
+    try bench.ok(.kvmSetMemoryAttributes(vm: bench.td, address: gpaBase, size: Bench.bar0, attributes: 1 << 3, flags: 0))
     let accepted = bench.machine.perform(.guestAcceptMMIO(vm: bench.td, gpa: GPA(gpaBase + 0x5000), expectHPA: nil))
     #expect(accepted == .success(.guestAccess("accepted")))
     let leaf = try #require(bench.vm(bench.td)?.mmu.lookup(GPA(gpaBase + 0x5000).gfn))

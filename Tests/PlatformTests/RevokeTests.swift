@@ -120,7 +120,8 @@ extension Bench {
 
 /// Revoke and restore of a private device's buffers, whose TDI runs when they are exported.
 ///
-/// `reviewed` unbinds the TSM (TDISP STOP) before every revoke and restores private buffers
+/// `reviewed` revokes (KVM blocks), unbinds the TSM (TDISP STOP), and tells the importers again
+/// (KVM unmaps): two notifications per revoke of a private device. It restores private buffers
 /// only while the TDI runs again: after any trigger they stay revoked until the interface is
 /// locked and started anew. The RFC revokes with the TDI still running and restores on memory
 /// enable alone: the buffer is live again for an interface in ERROR. With nothing mapped no
@@ -137,13 +138,14 @@ extension Bench {
   }
 
   static let cases: [Case] = [
-    Case(variant: .reviewed, trigger: .decodeOffOn, revokedAfter: true, tdiAfter: "CONFIG_UNLOCKED", notifications: 1, violations: []),
-    Case(variant: .reviewed, trigger: .d3hotD0, revokedAfter: true, tdiAfter: "CONFIG_UNLOCKED", notifications: 1, violations: []),
-    Case(variant: .reviewed, trigger: .ioctlReset, revokedAfter: true, tdiAfter: "CONFIG_UNLOCKED", notifications: 1, violations: []),
-    Case(variant: .reviewed, trigger: .configFLR, revokedAfter: true, tdiAfter: "CONFIG_UNLOCKED", notifications: 1, violations: []),
-    Case(variant: .reviewed, trigger: .hotReset, revokedAfter: true, tdiAfter: "CONFIG_UNLOCKED", notifications: 1, violations: []),
-    // A reset VFIO never saw: the TSM notices the TDI in ERROR and revokes only afterwards.
-    Case(variant: .reviewed, trigger: .externalFLR, revokedAfter: true, tdiAfter: "ERROR", notifications: 1,
+    Case(variant: .reviewed, trigger: .decodeOffOn, revokedAfter: true, tdiAfter: "CONFIG_UNLOCKED", notifications: 2, violations: []),
+    Case(variant: .reviewed, trigger: .d3hotD0, revokedAfter: true, tdiAfter: "CONFIG_UNLOCKED", notifications: 2, violations: []),
+    Case(variant: .reviewed, trigger: .ioctlReset, revokedAfter: true, tdiAfter: "CONFIG_UNLOCKED", notifications: 2, violations: []),
+    Case(variant: .reviewed, trigger: .configFLR, revokedAfter: true, tdiAfter: "CONFIG_UNLOCKED", notifications: 2, violations: []),
+    Case(variant: .reviewed, trigger: .hotReset, revokedAfter: true, tdiAfter: "CONFIG_UNLOCKED", notifications: 2, violations: []),
+    // A reset VFIO never saw: the TSM notices the TDI in ERROR and revokes only afterwards,
+    // then stops the interface (ERROR -> CONFIG_UNLOCKED) so the TD's entries can be unmapped.
+    Case(variant: .reviewed, trigger: .externalFLR, revokedAfter: true, tdiAfter: "CONFIG_UNLOCKED", notifications: 2,
          violations: ["NoResetUnderLiveImport"]),
     Case(variant: .rfcV1, trigger: .decodeOffOn, revokedAfter: false, tdiAfter: "ERROR", notifications: 2, violations: []),
     Case(variant: .rfcV1, trigger: .d3hotD0, revokedAfter: false, tdiAfter: "ERROR", notifications: 2, violations: []),
@@ -182,7 +184,7 @@ extension Bench {
     #expect(bench.priv(buf)?.revoked == false)
     try bench.ok(.tdispStart(device: "nic0", nonce: .echo))
     #expect(bench.priv(buf)?.revoked == false)
-    #expect(bench.notifications(a) == 2)
+    #expect(bench.notifications(a) == 3)   // revoke, again after STOP, restore on LOCK
     #expect(bench.violated().isEmpty)
   }
 

@@ -18,6 +18,8 @@ extension Bench {
     let buf = try exportBAR0(dev)
     try ok(.kvmSetUserMemoryRegion2(vm: td, region: MemoryRegion2(
       slot: 1, flags: vfioDmaBuf, guestPhysAddr: gpaBase, memorySize: Bench.bar0, guestMemfd: buf.rawValue)))
+    // kvm_mmu_faultin_pfn(): a private fault maps only GFNs whose attributes say private.
+    try ok(.kvmSetMemoryAttributes(vm: td, address: gpaBase, size: Bench.bar0, attributes: 1 << 3, flags: 0))
     return (dev, buf)
   }
 
@@ -90,6 +92,7 @@ extension Bench {
     let buf = try bench.exportBAR0(dev)
     try bench.ok(.kvmSetUserMemoryRegion2(vm: bench.td, region: MemoryRegion2(
       slot: 1, flags: vfioDmaBuf, guestPhysAddr: gpaBase, memorySize: Bench.bar0, guestMemfd: buf.rawValue)))
+    try bench.ok(.kvmSetMemoryAttributes(vm: bench.td, address: gpaBase, size: Bench.bar0, attributes: 1 << 3, flags: 0))
     // No DEVIF, no MMIOMT: TDH.MMIO.MAP fails with a status KVM does not expect.
     #expect(bench.access(bench.td, gpaBase) == .failure(.errno(.EIO)))
     #expect(bench.violated() == ["NoKVMBugOn"])
@@ -224,6 +227,7 @@ extension Result {
     #expect(bench.priv(buf)?.revoked == false, "live while CONFIG_LOCKED")
     try bench.ok(.kvmSetUserMemoryRegion2(vm: bench.td, region: MemoryRegion2(
       slot: 1, flags: vfioDmaBuf, guestPhysAddr: gpaBase, memorySize: Bench.bar0, guestMemfd: buf.rawValue)))
+    try bench.ok(.kvmSetMemoryAttributes(vm: bench.td, address: gpaBase, size: Bench.bar0, attributes: 1 << 3, flags: 0))
     try bench.ok(.tdispStart(device: "nic0", nonce: .echo))
     #expect(try bench.ok(.guestAcceptMMIO(vm: bench.td, gpa: GPA(gpaBase), expectHPA: nil)) == .guestAccess("accepted"))
     // A second accept of the same page is the module's warning, not an error.

@@ -16,7 +16,7 @@ import Scenarios
     let report = try ScenarioRunner.run(try BuiltinScenarios.defaultScenario(),
                                         options: RunOptions(stopAfterStep: 15, keepState: true))
     let step = try #require(report.steps.last)
-    return AddressMap(try #require(report.state), title: "private-mmio-td (variant reviewed), after step 15 of 22",
+    return AddressMap(try #require(report.state), title: "private-mmio-td (variant reviewed), after step 15 of 23",
                       caption: "\(step.location): \(step.text)").svg
   }
 

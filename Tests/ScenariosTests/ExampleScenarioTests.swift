@@ -55,3 +55,20 @@ func defaultExampleIsTheBuiltIn() throws {
   #expect(file == BuiltinScenarios.named("default"))
   #expect(file == BuiltinScenarios.defaultYAML + "\n")
 }
+
+@Test("Examples/races/*.yaml are the built-in race scenarios, byte for byte (Scripts/generate-race-scenarios)")
+func raceFilesAreTheBuiltIns() throws {
+  let dir = ExampleScenarioTests.examples.appendingPathComponent("races")
+  let files = try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { $0.hasSuffix(".yaml") }.sorted()
+  #expect(files.map { String($0.dropLast(5)) } == RaceScenarios.all.map(\.name))
+  for (file, race) in zip(files, RaceScenarios.all) {
+    let text = try String(contentsOf: dir.appendingPathComponent(file), encoding: .utf8)
+    #expect(text == race.yaml, "\(file) differs from the built-in: run Scripts/generate-race-scenarios")
+    #expect(race.question.hasSuffix("?"))
+    #expect(text.hasPrefix("# " + race.question.prefix(20)))
+    let scenario = try ScenarioParser.parse(text, file: file)
+    #expect(scenario.name == race.name)
+    #expect(!scenario.concurrent.isEmpty, "\(file) has nothing to interleave")
+    #expect(BuiltinScenarios.named(race.name) == text)
+  }
+}

@@ -83,7 +83,7 @@ func badStep(_ input: BadInput) {
 }
 
 @Test("bad top-level and machine input is reported at its position", arguments: [
-  ("name: x\nfoo: 1\n", "t.yaml:2:1: unknown key 'foo' in the scenario (expected: name, variant, machine, steps, concurrent)"),
+  ("name: x\nfoo: 1\n", "t.yaml:2:1: unknown key 'foo' in the scenario (expected: name, variant, machine, steps, concurrent, schedule)"),
   ("variant: rfc-v2\n", "t.yaml:1:10: unknown variant 'rfc-v2': did you mean 'rfc-v1'? (expected: rfc-v1, reviewed)"),
   ("steps: []\nsteps: []\n", "t.yaml:1:1: duplicate key 'steps' in mapping"),
   ("steps:\n  - { op: vfio.close, fd: 3 }\n steps: []\n",
@@ -91,7 +91,7 @@ func badStep(_ input: BadInput) {
   ("machine:\n  devices:\n    - { name: a, bars: [ { index: 0, size: 4096, colour: 1 } ] }\n",
    "t.yaml:3:50: unknown key 'colour' in a BAR (expected: index, size, is64, prefetchable, msix_table, msix_pba)"),
   ("machine:\n  devices:\n    - { name: a, bars: [] }\n    - { name: a, bars: [] }\n", "t.yaml:4:7: duplicate device name 'a'"),
-  ("machine:\n  vms:\n    - { name: v, type: sev }\n", "t.yaml:3:24: unknown VM type 'sev' (expected: default, tdx)"),
+  ("machine:\n  vms:\n    - { name: v, type: sev }\n", "t.yaml:3:24: unknown VM type 'sev' (expected: default, sw_protected, tdx)"),
   ("machine:\n  devices:\n    - { bars: [] }\n", "t.yaml:3:7: missing key 'name' in a device"),
   ("machine:\n  devices:\n    - { name: a, bars: [ { index: 0, size: 0x8000000000000000 } ] }\n",
    "t.yaml:3:44: BAR size 0x8000000000000000 must be a power of two between 4 KiB and 2^51 bytes"),

@@ -85,7 +85,7 @@ func pathScopes() {
 func opTable() {
   let names = OpSpec.all.map(\.name)
   #expect(Set(names).count == names.count)
-  #expect(names.count == 36)
+  #expect(names.count == 40)
   let table = OpSpec.referenceTable
   for name in names { #expect(table.contains("| `\(name)` |")) }
   #expect(table.contains("`open_flags`: u32 = 0x80002 (O_RDWR\\|O_CLOEXEC)"))   // escaped for Markdown

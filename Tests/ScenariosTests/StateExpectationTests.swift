@@ -20,6 +20,7 @@ import Platform
       - { op: vfio.dma_buf, fd: dev, region_index: 0, ranges: [[0, 0x200000]], as: buf }
       - { op: kvm.set_user_memory_region2, vm: td0, slot: 1, flags: [vfio_dmabuf],
           guest_phys_addr: 0x80000000, memory_size: 0x200000, fd: buf }
+      - { op: kvm.set_memory_attributes, vm: td0, address: 0x80000000, size: 0x200000 }
 
     """
 
@@ -44,7 +45,7 @@ import Platform
     #expect(last.verdict == .notAsExpected)
     #expect(last.stateMismatches == ["state tdi nic0: expected RUN, found CONFIG_UNLOCKED",
                                      "state dmabuf buf: expected live, found revoked"])
-    #expect(report.text.contains("FAILED s.yaml:20: state tdi nic0: expected RUN, found CONFIG_UNLOCKED"))
+    #expect(report.text.contains("FAILED s.yaml:21: state tdi nic0: expected RUN, found CONFIG_UNLOCKED"))
     #expect(report.exitStatus == 1)
   }
 

@@ -124,6 +124,12 @@ func inapplicableKeys(_ step: String, _ text: String, _ error: String) {
   }
 }
 
+/// The table names only ops that exist.
+@Test func resultKeysNameRealOps() {
+  let ops = Set(OpSpec.all.map(\.name))
+  for entry in StepExpectation.resultKeys { #expect(entry.ops.isSubset(of: ops), "\(entry.key): \(entry.ops.subtracting(ops))") }
+}
+
 /// The machine's state is every op's to check, whatever the op returns.
 @Test func stateAsAMappingAppliesToEveryOp() throws {
   for spec in OpSpec.all {

@@ -56,35 +56,49 @@ import KernelCore
     }
   }
 
-  /// Stopping a TD's interface revokes its buffer: the revoke contains KVM's move_notify,
-  /// which contains the Secure-EPT zap with its BLOCK, TRACK and UNMAP.
-  @Test func aRevokeContainsItsMoveNotifyWhichContainsTheZap() throws {
-    let report = try Self.report("default.yaml", .reviewed)
-    let stop = try #require(report.steps.first { $0.op == "tdisp.stop" })
-    let entries = Self.timeline(stop).filter { $0 != .region }
-    let calls = entries.compactMap { entry -> String? in
-      if case .event("tdx:seamcall", let leaf) = entry { return leaf }
-      return nil
-    }
-    #expect(calls == ["TDH.MMIO.BLOCK(159)", "TDH.MMIO.BLOCK(159)", "TDH.MEM.TRACK(38)", "TDH.VP.ENTER(0)",
-                      "TDH.MMIO.UNMAP(160)", "TDH.MMIO.UNMAP(160)"])
-    func index(_ entry: Entry) throws -> Int { try #require(entries.firstIndex(of: entry)) }
-    let revoke = try index(.begin("revoke dmabuf1"))
-    let notify = try index(.begin("kvm_vfio_dmabuf_move_notify vm1 attachment 1"))
-    let zap = try index(.begin("private MMIO zap vm1: BLOCK, TRACK, UNMAP"))
-    let block = try index(.event("tdx:seamcall", "TDH.MMIO.BLOCK(159)"))
-    let unmap = try #require(entries.lastIndex(of: .event("tdx:seamcall", "TDH.MMIO.UNMAP(160)")))
-    #expect(revoke < notify && notify < zap && zap < block && block < unmap)
-    // Three ends after the last UNMAP close the zap, the move_notify and the revoke, in that order.
-    let ends = entries[unmap...].enumerated().filter { $0.element == .end }.map(\.offset)
-    #expect(ends.count >= 3)
+  /// The step's slices as an indented tree, SEAMCALLs by leaf (other events left out).
+  static func tree(_ step: StepReport) -> [String] {
+    var lines: [String] = []
     var depth = 0
-    for entry in entries {
-      if case .begin = entry { depth += 1 }
-      if entry == .end { depth -= 1 }
-      #expect(depth >= 0)
+    for entry in timeline(step) {
+      let indent = String(repeating: "  ", count: depth)
+      switch entry {
+      case .begin(let name): lines.append(indent + name); depth += 1
+      case .end: depth -= 1
+      case .event("tdx:seamcall", let leaf): lines.append(indent + leaf)
+      case .event, .region: break
+      }
     }
     #expect(depth == 0, "every slice the step began, it ended")
+    return lines
+  }
+
+  /// A revoke contains KVM's move_notify, which for a TD contains the Secure-EPT zap and its
+  /// SEAMCALLs. `reviewed` stops the interface between the two: the revoke blocks and tracks,
+  /// and once the interface is stopped the buffer's importers are told again and unmap.
+  @Test func aRevokeContainsItsMoveNotifyWhichContainsTheZap() throws {
+    let stop = try #require(try Self.report("default.yaml", .reviewed).steps.first { $0.op == "tdisp.stop" })
+    #expect(Self.tree(stop) == [
+      "tdisp.stop",
+      "  revoke dmabuf1",
+      "    kvm_vfio_dmabuf_move_notify vm1 attachment 1",
+      "      private MMIO zap vm1",
+      "        TDH.MMIO.BLOCK(159)", "        TDH.MMIO.BLOCK(159)", "        TDH.MEM.TRACK(38)", "        TDH.VP.ENTER(0)",
+      "  renotify dmabuf1",
+      "    kvm_vfio_dmabuf_move_notify vm1 attachment 1",
+      "      private MMIO zap vm1",
+      "        TDH.MMIO.UNMAP(160)", "        TDH.MMIO.UNMAP(160)",
+    ])
+    // The RFC's FLR revokes with the interface still trusted: BLOCK, TRACK and UNMAP (refused)
+    // in the one revoke.
+    let flr = try #require(try Self.report("flr-while-run.yaml", .rfcV1).steps.first { $0.op == "vfio.flr" })
+    #expect(Self.tree(flr) == [
+      "vfio.flr",
+      "  revoke dmabuf1",
+      "    kvm_vfio_dmabuf_move_notify vm1 attachment 1",
+      "      private MMIO zap vm1",
+      "        TDH.MMIO.BLOCK(159)", "        TDH.MEM.TRACK(38)", "        TDH.VP.ENTER(0)", "        TDH.MMIO.UNMAP(160)",
+    ])
   }
 
   /// The Perfetto file nests: per track every E closes the last B, every event slice lies in

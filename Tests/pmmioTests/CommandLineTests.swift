@@ -90,7 +90,7 @@ func defaultScenario() throws {
   let result = try pmmio([])
   #expect(result.status == 0)
   #expect(result.stdout.hasPrefix("scenario private-mmio-td (variant reviewed)\n"))
-  #expect(result.stdout.contains("summary: 22 steps: 22 as expected, 0 not as expected, 0 without expect (18 succeeded, 4 returned an error)"))
+  #expect(result.stdout.contains("summary: 23 steps: 23 as expected, 0 not as expected, 0 without expect (19 succeeded, 4 returned an error)"))
   #expect(result.stdout.contains("TDH.MMIO.UNMAP"))
 }
 
@@ -98,7 +98,7 @@ func defaultScenario() throws {
 func defaultScenarioRFC() throws {
   let result = try pmmio(["--variant", "rfc-v1"])
   #expect(result.status == 1)
-  #expect(result.stdout.contains("FAILED <builtin:default>:34: expected fault eio, got ok fault already_mapped"))
+  #expect(result.stdout.contains("FAILED <builtin:default>:37: expected fault eio, got ok fault already_mapped"))
   #expect(result.stdout.contains("violated: PrivateMMIOOnlyWhileTDIRuns"))
 }
 

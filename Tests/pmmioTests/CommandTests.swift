@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import Scenarios
 
 private let examples = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
   .deletingLastPathComponent().appendingPathComponent("Examples")
@@ -16,9 +17,9 @@ private func json(_ text: String) throws -> [String: Any] {
   }
 
   @Test("a mistyped command is a usage error, not a file to read", arguments: [
-    ("frobnicate", "pmmio: unknown command 'frobnicate'; the commands are run, show, scenarios, kvm. "
+    ("frobnicate", "pmmio: unknown command 'frobnicate'; the commands are run, explore, show, scenarios, kvm. "
        + "A scenario file is run by its path: pmmio ./frobnicate\n"),
-    ("shwo", "pmmio: unknown command 'shwo' (did you mean 'show'?); the commands are run, show, scenarios, kvm. "
+    ("shwo", "pmmio: unknown command 'shwo' (did you mean 'show'?); the commands are run, explore, show, scenarios, kvm. "
        + "A scenario file is run by its path: pmmio ./shwo\n"),
   ])
   func unknownCommand(word: String, message: String) throws {
@@ -43,12 +44,14 @@ private func json(_ text: String) throws -> [String: Any] {
   @Test func anUnknownBuiltInSuggestsOne() throws {
     let result = try pmmio(["scenarios", "show", "defualt"])
     #expect(result.status == 2)
-    #expect(result.stderr == "pmmio: no built-in scenario 'defualt' (did you mean 'default'?); the built-ins are default\n")
+    let names = BuiltinScenarios.all.map(\.name).joined(separator: ", ")
+    #expect(result.stderr == "pmmio: no built-in scenario 'defualt' (did you mean 'default'?); the built-ins are \(names)\n")
+    #expect(names.hasPrefix("default, "))
   }
 
   @Test("with --json, bad input is a JSON document on stderr", arguments: [
     (["run", "--json", "/nonexistent.yaml"], "/nonexistent.yaml", nil as Int?, "no such file"),
-    (["show", "--json", "--at", "99"], nil, nil, "--at 99: private-mmio-td has 22 step(s) (0 is the machine before the first)"),
+    (["show", "--json", "--at", "99"], nil, nil, "--at 99: private-mmio-td has 23 step(s) (0 is the machine before the first)"),
   ])
   func jsonErrors(arguments: [String], file: String?, line: Int?, message: String) throws {
     let result = try pmmio(arguments)
@@ -129,7 +132,7 @@ private func json(_ text: String) throws -> [String: Any] {
       #expect(result.stdout.contains("\n\(section)"), "\(section)")
     }
     #expect(result.stdout.contains("0000000080000000-0000000080001fff -> 0000004000000000  2 x 4K  MMIO_MAPPED"))
-    #expect(result.stdout.contains("after step 15 of 22"))
+    #expect(result.stdout.contains("after step 15 of 23"))
   }
 
   @Test func atZeroIsTheMachineBeforeTheFirstStep() throws {

@@ -30,7 +30,11 @@ struct KVMDmaBufMoveNotify: Hashable, Sendable {
     }
     started = true
     if m.kvm.tds[vm] != nil {
-      switch try m.kvm.vms[vm]!.beginSecureZap(bound.gfns, ctx: ctx) {
+      // reviewed: while the buffer's interface is still trusted, TDH.MMIO.UNMAP would be
+      // refused; the zap blocks and tracks, and unmaps once the TSM has stopped the interface
+      // (VFIO notifies again). rfc-v1 always tries to unmap.
+      let trusted = m.variant == .reviewed && m.exporterData(of: bound.binding.dmaBuf)?.interfaceTrusted == true
+      switch try m.kvm.vms[vm]!.beginSecureZap(bound.gfns, ctx: ctx, unmap: !trusted) {
       case .failure(let wait): return .blocked(wait.wait)
       case .success(let zap):
         return .ranThenCall("move_notify: mmu_lock write, invalidate begin",
@@ -91,7 +95,7 @@ struct TDXSEPTZap: Hashable, Sendable {
     case .blocked(let wait):
       return .blocked(wait)
     case .complete(let outcome):
-      if outcome != .zapped(entries: 0) {
+      if outcome != .zapped(entries: 0), outcome != .blocked(entries: 0) {
         m.trace.emit(.kvmMMUZap, "vm\(vm.rawValue): \(purpose): \(outcome)", [.vm(vm), .text("purpose", "\(purpose)"), .text("outcome", "\(outcome)")])
       }
       return .ranAndReturned("zap: invalidate end, mmu_lock unlock", .success(.none))

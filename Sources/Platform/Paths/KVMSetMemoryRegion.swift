@@ -4,19 +4,24 @@ import VFIO
 import KVM
 import TDX
 
-/// `KVM_SET_USER_MEMORY_REGION2` (`kvm_vm_ioctl_set_memory_region()` →
-/// `kvm_set_memory_region()` → `kvm_set_memslot()` in `virt/kvm/kvm_main.c`, with the RFC's
-/// dma-buf bind of patches 6 and 10), under `kvm->slots_lock`.
+/// `KVM_SET_USER_MEMORY_REGION2` and `KVM_SET_USER_MEMORY_REGION`
+/// (`kvm_vm_ioctl_set_memory_region()` → `kvm_set_memory_region()` → `kvm_set_memslot()` in
+/// `virt/kvm/kvm_main.c`, with the RFC's dma-buf bind of patches 6 and 10), under
+/// `kvm->slots_lock`.
 ///
 /// Regions:
-/// 1. `slots_lock`, the checks (``VirtualMachine/prepareSetUserMemoryRegion2(_:variant:)``);
+/// 1. `slots_lock`, the checks (``VirtualMachine/prepareSetUserMemoryRegion2(_:variant:ioctl:)``);
+///    a guest_memfd slot's `kvm_gmem_bind()` (``VirtualMachine/checkGuestMemfdBind(_:file:)``);
 ///    a create or flags change without a dma-buf commits in the same region.
 /// 2. for a dma-buf: `dma_buf_get()`, the exporter's data, the size and sanity checks, the
 ///    dynamic attach (under the buffer's resv).
 /// 3. for a delete or move, `kvm_invalidate_memslot()`: the slot is marked INVALID and swapped
 ///    in; the vCPUs then reading the memslots under SRCU are waited for
 ///    (`synchronize_srcu()`), and the slot's mappings flushed under `mmu_lock` for write
-///    (for a TD, through the Secure-EPT zap).
+///    (for a TD, through the Secure-EPT zap). In `reviewed`, a TD's dma-buf slot whose mirror
+///    still maps private MMIO once the readers are gone is not flushed: the delete is refused
+///    with `EBUSY` and the slot made valid again (the private MMIO slot delete protocol,
+///    README "Deleting a private MMIO slot").
 /// 4. the commit; then each attachment a delete drops is detached (under its resv), and
 ///    `slots_lock` is released with the last region.
 struct KVMSetMemoryRegion: Hashable, Sendable {
@@ -35,9 +40,14 @@ struct KVMSetMemoryRegion: Hashable, Sendable {
 
   let vm: VMID
   let region: MemoryRegion2
+  let ioctl: MemoryRegionIoctl
   var state: State = .lock
+  /// The guest_memfd binding `kvm_gmem_bind()` checked in region 1, for a new GUEST_MEMFD slot.
+  var gmem: GuestMemfdSlotBinding?
 
-  init(vm: VMID, region: MemoryRegion2) { self.vm = vm; self.region = region }
+  init(vm: VMID, region: MemoryRegion2, ioctl: MemoryRegionIoctl = .region2) {
+    self.vm = vm; self.region = region; self.ioctl = ioctl
+  }
 
   mutating func childReturned(_: OpResult) {
     if case .flushing(let plan, let binding) = state { state = .commit(plan, binding) }
@@ -52,7 +62,17 @@ struct KVMSetMemoryRegion: Hashable, Sendable {
       if let wait = m.kvm.vms[vm]!.slotsLock.wait(for: ctx) { return .blocked(wait) }
       try m.kvm.vms[vm]!.lockSlots(ctx)
       let plan: MemslotPlan
-      do { plan = try m.kvm.vms[vm]!.prepareSetUserMemoryRegion2(region, variant: m.variant) } catch {
+      do throws(Errno) {
+        plan = try m.kvm.vms[vm]!.prepareSetUserMemoryRegion2(region, variant: m.variant, ioctl: ioctl)
+        if let fd = plan.gmemFD {
+          // kvm_gmem_bind(): fget() (EBADF), then the file's checks.
+          let file: GuestMemfdLookup
+          do { file = try m.guestMemfdLookup(fd) } catch {
+            throw Errno.EBADF.because("kvm_gmem_bind", "fget(\(fd.rawValue)): no open file")
+          }
+          gmem = try m.kvm.vms[vm]!.checkGuestMemfdBind(plan, file: file)
+        }
+      } catch {
         return try fail(.errno(error), &m, ctx: ctx, label: "slots_lock, check the region")
       }
       if plan.dmaBufFD != nil {
@@ -80,6 +100,22 @@ struct KVMSetMemoryRegion: Hashable, Sendable {
         return .blocked(.event("synchronize_srcu: \(reader) is in a kvm->srcu read section"))
       }
       guard let old = plan.old else { throw LockViolation(lock: "kvm->slots_lock", message: "invalidated a slot that did not exist") }
+      // The private MMIO slot delete protocol (reviewed): no fault of the old slot is in flight
+      // any more and new ones retry on the invalid slot, so the mirror is final here. Private
+      // MMIO it still maps (or holds blocked) cannot be unmapped while the exporter says the
+      // interface is trusted (the module wants CONFIG_UNLOCKED or a blocked stream, and a
+      // refused TDH.MMIO.UNMAP is KVM_BUG_ON). So KVM refuses: the slot becomes valid again
+      // (kvm_set_memslot()'s error path, kvm_activate_memslot(kvm, invalid_slot, old)), and the
+      // VMM must revoke first.
+      if m.variant == .reviewed, m.kvm.tds[vm] != nil, let binding = old.dmaBuf,
+         m.exporterData(of: binding.dmaBuf)?.interfaceTrusted == true,
+         let mapped = m.kvm.vms[vm]!.mmu.leaves(in: old.gfns).first {
+        m.kvm.vms[vm]!.revalidateMemslot(old.key)
+        m.trace.emit(.kvmSetMemoryRegion, "vm\(vm.rawValue): KVM_SET_USER_MEMORY_REGION2 slot \(region.slot) delete refused: private MMIO \(mapped.gfn.gpa) is mapped",
+                     [.vm(vm), .int("slot", region.slot), .text("change", "delete refused"), .gpa(mapped.gfn.gpa)])
+        return try fail(.errno(Errno.EBUSY.because("kvm_set_memslot", "model (reviewed): slot \(old.key.id) still maps private MMIO at \(mapped.gfn.gpa) of a live buffer; revoke it (stop the interface) before deleting the slot")),
+                        &m, ctx: ctx, label: "synchronize_srcu, private MMIO still mapped: slot valid again, EBUSY")
+      }
       if m.kvm.tds[vm] != nil {
         switch try m.kvm.vms[vm]!.beginSecureZap(old.gfns, ctx: ctx) {
         case .failure(let wait): return .blocked(wait.wait)
@@ -135,8 +171,8 @@ struct KVMSetMemoryRegion: Hashable, Sendable {
 
   private mutating func commit(_ plan: MemslotPlan, _ binding: DmaBufBinding?, _ m: inout Machine,
                                ctx: ContextID, label: StaticString) throws(LockViolation) -> FrameStep {
-    let commit = try m.kvm.vms[vm]!.commitSetUserMemoryRegion2(plan, binding: binding, ctx: ctx)
-    m.trace.emit(.kvmSetMemoryRegion, "vm\(vm.rawValue): KVM_SET_USER_MEMORY_REGION2 slot \(region.slot) \(commit.change)"
+    let commit = try m.kvm.vms[vm]!.commitSetUserMemoryRegion2(plan, binding: binding, gmem: gmem, ctx: ctx)
+    m.trace.emit(.kvmSetMemoryRegion, "vm\(vm.rawValue): \(ioctl == .region ? "KVM_SET_USER_MEMORY_REGION" : "KVM_SET_USER_MEMORY_REGION2") slot \(region.slot) \(commit.change)"
                  + (commit.leftDangling.isEmpty ? "" : " (attachment \(commit.leftDangling.map { String($0.rawValue) }.joined(separator: ",")) left bound to the freed slot)"),
                  [.vm(vm), .int("slot", region.slot), .text("change", "\(commit.change)"), .hex("gpa", region.guestPhysAddr),
                   .hex("size", region.memorySize), .hex("flags", UInt64(region.flags))])

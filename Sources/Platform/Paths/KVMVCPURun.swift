@@ -45,6 +45,12 @@ struct VCPURun: Hashable, Sendable {
 
   var ref: VCPURef { VCPURef(vm: vm, index: vcpu) }
 
+  /// A guest store: when it completes it writes the registers of the device it reaches.
+  var isStore: Bool {
+    if case .access(_, _, .write) = kind { return true }
+    return false
+  }
+
   var gpa: GPA {
     switch kind {
     case .access(let gpa, _, _), .accept(let gpa, _): gpa
@@ -120,11 +126,22 @@ struct VCPURun: Hashable, Sendable {
 
   /// Guest mode: the access, or the TDCALL, once the vCPU runs.
   private mutating func inGuest(_ m: inout Machine, ctx: ContextID) throws(LockViolation) -> FrameStep {
-    guard let td = m.kvm.tds[vm] else {
+    // KVM_RUN: kvm_run no longer holds an earlier memory-fault exit.
+    m.kvm.vms[vm]!.clearMemoryFault(vcpu: vcpu)
+    let td = m.kvm.tds[vm]
+    // A TD's access to a shared GPA (shared bit set) goes through its direct root, not the
+    // Secure EPT: it completes, or faults, as an ordinary VM's does.
+    let sharedTDAccess: Bool = if case .access(let gpa, _, _) = kind, td != nil {
+      !m.kvm.vms[vm]!.isPrivateAccess(gpa)
+    } else { false }
+    guard let td, !sharedTDAccess else {
       guard case .access(let gpa, let size, let access) = kind else {
         throw LockViolation(lock: "vcpu", message: "an accept on a VM without a TD")
       }
-      if let leaf = m.kvm.vms[vm]!.mmu.lookup(gpa.gfn), access != .write || leaf.spte.isWritable {
+      let current = m.kvm.vms[vm]!
+      let gfn = current.faultGFN(gpa)
+      if let leaf = sharedTDAccess ? current.sharedMMU.lookup(gfn) : current.presentLeaf(gfn),
+         access != .write || leaf.spte.isWritable {
         m.noteCompletedAccess(vm, gpa: gpa, accept: false)
         // The access reaches whatever the SPTE maps, which may no longer be what the exporter hands out.
         let hpa = leaf.spte.pfn.hpa.advanced(by: gpa.rawValue - leaf.gfn.gpa.rawValue)
@@ -208,10 +225,18 @@ struct VCPURun: Hashable, Sendable {
       case .eio:
         return .ranAndReturned(label, .failure(.errno(Errno.EIO.because("kvm_mmu_faultin_pfn", "the fault failed: the exporter refused the PFN, or the VM is bugged"))))
       case .efault:
-        return .ranAndReturned(label, .failure(.errno(Errno.EFAULT.because("kvm_mmu_faultin_pfn", "KVM_EXIT_MEMORY_FAULT: no memslot backs this private GPA"))))
+        return .ranAndReturned(label, .failure(.errno(Errno.EFAULT.because("kvm_mmu_faultin_pfn", "KVM_EXIT_MEMORY_FAULT"))))
       case .exitMMIO, .killed:
         return .ranAndReturned(label, .success(.guestAccess(outcome.rawValue)))
       }
+    case .memoryFault(let exit):
+      // kvm_prepare_memory_fault_exit(): kvm_run says why, KVM_RUN returns the errno.
+      m.kvm.vms[vm]!.recordMemoryFault(exit, vcpu: vcpu)
+      m.trace.emit(.kvmMMUFault, "vm\(vm.rawValue): fault at \(gpa) -> \(exit)",
+                   [.vm(vm), .gpa(gpa), .text("outcome", "\(exit)"), .int("retries", retries.value)])
+      return .ranAndReturned(label, .failure(.errno(exit.errno.because("kvm_mmu_faultin_pfn", "\(exit)"))))
+    case .notModelled(let function, let what):
+      return .ranAndReturned(label, .failure(.errno(Errno.EOPNOTSUPP.because(function, what))))
     }
   }
 
@@ -226,7 +251,7 @@ extension Machine {
   /// out, unless the importer is being told of a move right now (and will zap it). A fault
   /// whose PFN lookup raced a revoke and that installed anyway broke the sequence check.
   mutating func noteInstall(_ vm: VMID, gpa: GPA) {
-    guard let state = kvm.vms[vm], let slot = state.memslot(containing: gpa.gfn), let binding = slot.dmaBuf,
+    guard let state = kvm.vms[vm], let slot = state.memslot(containing: state.faultGFN(gpa)), let binding = slot.dmaBuf,
           vfio.dmaBuf(binding.dmaBuf)?.revoked ?? true,
           dmabufCore.attachment(binding.attachment)?.inMoveNotify != true else { return }
     kvm.observed.value.stalePFNInstalls.append(
@@ -237,7 +262,7 @@ extension Machine {
   /// touch a page of a buffer whose revoke has returned (KVM's `move_notify` is over), and
   /// an accept must be of MMIO whose TDI runs.
   mutating func noteCompletedAccess(_ vm: VMID, gpa: GPA, accept: Bool) {
-    guard let state = kvm.vms[vm], let slot = state.memslot(containing: gpa.gfn), let binding = slot.dmaBuf else { return }
+    guard let state = kvm.vms[vm], let slot = state.memslot(containing: state.faultGFN(gpa)), let binding = slot.dmaBuf else { return }
     let buffer = vfio.dmaBuf(binding.dmaBuf)
     if buffer?.revoked ?? true, dmabufCore.attachment(binding.attachment)?.inMoveNotify != true {
       kvm.observed.value.accessesToRevokedMMIO.append(

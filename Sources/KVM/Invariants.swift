@@ -4,9 +4,15 @@ import DmaBuf
 /// KVM's named invariants. Each returns the violations it found (empty: it held), phrased
 /// so a counterexample says what broke.
 public enum KVMInvariants {
+  /// Every leaf KVM maps for `vm`: its TDP root (a TD's mirror of the Secure EPT) and, for a
+  /// TD, the shared root of GPAs with the shared bit (keyed without it).
+  static func allLeaves(_ vm: VirtualMachine) -> [MappedLeaf] {
+    vm.type == .tdx ? vm.mmu.leaves() + vm.sharedMMU.leaves() : vm.mmu.leaves()
+  }
+
   /// `NoSPTEOutsideMemslot`: every mapped GFN lies inside some memslot.
   public static func noSPTEOutsideMemslot(_ vm: VirtualMachine) -> [String] {
-    vm.mmu.leaves().compactMap { leaf in
+    allLeaves(vm).compactMap { leaf in
       let inside = vm.memslots.values.contains {
         leaf.gfn >= $0.baseGFN && leaf.gfn.rawValue + leaf.level.pages <= $0.baseGFN.rawValue + $0.npages
       }
@@ -16,7 +22,7 @@ public enum KVMInvariants {
 
   /// `MMIOSPTEsUncached`: an SPTE mapping an MMIO PFN is UC and honours the guest PAT.
   public static func mmioSPTEsUncached(_ vm: VirtualMachine) -> [String] {
-    vm.mmu.leaves().compactMap { leaf in
+    allLeaves(vm).compactMap { leaf in
       guard vm.isMMIOPFN(leaf.spte.pfn) else { return nil }
       let ok = leaf.spte.memoryType == .uncachable && !leaf.spte.ignoresPAT
       return ok ? nil : "vm \(vm.id): MMIO \(leaf) is not uncached"
@@ -30,7 +36,7 @@ public enum KVMInvariants {
   public static func sptePFNMatchesBinding(_ vm: VirtualMachine,
                                            physRanges: (DmaBufID) -> [PhysRange]?) -> [String] {
     var out: [String] = []
-    for leaf in vm.mmu.leaves() {
+    for leaf in allLeaves(vm) {
       guard let slot = vm.memslot(containing: leaf.gfn), let b = slot.dmaBuf, let ranges = physRanges(b.dmaBuf) else { continue }
       let firstPage = b.pgoff.rawValue + (leaf.gfn.rawValue - slot.baseGFN.rawValue)
       var start: UInt64 = 0
@@ -56,7 +62,8 @@ public enum KVMInvariants {
   /// caller). A blocked mirror entry of a TD is not present: no vCPU reaches it.
   public static func noSPTEForRevokedBinding(_ vm: VirtualMachine, revoked: Set<AttachmentID>) -> [String] {
     vm.bindings.values.filter { revoked.contains($0.binding.attachment) }.compactMap { b in
-      let left = vm.mmu.leaves(in: b.gfns).filter { !vm.blockedMirror.contains($0.gfn) }
+      var left = vm.mmu.leaves(in: b.gfns).filter { !vm.blockedMirror.contains($0.gfn) }
+      if vm.type == .tdx { left += vm.sharedMMU.leaves(in: b.gfns) }
       return left.isEmpty ? nil
         : "vm \(vm.id): \(left.count) SPTE(s) still map revoked buffer \(b.binding.dmaBuf) (attachment \(b.binding.attachment))"
     }

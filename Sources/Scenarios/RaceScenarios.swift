@@ -32,6 +32,7 @@ public enum RaceScenarios {
       - { op: vfio.dma_buf, fd: dev, region_index: 0, ranges: [[0, 0x200000]], as: buf, expect: ok }
       - { op: kvm.set_user_memory_region2, vm: td0, slot: 1, flags: [vfio_dmabuf],
           guest_phys_addr: 0x80000000, memory_size: 0x200000, fd: buf, expect: ok }
+      - { op: kvm.set_memory_attributes, vm: td0, address: 0x80000000, size: 0x200000, expect: ok }
     concurrent:
       - [ { op: guest.accept_mmio, vm: td0, gpa: 0x80000000, vcpu: 1 } ]
       - [ { op: vfio.close, fd: dev } ]
@@ -73,14 +74,19 @@ public enum RaceScenarios {
         - name: nic0
           bars:
             - { index: 0, size: 0x200000 }
+          tdisp: true
       vms:
-        - { name: vm0, type: default }
+        # A private-memory VM whose faults take no SEAMCALL: the race is KVM's and VFIO's alone.
+        - { name: vm0, type: sw_protected }
     steps:
       - { op: vfio.open, device: nic0, as: dev, expect: ok }
-      - { op: vfio.bind_iommufd, fd: dev, expect: ok }
+      - { op: vfio.bind_iommufd, fd: dev, private: true, vm: vm0, expect: ok }
+      - { op: tdisp.lock, device: nic0, expect: ok }
+      - { op: tdisp.start, device: nic0, nonce: echo, expect: ok }
       - { op: vfio.dma_buf, fd: dev, region_index: 0, ranges: [[0, 0x200000]], as: buf, expect: ok }
       - { op: kvm.set_user_memory_region2, vm: vm0, slot: 1, flags: [vfio_dmabuf],
           guest_phys_addr: 0x80000000, memory_size: 0x200000, fd: buf, expect: ok }
+      - { op: kvm.set_memory_attributes, vm: vm0, address: 0x80000000, size: 0x200000, expect: ok }
     concurrent:
       - [ { op: guest.read, vm: vm0, gpa: 0x80000000, size: 4, vcpu: 0 } ]
       - [ { op: vfio.set_memory_decode, fd: dev, enable: false } ]
@@ -96,14 +102,19 @@ public enum RaceScenarios {
         - name: nic0
           bars:
             - { index: 0, size: 0x200000 }
+          tdisp: true
       vms:
-        - { name: vm0, type: default }
+        # A private-memory VM whose faults take no SEAMCALL: the race is KVM's and VFIO's alone.
+        - { name: vm0, type: sw_protected }
     steps:
       - { op: vfio.open, device: nic0, as: dev, expect: ok }
-      - { op: vfio.bind_iommufd, fd: dev, expect: ok }
+      - { op: vfio.bind_iommufd, fd: dev, private: true, vm: vm0, expect: ok }
+      - { op: tdisp.lock, device: nic0, expect: ok }
+      - { op: tdisp.start, device: nic0, nonce: echo, expect: ok }
       - { op: vfio.dma_buf, fd: dev, region_index: 0, ranges: [[0, 0x200000]], as: buf, expect: ok }
       - { op: kvm.set_user_memory_region2, vm: vm0, slot: 1, flags: [vfio_dmabuf],
           guest_phys_addr: 0x80000000, memory_size: 0x200000, fd: buf, expect: ok }
+      - { op: kvm.set_memory_attributes, vm: vm0, address: 0x80000000, size: 0x200000, expect: ok }
     concurrent:
       - [ { op: guest.read, vm: vm0, gpa: 0x80000000, size: 4, vcpu: 0 } ]
       - [ { op: dmabuf.close, fd: buf } ]
@@ -112,23 +123,30 @@ public enum RaceScenarios {
     ("fault-vs-flr", "Does a fault race with an FLR the guest starts through config space?", """
     # Does a fault race with an FLR the guest starts through config space? VFIO revokes the
     # buffer, resets the function and restores the buffer, all under memory_lock; the fault's
-    # sequence check sends it back to the guest. Answer (reviewed): no SPTE outlives the revoke
-    # and the buffer is live again afterwards. rfc-v1: the posted config-space FLR "restores"
-    # with revoke (vfio_pci_dma_buf_move(vdev, true) twice): the buffer stays revoked.
+    # sequence check sends it back to the guest. Answer (reviewed): no SPTE outlives the revoke;
+    # the FLR returns the interface to CONFIG_UNLOCKED, so the private buffer stays revoked until
+    # the TSM locks it again. rfc-v1: the posted config-space FLR "restores" with a second revoke
+    # (vfio_pci_dma_buf_move(vdev, true) twice), so the buffer stays revoked on a function whose
+    # memory decodes again and whose buffers the posted code means to restore.
     name: fault-vs-flr
     machine:
       devices:
         - name: nic0
           bars:
             - { index: 0, size: 0x200000 }
+          tdisp: true
       vms:
-        - { name: vm0, type: default }
+        # A private-memory VM whose faults take no SEAMCALL: the race is KVM's and VFIO's alone.
+        - { name: vm0, type: sw_protected }
     steps:
       - { op: vfio.open, device: nic0, as: dev, expect: ok }
-      - { op: vfio.bind_iommufd, fd: dev, expect: ok }
+      - { op: vfio.bind_iommufd, fd: dev, private: true, vm: vm0, expect: ok }
+      - { op: tdisp.lock, device: nic0, expect: ok }
+      - { op: tdisp.start, device: nic0, nonce: echo, expect: ok }
       - { op: vfio.dma_buf, fd: dev, region_index: 0, ranges: [[0, 0x200000]], as: buf, expect: ok }
       - { op: kvm.set_user_memory_region2, vm: vm0, slot: 1, flags: [vfio_dmabuf],
           guest_phys_addr: 0x80000000, memory_size: 0x200000, fd: buf, expect: ok }
+      - { op: kvm.set_memory_attributes, vm: vm0, address: 0x80000000, size: 0x200000, expect: ok }
     concurrent:
       - [ { op: guest.read, vm: vm0, gpa: 0x80000000, size: 4, vcpu: 0 } ]
       - [ { op: vfio.flr, fd: dev } ]
@@ -145,17 +163,64 @@ public enum RaceScenarios {
         - name: nic0
           bars:
             - { index: 0, size: 0x200000 }
+          tdisp: true
       vms:
-        - { name: vm0, type: default }
+        # A private-memory VM whose faults take no SEAMCALL: the race is KVM's and VFIO's alone.
+        - { name: vm0, type: sw_protected }
     steps:
       - { op: vfio.open, device: nic0, as: dev, expect: ok }
-      - { op: vfio.bind_iommufd, fd: dev, expect: ok }
+      - { op: vfio.bind_iommufd, fd: dev, private: true, vm: vm0, expect: ok }
+      - { op: tdisp.lock, device: nic0, expect: ok }
+      - { op: tdisp.start, device: nic0, nonce: echo, expect: ok }
       - { op: vfio.dma_buf, fd: dev, region_index: 0, ranges: [[0, 0x200000]], as: buf, expect: ok }
       - { op: kvm.set_user_memory_region2, vm: vm0, slot: 1, flags: [vfio_dmabuf],
           guest_phys_addr: 0x80000000, memory_size: 0x200000, fd: buf, expect: ok }
+      - { op: kvm.set_memory_attributes, vm: vm0, address: 0x80000000, size: 0x200000, expect: ok }
     concurrent:
       - [ { op: guest.read, vm: vm0, gpa: 0x80000000, size: 4, vcpu: 0 } ]
       - [ { op: kvm.set_user_memory_region2, vm: vm0, slot: 1, flags: [vfio_dmabuf],
+            guest_phys_addr: 0x80000000, memory_size: 0 } ]
+
+    """),
+    ("slot-delete-vs-accept", "Can the VMM delete a private MMIO slot while the TD accepts a page of it?", """
+    # Can the VMM delete a private MMIO slot while the TD accepts a page of it? The VMM deletes the
+    # memslot of a private dma-buf (KVM_SET_USER_MEMORY_REGION2 with memory_size 0) while the TD,
+    # whose interface is RUN, accepts a page of it. If the delete's flush reaches the Secure EPT
+    # with the page mapped, TDH.MMIO.UNMAP is refused (the interface is neither CONFIG_UNLOCKED nor
+    # its IDE stream blocked, tdh_mmio_unmap.c) and KVM_BUG_ON kills the TD: an ordinary VMM ioctl
+    # would kill its guest.
+    #
+    # The answer (reviewed): KVM refuses the delete with EBUSY once synchronize_srcu() shows private
+    # MMIO still mapped, and makes the slot valid again; the VMM must revoke first (stop the
+    # interface, which unmaps through move_notify while it is CONFIG_UNLOCKED). In every order the
+    # accept either completes (and the delete is refused) or finds no slot (KVM_EXIT_MEMORY_FAULT,
+    # EFAULT, nothing mapped) or retries on the invalid slot until the delete has decided; NoKVMBugOn
+    # holds. Under rfc-v1 the delete flushes and the TD dies.
+    name: slot-delete-vs-accept
+    machine:
+      devices:
+        - name: nic0
+          bars:
+            - { index: 0, size: 0x200000 }
+          tdisp: true
+      vms:
+        - { name: td0, type: tdx }
+    steps:
+      - { op: vfio.open, device: nic0, as: dev, expect: ok }
+      - { op: vfio.bind_iommufd, fd: dev, private: true, vm: td0, expect: ok }
+      - { op: tdisp.lock, device: nic0, expect: { state: CONFIG_LOCKED } }
+      - { op: tdx.devif_create, vm: td0, device: nic0, expect: ok }
+      - { op: tdx.mmio_mt_add, device: nic0, expect: ok }
+      - { op: tdisp.start, device: nic0, nonce: echo, expect: { state: RUN } }
+      - { op: vfio.dma_buf, fd: dev, region_index: 0, ranges: [[0, 0x200000]], as: buf, expect: ok }
+      - { op: kvm.set_user_memory_region2, vm: td0, slot: 1, flags: [vfio_dmabuf],
+          guest_phys_addr: 0x80000000, memory_size: 0x200000, fd: buf, expect: ok }
+      - { op: kvm.set_memory_attributes, vm: td0, address: 0x80000000, size: 0x200000, expect: ok }
+    concurrent:
+      # The guest accepts a page of the interface it started.
+      - [ { op: guest.accept_mmio, vm: td0, gpa: 0x80000000 } ]
+      # The VMM deletes the slot under it.
+      - [ { op: kvm.set_user_memory_region2, vm: td0, slot: 1, flags: [vfio_dmabuf],
             guest_phys_addr: 0x80000000, memory_size: 0 } ]
 
     """),
@@ -215,6 +280,8 @@ public enum RaceScenarios {
       - { op: vfio.dma_buf, fd: dev, region_index: 0, ranges: [[0, 0x200000]], as: buf, expect: ok }
       - { op: kvm.set_user_memory_region2, vm: td0, slot: 1, flags: [vfio_dmabuf],
           guest_phys_addr: 0x80000000, memory_size: 0x200000, fd: buf, expect: ok }
+      # A private fault maps only where the memory attributes say private (kvm_mmu_faultin_pfn()).
+      - { op: kvm.set_memory_attributes, vm: td0, address: 0x80000000, size: 0x200000, expect: ok }
       - { op: guest.accept_mmio, vm: td0, gpa: 0x80001000, vcpu: 0, expect: ok }
     concurrent:
       - [ { op: guest.accept_mmio, vm: td0, gpa: 0x80000000, vcpu: 1 } ]
@@ -248,9 +315,45 @@ public enum RaceScenarios {
       - { op: vfio.dma_buf, fd: dev, region_index: 0, ranges: [[0, 0x200000]], as: buf, expect: ok }
       - { op: kvm.set_user_memory_region2, vm: td0, slot: 1, flags: [vfio_dmabuf],
           guest_phys_addr: 0x80000000, memory_size: 0x200000, fd: buf, expect: ok }
+      - { op: kvm.set_memory_attributes, vm: td0, address: 0x80000000, size: 0x200000, expect: ok }
     concurrent:
       - [ { op: guest.accept_mmio, vm: td0, gpa: 0x80000000, vcpu: 1 } ]
       - [ { op: tdisp.stop, device: nic0 }, { op: tdx.devif_remove, vm: td0, device: nic0 } ]
+
+    """),
+    ("three-vcpus-vs-revoke", "Does a revoke stay safe with three vCPUs faulting at once?", """
+    # Does a revoke stay safe with three vCPUs faulting at once? Three vCPUs fault pages of one
+    # dma-buf slot (two the same page, one the next) while memory decode is turned off. Each fault
+    # reads mmu_invalidate_seq, asks the exporter for the PFN outside mmu_lock, and installs under
+    # mmu_lock after checking the sequence; the revoke flips the buffer under its resv and KVM's
+    # move_notify zaps the slot inside an invalidation. Answer (both variants): every interleaving
+    # ends with no SPTE of the revoked buffer, and no access completes on it after the revoke.
+    name: three-vcpus-vs-revoke
+    machine:
+      devices:
+        - name: nic0
+          bars:
+            - { index: 0, size: 0x200000 }
+          tdisp: true
+      vms:
+        # A private-memory VM whose faults take no SEAMCALL: the race is KVM's and VFIO's alone.
+        - { name: vm0, type: sw_protected }
+    steps:
+      - { op: kvm.create_vcpu, vm: vm0, id: 1, expect: ok }
+      - { op: kvm.create_vcpu, vm: vm0, id: 2, expect: ok }
+      - { op: vfio.open, device: nic0, as: dev, expect: ok }
+      - { op: vfio.bind_iommufd, fd: dev, private: true, vm: vm0, expect: ok }
+      - { op: tdisp.lock, device: nic0, expect: ok }
+      - { op: tdisp.start, device: nic0, nonce: echo, expect: ok }
+      - { op: vfio.dma_buf, fd: dev, region_index: 0, ranges: [[0, 0x200000]], as: buf, expect: ok }
+      - { op: kvm.set_user_memory_region2, vm: vm0, slot: 1, flags: [vfio_dmabuf],
+          guest_phys_addr: 0x80000000, memory_size: 0x200000, fd: buf, expect: ok }
+      - { op: kvm.set_memory_attributes, vm: vm0, address: 0x80000000, size: 0x200000, expect: ok }
+    concurrent:
+      - [ { op: guest.read, vm: vm0, gpa: 0x80000000, size: 4, vcpu: 0 } ]
+      - [ { op: guest.read, vm: vm0, gpa: 0x80000004, size: 4, vcpu: 1 } ]
+      - [ { op: guest.write, vm: vm0, gpa: 0x80001000, size: 4, vcpu: 2 } ]
+      - [ { op: vfio.set_memory_decode, fd: dev, enable: false } ]
 
     """),
     ("two-vcpus-same-page", "Can two vCPUs fault the same page at once, while a revoke runs?", """
@@ -263,15 +366,20 @@ public enum RaceScenarios {
         - name: nic0
           bars:
             - { index: 0, size: 0x200000 }
+          tdisp: true
       vms:
-        - { name: vm0, type: default }
+        # A private-memory VM whose faults take no SEAMCALL: the race is KVM's and VFIO's alone.
+        - { name: vm0, type: sw_protected }
     steps:
       - { op: kvm.create_vcpu, vm: vm0, id: 1, expect: ok }
       - { op: vfio.open, device: nic0, as: dev, expect: ok }
-      - { op: vfio.bind_iommufd, fd: dev, expect: ok }
+      - { op: vfio.bind_iommufd, fd: dev, private: true, vm: vm0, expect: ok }
+      - { op: tdisp.lock, device: nic0, expect: ok }
+      - { op: tdisp.start, device: nic0, nonce: echo, expect: ok }
       - { op: vfio.dma_buf, fd: dev, region_index: 0, ranges: [[0, 0x200000]], as: buf, expect: ok }
       - { op: kvm.set_user_memory_region2, vm: vm0, slot: 1, flags: [vfio_dmabuf],
           guest_phys_addr: 0x80000000, memory_size: 0x200000, fd: buf, expect: ok }
+      - { op: kvm.set_memory_attributes, vm: vm0, address: 0x80000000, size: 0x200000, expect: ok }
     concurrent:
       - [ { op: guest.read, vm: vm0, gpa: 0x80000000, size: 4, vcpu: 0 } ]
       - [ { op: guest.write, vm: vm0, gpa: 0x80000008, size: 4, vcpu: 1 } ]
@@ -315,8 +423,10 @@ public enum RaceScenarios {
       - { op: vfio.dma_buf, fd: dev1, region_index: 0, ranges: [[0, 0x200000]], as: buf1, expect: ok }
       - { op: kvm.set_user_memory_region2, vm: td0, slot: 1, flags: [vfio_dmabuf],
           guest_phys_addr: 0x80000000, memory_size: 0x200000, fd: buf0, expect: ok }
+      - { op: kvm.set_memory_attributes, vm: td0, address: 0x80000000, size: 0x200000, expect: ok }
       - { op: kvm.set_user_memory_region2, vm: td0, slot: 2, flags: [vfio_dmabuf],
           guest_phys_addr: 0x90000000, memory_size: 0x200000, fd: buf1, expect: ok }
+      - { op: kvm.set_memory_attributes, vm: td0, address: 0x90000000, size: 0x200000, expect: ok }
       - { op: guest.accept_mmio, vm: td0, gpa: 0x80000000, expect: ok }
       - { op: guest.accept_mmio, vm: td0, gpa: 0x90000000, expect: ok }
     concurrent:

@@ -23,11 +23,6 @@ struct Outcome: CustomTestStringConvertible, Sendable {
     Outcome(scenario: scenario, variant: variant, kind: .violation, invariant: invariant, length: length)
   }
 
-  /// The scenario's own `steps` do not go through under this variant.
-  static func stepsFail(_ scenario: String, _ variant: Variant) -> Outcome {
-    Outcome(scenario: scenario, variant: variant, kind: .steps, length: 0)
-  }
-
   var testDescription: String { "\(scenario) (\(variant.rawValue))" }
 }
 
@@ -52,13 +47,15 @@ let raceNames = RaceScenarios.all.map(\.name)
     .safe("export-vs-reset", .reviewed),
     .safe("export-vs-reset", .rfcV1),
     .safe("fault-vs-decode-off", .reviewed),
-    .stepsFail("fault-vs-decode-off", .rfcV1),
+    .safe("fault-vs-decode-off", .rfcV1),
     .safe("fault-vs-dmabuf-close", .reviewed),
-    .stepsFail("fault-vs-dmabuf-close", .rfcV1),
+    .safe("fault-vs-dmabuf-close", .rfcV1),
     .safe("fault-vs-flr", .reviewed),
-    .stepsFail("fault-vs-flr", .rfcV1),
+    .violates("fault-vs-flr", .rfcV1, "UsableDeviceBuffersRestored", after: 6),
     .safe("memslot-delete-vs-fault", .reviewed),
-    .stepsFail("memslot-delete-vs-fault", .rfcV1),
+    .safe("memslot-delete-vs-fault", .rfcV1),
+    .safe("slot-delete-vs-accept", .reviewed),
+    .violates("slot-delete-vs-accept", .rfcV1, "NoKVMBugOn", after: 10),
     .safe("slot-move-vs-revoke", .reviewed),
     .violates("slot-move-vs-revoke", .rfcV1, "NoDanglingBinding", after: 5),
     .safe("td-accept-vs-tdisp-stop", .reviewed),
@@ -66,7 +63,9 @@ let raceNames = RaceScenarios.all.map(\.name)
     .safe("td-map-vs-devif-remove", .reviewed),
     .violates("td-map-vs-devif-remove", .rfcV1, "PrivateMMIOOnlyWhileTDIRuns", after: 6),
     .safe("two-vcpus-same-page", .reviewed),
-    .stepsFail("two-vcpus-same-page", .rfcV1),
+    .safe("two-vcpus-same-page", .rfcV1),
+    .safe("three-vcpus-vs-revoke", .reviewed),
+    .safe("three-vcpus-vs-revoke", .rfcV1),
     .safe("two-zaps-on-track", .reviewed),
     .violates("two-zaps-on-track", .rfcV1, "NoKVMBugOn", after: 9),
   ]
@@ -131,7 +130,7 @@ let raceNames = RaceScenarios.all.map(\.name)
   }
 
   static let findings: [(String, Variant)] = [
-    ("close-vs-fault", .rfcV1), ("slot-move-vs-revoke", .rfcV1), ("td-accept-vs-tdisp-stop", .rfcV1),
+    ("close-vs-fault", .rfcV1), ("fault-vs-flr", .rfcV1), ("slot-delete-vs-accept", .rfcV1), ("slot-move-vs-revoke", .rfcV1), ("td-accept-vs-tdisp-stop", .rfcV1),
     ("td-map-vs-devif-remove", .rfcV1), ("two-zaps-on-track", .rfcV1),
   ]
 
@@ -252,6 +251,7 @@ let raceNames = RaceScenarios.all.map(\.name)
         - { op: vfio.dma_buf, fd: dev, region_index: 0, ranges: [[0, 0x200000]], as: buf, expect: ok }
         - { op: kvm.set_user_memory_region2, vm: td0, slot: 1, flags: [vfio_dmabuf],
             guest_phys_addr: 0x80000000, memory_size: 0x200000, fd: buf, expect: ok }
+        - { op: kvm.set_memory_attributes, vm: td0, address: 0x80000000, size: 0x200000, expect: ok }
       concurrent:
         - [ { op: guest.accept_mmio, vm: td0, gpa: 0x80000000, vcpu: 1 } ]
       """, file: "planted.yaml")
@@ -269,8 +269,11 @@ let raceNames = RaceScenarios.all.map(\.name)
 }
 
 @Suite struct Reduction {
+  /// Every built-in scenario under both variants, but for the two largest searches under
+  /// `reviewed` (4,000 and 9,000 states, 20 s and 5 s each way in a debug build): the README's
+  /// Races table gives their counts with and without the reduction, measured in release.
   static let all: [(String, Variant)] = raceNames.flatMap { name in Variant.allCases.map { (name, $0) } }
-    .filter { $0.0 != "two-zaps-on-track" }
+    .filter { !(["two-zaps-on-track", "three-vcpus-vs-revoke"].contains($0.0) && $0.1 == .reviewed) }
 
   /// Sleep sets prune transitions, never findings: the same finding (kind, invariant,
   /// shortest length) with and without, the same distinct states where the search is

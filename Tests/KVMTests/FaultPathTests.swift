@@ -237,3 +237,14 @@ func runZap(_ vm: inout VirtualMachine, inGuest: [UInt32] = [0],
   #expect(try vm.dmaBufMoveNotify(AttachmentID(10), ctx: revoker) == nil)
   #expect(KVMInvariants.noSPTEForRevokedBinding(vm, revoked: [AttachmentID(10)]).isEmpty)
 }
+
+/// A TD's shared root is KVM's mapping too: an SPTE there outside every memslot is reported
+/// as one in the private (mirror) root is.
+@Test func invariantsSeeATDsSharedRoot() throws {
+  var vm = VirtualMachine(id: VMID(1), type: .tdx)
+  #expect(KVMInvariants.noSPTEOutsideMemslot(vm).isEmpty)
+  let stray = SPTE(pfn: PFN(0x20_0000), level: .level4K, writable: true, executable: false, mmio: true)
+  _ = try vm.sharedMMU.map(GFN(0x9_0000), level: .level4K, spte: stray)
+  #expect(KVMInvariants.noSPTEOutsideMemslot(vm).count == 1)
+  #expect(vm.mmu.leaves().isEmpty, "nothing in the mirror: the report comes from the shared root")
+}

@@ -30,7 +30,8 @@ public struct DmaBufCore: Hashable, Sendable {
     let id = buffers.keys.max()?.next ?? DmaBufID(1)
     buffers[id] = DmaBufObject(id: id, size: size, exporter: exporter, openFlags: openFlags,
                                fileRefs: 1, attachments: [], resv: KernelMutex("dmabuf\(id.rawValue)->resv"))
-    trace.emit(.dmabuf, "export dmabuf\(id.rawValue) size 0x\(String(size, radix: 16)) by \(exporter.name)")
+    trace.emit(.dmabufExport, "export dmabuf\(id.rawValue) size 0x\(String(size, radix: 16)) by \(exporter.name)",
+               [.id("buffer", id), .hex("size", size), .text("exporter", exporter.name)])
     return id
   }
 
@@ -49,7 +50,7 @@ public struct DmaBufCore: Hashable, Sendable {
     buffer.fileRefs -= 1
     guard buffer.fileRefs == 0 else { buffers[id] = buffer; return nil }
     buffers[id] = nil
-    trace.emit(.dmabuf, "release dmabuf\(id.rawValue)")
+    trace.emit(.dmabufRelease, "release dmabuf\(id.rawValue)", [.id("buffer", id)])
     return buffer
   }
 
@@ -81,7 +82,9 @@ public struct DmaBufCore: Hashable, Sendable {
     buffers[id]!.attachments.append(attachmentID)
     // The attachment keeps the buffer alive (the importer's dma_buf_get reference).
     buffers[id]!.fileRefs += 1
-    trace.emit(.dmabuf, "attach \(importer) to dmabuf\(id.rawValue) (dynamic: \(ops.dynamic), p2p: \(peer2peer)) -> attachment \(attachmentID.rawValue)")
+    trace.emit(.dmabufAttach, "attach \(importer) to dmabuf\(id.rawValue) (dynamic: \(ops.dynamic), p2p: \(peer2peer)) -> attachment \(attachmentID.rawValue)",
+               [.id("buffer", id), .id("attachment", attachmentID), .text("importer", importer), .flag("dynamic", ops.dynamic),
+                .flag("p2p", peer2peer)])
     return attachmentID
   }
 
@@ -95,7 +98,8 @@ public struct DmaBufCore: Hashable, Sendable {
     }
     attachments[attachmentID] = nil
     buffers[attachment.buffer]?.attachments.removeAll { $0 == attachmentID }
-    trace.emit(.dmabuf, "detach attachment \(attachmentID.rawValue) (\(attachment.importer)) from dmabuf\(attachment.buffer.rawValue)")
+    trace.emit(.dmabufDetach, "detach attachment \(attachmentID.rawValue) (\(attachment.importer)) from dmabuf\(attachment.buffer.rawValue)",
+               [.id("buffer", attachment.buffer), .id("attachment", attachmentID), .text("importer", attachment.importer)])
     return put(attachment.buffer, trace: &trace)
   }
 
@@ -201,7 +205,8 @@ public struct DmaBufCore: Hashable, Sendable {
       attachments[attachmentID] = attachment
       notified.append(attachment)
     }
-    trace.emit(.dmabuf, "move_notify dmabuf\(id.rawValue): \(notified.count) importer(s)")
+    trace.emit(.dmabufMoveNotify, "move_notify dmabuf\(id.rawValue): \(notified.count) importer(s)",
+               [.id("buffer", id), .int("importers", notified.count)])
     return notified
   }
 

@@ -39,7 +39,8 @@ extension PCIFunction {
       return try handle(message, trace: &trace)
     } catch {
       let state = tdi.map { $0.state.specName } ?? "no TDI"
-      trace.emit(.tdisp, "\(name): \(message.code.specName) -> TDISP_ERROR \(error.name) (\(state))")
+      trace.emit(.tdispError, "\(name): \(message.code.specName) -> TDISP_ERROR \(error.name) (\(state))",
+                 [.text("device", name), .text("request", message.code.specName), .text("error", error.name), .text("state", state)])
       throw error
     }
   }
@@ -106,7 +107,8 @@ extension PCIFunction {
       try validateLock(parameters)
       let nonce = interface.grantLock(parameters)
       tdi = interface
-      trace.emit(.tdisp, "\(name): CONFIG_UNLOCKED -> CONFIG_LOCKED (LOCK_INTERFACE, nonce \(nonce))")
+      trace.emit(.tdispState, "\(name): CONFIG_UNLOCKED -> CONFIG_LOCKED (LOCK_INTERFACE, nonce \(nonce))",
+                 Self.tdispFields(name, "CONFIG_UNLOCKED", "CONFIG_LOCKED", "LOCK_INTERFACE") + [.text("nonce", "\(nonce)")])
       return .lockInterface(startNonce: nonce)
     case .startInterface(let nonce):
       guard case .configLocked(let parameters, let expected) = interface.phase else {
@@ -115,12 +117,14 @@ extension PCIFunction {
       guard nonce == expected else { throw .invalidNonce }
       interface.phase = .run(parameters)
       tdi = interface
-      trace.emit(.tdisp, "\(name): CONFIG_LOCKED -> RUN (START_INTERFACE)")
+      trace.emit(.tdispState, "\(name): CONFIG_LOCKED -> RUN (START_INTERFACE)",
+                 Self.tdispFields(name, "CONFIG_LOCKED", "RUN", "START_INTERFACE"))
       return .startInterface
     case .stopInterface:
       interface.phase = .configUnlocked
       tdi = interface
-      trace.emit(.tdisp, "\(name): \(old) -> CONFIG_UNLOCKED (STOP_INTERFACE)")
+      trace.emit(.tdispState, "\(name): \(old) -> CONFIG_UNLOCKED (STOP_INTERFACE)",
+                 Self.tdispFields(name, old.specName, "CONFIG_UNLOCKED", "STOP_INTERFACE"))
       return .stopInterface
     case .bindP2PStream, .unbindP2PStream, .setMMIOAttribute, .vdm:
       // Not in the device's REQ_MSGS_SUPPORTED: refused before any state check.

@@ -15,6 +15,8 @@ public struct PCIFunction: Hashable, Sendable {
   public private(set) var powerState: PCIPowerState
   /// The TDISP interface; `nil` for a function without TDISP.
   public internal(set) var tdi: TDI?
+  /// What its BARs hold (``BARContents``): reset values, and what was written since.
+  public private(set) var contents = BARContents()
 
   /// Creates a function with the given BARs.
   /// - Throws: `EINVAL` for an empty name, a BAR that fails `BAR`'s own rules (index past 5,
@@ -58,6 +60,27 @@ public struct PCIFunction: Hashable, Sendable {
   /// The TDI's state; `nil` without TDISP.
   public var tdiState: TDIState? { tdi?.state }
 
+  // MARK: Memory space
+
+  /// A memory read of `size` (1...8) bytes at `offset` of BAR `bar`, as the function answers
+  /// it on the bus. A function that does not decode memory (Memory Space Enable clear, D3hot,
+  /// or after a reset until its command register is restored) does not claim the request: it
+  /// ends in a master abort and the read returns all ones, as PCIe root complexes complete it.
+  public func memoryRead(bar: UInt32, offset: UInt64, size: UInt64) -> UInt64 {
+    guard memoryDecodeEnabled else { return BARContents.allOnes(size: size) }
+    return contents.read(bar: bar, offset: offset, size: size)
+  }
+
+  /// A memory write of the low `size` bytes of `value` at `offset` of BAR `bar`. A function that
+  /// does not decode memory drops it (a posted write nobody claims is lost).
+  /// - Returns: whether the function took the write.
+  @discardableResult
+  public mutating func memoryWrite(bar: UInt32, offset: UInt64, size: UInt64, value: UInt64) -> Bool {
+    guard memoryDecodeEnabled else { return false }
+    contents.write(bar: bar, offset: offset, size: size, value: value)
+    return true
+  }
+
   // MARK: Config-space events
 
   /// A config write of the Command register (`pci_write_config_word(dev, PCI_COMMAND, …)`).
@@ -68,7 +91,8 @@ public struct PCIFunction: Hashable, Sendable {
   public mutating func writeCommand(_ value: PCICommand, trace: inout Trace) {
     let old = command
     command = value
-    trace.emit(.pci, "\(name): command \(old) -> \(value)")
+    trace.emit(.pciCommand, "\(name): command \(old) -> \(value)",
+               [.text("device", name), .text("old", "\(old)"), .text("new", "\(value)")])
     let cleared = old.subtracting(value)
     if cleared.contains(.memorySpace) {
       enterErrorIfLocked("Memory Space Enable cleared", trace: &trace)
@@ -87,7 +111,7 @@ public struct PCIFunction: Hashable, Sendable {
   public mutating func writePowerState(_ state: PCIPowerState, trace: inout Trace) {
     let old = powerState
     powerState = state
-    trace.emit(.pci, "\(name): power \(old) -> \(state)")
+    trace.emit(.pciPower, "\(name): power \(old) -> \(state)", [.text("device", name), .text("old", "\(old)"), .text("new", "\(state)")])
     if old == .d0 && state == .d3hot {
       enterErrorIfLocked("D3hot entry", trace: &trace)
     }
@@ -95,11 +119,12 @@ public struct PCIFunction: Hashable, Sendable {
 
   /// A Function Level Reset (`pcie_flr`, or Device Control "Initiate FLR").
   ///
-  /// The function returns to its reset state: command register 0 (no decode, no mastering)
-  /// and D0. A locked TDI goes to ERROR (TDISP: an FLR of a locked interface is a
-  /// security-relevant event); an unlocked one stays CONFIG_UNLOCKED; ERROR stays ERROR
-  /// until STOP_INTERFACE. The caller restores saved config afterwards if it wants to,
-  /// as `pci_reset_function()` does through `pci_dev_restore()`.
+  /// The function returns to its reset state: command register 0 (no decode, no mastering),
+  /// D0, and every BAR register at its reset value (``BARContents``). A locked TDI goes to
+  /// ERROR (TDISP: an FLR of a locked interface is a security-relevant event); an unlocked
+  /// one stays CONFIG_UNLOCKED; ERROR stays ERROR until STOP_INTERFACE. The caller restores
+  /// saved config afterwards if it wants to, as `pci_reset_function()` does through
+  /// `pci_dev_restore()`.
   public mutating func functionLevelReset(trace: inout Trace) {
     resetConfigSpace(kind: "FLR", trace: &trace)
     enterErrorIfLocked("FLR", trace: &trace)
@@ -115,7 +140,8 @@ public struct PCIFunction: Hashable, Sendable {
       let old = interface.state
       interface.phase = .configUnlocked
       tdi = interface
-      trace.emit(.tdisp, "\(name): \(old) -> CONFIG_UNLOCKED (conventional reset)")
+      trace.emit(.tdispState, "\(name): \(old) -> CONFIG_UNLOCKED (conventional reset)",
+                 Self.tdispFields(name, old.specName, "CONFIG_UNLOCKED", "conventional reset"))
     }
   }
 
@@ -123,7 +149,7 @@ public struct PCIFunction: Hashable, Sendable {
   /// capability under `LOCK_MSIX`, a resizable-BAR size, ATS or PASID controls.
   /// Under lock the TDI moves to ERROR; otherwise nothing in the model changes.
   public mutating func writeSecurityRelevantConfig(_ what: String = "BAR", trace: inout Trace) {
-    trace.emit(.pci, "\(name): config write (\(what))")
+    trace.emit(.pciConfigWrite, "\(name): config write (\(what))", [.text("device", name), .text("what", what)])
     enterErrorIfLocked("\(what) written", trace: &trace)
   }
 
@@ -134,7 +160,14 @@ public struct PCIFunction: Hashable, Sendable {
     let oldPower = powerState
     command = []
     powerState = .d0
-    trace.emit(.pci, "\(name): \(kind): command \(oldCommand) -> \(command), power \(oldPower) -> D0")
+    contents.reset()
+    trace.emit(.pciReset, "\(name): \(kind): command \(oldCommand) -> \(command), power \(oldPower) -> D0",
+               [.text("device", name), .text("kind", kind), .text("command", "\(command)"), .text("power", "\(powerState)")])
+  }
+
+  /// The fields of a `tdisp:state` event.
+  static func tdispFields(_ device: String, _ old: String, _ new: String, _ cause: String) -> [TraceField] {
+    [.text("device", device), .text("old", old), .text("new", new), .text("cause", cause)]
   }
 
   /// CONFIG_LOCKED or RUN -> ERROR; any other state is left as it is.
@@ -143,6 +176,6 @@ public struct PCIFunction: Hashable, Sendable {
     let old = interface.state
     interface.phase = .error
     tdi = interface
-    trace.emit(.tdisp, "\(name): \(old) -> ERROR (\(reason))")
+    trace.emit(.tdispState, "\(name): \(old) -> ERROR (\(reason))", Self.tdispFields(name, old.specName, "ERROR", reason))
   }
 }

@@ -83,12 +83,14 @@ extension KVMHost {
   /// - Parameter contended: the busy status the driver chose for this call; the module is
   ///   not called.
   mutating func seamcall(_ vm: VMID, _ call: SeamcallLeaf, variant: Variant, contended: TDXStatus?,
-                         trace: inout Trace, _ what: @autoclosure () -> String,
+                         trace: inout Trace, _ what: @autoclosure () -> String, _ fields: @autoclosure () -> [TraceField] = [],
                          _ body: (inout TDXModule) throws(TDXStatus) -> Void) -> SecureCallResult {
     let status: TDXStatus?
     if let contended {
       status = contended
-      trace.emit(.tdx, "\(call)(\(call.rawValue)) \(what()) -> \(contended) (contention)")
+      trace.emit(.tdxSeamcall, "\(call)(\(call.rawValue)) \(what()) -> \(contended) (contention)",
+                 [.text("leaf", "\(call)(\(call.rawValue))")] + fields()
+                   + [.text("status", contended.name), .hex("operand", UInt64(contended.operand)), .text("contention", "driver")])
     } else {
       do { try body(&tdx); status = nil } catch { status = error }
       trace.absorb(&tdx.trace)

@@ -31,7 +31,10 @@ extension Machine {
       do throws(MemoryAttributesFailure) {
         let changed = try kvm.vms[vm]!.setMemoryAttributes(args, ctx: ctx)
         if changed {
-          trace.emit(.kvm, "vm\(vm.rawValue): KVM_SET_MEMORY_ATTRIBUTES [0x\(String(address, radix: 16)), +0x\(String(size, radix: 16))) -> \(attributes & MemoryAttributes.private.rawValue != 0 ? "private" : "shared")")
+          let kind = attributes & MemoryAttributes.private.rawValue != 0 ? "private" : "shared"
+          trace.emit(.kvmSetMemoryAttributes,
+                     "vm\(vm.rawValue): KVM_SET_MEMORY_ATTRIBUTES [0x\(String(address, radix: 16)), +0x\(String(size, radix: 16))) -> \(kind)",
+                     [.vm(vm), .hex("address", address), .hex("size", size), .text("attributes", kind)])
         }
         return .ranAndReturned(Self.label(op), .success(.none))
       } catch {
@@ -43,7 +46,7 @@ extension Machine {
       }
 
     // MARK: One region under a lock another path may hold
-    case .vfioRead(let fd, let index, _, _), .vfioWrite(let fd, let index, _, _):
+    case .vfioRead(let fd, let index, _, _), .vfioWrite(let fd, let index, _, _, _):
       // vfio_pci_bar_rw() checks memory decode under memory_lock held for read.
       if index < VFIOPCIRegion.rom, let wait = memoryLockWait(fd, write: false, ctx: ctx) { return .blocked(wait) }
       return .ranAndReturned(Self.label(op), oneRegion(op))
@@ -119,14 +122,15 @@ extension Machine {
       let ioctl: MemoryRegionIoctl = if case .kvmSetUserMemoryRegion = op { .region } else { .region2 }
       frame = .setMemoryRegion(KVMSetMemoryRegion(vm: vm, region: region, ioctl: ioctl))
       return try stepAgain(&frame, thread: thread, choices: &choices)
-    case .guestRead(let vmFD, let gpa, let size, let vcpu), .guestWrite(let vmFD, let gpa, let size, let vcpu):
+    case .guestRead(let vmFD, let gpa, let size, let vcpu), .guestWrite(let vmFD, let gpa, let size, let vcpu, _):
       let access: AccessKind = if case .guestWrite = op { .write } else { .read }
+      let stored: UInt64 = if case .guestWrite(_, _, _, _, let value) = op { value } else { 0 }
       do throws(OpFailure) {
         let vm = try guestVCPU(vmFD, vcpu)
         guard [1, 2, 4, 8].contains(size), gpa.pageOffset + size <= pageSize else {
           throw OpFailure.errno(Errno.EINVAL.because("kvm_arch_vcpu_ioctl_run", "the model's guest accesses are 1, 2, 4 or 8 bytes inside one page"))
         }
-        frame = .vcpuRun(VCPURun(vm: vm, vcpu: vcpu, kind: .access(gpa, size: size, access)))
+        frame = .vcpuRun(VCPURun(vm: vm, vcpu: vcpu, kind: .access(gpa, size: size, access), stored: stored))
       } catch { return .ranAndReturned(Self.label(op), .failure(error)) }
       return try stepAgain(&frame, thread: thread, choices: &choices)
     case .guestAcceptMMIO(let vmFD, let gpa, let expectHPA, let vcpu):

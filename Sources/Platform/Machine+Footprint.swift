@@ -97,12 +97,14 @@ extension Machine {
       switch run.state {
       case .guest:
         // The access against the TDP MMU or the Secure EPT; a completed access reads the
-        // buffer and TDI behind it for the access properties.
+        // buffer and TDI behind it for the access properties, and a load reads (a store
+        // writes) the registers of the device it reaches.
+        let registers: [Resource] = run.isStore ? [.anyDevice] : []
         if td {
           return Footprint(reads: [.vmMMU(vm), .vmSlots(vm), .anyBuffer, .anyDevice, .tdxGlobal],
-                           writes: [.td(vm), .kicks(vm)])
+                           writes: [.td(vm), .kicks(vm)] + registers)
         }
-        return Footprint(reads: [.vmMMU(vm), .vmSlots(vm), .anyBuffer])
+        return Footprint(reads: [.vmMMU(vm), .vmSlots(vm), .anyBuffer, .anyDevice], writes: registers)
       case .fault(let path, let request):
         if request != nil {
           return Footprint(reads: [.anyBuffer, .vmMMU(vm)], writes: [.srcuEntry(vm, ctx)])
@@ -128,11 +130,13 @@ extension Machine {
       return nil
     }
     switch op {
-    case .guestRead(let fd, _, _, _), .guestWrite(let fd, _, _, _), .guestAcceptMMIO(let fd, _, _, _):
+    case .guestRead(let fd, _, _, _), .guestWrite(let fd, _, _, _, _), .guestAcceptMMIO(let fd, _, _, _):
       guard let vm = vmID(fd) else { return .all }
-      var guest = Footprint(reads: [.files, .vmMMU(vm), .vmSlots(vm), .anyBuffer])
+      // An access that completes at once reads (a store writes) the device's registers.
+      var guest = Footprint(reads: [.files, .vmMMU(vm), .vmSlots(vm), .anyBuffer, .anyDevice])
+      if case .guestWrite = op { guest.writes += [.anyDevice] }
       if kvm.tds[vm] != nil {
-        guest.reads += [.anyDevice, .tdxGlobal]
+        guest.reads += [.tdxGlobal]
         guest.writes += [.td(vm), .kicks(vm)]
       }
       return guest

@@ -46,7 +46,8 @@ extension Machine {
     }
     let fd = try errno { () throws(Errno) in try files.install(.vm(id)) }
     kvm.vms[id] = VirtualMachine(id: id, type: type, limits: host.limits(for: type))
-    trace.emit(.kvm, "KVM_CREATE_VM type \(type.uapiName) -> vm\(id.rawValue) (\(fd))")
+    trace.emit(.kvmCreateVM, "KVM_CREATE_VM type \(type.uapiName) -> vm\(id.rawValue) (\(fd))",
+               [.vm(id), .text("type", type.uapiName), .fd(fd)])
     return .fd(fd)
   }
 
@@ -93,7 +94,9 @@ extension Machine {
     }
     kvm.vms[id]!.installGuestMemfd(file)
     let fd = try errno { () throws(Errno) in try files.install(.guestMemfd(id, file.id)) }
-    trace.emit(.kvm, "vm\(id.rawValue): KVM_CREATE_GUEST_MEMFD size 0x\(String(size, radix: 16)) flags 0x\(String(flags, radix: 16)) -> guest_memfd \(file.id) (\(fd))")
+    trace.emit(.kvmCreateGuestMemfd,
+               "vm\(id.rawValue): KVM_CREATE_GUEST_MEMFD size 0x\(String(size, radix: 16)) flags 0x\(String(flags, radix: 16)) -> guest_memfd \(file.id) (\(fd))",
+               [.vm(id), .hex("size", size), .hex("flags", flags), .text("gmem", "\(file.id)"), .fd(fd)])
     return .fd(fd)
   }
 
@@ -112,7 +115,7 @@ extension Machine {
       throw .errno(Errno.EINVAL.because("tdx_vcpu_create", "vCPU id \(vcpu) is not below the TD's max_vcpus (\(KVMHost.tdVCPUs))"))
     }
     try errno { () throws(Errno) in try kvm.vms[id]!.createVCPU(vcpu) }
-    trace.emit(.kvm, "KVM_CREATE_VCPU vm\(id.rawValue) vcpu \(vcpu)")
+    trace.emit(.kvmCreateVCPU, "KVM_CREATE_VCPU vm\(id.rawValue) vcpu \(vcpu)", [.vm(id), .int("vcpu", vcpu)])
     if kvm.tds[id] != nil {
       do { try kvm.enterGuest(VCPURef(vm: id, index: vcpu), traced: true, trace: &trace) } catch {
         throw .lockViolation(error)

@@ -39,11 +39,12 @@ extension Machine {
         return .regionInfo(flags: info.flags.names, size: info.size, offset: info.offset)
       }
 
-    case .vfioRead(let fd, let index, let offset, let size), .vfioWrite(let fd, let index, let offset, let size):
+    case .vfioRead(let fd, let index, let offset, let size), .vfioWrite(let fd, let index, let offset, let size, _):
       let isWrite = if case .vfioWrite = op { true } else { false }
+      let stored: UInt64 = if case .vfioWrite(_, _, _, _, let value) = op { value } else { 0 }
       return try errno { () throws(Errno) in
         let value = try vfio.regionAccess(try vfioFile(fd, .other), index: index, offset: offset, size: size,
-                                          isWrite: isWrite, trace: &trace)
+                                          isWrite: isWrite, value: stored, trace: &trace)
         return isWrite ? .none : .read(value)
       }
 
@@ -80,7 +81,8 @@ extension Machine {
     case .dmabufGetPfn(let attachment, let pgoff):
       return try errno { () throws(Errno) in
         let lookup = try lookupPfn(attachment, pgoff: pgoff)
-        trace.emit(.dmabuf, "get_pfn attachment \(attachment.rawValue) pgoff \(pgoff.rawValue) -> pfn \(lookup.pfn) order \(lookup.order)")
+        trace.emit(.dmabufGetPfn, "get_pfn attachment \(attachment.rawValue) pgoff \(pgoff.rawValue) -> pfn \(lookup.pfn) order \(lookup.order)",
+                   [.id("attachment", attachment), .hex("pgoff", pgoff.rawValue), .hex("pfn", lookup.pfn.rawValue), .int("order", lookup.order)])
         return .pfn(lookup.pfn, order: lookup.order)
       }
 
@@ -149,7 +151,7 @@ extension Machine {
       frame = .dmaBufMove(path, result: .success(.none))
       return .ran(label)
     case .dmaBuf(let buffer):
-      trace.emit(.dmabuf, "close dmabuf\(buffer.rawValue) (\(fd))")
+      trace.emit(.dmabufClose, "close dmabuf\(buffer.rawValue) (\(fd))", [.id("buffer", buffer), .fd(fd)])
       guard let released = dmabufCore.put(buffer, trace: &trace) else { return .ranAndReturned(label, .success(.none)) }
       frame = .dmaBufRelease(VFIOPCIDmaBufRelease(buffer: released.id))
       return .ran(label)
@@ -164,7 +166,8 @@ extension Machine {
       do { unmapped = try kvm.vms[vm]?.releaseGuestMemfd(id, ctx: ctx) ?? 0 } catch {
         return .ranAndReturned(label, .failure(.lockViolation(error)))
       }
-      trace.emit(.kvm, "vm\(vm.rawValue): kvm_gmem_release guest_memfd \(id): bindings cleared, \(unmapped) page(s) unmapped")
+      trace.emit(.kvmGmemRelease, "vm\(vm.rawValue): kvm_gmem_release guest_memfd \(id): bindings cleared, \(unmapped) page(s) unmapped",
+                 [.vm(vm), .text("gmem", "\(id)"), .int("unmapped", unmapped)])
       // kvm_put_kvm(): the file's reference to its VM may be the last one.
       guard kvm.vms[vm] != nil, !vmReferenced(vm) else { return .ranAndReturned(label, .success(.none)) }
       frame = .destroyVM(KVMDestroyVM(vm: vm))

@@ -17,7 +17,7 @@ extension Machine {
       trace.absorb(&kvm.tdx.trace)
       // The module trusts only TDISP states it has seen: relay the interface's current one.
       relayTDIState(device)
-      trace.emit(.tdx, "DEVIF \(devif) binds \(name) to td\(td.rawValue)")
+      trace.emit(.tdxDevifBind, "DEVIF \(devif) binds \(name) to td\(td.rawValue)", [.id("devif", devif), .text("device", name), .id("td", td)])
       return .none
 
     case .tdxDevifRemove(let vmFD, let name):

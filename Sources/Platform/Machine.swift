@@ -141,7 +141,7 @@ public struct Machine: Hashable, Sendable {
       case .finished(let result):
         canonicalize()
         if case .failure(let failure) = result {
-          trace.emit(.platform, "-> \(failure)" + (failure.reason.map { " (\($0))" } ?? ""))
+          trace.emit(.platformError, "-> \(failure)" + (failure.reason.map { " (\($0))" } ?? ""), failure.traceFields)
         }
         return result
       case .ran:
@@ -154,7 +154,7 @@ public struct Machine: Hashable, Sendable {
           now.machine.canonicalize(&now.thread)
           if let last = lastRetry, last.machine == now.machine, last.thread == now.thread, last.contention == now.contention {
             let failure = OpFailure.livelock("\(thread.name): \(op.name) retries for ever (\(retries) retries, each back in the same state)")
-            trace.emit(.platform, "-> \(failure)")
+            trace.emit(.platformError, "-> \(failure)", failure.traceFields)
             return .failure(failure)
           }
           lastRetry = now
@@ -168,7 +168,7 @@ public struct Machine: Hashable, Sendable {
         }
         guard answered else {
           let failure = OpFailure.deadlock("\(thread.name): \(op.name) waits for \(wait), which nothing will release")
-          trace.emit(.platform, "-> \(failure)")
+          trace.emit(.platformError, "-> \(failure)", failure.traceFields)
           return .failure(failure)
         }
       }
@@ -235,7 +235,7 @@ extension Machine {
     let fd: FD
     switch op {
     case .kvmCreateVCPU(let vm, _), .kvmSetUserMemoryRegion2(let vm, _), .guestRead(let vm, _, _, _),
-         .guestWrite(let vm, _, _, _), .guestAcceptMMIO(let vm, _, _, _), .tdxDevifCreate(let vm, _),
+         .guestWrite(let vm, _, _, _, _), .guestAcceptMMIO(let vm, _, _, _), .tdxDevifCreate(let vm, _),
          .kvmSetUserMemoryRegion(let vm, _), .kvmCreateGuestMemfd(let vm, _, _),
          .kvmSetMemoryAttributes(let vm, _, _, _, _), .kvmCheckExtension(let vm?, _):
       fd = vm

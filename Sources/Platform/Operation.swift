@@ -20,8 +20,8 @@ public enum Operation: Hashable, Sendable {
   case vfioRegionInfo(fd: FD, regionIndex: UInt32)
   /// `pread` on the device fd at the region's offset.
   case vfioRead(fd: FD, regionIndex: UInt32, offset: UInt64, size: UInt64)
-  /// `pwrite` on the device fd at the region's offset.
-  case vfioWrite(fd: FD, regionIndex: UInt32, offset: UInt64, size: UInt64)
+  /// `pwrite` on the device fd at the region's offset, of the low `size` bytes of `value`.
+  case vfioWrite(fd: FD, regionIndex: UInt32, offset: UInt64, size: UInt64, value: UInt64 = Operation.writePattern)
   /// `mmap` of a region through the device fd.
   case vfioMmap(fd: FD, regionIndex: UInt32)
   /// A config-space write of the PCI command register's Memory Space Enable bit.
@@ -80,8 +80,8 @@ public enum Operation: Hashable, Sendable {
   /// A guest load on vCPU `vcpu`: in guest mode, then (when not mapped) the EPT violation,
   /// the fault and the access again, until it completes or `KVM_RUN` returns.
   case guestRead(vm: FD, gpa: GPA, size: UInt64, vcpu: UInt32 = 0)
-  /// A guest store on vCPU `vcpu`, as ``guestRead(vm:gpa:size:vcpu:)``.
-  case guestWrite(vm: FD, gpa: GPA, size: UInt64, vcpu: UInt32 = 0)
+  /// A guest store of the low `size` bytes of `value` on vCPU `vcpu`, as ``guestRead(vm:gpa:size:vcpu:)``.
+  case guestWrite(vm: FD, gpa: GPA, size: UInt64, vcpu: UInt32 = 0, value: UInt64 = Operation.writePattern)
 
   // MARK: TDX
   case tdxDevifCreate(vm: FD, device: String)
@@ -96,6 +96,10 @@ public enum Operation: Hashable, Sendable {
 }
 
 extension Operation {
+  /// What a write stores when no value is given: `0xa5` in every byte, a pattern no register
+  /// holds after reset (see `BARContents`).
+  public static let writePattern: UInt64 = 0xA5A5_A5A5_A5A5_A5A5
+
   /// The op's name as scenarios spell it (`vfio.dma_buf`).
   public var name: String {
     switch self {

@@ -20,8 +20,12 @@ public enum OpValue: Hashable, Sendable {
   case tdiState(String)
   /// A TDISP device interface report, one line per MMIO range.
   case report([String])
-  /// The outcome of a whole guest access: `mapped`, `already_mapped`, `exit_mmio`, `killed` …
-  case guestAccess(String)
+  /// The outcome of a whole guest access: `mapped`, `already_mapped`, `exit_mmio`, `killed` …,
+  /// and for a load that completed, the value it read: the device's register contents, all
+  /// ones where no function decodes the address (``Machine/mmioAccess(_:gpa:hpa:size:store:)``);
+  /// `nil` for a store, an access that did not complete, an accept, or a load of RAM (the model
+  /// keeps no RAM contents).
+  case guestAccess(String, value: UInt64? = nil)
   /// A SEAMCALL that returned `TDX_SUCCESS`, with its output registers.
   case seamcall([UInt64])
 }

@@ -165,13 +165,17 @@ extension Machine {
     kvm.tdx.trace.isEnabled = trace.isEnabled
     defer { trace.absorb(&kvm.tdx.trace) }
     let saved = thread
+    let savedTrace = trace.position
     if case .start(let op)? = thread.stack.first, thread.stack.count == 1 { thread.beganOnDeadVM = targetsDeadVM(op) }
+    traceThreadBegins(thread)
     do throws(LockViolation) {
       while true {
         let outcome = try stepFrame(&thread.stack[thread.stack.count - 1], thread: thread, choices: &choices)
+        traceFrameStep(outcome, thread: thread)
         switch outcome {
         case .blocked(let wait):
           thread = saved
+          trace.rollback(to: savedTrace)
           return .blocked(wait)
         case .ran(let label):
           thread.observed.value.regions += 1
@@ -205,6 +209,7 @@ extension Machine {
   /// the last frame.
   private mutating func pop(_ thread: inout KernelThread, _ result: OpResult) throws(LockViolation) -> OpResult? {
     thread.stack.removeLast()
+    trace.end(depth: thread.stack.count + 1, thread: thread.name)
     guard !thread.stack.isEmpty else {
       let final = try threadFinished(thread, result)
       thread.finish(final)
@@ -212,6 +217,7 @@ extension Machine {
     }
     if let child = try resume(&thread.stack[thread.stack.count - 1], with: result, thread: thread) {
       thread.stack.append(child)
+      trace.begin(child.traceName, depth: thread.stack.count, thread: thread.name)
     }
     return nil
   }
@@ -307,7 +313,8 @@ extension Machine {
       if let vm = kvm.vm(holding: attachment.id) {
         return .moveNotify(KVMDmaBufMoveNotify(vm: vm, attachment: attachment.id, revoked: revoked))
       }
-      trace.emit(.dmabuf, "\(attachment.importer): move_notify (attachment \(attachment.id.rawValue), \(revoked ? "revoked" : "restored"))")
+      trace.emit(.dmabufImporterNotified, "\(attachment.importer): move_notify (attachment \(attachment.id.rawValue), \(revoked ? "revoked" : "restored"))",
+                 [.id("attachment", attachment.id), .text("importer", "\(attachment.importer)"), .flag("revoked", revoked)])
       current = try path.importerReturned(dmabufCore: &dmabufCore)
     }
     return nil

@@ -95,7 +95,8 @@ extension MachineState {
       bars: f.bars.map { bar in
         BAR(index: bar.index, base: bar.base.rawValue, size: bar.size, is64Bit: bar.is64Bit, prefetchable: bar.prefetchable,
             msixTable: bar.msixTable.map { Span(offset: $0.offset, size: $0.size) },
-            msixPBA: bar.msixPBA.map { Span(offset: $0.offset, size: $0.size) })
+            msixPBA: bar.msixPBA.map { Span(offset: $0.offset, size: $0.size) },
+            writtenBytes: f.contents.writtenByteCount(bar: bar.index) == 0 ? nil : f.contents.writtenByteCount(bar: bar.index))
       },
       dmabufs: d.dmabufs.map(\.rawValue), hostMappings: d.hostMappings, registrations: d.registrations,
       resetsUnderLiveImport: d.resetsUnderLiveImport)

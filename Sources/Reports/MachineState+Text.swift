@@ -24,6 +24,7 @@ extension MachineState {
         if bar.prefetchable { text += " prefetchable" }
         if let t = bar.msixTable { text += "  MSI-X table +\(hex(t.offset)) \(sizeText(t.size))" }
         if let p = bar.msixPBA { text += "  PBA +\(hex(p.offset)) \(sizeText(p.size))" }
+        if let written = bar.writtenBytes { text += "  \(written) register byte(s) written" }
         out.append(text)
       }
     }

@@ -60,6 +60,8 @@ public struct MachineState: Codable, Hashable, Sendable {
     public var prefetchable: Bool
     public var msixTable: Span?
     public var msixPBA: Span?
+    /// Bytes of its registers that hold something else than their reset value; absent for none.
+    public var writtenBytes: Int?
   }
 
   /// Bytes inside a BAR.

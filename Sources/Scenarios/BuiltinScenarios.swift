@@ -38,9 +38,9 @@ public enum BuiltinScenarios {
       # The VMM converts the BAR's GPAs to private: a private fault maps only where the memory
       # attributes say private (kvm_mmu_faultin_pfn(); RFC "Handle page fault for private MMIO").
       - { op: kvm.set_memory_attributes, vm: td0, address: 0x80000000, size: 0x200000, attributes: private, expect: ok }
-      # The guest accepts: EPT violation -> fault -> TDH.MMIO.MAP (MMIO_PENDING) -> TDG.MMIO.ACCEPT.
+      # The guest accepts (EPT violation, fault, TDH.MMIO.MAP, TDG.MMIO.ACCEPT), then reads a register.
       - { op: guest.accept_mmio, vm: td0, gpa: 0x80000000, expect: ok }
-      - { op: guest.read, vm: td0, gpa: 0x80000000, size: 4, expect: { fault: already_mapped } }
+      - { op: guest.read, vm: td0, gpa: 0x80000010, size: 4, expect: { fault: already_mapped, value: 0x10 } }
       - { op: guest.accept_mmio, vm: td0, gpa: 0x80001000, expect: ok }
       - { op: guest.write, vm: td0, gpa: 0x80001008, size: 8, expect: { fault: already_mapped } }
       # Teardown. Stopping the interface ends the TD's trust in it: the buffer is revoked and

@@ -127,14 +127,21 @@ public struct OpSpec: Sendable {
   public let keys: [KeySpec]
   public let binds: BindingKind?
   let build: @Sendable (ResolvedArguments) -> Operation
+  /// A rule between keys that each key's own kind cannot state: the key at fault and why.
+  let check: (@Sendable (StepArguments) -> (key: String, problem: String)?)?
 
   init(_ name: String, _ mirrors: String, _ keys: [KeySpec], binds: BindingKind? = nil,
+       check: (@Sendable (StepArguments) -> (key: String, problem: String)?)? = nil,
        _ build: @escaping @Sendable (ResolvedArguments) -> Operation) {
     // `as:` is a key like the others, so unknown-key checks and the table see it.
     self.name = name; self.mirrors = mirrors; self.binds = binds
     self.keys = binds == nil ? keys : keys + [KeySpec("as", .binding, .optional)]
+    self.check = check
     self.build = build
   }
+
+  /// What is wrong between the keys of a step's arguments (defaults filled in), if anything.
+  public func problem(in arguments: StepArguments) -> (key: String, problem: String)? { check?(arguments) }
 
   public func key(_ name: String) -> KeySpec? { keys.first { $0.name == name } }
 
@@ -150,6 +157,12 @@ private let isTrue = KeyRequirement.defaulted(.bool(true), shown: "true")
 /// `O_RDWR | O_CLOEXEC`, what a VMM passes as the dma-buf's `open_flags`.
 private let dmaBufOpenFlags: UInt64 = 0x2 | 0x80000
 private let noFD = KeyRequirement.defaulted(.handle(.literal(-1)), shown: "-1")
+/// A write's `value` must fit in its `size` bytes: a store of 4 bytes has no fifth to put it in.
+@Sendable private func valueFitsSize(_ arguments: StepArguments) -> (key: String, problem: String)? {
+  guard case .number(let value)? = arguments["value"], case .number(let size)? = arguments["size"],
+        size < 8, value >> (size * 8) != 0 else { return nil }
+  return ("value", "value 0x\(String(value, radix: 16)) does not fit in \(size) byte\(size == 1 ? "" : "s") (size: \(size))")
+}
 
 extension OpSpec {
   /// Every op, in the order the reference shows them.
@@ -171,9 +184,11 @@ extension OpSpec {
            [KeySpec("fd", .fd), KeySpec("region_index", .u32), KeySpec("offset", .u64, zero), KeySpec("size", .u64, fourBytes)]) {
       .vfioRead(fd: $0.fd("fd"), regionIndex: $0.u32("region_index"), offset: $0.u64("offset"), size: $0.u64("size"))
     },
-    OpSpec("vfio.write", "pwrite() of a region through the device fd",
-           [KeySpec("fd", .fd), KeySpec("region_index", .u32), KeySpec("offset", .u64, zero), KeySpec("size", .u64, fourBytes)]) {
-      .vfioWrite(fd: $0.fd("fd"), regionIndex: $0.u32("region_index"), offset: $0.u64("offset"), size: $0.u64("size"))
+    OpSpec("vfio.write", "pwrite() of a region through the device fd (value: 0xa5 bytes when absent)",
+           [KeySpec("fd", .fd), KeySpec("region_index", .u32), KeySpec("offset", .u64, zero), KeySpec("size", .u64, fourBytes),
+            KeySpec("value", .u64, .optional)], check: valueFitsSize) {
+      .vfioWrite(fd: $0.fd("fd"), regionIndex: $0.u32("region_index"), offset: $0.u64("offset"), size: $0.u64("size"),
+                 value: $0.storedValue())
     },
     OpSpec("vfio.mmap", "mmap() of a region through the device fd", [KeySpec("fd", .fd), KeySpec("region_index", .u32)]) {
       .vfioMmap(fd: $0.fd("fd"), regionIndex: $0.u32("region_index"))
@@ -284,9 +299,11 @@ extension OpSpec {
            [KeySpec("vm", .vm), KeySpec("gpa", .u64), KeySpec("size", .u64, fourBytes), KeySpec("vcpu", .u32, zero)]) {
       .guestRead(vm: $0.fd("vm"), gpa: GPA($0.u64("gpa")), size: $0.u64("size"), vcpu: $0.u32("vcpu"))
     },
-    OpSpec("guest.write", "a vCPU store: exit, fault path, completion",
-           [KeySpec("vm", .vm), KeySpec("gpa", .u64), KeySpec("size", .u64, fourBytes), KeySpec("vcpu", .u32, zero)]) {
-      .guestWrite(vm: $0.fd("vm"), gpa: GPA($0.u64("gpa")), size: $0.u64("size"), vcpu: $0.u32("vcpu"))
+    OpSpec("guest.write", "a vCPU store (value: 0xa5 bytes when absent): exit, fault path, completion",
+           [KeySpec("vm", .vm), KeySpec("gpa", .u64), KeySpec("size", .u64, fourBytes), KeySpec("vcpu", .u32, zero),
+            KeySpec("value", .u64, .optional)], check: valueFitsSize) {
+      .guestWrite(vm: $0.fd("vm"), gpa: GPA($0.u64("gpa")), size: $0.u64("size"), vcpu: $0.u32("vcpu"),
+                  value: $0.storedValue())
     },
     OpSpec("tdx.devif_create", "TDH.DEVIF.CREATE (137)", [KeySpec("vm", .vm), KeySpec("device", .device)]) {
       .tdxDevifCreate(vm: $0.fd("vm"), device: $0.string("device"))
@@ -392,6 +409,12 @@ public struct ResolvedArguments: Sendable {
     return nil
   }
   func u32(_ key: String) -> UInt32 { UInt32(truncatingIfNeeded: u64(key)) }
+  /// A write's `value`, or without one ``Operation/writePattern`` cut to its `size` bytes.
+  func storedValue() -> UInt64 {
+    let size = u64("size")
+    let value = optionalU64("value") ?? Operation.writePattern
+    return size >= 8 ? value : value & ((1 << (size * 8)) - 1)
+  }
   func bool(_ key: String) -> Bool { optionalBool(key) ?? false }
   func optionalBool(_ key: String) -> Bool? {
     if case .bool(let b)? = values[key] { return b }

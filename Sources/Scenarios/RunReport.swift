@@ -3,12 +3,75 @@ import KernelCore
 import Platform
 import Reports
 
-/// One traced event as reports carry it.
+/// One traced event as reports carry it: its name (`tdx:seamcall`), message, fields and time
+/// by the step clock. JSON gives `fields` as an object.
 public struct TraceLine: Codable, Hashable, Sendable, CustomStringConvertible {
   public var subsystem: String
+  /// `subsystem:event`.
+  public var event: String
   public var message: String
-  public init(_ event: TraceEvent) { subsystem = event.subsystem.rawValue; message = event.message }
+  /// `gpa`, `hpa`, `status` …, in the order the event gives them.
+  public var fields: [TraceField]
+  public var time: TraceTime
+
+  public init(_ event: TraceEvent) {
+    subsystem = event.subsystem.rawValue
+    self.event = event.name.description
+    message = event.message
+    fields = event.fields
+    time = event.time
+  }
+
+  /// `vfio: revoke dmabuf1`, as a kernel log line shows it.
   public var description: String { "\(subsystem): \(message)" }
+  /// `vfio:dmabuf_move: revoke dmabuf1  device=nic0 buffer=1 revoked=1 for_good=0`, as ftrace prints an event.
+  public var ftraceText: String {
+    "\(event): \(message)" + (fields.isEmpty ? "" : "  " + fields.map(\.description).joined(separator: " "))
+  }
+
+  enum CodingKeys: String, CodingKey { case subsystem, event, message, fields, time }
+
+  public init(from decoder: any Decoder) throws {
+    let c = try decoder.container(keyedBy: CodingKeys.self)
+    subsystem = try c.decode(String.self, forKey: .subsystem)
+    event = try c.decode(String.self, forKey: .event)
+    message = try c.decode(String.self, forKey: .message)
+    fields = try c.decode([String: String].self, forKey: .fields).sorted { $0.key < $1.key }.map { TraceField($0.key, $0.value) }
+    time = try c.decode(TraceTime.self, forKey: .time)
+  }
+
+  public func encode(to encoder: any Encoder) throws {
+    var c = encoder.container(keyedBy: CodingKeys.self)
+    try c.encode(subsystem, forKey: .subsystem)
+    try c.encode(event, forKey: .event)
+    try c.encode(message, forKey: .message)
+    try c.encode(Dictionary(fields.map { ($0.key, $0.value) }, uniquingKeysWith: { a, _ in a }), forKey: .fields)
+    try c.encode(time, forKey: .time)
+  }
+}
+
+/// A mark of a step's timeline: a slice that begins or ends (a path frame pushed or popped, or
+/// a stage a path opened such as a buffer's revoke), or an atomic region that ended.
+public struct TraceMarkLine: Codable, Hashable, Sendable {
+  public enum Kind: String, Codable, Sendable { case begin, end, region }
+  public var kind: Kind
+  /// The slice's name, or the region's label; `nil` for an end.
+  public var name: String?
+  /// The thread's stack depth of the frame (1: the operation itself); 0 for a stage a path
+  /// opened inside its frame; `nil` for a region.
+  public var depth: Int?
+  public var thread: String?
+  public var time: TraceTime
+
+  public init(_ mark: TraceMark) {
+    switch mark.kind {
+    case .begin(let name, let depth): kind = .begin; self.name = name; self.depth = depth
+    case .end(let depth): kind = .end; self.depth = depth
+    case .region(let label): kind = .region; name = label
+    }
+    thread = mark.thread
+    time = mark.time
+  }
 }
 
 /// An invariant that did not hold after a step.
@@ -61,6 +124,8 @@ public struct StepReport: Codable, Hashable, Sendable {
   /// What of `expect: { state: ... }` did not hold.
   public var stateMismatches: [String]?
   public var trace: [TraceLine]
+  /// The step's timeline besides its events: slices begun and ended, regions run.
+  public var marks: [TraceMarkLine]
   public var invariantViolations: [InvariantViolation]
   public var nanoseconds: UInt64
 
@@ -69,8 +134,8 @@ public struct StepReport: Codable, Hashable, Sendable {
   /// `file:line`, for FAILED lines.
   public var location: String { "\(file):\(line)" }
 
-  init(step: ScenarioStep, thread: String, result: OpResult, trace: [TraceLine], violations: [InvariantViolation],
-       nanoseconds: UInt64) {
+  init(step: ScenarioStep, thread: String, result: OpResult, trace: [TraceLine], marks: [TraceMarkLine] = [],
+       violations: [InvariantViolation], nanoseconds: UInt64) {
     index = step.index
     switch step.path {
     case .main: path = "steps"
@@ -92,6 +157,7 @@ public struct StepReport: Codable, Hashable, Sendable {
       verdict = step.stateExpectation == nil ? .unchecked : .asExpected
     }
     self.trace = trace
+    self.marks = marks
     invariantViolations = violations
     self.nanoseconds = nanoseconds
   }
@@ -224,19 +290,26 @@ public struct RunReport: Codable, Hashable, Sendable {
     return out
   }
 
-  /// The whole trace, kernel-log style: `[   3.001] ioctl vfio: ...` where 3 is the step
-  /// and 001 the event within it (step 0 is the machine's setup). Time is logical, so two
-  /// runs of one scenario give the same file.
+  /// The whole trace as ftrace prints it: `[  12.003] ioctl tdx:seamcall: message  fields`.
+  /// The time is the model's step clock, REGION.N: the atomic regions the machine has run and
+  /// the event's number within its region, so two runs of one scenario give the same file and
+  /// no two events share a time. Each step opens with a `#` line naming it and ends with one
+  /// giving its result.
   public var traceText: String {
-    var out = ""
-    func emit(_ step: Int, _ n: Int, _ context: String, _ text: String) {
-      out += "[" + String(format: "%4d.%03d", step, n) + "] \(context) \(text)\n"
+    var out = "# pmmio trace: scenario \(scenario), variant \(variant)\n"
+    out += "# TIME is REGION.N: REGION counts the atomic regions the machine has run (the model's step clock),\n"
+    out += "# N orders what happened within one region (events, and the slice and region marks not shown here).\n"
+    out += "#\n#       TIME THREAD EVENT: MESSAGE  FIELDS\n"
+    let blank = "#" + String(repeating: " ", count: 12)
+    func emit(_ context: String, _ line: TraceLine) {
+      let time = line.time.description
+      out += "[" + String(repeating: " ", count: max(0, 10 - time.count)) + time + "] \(context) \(line.ftraceText)\n"
     }
-    for (n, line) in setupTrace.enumerated() { emit(0, n + 1, "setup", line.description) }
+    for line in setupTrace { emit("setup", line) }
     for step in steps {
-      emit(step.index, 0, step.context, "\(step.op) \(step.text)")
-      for (n, line) in step.trace.enumerated() { emit(step.index, n + 1, step.context, line.description) }
-      emit(step.index, step.trace.count + 1, step.context, "= \(step.result.explained)")
+      out += "\(blank)\(step.context) step \(step.index) \(step.location): \(step.text)\n"
+      for line in step.trace { emit(step.context, line) }
+      out += "\(blank)\(step.context) = \(step.result.explained)\n"
     }
     return out
   }

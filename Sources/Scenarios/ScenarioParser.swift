@@ -372,6 +372,7 @@ struct ScenarioReader {
       }
       arguments[key.name] = try argument(valueNode, key: key, bound: bound)
     }
+    if let (key, problem) = spec.problem(in: arguments) { throw fail(value(fields, key) ?? node, problem) }
     // Bound only after the step's own arguments: a step cannot use what it returns. Its
     // `expect: { state: ... }` may name it: the state is read after the step.
     if let binding, let kind = spec.binds {
@@ -380,7 +381,7 @@ struct ScenarioReader {
     }
     var expected: StepExpectation?
     var expectedState: StateExpectation?
-    if let node = value(fields, "expect") { (expected, expectedState) = try expectation(node, bound: bound) }
+    if let node = value(fields, "expect") { (expected, expectedState) = try expectation(node, bound: bound, op: opName) }
     stepCount += 1
     var step = ScenarioStep(index: stepCount, path: path, position: position(node), opName: opName,
                             text: Self.render(node, omitting: "expect"), arguments: arguments,
@@ -460,7 +461,7 @@ struct ScenarioReader {
 
   /// `expect:`: what the result must be, and what the machine must look like after the step
   /// (`state:` as a mapping; `state: RUN` is the TDI state a TDISP request returned).
-  func expectation(_ node: Node, bound: [String: BindingKind]) throws(ScenarioError) -> (StepExpectation?, StateExpectation?) {
+  func expectation(_ node: Node, bound: [String: BindingKind], op: String) throws(ScenarioError) -> (StepExpectation?, StateExpectation?) {
     if case .scalar(let s) = node {
       switch s.string {
       case "ok": return (.ok, nil)
@@ -472,20 +473,34 @@ struct ScenarioReader {
     }
     let kinds = ["ok", "error", "errno", "tdx", "tdisp", "pfn", "order", "state", "flags", "fault", "value"]
     let fields = try entries(node, what: "expect", allowed: kinds)
+    // A key for a result the op never returns could never match: refused here, not at run time.
+    for entry in fields {
+      let isWord = if case .mapping = entry.value { false } else { true }
+      guard StepExpectation.applies(entry.key, to: op, isWord: isWord) else {
+        throw fail(entry.keyNode, "'\(entry.key)\(entry.key == "state" ? ": WORD" : "")' cannot apply to \(op)"
+                   + " (\(op) takes expect: \(StepExpectation.keys(for: op).joined(separator: ", ")))")
+      }
+    }
     var machineState: StateExpectation?
     if let entry = fields.first(where: { $0.key == "state" }), case .mapping = entry.value {
       machineState = try stateExpectation(entry.value, bound: bound)
     }
-    let main = fields.filter { $0.key != "order" && !($0.key == "state" && machineState != nil) }
+    // `value` with `fault` is what the completed load read: part of the fault expectation.
+    let withFault = fields.contains { $0.key == "fault" }
+    let main = fields.filter { $0.key != "order" && !($0.key == "state" && machineState != nil) && !($0.key == "value" && withFault) }
     if main.isEmpty, let machineState { return (nil, machineState) }
     guard main.count == 1, let entry = main.first else {
       throw fail(node, "expect needs one of ok, error, errno, tdx, tdisp, pfn, state, flags, fault, value"
-                 + " (and may add state: { ... })")
+                 + " (and may add state: { ... }; fault may add value)")
     }
     if let order = value(fields, "order"), entry.key != "pfn" {
       throw fail(order, "'order' goes only with 'pfn'")
     }
-    return (try resultExpectation(entry, order: value(fields, "order")), machineState)
+    var expected = try resultExpectation(entry, order: value(fields, "order"))
+    if case .fault(let fault, _) = expected, let node = value(fields, "value") {
+      expected = .fault(fault, value: try number(node, key: "value"))
+    }
+    return (expected, machineState)
   }
 
   /// `{ ok }` (a flow mapping's bare key) and `{ ok: ~ }` read as `ok`; `{ ok: true }` too.

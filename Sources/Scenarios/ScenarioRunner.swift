@@ -41,6 +41,7 @@ public enum ScenarioRunner {
   public static func run<M: ScenarioMachine>(_ scenario: Scenario, on machine: M, variant: Variant,
                                              buildTime: Duration = .zero, options: RunOptions = RunOptions()) -> RunReport {
     var machine = machine
+    machine.setTraceFilter(options.events)
     let clock = ContinuousClock()
     let started = clock.now
     // Configuration events (devices probed, VMs created) belong to no step.
@@ -81,10 +82,10 @@ extension ScenarioRunner {
       let result = machine.perform(operation, context: step.path.context)
       let elapsed = clock.now - before
       if let name = step.binding { handles.bind(name, to: result) }
-      let events = machine.trace.drain().map(TraceLine.init)
+      let (events, marks) = machine.trace.drainAll()
       let violations = log.check(machine.checkInvariants(quiescent: true), at: step.index)
       var report = StepReport(step: step, thread: scenario.threadName(for: step.path), result: result,
-                              trace: events, violations: violations, nanoseconds: elapsed.nanoseconds)
+                              trace: events.map(TraceLine.init), marks: marks.map(TraceMarkLine.init), violations: violations, nanoseconds: elapsed.nanoseconds)
       if let expected = step.stateExpectation {
         report.judge(stateMismatches: expected.mismatches(in: machine.machineState(), handles: handles))
       }
@@ -140,10 +141,12 @@ public struct RunOptions: Sendable {
   public var keepState = false
   /// Told after each step: steps run, steps in all.
   public var progress: (@Sendable (Int, Int) -> Void)?
+  /// Which trace events are recorded (`--events`); the others are never built.
+  public var events: TraceFilter
   public init(stopOnFailure: Bool = false, stopAfterStep: Int? = nil, keepState: Bool = false,
-              progress: (@Sendable (Int, Int) -> Void)? = nil) {
+              events: TraceFilter = .all, progress: (@Sendable (Int, Int) -> Void)? = nil) {
     self.stopOnFailure = stopOnFailure; self.stopAfterStep = stopAfterStep
-    self.keepState = keepState; self.progress = progress
+    self.keepState = keepState; self.events = events; self.progress = progress
   }
 }
 
@@ -157,10 +160,13 @@ public protocol ScenarioMachine {
   var trace: Trace { get set }
   /// The machine as `pmmio show` prints it; `nil` for machines that have none (scripts).
   func machineState() -> MachineState?
+  /// Records only the events `filter` lets through, wherever the machine traces.
+  mutating func setTraceFilter(_ filter: TraceFilter)
 }
 
 extension ScenarioMachine {
   public func machineState() -> MachineState? { nil }
+  public mutating func setTraceFilter(_ filter: TraceFilter) { trace.filter = filter }
 }
 
 extension Machine: ScenarioMachine {

@@ -21,9 +21,10 @@ public enum StepExpectation: Hashable, Sendable, CustomStringConvertible {
   case state(String)
   /// `{ flags: [READ, WRITE, MMAP] }`: region info flags, exactly this set.
   case flags([String])
-  /// `{ fault: mapped }`: how a guest access ended.
-  case fault(GuestFault)
-  /// `{ value: N }`: what a read returned.
+  /// `{ fault: mapped }`: how a guest access ended; `{ fault: mapped, value: N }` adds what
+  /// the load read.
+  case fault(GuestFault, value: UInt64? = nil)
+  /// `{ value: N }`: what a read returned (`vfio.read`, or a guest load that completed).
   case value(UInt64)
 
   public var description: String {
@@ -37,7 +38,7 @@ public enum StepExpectation: Hashable, Sendable, CustomStringConvertible {
       "pfn 0x\(String(pfn, radix: 16))" + (order.map { " order \($0)" } ?? "")
     case .state(let s): "state \(s)"
     case .flags(let f): "flags [\(f.joined(separator: ", "))]"
-    case .fault(let f): "fault \(f.rawValue)"
+    case .fault(let f, let value): "fault \(f.rawValue)" + (value.map { " value 0x\(String($0, radix: 16))" } ?? "")
     case .value(let v): "value 0x\(String(v, radix: 16))"
     }
   }
@@ -61,10 +62,48 @@ public enum StepExpectation: Hashable, Sendable, CustomStringConvertible {
     case (.state(let want), .success(.tdiState(let got))): return want == got
     case (.flags(let want), .success(.regionInfo(let got, _, _))):
       return Set(want.map(RegionInfoFlag.canonical)) == Set(got.map(RegionInfoFlag.canonical))
-    case (.fault(let want), _): return want.matches(result)
+    case (.fault(let want, let value), _):
+      guard want.matches(result) else { return false }
+      guard let value else { return true }
+      if case .success(.guestAccess(_, value: let got)) = result { return got == value }
+      return false
     case (.value(let want), .success(.read(let got))): return want == got
+    case (.value(let want), .success(.guestAccess(_, value: let got?))): return want == got
     default: return false
     }
+  }
+}
+
+extension StepExpectation {
+  /// `expect:` keys every op takes: any success or failure, an errno, the machine's state
+  /// (`state:` as a mapping).
+  public static let universalKeys = ["ok", "error", "errno", "state"]
+
+  /// The keys that name one kind of result, with the ops that can return it: a key on any
+  /// other op could never match, so the parser refuses it. `state` as a word is the TDI state
+  /// a TDISP request returns (as a mapping it is the machine's, and universal).
+  static let resultKeys: [(key: String, ops: Set<String>)] = [
+    ("value", ["vfio.read", "guest.read", "kvm.check_extension"]),
+    ("fault", ["guest.read", "guest.write", "guest.accept_mmio"]),
+    ("pfn", ["dmabuf.get_pfn"]),
+    ("order", ["dmabuf.get_pfn"]),
+    ("flags", ["vfio.region_info"]),
+    ("state", ["tdisp.lock", "tdisp.start", "tdisp.stop"]),
+    ("tdisp", ["tdisp.lock", "tdisp.start", "tdisp.stop", "tdisp.report", "tdx.mmio_mt_add"]),
+    ("tdx", ["kvm.create_vm", "tdx.devif_create", "tdx.devif_remove", "tdx.mmio_mt_add", "tdx.stream_block",
+             "tdx.seamcall", "guest.accept_mmio"]),
+  ]
+
+  /// The `expect:` keys that can apply to `op`, in the order the README lists them.
+  public static func keys(for op: String) -> [String] {
+    universalKeys + resultKeys.filter { $0.ops.contains(op) && !universalKeys.contains($0.key) }.map(\.key)
+  }
+
+  /// Whether `key` can apply to `op`; `state` as a word (`isWord`) only to a TDISP request.
+  public static func applies(_ key: String, to op: String, isWord: Bool = true) -> Bool {
+    if key == "state" && !isWord { return true }
+    guard let entry = resultKeys.first(where: { $0.key == key }) else { return universalKeys.contains(key) }
+    return entry.ops.contains(op)
   }
 }
 
@@ -77,7 +116,7 @@ extension FaultOutcome {
     switch (self, result) {
     case (.efault, .failure(.errno(let e))): e == .EFAULT
     case (.eio, .failure(.errno(let e))): e == .EIO
-    case (_, .success(.guestAccess(let name))): name == rawValue
+    case (_, .success(.guestAccess(let name, _))): name == rawValue
     default: false
     }
   }

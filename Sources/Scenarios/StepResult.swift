@@ -15,7 +15,7 @@ public struct StepResult: Codable, Hashable, Sendable {
   public var regionFlags: [String]?
   public var regionSize: UInt64?
   public var regionOffset: UInt64?
-  /// What a read returned.
+  /// What a read returned: `vfio.read`'s bytes, or what a guest load read (with `fault`).
   public var value: UInt64?
   /// The TDI's state after a TDISP request.
   public var tdiState: String?
@@ -64,7 +64,8 @@ public struct StepResult: Codable, Hashable, Sendable {
       case .read(let v): self.value = v
       case .tdiState(let s): tdiState = s
       case .report(let lines): report = lines
-      case .guestAccess(let outcome): fault = outcome; meaning = Self.meaning(ofFault: outcome)
+      case .guestAccess(let outcome, let read):
+        fault = outcome; value = read; meaning = Self.meaning(ofFault: outcome)
       case .seamcall(let regs): registers = regs; status = "TDX_SUCCESS"
       }
     case .failure(let failure):
@@ -84,7 +85,7 @@ public struct StepResult: Codable, Hashable, Sendable {
     }
   }
 
-  /// Plain words for how a guest access ended (``Platform/OpValue/guestAccess(_:)``).
+  /// Plain words for how a guest access ended (``Platform/OpValue/guestAccess(_:value:)``).
   public static func meaning(ofFault outcome: String) -> String? {
     switch outcome {
     case "mapped": "the fault path mapped the page; the access completed"
@@ -108,10 +109,10 @@ public struct StepResult: Codable, Hashable, Sendable {
         parts.append("flags [\(regionFlags.joined(separator: ", "))] size 0x\(String(regionSize ?? 0, radix: 16)) "
                      + "offset 0x\(String(regionOffset ?? 0, radix: 16))")
       }
-      if let value { parts.append("value 0x\(String(value, radix: 16))") }
       if let tdiState { parts.append("state \(tdiState)") }
       if let report { parts.append("report [\(report.joined(separator: "; "))]") }
       if let fault { parts.append("fault \(fault)") }
+      if let value { parts.append("value 0x\(String(value, radix: 16))") }
       if let registers { parts.append("TDX_SUCCESS [\(registers.map { "0x" + String($0, radix: 16) }.joined(separator: ", "))]") }
       return (["ok"] + parts).joined(separator: " ")
     }

@@ -116,7 +116,8 @@ extension TDXModule {
                                  gpa: gpa, level: level)
       return [hpa.rawValue]
     default:
-      trace.emit(.tdx, "\(leaf) -> TDX_OPERAND_INVALID (leaf not supported)")
+      trace.emit(.tdxSeamcall, "\(leaf) -> TDX_OPERAND_INVALID (leaf not supported)",
+                 [.text("leaf", "\(leaf)"), .text("status", TDXStatus.operandInvalid.name), .hex("operand", UInt64(TDXOperand.rax))])
       throw TDXStatus.operandInvalid.with(operand: TDXOperand.rax)
     }
   }

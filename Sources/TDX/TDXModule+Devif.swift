@@ -54,7 +54,7 @@ extension TDXModule {
   /// state for them): the IOMMU configuration, the IDE stream state
   /// (`TDX_IDE_STREAM_INVALID_STATE`), the requester-id range and the SPDM session.
   public mutating func tdhDevifCreate(td: TDID, interface: DeviceInterfaceID) throws(TDXStatus) -> DevifID {
-    try traced("TDH.DEVIF.CREATE td \(td) \(interface)") { (m: inout TDXModule) throws(TDXStatus) -> DevifID in
+    try traced("TDH.DEVIF.CREATE td \(td) \(interface)", [.id("td", td), .text("interface", "\(interface)")]) { (m: inout TDXModule) throws(TDXStatus) -> DevifID in
       _ = try m.liveTD(td, register: TDXOperand.rdx, leaf: "TDH.DEVIF.CREATE")
       guard interface.isValid else {
         throw TDXStatus.operandInvalid.with(operand: TDXOperand.rcx)
@@ -80,7 +80,7 @@ extension TDXModule {
   /// pages is mapped (`TDX_DEVIF_HAS_MAPPED_MMIO`, RCX). The MMIOMT entries naming the function
   /// stay: the host resets them with TDH.MMIO.MT.SET.
   public mutating func tdhDevifRemove(devif: DevifID) throws(TDXStatus) {
-    try traced("TDH.DEVIF.REMOVE devif \(devif)") { (m: inout TDXModule) throws(TDXStatus) in
+    try traced("TDH.DEVIF.REMOVE devif \(devif)", [.id("devif", devif)]) { (m: inout TDXModule) throws(TDXStatus) in
       guard let object = m.devifs[devif] else {
         throw TDXStatus.devifmtNotPresent.with(operand: TDXOperand.rcx)
           .because("TDH.DEVIF.REMOVE", "tdh_devifmt_get_devifcs: no DEVIF \(devif)")
@@ -112,7 +112,7 @@ extension TDXModule {
   /// (`TDX_MMIOMT_NOT_PRESENT`, RCX); the entry is a QNODE (`TDX_MMIO_INVALID_PAGE_METADATA`,
   /// RCX); its pointer is not present yet (the same status).
   public mutating func tdhMMIOMTAdd(index: MMIOMTIndex, page: HPA) throws(TDXStatus) {
-    try traced("TDH.MMIO.MT.ADD \(index) page \(page)") { (m: inout TDXModule) throws(TDXStatus) in
+    try traced("TDH.MMIO.MT.ADD \(index) page \(page)", [.text("index", "\(index)"), .hpa(page)]) { (m: inout TDXModule) throws(TDXStatus) in
       try m.mmioMTAddChecked(index: index, page: page)
     }
   }
@@ -170,7 +170,8 @@ extension TDXModule {
   /// page below it (both `TDX_MMIO_INVALID_PAGE_METADATA`, operand MMIOMT); to DATA: a DEVIF
   /// exists for the function (`TDX_DEVIFMT_NOT_PRESENT`, RDX).
   public mutating func tdhMMIOMTSet(index: MMIOMTIndex, type: MMIOMTEntryType, function: DeviceInterfaceID) throws(TDXStatus) {
-    try traced("TDH.MMIO.MT.SET \(index) \(type == .data ? "DATA \(function)" : "QNODE")") { (m: inout TDXModule) throws(TDXStatus) in
+    try traced("TDH.MMIO.MT.SET \(index) \(type == .data ? "DATA \(function)" : "QNODE")",
+               [.text("index", "\(index)"), .text("type", type == .data ? "DATA" : "QNODE")] + (type == .data ? [.text("function", "\(function)")] : [])) { (m: inout TDXModule) throws(TDXStatus) in
       try m.mmioMTSetChecked(index: index, type: type, function: function)
     }
   }
@@ -225,7 +226,7 @@ extension TDXModule {
   /// - Throws: as above, or the first failing leaf's status.
   public mutating func tdhMMIOMTAdd(devif: DevifID, first: HPA, count: UInt64, attributes: MMIOMTAttributes) throws(TDXStatus) {
     let what = "TDH.MMIO.MT.ADD+SET devif \(devif) hpa \(first) pages \(count)"
-    try traced(what) { (m: inout TDXModule) throws(TDXStatus) in
+    try traced(what, [.id("devif", devif), .hpa(first), .int("pages", count)]) { (m: inout TDXModule) throws(TDXStatus) in
       guard let object = m.devifs[devif] else {
         throw TDXStatus.operandInvalid.with(operand: TDXOperand.rdx).because("host MMIOMT population", "no DEVIF \(devif)")
       }
@@ -269,7 +270,7 @@ extension TDXModule {
       throw TDXStatus.devifmtNotPresent.with(operand: TDXOperand.rcx).because("TDH.DEVIF.RESPONSE", "no DEVIF \(devif)")
     }
     devifs[devif]?.tdispState = state
-    trace.emit(.tdx, "devif \(devif) TDISP state \(state)")
+    trace.emit(.tdxDevifState, "devif \(devif) TDISP state \(state)", [.id("devif", devif), .text("state", "\(state)")])
   }
 
   /// The IDE stream carrying `devif`'s traffic has been blocked (TDH.IDE.STREAM.BLOCK, leaf
@@ -281,6 +282,6 @@ extension TDXModule {
       throw TDXStatus.devifmtNotPresent.with(operand: TDXOperand.rcx).because("TDH.IDE.STREAM.BLOCK", "no DEVIF \(devif)")
     }
     devifs[devif]?.streamBlocked = true
-    trace.emit(.tdx, "devif \(devif) IDE stream blocked")
+    trace.emit(.tdxIDEStreamBlocked, "devif \(devif) IDE stream blocked", [.id("devif", devif)])
   }
 }

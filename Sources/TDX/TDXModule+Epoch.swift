@@ -40,7 +40,7 @@ extension TDXModule {
   ///   `TDX_NON_RECOVERABLE_TD` for a fatal one; `TDX_PREVIOUS_TLB_EPOCH_BUSY` (no operand)
   ///   while a vCPU still runs in the previous epoch.
   public mutating func tdhMemTrack(td: TDID) throws(TDXStatus) {
-    try traced("TDH.MEM.TRACK td \(td)") { (m: inout TDXModule) throws(TDXStatus) in
+    try traced("TDH.MEM.TRACK td \(td)", [.id("td", td)]) { (m: inout TDXModule) throws(TDXStatus) in
       let state = try m.liveTD(td, register: TDXOperand.rcx)
       guard state.refcount[Int((state.epoch &- 1) & 1)] == 0 else {
         // tdh_mem_track.c returns the bare status, with no operand.
@@ -59,7 +59,7 @@ extension TDXModule {
   ///   locked by the logical processor running it), or injected; `TDX_OPERAND_INVALID` (RCX)
   ///   for an unknown TD or vCPU; `TDX_NON_RECOVERABLE_TD` for a fatal TD.
   public mutating func tdhVPEnter(td: TDID, vcpu: UInt32) throws(TDXStatus) {
-    try traced("TDH.VP.ENTER td \(td) vcpu \(vcpu)") { (m: inout TDXModule) throws(TDXStatus) in
+    try traced("TDH.VP.ENTER td \(td) vcpu \(vcpu)", [.id("td", td), .int("vcpu", vcpu)]) { (m: inout TDXModule) throws(TDXStatus) in
       let state = try m.liveTD(td, register: TDXOperand.rcx)
       let i = Int(vcpu)
       guard i < state.vcpus.count else { throw TDXStatus.operandInvalid.with(operand: TDXOperand.rcx) }
@@ -74,7 +74,7 @@ extension TDXModule {
   /// after TDH.MEM.TRACK), and stops counting in its entry epoch.
   /// - Throws: `TDX_OPERAND_INVALID` (RCX) for an unknown TD or vCPU, or a vCPU not in the guest.
   public mutating func tdExit(td: TDID, vcpu: UInt32) throws(TDXStatus) {
-    try traced("TD exit td \(td) vcpu \(vcpu)") { (m: inout TDXModule) throws(TDXStatus) in
+    try traced("TD exit td \(td) vcpu \(vcpu)", [.id("td", td), .int("vcpu", vcpu)], event: .tdxTDExit) { (m: inout TDXModule) throws(TDXStatus) in
       guard let state = m.tds[td] else { throw TDXStatus.operandInvalid.with(operand: TDXOperand.rcx) }
       let i = Int(vcpu)
       guard i < state.vcpus.count, state.vcpus[i].inGuest else {

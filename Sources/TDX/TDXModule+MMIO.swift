@@ -15,6 +15,12 @@ public enum GuestAccessResult: Hashable, Sendable, CustomStringConvertible {
   /// The TD was already fatal: nothing runs.
   case tdNotRunnable
 
+  /// `result=mapped hpa=…`, `result=ept_violation` …: the trace fields of a `guest:access`.
+  var fields: [TraceField] {
+    if case .mapped(let hpa) = self { return [.text("result", "mapped"), .hpa(hpa)] }
+    return [.text("result", description)]
+  }
+
   public var description: String {
     switch self {
     case .mapped(let hpa): "mapped \(hpa)"
@@ -123,7 +129,8 @@ extension TDXModule {
   /// (no state for them): the GPA's shared bit and width, the HPA's key id bits, and the
   /// IOMMU configuration check (`tdh_check_and_lock_iommu_config()`).
   public mutating func tdhMMIOMap(td: TDID, gpa: GPA, level: SEPTLevel, hpa: HPA) throws(TDXStatus) {
-    try traced("TDH.MMIO.MAP td \(td) gpa \(gpa) \(level) hpa \(hpa)") { (m: inout TDXModule) throws(TDXStatus) in
+    try traced("TDH.MMIO.MAP td \(td) gpa \(gpa) \(level) hpa \(hpa)",
+               [.id("td", td), .gpa(gpa), .text("level", "\(level)"), .hpa(hpa)]) { (m: inout TDXModule) throws(TDXStatus) in
       let state = try m.liveTD(td, register: TDXOperand.rdx, leaf: "TDH.MMIO.MAP")
       try TDXModule.checkPageInfo(gpa: gpa, level: level, leaf: "TDH.MMIO.MAP")
       guard hpa.isAligned(to: level.size) else {
@@ -170,7 +177,7 @@ extension TDXModule {
   /// lock exclusively, so it is the leaf that contends as `TDX_OPERAND_BUSY | SEPT_TREE`.
   /// No TDI or MMIOMT check: an unaccepted page can be blocked.
   public mutating func tdhMMIOBlock(td: TDID, gpa: GPA, level: SEPTLevel) throws(TDXStatus) {
-    try traced("TDH.MMIO.BLOCK td \(td) gpa \(gpa) \(level)") { (m: inout TDXModule) throws(TDXStatus) in
+    try traced("TDH.MMIO.BLOCK td \(td) gpa \(gpa) \(level)", [.id("td", td), .gpa(gpa), .text("level", "\(level)")]) { (m: inout TDXModule) throws(TDXStatus) in
       let state = try m.liveTD(td, register: TDXOperand.rdx, leaf: "TDH.MMIO.BLOCK")
       try TDXModule.checkPageInfo(gpa: gpa, level: level, leaf: "TDH.MMIO.BLOCK")
       let entry = try TDXModule.hostWalk(state, gpa: gpa, level: level, leaf: "TDH.MMIO.BLOCK")
@@ -199,7 +206,7 @@ extension TDXModule {
   /// - Returns: the HPA that was mapped.
   @discardableResult
   public mutating func tdhMMIOUnmap(td: TDID, gpa: GPA, level: SEPTLevel) throws(TDXStatus) -> HPA {
-    try traced("TDH.MMIO.UNMAP td \(td) gpa \(gpa) \(level)") { (m: inout TDXModule) throws(TDXStatus) -> HPA in
+    try traced("TDH.MMIO.UNMAP td \(td) gpa \(gpa) \(level)", [.id("td", td), .gpa(gpa), .text("level", "\(level)")]) { (m: inout TDXModule) throws(TDXStatus) -> HPA in
       let state = try m.liveTD(td, register: TDXOperand.rdx, leaf: "TDH.MMIO.UNMAP")
       try TDXModule.checkPageInfo(gpa: gpa, level: level, leaf: "TDH.MMIO.UNMAP")
       let entry = try TDXModule.hostWalk(state, gpa: gpa, level: level, leaf: "TDH.MMIO.UNMAP")
@@ -265,7 +272,8 @@ extension TDXModule {
   public mutating func tdgMMIOAccept(td: TDID, vcpu: UInt32, gpa: GPA, level: SEPTLevel,
                                      expectedHPA: HPA) throws(TDXStatus) -> MMIOAcceptOutcome {
     let call = "TDG.MMIO.ACCEPT td \(td) vcpu \(vcpu) gpa \(gpa)\(level == .level4K ? "" : " \(level)") hpa \(expectedHPA)"
-    let outcome = try traced(call, tracingSuccess: false) { (m: inout TDXModule) throws(TDXStatus) -> MMIOAcceptOutcome in
+    let operands: [TraceField] = [.id("td", td), .int("vcpu", vcpu), .gpa(gpa), .text("level", "\(level)"), .hpa(expectedHPA)]
+    let outcome = try traced(call, operands, event: .tdxTdcall, tracingSuccess: false) { (m: inout TDXModule) throws(TDXStatus) -> MMIOAcceptOutcome in
       guard let state = m.tds[td], Int(vcpu) < state.vcpus.count else {
         throw TDXStatus.operandInvalid.with(operand: TDXOperand.rcx).because("TDG.MMIO.ACCEPT", "model: no such TD or vCPU")
       }
@@ -280,7 +288,9 @@ extension TDXModule {
       }
       func exit(_ why: String) -> MMIOAcceptOutcome {
         // No status comes back: the TDCALL itself takes an EPT violation and the TD exits.
-        m.trace.emit(.tdx, "\(Self.withLeafNumber("TDG.MMIO.ACCEPT td \(td) gpa \(gpa)")): \(why), EPT violation (TD exit)")
+        m.trace.emit(.tdxTdcall, "\(Self.withLeafNumber("TDG.MMIO.ACCEPT td \(td) gpa \(gpa)")): \(why), EPT violation (TD exit)",
+                     Self.callFields("TDG.MMIO.ACCEPT", [.id("td", td), .int("vcpu", vcpu), .gpa(gpa), .text("entry", why)], status: .success)
+                       + [.text("outcome", "ept_violation")])
         return .eptViolation
       }
       switch TDXModule.walk(state, gpa: gpa, level: level) {
@@ -309,7 +319,9 @@ extension TDXModule {
         return .accepted
       }
     }
-    if outcome == .accepted { trace.emit(.tdx, "\(Self.withLeafNumber(call)) -> TDX_SUCCESS") }
+    if outcome == .accepted {
+      trace.emit(.tdxTdcall, "\(Self.withLeafNumber(call)) -> TDX_SUCCESS", Self.callFields(call, operands, status: .success))
+    }
     return outcome
   }
 
@@ -341,7 +353,7 @@ extension TDXModule {
     } else {
       result = .eptViolation
     }
-    trace.emit(.guest, "access td \(td) gpa \(gpa) -> \(result)")
+    trace.emit(.guestAccess, "access td \(td) gpa \(gpa) -> \(result)", [.id("td", td), .gpa(gpa)] + result.fields)
     return result
   }
 }

@@ -175,17 +175,29 @@ extension TDXModule {
     return state
   }
 
-  /// Records a call's outcome in the trace and passes a failure on.
-  mutating func traced<T>(_ what: @autoclosure () -> String, tracingSuccess: Bool = true,
+  /// Records a call's outcome in the trace and passes a failure on: the event `event`
+  /// (`tdx:seamcall` by default) with the leaf, the call's operands `fields` and the status.
+  mutating func traced<T>(_ what: @autoclosure () -> String, _ fields: @autoclosure () -> [TraceField] = [],
+                          event: TraceEventName = .tdxSeamcall, tracingSuccess: Bool = true,
                           _ body: (inout TDXModule) throws(TDXStatus) -> T) throws(TDXStatus) -> T {
     do {
       let result = try body(&self)
-      if tracingSuccess { trace.emit(.tdx, "\(Self.withLeafNumber(what())) -> TDX_SUCCESS") }
+      if tracingSuccess {
+        trace.emit(event, "\(Self.withLeafNumber(what())) -> TDX_SUCCESS", Self.callFields(what(), fields(), status: .success))
+      }
       return result
     } catch {
-      trace.emit(.tdx, "\(Self.withLeafNumber(what())) -> \(error)")
+      trace.emit(event, "\(Self.withLeafNumber(what())) -> \(error)", Self.callFields(what(), fields(), status: error))
       throw error
     }
+  }
+
+  /// A call's trace fields: `leaf` (when the call is a SEAMCALL or TDCALL), its operands,
+  /// `status` and a non-zero `operand`.
+  static func callFields(_ call: String, _ operands: [TraceField], status: TDXStatus) -> [TraceField] {
+    let leaf = withLeafNumber(String(call.prefix { $0 != " " }))
+    return (leaf.contains("(") ? [TraceField.text("leaf", leaf)] : []) + operands + [.text("status", status.name)]
+      + (status.operand == 0 ? [] : [.hex("operand", UInt64(status.operand))])
   }
 
   /// `TDH.MMIO.MAP td …` becomes `TDH.MMIO.MAP(158) td …`: a trace names each call by its ABI
@@ -208,7 +220,7 @@ extension TDXModule {
   /// not depend on the steps in between.
   /// - Throws: `TDX_OPERAND_INVALID` (operand RCX) for zero vCPUs.
   public mutating func tdhMngCreate(vcpuCount: UInt32) throws(TDXStatus) -> TDID {
-    try traced("TDH.MNG.CREATE vcpus \(vcpuCount)") { (m: inout TDXModule) throws(TDXStatus) -> TDID in
+    try traced("TDH.MNG.CREATE vcpus \(vcpuCount)", [.int("vcpus", vcpuCount)]) { (m: inout TDXModule) throws(TDXStatus) -> TDID in
       guard vcpuCount > 0 else { throw TDXStatus.operandInvalid.with(operand: TDXOperand.rcx) }
       let id = m.nextTD
       m.tds[id] = TDState(vcpuCount: vcpuCount)
@@ -225,7 +237,7 @@ extension TDXModule {
   /// TDH.PHYMEM.PAGE.RECLAIM of every page. Works on a fatal TD: that is how one is cleaned up.
   /// - Throws: `TDX_OPERAND_INVALID` (operand RCX) for an unknown TD.
   public mutating func tdTeardown(td: TDID) throws(TDXStatus) {
-    try traced("teardown td \(td)") { (m: inout TDXModule) throws(TDXStatus) in
+    try traced("teardown td \(td)", [.id("td", td)], event: .tdxTeardown) { (m: inout TDXModule) throws(TDXStatus) in
       guard m.tds[td] != nil else { throw TDXStatus.operandInvalid.with(operand: TDXOperand.rcx) }
       for (id, devif) in m.devifs where devif.td == td { m.devifs[id] = nil }
       // Pages of other TDs' DEVIFs cannot be mapped here (MAP checks the owner), but clear any

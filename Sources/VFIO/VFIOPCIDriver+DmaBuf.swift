@@ -44,8 +44,10 @@ extension VFIOPCIDriver {
                                     isPrivate: device.isPrivate, vm: device.binding?.vm)
     devices[id]!.dmabufs.append(buffer)
     devices[id]!.registrations += 1
-    trace.emit(.vfio, "export BAR\(request.regionIndex) of vfio-dev\(id.rawValue) as dmabuf\(buffer.rawValue)"
-               + " \(ranges.map(\.description).joined(separator: " "))\(device.isPrivate ? " private" : "")\(revoked ? " (revoked)" : "")")
+    trace.emit(.vfioDmaBufExport, "export BAR\(request.regionIndex) of vfio-dev\(id.rawValue) as dmabuf\(buffer.rawValue)"
+               + " \(ranges.map(\.description).joined(separator: " "))\(device.isPrivate ? " private" : "")\(revoked ? " (revoked)" : "")",
+               [traceDevice(id), .int("bar", request.regionIndex), .id("buffer", buffer), .flag("private", device.isPrivate),
+                .flag("revoked", revoked)])
     return buffer
   }
 

@@ -46,7 +46,9 @@ extension VFIOPCIDriver {
     }
     guard !live.isEmpty else { return }
     devices[id]!.observedResetsUnderLiveImport.value += 1
-    trace.emit(.vfio, "reset of vfio-dev\(id.rawValue) while dmabuf\(live.map { String($0.rawValue) }.joined(separator: ",")) still mapped by importers")
+    trace.emit(.vfioResetUnderImport,
+               "reset of vfio-dev\(id.rawValue) while dmabuf\(live.map { String($0.rawValue) }.joined(separator: ",")) still mapped by importers",
+               [traceDevice(id), .text("buffers", live.map { String($0.rawValue) }.joined(separator: ","))])
   }
 
   // MARK: Starting a path
@@ -99,7 +101,7 @@ extension VFIOPCIDriver {
   /// - Throws: `EBADF` for an unknown file.
   public mutating func release(_ fileID: VFIOFileID, context: ContextID, trace: inout Trace) throws(Errno) -> DmaBufMovePath? {
     guard let file = files.removeValue(forKey: fileID) else { throw Errno.EBADF.because("vfio_device_fops_release", "no such file") }
-    trace.emit(.vfio, "close vfio-dev\(file.device.rawValue) (file \(fileID.rawValue))")
+    trace.emit(.vfioClose, "close vfio-dev\(file.device.rawValue) (file \(fileID.rawValue))", [traceDevice(file.device), .id("file", fileID)])
     guard file.accessGranted, devices[file.device] != nil else { return nil }
     return DmaBufMovePath(device: file.device, ctx: context, trigger: .close, variant: variant)
   }
@@ -240,6 +242,7 @@ public struct DmaBufMovePath: Hashable, Sendable {
       }
       // Every importer has returned: dma_resv_unlock.
       try dmabufCore.unlockResv(current.buffer, context: ctx)
+      trace.end(depth: 0)
       current.pending = []
       flip = nil
       return try finishRegion("dma_resv_unlock", &driver, &dmabufCore, &sink, &trace)
@@ -343,7 +346,7 @@ public struct DmaBufMovePath: Hashable, Sendable {
       // the TD's Secure-EPT entries, blocked by the revoke just done, may be unmapped. The
       // posted RFC has no such step.
       guard needsUnbind(stage, driver) else { return }
-      trace.emit(.vfio, "TSM unbind of vfio-dev\(id.rawValue) after the revoke blocked its MMIO")
+      trace.emit(.vfioTSMUnbind, "TSM unbind of vfio-dev\(id.rawValue) after the revoke blocked its MMIO", [driver.traceDevice(id)])
       do { try driver.devices[id]!.function.tdispStopInterface(trace: &trace) } catch {
         // STOP_INTERFACE is answered in every state by a function with a TDI.
         throw LockViolation(lock: "vdev->memory_lock", message: "STOP_INTERFACE refused: \(error.name)")
@@ -359,7 +362,7 @@ public struct DmaBufMovePath: Hashable, Sendable {
       case .power(let state):
         driver.devices[id]!.function.writePowerState(state, trace: &trace)
       case .reset(let kind):
-        trace.emit(.vfio, "\(kind.rawValue) of vfio-dev\(id.rawValue)")
+        trace.emit(.vfioReset, "\(kind.rawValue) of vfio-dev\(id.rawValue)", [driver.traceDevice(id), .text("kind", kind.rawValue)])
         // pci_try_reset_function() / the bus reset save and restore config space around the
         // reset, so the command register the user set survives; the TDI does not.
         let saved = driver.devices[id]!.function.command
@@ -371,7 +374,7 @@ public struct DmaBufMovePath: Hashable, Sendable {
         driver.devices[id]!.function.writeCommand(saved, trace: &trace)
       case .close:
         // vfio_pci_core_disable(): bus mastering off, memory decode off, then a function reset.
-        trace.emit(.vfio, "disable and reset vfio-dev\(id.rawValue)")
+        trace.emit(.vfioDisable, "disable and reset vfio-dev\(id.rawValue)", [driver.traceDevice(id)])
         driver.devices[id]!.function.writeCommand([], trace: &trace)
         driver.noteReset(of: id, dmabufCore: dmabufCore, trace: &trace)
         driver.devices[id]!.function.functionLevelReset(trace: &trace)
@@ -431,7 +434,8 @@ public struct DmaBufMovePath: Hashable, Sendable {
       }
       let cleanup = stage == .cleanup
       if stage == .renotify {
-        trace.emit(.vfio, "dmabuf\(buffer.rawValue): the interface is stopped, tell importers again")
+        trace.emit(.vfioDmaBufRenotify, "dmabuf\(buffer.rawValue): the interface is stopped, tell importers again",
+                   [driver.traceDevice(device), .id("buffer", buffer)])
       } else {
         driver.dmabufs[buffer]!.revoked = revoked
         if revoked, !revokedHere.contains(buffer) { revokedHere.append(buffer) }
@@ -439,14 +443,19 @@ public struct DmaBufMovePath: Hashable, Sendable {
           driver.dmabufs[buffer]!.device = nil
           driver.devices[device]!.registrations -= 1
         }
-        trace.emit(.vfio, "\(revoked ? "revoke" : "restore") dmabuf\(buffer.rawValue)\(cleanup ? " for good" : "")")
+        trace.emit(.vfioDmaBufMove, "\(revoked ? "revoke" : "restore") dmabuf\(buffer.rawValue)\(cleanup ? " for good" : "")",
+                   [driver.traceDevice(device), .id("buffer", buffer), .flag("revoked", revoked), .flag("for_good", cleanup)])
       }
+      // The buffer's revoke (or restore, or renotify) is a slice: its importers' move_notify
+      // runs inside it, until the resv lock is dropped.
+      trace.begin("\(stage == .renotify ? "renotify" : revoked ? "revoke" : "restore") dmabuf\(buffer.rawValue)", depth: 0)
       let notified = try dmabufCore.moveNotify(buffer, context: ctx, trace: &trace)
       if let first = notified.first {
         flip = Flip(buffer: buffer, revoked: revoked, pending: notified, awaiting: true)
         return .notify(first, revoked: revoked, "dma_resv_lock, flip, move_notify")
       }
       try dmabufCore.unlockResv(buffer, context: ctx)
+      trace.end(depth: 0)
       return try finishRegion("dma_resv_lock, flip, move_notify, dma_resv_unlock", &driver, &dmabufCore, &sink, &trace)
     }
     if stage == .cleanup { driver.devices[device]!.dmabufs = [] }

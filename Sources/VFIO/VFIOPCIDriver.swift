@@ -18,6 +18,11 @@ public struct VFIOPCIDriver: Hashable, Sendable {
   public static let exporterName = "vfio-pci"
 
   public func device(_ id: VFIODeviceID) -> VFIOPCICoreDevice? { devices[id] }
+
+  /// `device=nic0`: a device in trace fields is its function's name (its BDF in the kernel).
+  func traceDevice(_ id: VFIODeviceID) -> TraceField {
+    .text("device", devices[id]?.function.name ?? "vfio-dev\(id.rawValue)")
+  }
   public func file(_ id: VFIOFileID) -> VFIODeviceFile? { files[id] }
   public func dmaBuf(_ id: DmaBufID) -> VFIOPCIDmaBuf? { dmabufs[id] }
 
@@ -50,7 +55,7 @@ public struct VFIOPCIDriver: Hashable, Sendable {
     guard devices[device] != nil else { throw .ENODEV }
     let id = files.keys.max()?.next ?? VFIOFileID(1)
     files[id] = VFIODeviceFile(device: device, accessGranted: false)
-    trace.emit(.vfio, "open vfio-dev\(device.rawValue) (file \(id.rawValue))")
+    trace.emit(.vfioOpen, "open vfio-dev\(device.rawValue) (file \(id.rawValue))", [traceDevice(device), .id("file", id)])
     return id
   }
 
@@ -86,7 +91,8 @@ public struct VFIOPCIDriver: Hashable, Sendable {
     device.binding = VFIOBinding(isPrivate: isPrivate, vm: vm)
     devices[file.device] = device
     files[fileID]!.accessGranted = true
-    trace.emit(.vfio, "bind vfio-dev\(file.device.rawValue)\(isPrivate ? " private" : "")\(vm.map { " to vm\($0.rawValue)" } ?? "")")
+    trace.emit(.vfioBind, "bind vfio-dev\(file.device.rawValue)\(isPrivate ? " private" : "")\(vm.map { " to vm\($0.rawValue)" } ?? "")",
+               [traceDevice(file.device), .flag("private", isPrivate)] + (vm.map { [.vm($0)] } ?? []))
   }
 
   /// The file's device, once bound. - Throws: `EBADF` for an unknown file, `EINVAL` before
@@ -142,12 +148,20 @@ public struct VFIOPCIDriver: Hashable, Sendable {
   /// Order as the kernel checks: `index >= VFIO_PCI_NUM_REGIONS + num_regions` -> `EINVAL`;
   /// for a BAR, `is_vfio_pci_bar_private()` (RFC patch 8) -> `EINVAL`; no BAR -> `EINVAL`;
   /// `pos >= end` -> `EINVAL` (an access running past the end is cut short there, `count =
-  /// min(count, end - pos)`); memory decode off -> `EIO` (`vfio_pci_core_do_io_rw` under
-  /// `memory_lock` held for read). The model takes one access of 1, 2, 4 or 8 bytes
-  /// (`EINVAL` otherwise), so a cut-short access returns the value of the bytes inside.
-  /// - Returns: the value read (the model keeps no BAR contents: reads return 0).
-  public func regionAccess(_ fileID: VFIOFileID, index: UInt32, offset: UInt64, size: UInt64,
-                           isWrite: Bool, trace: inout Trace) throws(Errno) -> UInt64 {
+  /// min(count, end - pos)`); memory decode off -> `EIO` (`vfio_pci_ioread32()` and its
+  /// siblings check `__vfio_pci_memory_enabled()` under `memory_lock` held for read: the
+  /// user gets the errno, never the all-ones a CPU load would see). The model takes one access
+  /// of 1, 2, 4 or 8 bytes (`EINVAL` otherwise), so a cut-short access reads or writes the
+  /// bytes inside.
+  ///
+  /// `do_io_rw()` excludes the MSI-X table of the BAR that holds it: its bytes read as `0xff`
+  /// and writes to them are dropped. Everywhere else a read returns the function's register
+  /// contents and a write stores into them (``PCIFunction/memoryRead(bar:offset:size:)``).
+  /// Config space reads 0 and ignores writes (the model keeps no config-space contents).
+  /// - Parameter value: what a write stores (its low `size` bytes); ignored by a read.
+  /// - Returns: the value read (0 for a write).
+  public mutating func regionAccess(_ fileID: VFIOFileID, index: UInt32, offset: UInt64, size: UInt64,
+                                    isWrite: Bool, value: UInt64 = 0, trace: inout Trace) throws(Errno) -> UInt64 {
     let id = try boundDevice(fileID)
     guard let device = devices[id], index < VFIOPCIRegion.count else {
       throw Errno.EINVAL.because("vfio_pci_rw", "index \(index) >= VFIO_PCI_NUM_REGIONS + num_regions")
@@ -168,8 +182,26 @@ public struct VFIOPCIDriver: Hashable, Sendable {
     guard let bar, bar.size > 0 else { throw Errno.EINVAL.because("vfio_pci_bar_rw", "BAR \(index) has no resource") }
     guard offset < bar.size else { throw Errno.EINVAL.because("vfio_pci_bar_rw", "pos >= end") }
     guard device.memoryEnabled else { throw Errno.EIO.because("vfio_pci_core_do_io_rw", "memory decode disabled") }
-    trace.emit(.vfio, "\(isWrite ? "write" : "read") BAR\(index) +0x\(String(offset, radix: 16)) size \(min(size, bar.size - offset))")
-    return 0
+    let count = min(size, bar.size - offset)
+    // Byte by byte, the MSI-X table (do_io_rw's excluded range) apart from the rest.
+    let excluded = bar.msixTable.map { $0.offset ..< ($0.end ?? .max) } ?? 0 ..< 0
+    var result: UInt64 = 0
+    for i in 0 ..< count {
+      let byteOffset = offset + i
+      let inTable = excluded.contains(byteOffset)
+      if isWrite {
+        guard !inTable else { continue }
+        devices[id]!.function.memoryWrite(bar: index, offset: byteOffset, size: 1, value: value >> (i * 8))
+      } else {
+        let byte = inTable ? 0xff : device.function.memoryRead(bar: index, offset: byteOffset, size: 1)
+        result |= byte << (i * 8)
+      }
+    }
+    let shown = isWrite ? value & BARContents.allOnes(size: count) : result
+    trace.emit(isWrite ? .vfioBARWrite : .vfioBARRead,
+               "\(isWrite ? "write" : "read") BAR\(index) +0x\(String(offset, radix: 16)) size \(count) = 0x\(String(shown, radix: 16))",
+               [traceDevice(id), .int("bar", index), .hex("offset", offset), .int("size", count), .hex("value", shown)])
+    return result
   }
 
   /// `mmap` of a region through the device fd (`vfio_pci_core_mmap`): the RFC's
@@ -186,6 +218,6 @@ public struct VFIOPCIDriver: Hashable, Sendable {
       throw Errno.EINVAL.because("vfio_pci_core_mmap", "!vdev->bar_mmap_supported[\(index)]")
     }
     devices[id]!.hostMappings.append(index)
-    trace.emit(.vfio, "mmap BAR\(index) of vfio-dev\(id.rawValue) into user space")
+    trace.emit(.vfioMmap, "mmap BAR\(index) of vfio-dev\(id.rawValue) into user space", [traceDevice(id), .int("bar", index)])
   }
 }

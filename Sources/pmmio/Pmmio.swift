@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import KernelCore
 import Scenarios
 
 /// `pmmio`: run, show and measure private-MMIO scenarios.

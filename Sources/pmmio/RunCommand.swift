@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import KernelCore
 import Reports
 import Scenarios
 
@@ -22,8 +23,19 @@ struct RunCommand: ParsableCommand {
   @Flag(name: .customLong("stop-on-failure"), help: "Stop at the first step not as expected or the first invariant violated.")
   var stopOnFailure = false
 
+  @Option(help: ArgumentHelp("Record only these trace events, in the report and the traces: comma-separated globs over subsystem:event as ftrace's set_event takes them ('tdx:*,kvm:mmu*'; 'seamcall' in any subsystem; '!GLOB' leaves events out).",
+                             valueName: "globs"))
+  var events: String?
+
   func validate() throws {
     try checkDistinctOutputs(trace.map { ("--trace \($0.format.rawValue)", $0.path) }, json: options.json)
+    _ = try eventFilter()
+  }
+
+  /// `--events` as a filter. - Throws: `ValidationError` naming the glob that matches nothing.
+  func eventFilter() throws -> TraceFilter {
+    guard let events else { return .all }
+    do { return try TraceFilter(parsing: events) } catch { throw ValidationError(error.description) }
   }
 
   func run() throws {
@@ -33,7 +45,7 @@ struct RunCommand: ParsableCommand {
     let total = scenario.allSteps.count
     let report = try ScenarioRunner.run(
       scenario, variant: options.variant,
-      options: RunOptions(stopOnFailure: stopOnFailure, progress: { done, _ in
+      options: RunOptions(stopOnFailure: stopOnFailure, events: try eventFilter(), progress: { done, _ in
         progress.update("pmmio: \(scenario.name): step \(done) of \(total)")
       }))
     progress.finish()

@@ -1,4 +1,5 @@
 import ArgumentParser
+import KernelCore
 import Scenarios
 
 /// `pmmio scenarios`: the scenarios built into the binary.

@@ -106,17 +106,17 @@ extension Bench {
   @Test func faultMapsAtTheExportersOrderAndAgainAfterRestore() throws {
     var bench = try Bench(.reviewed)
     let (dev, _) = try bench.sharedSlot()
-    #expect(bench.access(bench.plain, gpaBase + 0x1234) == .success(.guestAccess("mapped")))
+    #expect(bench.access(bench.plain, gpaBase + 0x1234) == .success(.guestAccess("mapped", value: 0x1234)))
     let leaf = try #require(bench.vm(bench.plain)?.mmu.lookup(GPA(gpaBase).gfn))
     #expect(leaf.level == .level2M)                     // a 2 MiB aligned BAR, order 9 from the exporter
     #expect(leaf.spte.pfn == bench.bar0Base.pfn)
-    #expect(bench.access(bench.plain, gpaBase + 0x10_0000) == .success(.guestAccess("already_mapped")))
+    #expect(bench.access(bench.plain, gpaBase + 0x10_0000) == .success(.guestAccess("already_mapped", value: 0x10_0000)))
     #expect(bench.access(bench.plain, 0x1000) == .success(.guestAccess("exit_mmio")))   // no slot
     try bench.ok(.vfioSetMemoryDecode(fd: dev, enable: false))
     #expect(bench.vm(bench.plain)?.mmu.mappedPages == 0)                               // zapped by move_notify
     #expect(bench.access(bench.plain, gpaBase) == .failure(.errno(.EIO)))              // the exporter says ENODEV
     try bench.ok(.vfioSetMemoryDecode(fd: dev, enable: true))
-    #expect(bench.access(bench.plain, gpaBase) == .success(.guestAccess("mapped")))
+    #expect(bench.access(bench.plain, gpaBase) == .success(.guestAccess("mapped", value: 0)))
     #expect(bench.violated().isEmpty)
   }
 

@@ -22,7 +22,8 @@ import KVM
     slot: 1, flags: 1 << 3, guestPhysAddr: 4 * gib, memorySize: gib, guestMemfd: buf.rawValue))) == .success(.none))
   machine.trace.isEnabled = false
   for page in stride(from: UInt64(0), to: gib, by: Int(pageSize)) {
-    guard machine.perform(.guestRead(vm: vm, gpa: GPA(4 * gib + page), size: 4)) == .success(.guestAccess("mapped")) else {
+    // The range starts 0x1000 into the BAR: each register reads its own offset.
+    guard machine.perform(.guestRead(vm: vm, gpa: GPA(4 * gib + page), size: 4)) == .success(.guestAccess("mapped", value: 0x1000 + page)) else {
       Issue.record("page \(page >> 12) did not map"); return
     }
   }

@@ -444,7 +444,7 @@ extension OpResult {
       #expect(result.failureReason?.function == "kvm_set_memslot")
       let slot = try #require(bench.vm(bench.td)?.memslots.values.first)
       #expect(!slot.isInvalid)
-      #expect(bench.access(bench.td, gpaBase) == .success(.guestAccess("already_mapped")))
+      #expect(bench.access(bench.td, gpaBase) == .success(.guestAccess("already_mapped", value: 0)))
       #expect(bench.violated().isEmpty)
       try bench.ok(.tdispStop(device: "nic0"))
       try bench.ok(delete)

@@ -46,7 +46,7 @@ extension Bench {
     #expect(bench.machine.perform(.guestAcceptMMIO(vm: bench.td, gpa: GPA(gpaBase), expectHPA: nil))
             == .success(.guestAccess("accepted")))
     #expect(bench.sept(gpaBase) == .mmioMapped)
-    #expect(bench.access(bench.td, gpaBase) == .success(.guestAccess("already_mapped")))
+    #expect(bench.access(bench.td, gpaBase) == .success(.guestAccess("already_mapped", value: 0)))
     #expect(bench.violated().isEmpty)
     // Teardown: the interface stops being trusted, the buffer is revoked (by STOP in reviewed,
     // by a reset in the RFC), KVM's zap blocks, tracks, kicks and unmaps.
@@ -232,7 +232,7 @@ extension Result {
     #expect(try bench.ok(.guestAcceptMMIO(vm: bench.td, gpa: GPA(gpaBase), expectHPA: nil)) == .guestAccess("accepted"))
     // A second accept of the same page is the module's warning, not an error.
     #expect(try bench.ok(.guestAcceptMMIO(vm: bench.td, gpa: GPA(gpaBase), expectHPA: nil)) == .guestAccess("already_accepted"))
-    #expect(bench.access(bench.td, gpaBase) == .success(.guestAccess("already_mapped")))
+    #expect(bench.access(bench.td, gpaBase) == .success(.guestAccess("already_mapped", value: 0)))
     #expect(bench.violated().isEmpty)
   }
 

@@ -80,8 +80,8 @@ extension Bench {
     Case(path: "decode-off revoke", lock: .mmuLockWrite, expected: .success(.none)),
     Case(path: "VFIO_DEVICE_RESET", lock: .memoryLockForRead, expected: .success(.none)),
     Case(path: "vfio.close", lock: .memoryLockForRead, expected: .success(.none)),
-    Case(path: "guest.read fault", lock: .resv, expected: .success(.guestAccess("mapped"))),
-    Case(path: "guest.read fault", lock: .mmuLockWrite, expected: .success(.guestAccess("mapped"))),
+    Case(path: "guest.read fault", lock: .resv, expected: .success(.guestAccess("mapped", value: 0x1000))),
+    Case(path: "guest.read fault", lock: .mmuLockWrite, expected: .success(.guestAccess("mapped", value: 0x1000))),
     Case(path: "memslot create", lock: .slotsLock, expected: .success(.none)),
     Case(path: "memslot create", lock: .resv, expected: .success(.none), buffer: DmaBufID(2)),
     Case(path: "memslot delete", lock: .mmuLockWrite, expected: .success(.none)),
@@ -216,7 +216,7 @@ extension Bench {
     #expect(wait == .event("synchronize_srcu: ctx1 is in a kvm->srcu read section"))
     // The fault finishes first (its PFN was looked up before the slot went INVALID), then the
     // delete flushes what it installed.
-    #expect(bench.finish(&fault) == .success(.guestAccess("mapped")))
+    #expect(bench.finish(&fault) == .success(.guestAccess("mapped", value: 0)))
     #expect(bench.finish(&delete) == .success(.none))
     #expect(bench.vm(bench.plain)?.mmu.mappedPages == 0)
     #expect(bench.violated().isEmpty)
@@ -275,11 +275,11 @@ extension Bench {
     let (dev1, _) = try once.sharedSlot()
     var again = once
     _ = dev1
-    #expect(once.access(once.plain, gpaBase) == .success(.guestAccess("mapped")))
-    #expect(again.access(again.plain, gpaBase) == .success(.guestAccess("mapped")))
+    #expect(once.access(once.plain, gpaBase) == .success(.guestAccess("mapped", value: 0)))
+    #expect(again.access(again.plain, gpaBase) == .success(.guestAccess("mapped", value: 0)))
     try again.ok(.vfioSetMemoryDecode(fd: dev1, enable: false))
     try again.ok(.vfioSetMemoryDecode(fd: dev1, enable: true))
-    #expect(again.access(again.plain, gpaBase) == .success(.guestAccess("mapped")))
+    #expect(again.access(again.plain, gpaBase) == .success(.guestAccess("mapped", value: 0)))
     #expect(again.machine == once.machine)
     #expect(again.machine.hashValue == once.machine.hashValue)
   }

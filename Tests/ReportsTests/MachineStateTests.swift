@@ -20,6 +20,8 @@ func defaultState(at step: Int) throws -> MachineState {
     #expect(device.command == 0x6 && device.memoryDecode)
     #expect(device.binding == MachineState.Binding(private: true, vm: 1))
     #expect(device.bars == [MachineState.BAR(index: 0, base: 0x40_0000_0000, size: 0x20_0000, is64Bit: true, prefetchable: true)])
+    // Step 16 stores 8 bytes of 0xa5 at BAR0 + 0x1008.
+    #expect(try defaultState(at: 16).device(named: "nic0")?.bars.first?.writtenBytes == 8)
     #expect(state.files.map(\.kind) == ["vm", "vfio-device", "dma-buf"])
 
     let buffer = try #require(state.dmabufs.first)

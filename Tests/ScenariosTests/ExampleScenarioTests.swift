@@ -19,7 +19,7 @@ import KernelCore
     Case(file: "shared-mmio.yaml", variant: .reviewed, failedExpectations: 0, violated: []),
     // The RFC accepts dma-buf slots only in VMs with private memory, so every access exits;
     // and its config-space FLR leaves the buffer revoked.
-    Case(file: "shared-mmio.yaml", variant: .rfcV1, failedExpectations: 6, violated: ["UsableDeviceBuffersRestored"]),
+    Case(file: "shared-mmio.yaml", variant: .rfcV1, failedExpectations: 8, violated: ["UsableDeviceBuffersRestored"]),
     Case(file: "flr-while-run.yaml", variant: .reviewed, failedExpectations: 0, violated: []),
     Case(file: "flr-while-run.yaml", variant: .rfcV1, failedExpectations: 3,
          violated: ["UsableDeviceBuffersRestored", "RevokedImpliesNoSPTE", "NoKVMBugOn"]),

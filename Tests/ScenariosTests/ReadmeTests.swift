@@ -2,6 +2,7 @@ import Testing
 import Foundation
 @testable import Scenarios
 import Platform
+import KernelCore
 
 /// The README's op table and invariant list are the code's own: a change to either that is
 /// not carried into the README fails here.
@@ -18,6 +19,11 @@ import Platform
   @Test func stateKeyTableIsTheParsers() throws {
     let text = try String(contentsOf: Self.readme, encoding: .utf8)
     #expect(text.contains("<!-- state-keys:begin -->\n" + StateExpectation.referenceTable + "<!-- state-keys:end -->"))
+  }
+
+  @Test func traceEventTableIsTheCatalogue() throws {
+    let text = try String(contentsOf: Self.readme, encoding: .utf8)
+    #expect(text.contains("<!-- trace-events:begin -->\n" + TraceEventName.referenceTable + "<!-- trace-events:end -->"))
   }
 
   @Test func everyInvariantIsListed() throws {

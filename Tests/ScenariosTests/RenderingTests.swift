@@ -13,5 +13,6 @@ func renderings() throws {
   let perfetto = try JSONDecoder().decode(ChromeTrace.self, from: Data(report.perfettoJSON().utf8))
   let threads = perfetto.traceEvents.filter { $0.name == "thread_name" }.compactMap { $0.args?["name"] }
   #expect(threads == ["setup", "ioctl", "ctx1"])
-  #expect(report.traceText.contains("[   1.001] ioctl vfio: performed 1"))
+  #expect(report.traceText.contains("[     1.001] ioctl vfio:log: performed 1\n"))
+  #expect(report.traceText.contains("#            ctx1 step 4 r.yaml:7: { op: vfio.reset, fd: dev }\n"))
 }

@@ -59,13 +59,81 @@ func mismatchText() {
 }
 
 @Test("expect: forms parse to their expectation", arguments: [
-  ("ok", StepExpectation.ok), ("error", .error), ("{ errno: ENODEV }", .errno(.ENODEV)),
-  ("{ tdx: TDX_OPERAND_BUSY }", .tdx(.operandBusy)), ("{ tdisp: INVALID_NONCE }", .tdisp("INVALID_NONCE")),
-  ("{ pfn: 0x10, order: 9 }", .pfn(0x10, order: 9)), ("{ pfn: 16 }", .pfn(16, order: nil)),
-  ("{ state: CONFIG_LOCKED }", .state("CONFIG_LOCKED")), ("{ flags: [READ, MMAP] }", .flags(["READ", "MMAP"])),
-  ("{ fault: exit_mmio }", .fault(.exitMMIO)), ("{ value: 0xff }", .value(0xFF)),
+  ("vfio.close, fd: 3", "ok", StepExpectation.ok), ("vfio.close, fd: 3", "error", .error),
+  ("vfio.close, fd: 3", "{ errno: ENODEV }", .errno(.ENODEV)),
+  ("tdx.seamcall, leaf: 158", "{ tdx: TDX_OPERAND_BUSY }", .tdx(.operandBusy)),
+  ("tdisp.start, device: nic0", "{ tdisp: INVALID_NONCE }", .tdisp("INVALID_NONCE")),
+  ("dmabuf.get_pfn, attachment: 1", "{ pfn: 0x10, order: 9 }", .pfn(0x10, order: 9)),
+  ("dmabuf.get_pfn, attachment: 1", "{ pfn: 16 }", .pfn(16, order: nil)),
+  ("tdisp.lock, device: nic0", "{ state: CONFIG_LOCKED }", .state("CONFIG_LOCKED")),
+  ("vfio.region_info, fd: 3, region_index: 0", "{ flags: [READ, MMAP] }", .flags(["READ", "MMAP"])),
+  ("guest.write, vm: 3, gpa: 0", "{ fault: exit_mmio }", .fault(.exitMMIO)),
+  ("vfio.read, fd: 3, region_index: 0", "{ value: 0xff }", .value(0xFF)),
+  ("guest.read, vm: 3, gpa: 0", "{ value: 0xff }", .value(0xFF)),
+  ("guest.read, vm: 3, gpa: 0", "{ fault: already_mapped, value: 0x10 }", .fault(.alreadyMapped, value: 0x10)),
+  ("guest.read, vm: 3, gpa: 0", "{ value: 0x10, fault: mapped }", .fault(.mapped, value: 0x10)),
 ])
-func expectForms(_ text: String, _ expected: StepExpectation) throws {
-  let scenario = try ScenarioParser.parse("steps: [ { op: vfio.close, fd: 3, expect: \(text) } ]", file: "e.yaml")
+func expectForms(_ step: String, _ text: String, _ expected: StepExpectation) throws {
+  let yaml = "machine: { devices: [ { name: nic0, bars: [ { index: 0, size: 0x1000 } ], tdisp: true } ] }\n"
+    + "steps: [ { op: \(step), expect: \(text) } ]"
+  let scenario = try ScenarioParser.parse(yaml, file: "e.yaml")
   #expect(scenario.steps.first?.expectation == expected)
+}
+
+@Test("a guest load's value is checked with its fault, or alone", arguments: [
+  MatchCase(expectation: .fault(.alreadyMapped, value: 0x10), result: .success(.guestAccess("already_mapped", value: 0x10)), matches: true),
+  MatchCase(expectation: .fault(.alreadyMapped, value: 0x10), result: .success(.guestAccess("already_mapped", value: 0x14)), matches: false),
+  MatchCase(expectation: .fault(.alreadyMapped, value: 0x10), result: .success(.guestAccess("mapped", value: 0x10)), matches: false),
+  MatchCase(expectation: .fault(.alreadyMapped, value: 0x10), result: .success(.guestAccess("already_mapped")), matches: false),
+  MatchCase(expectation: .fault(.eio, value: 0x10), result: .failure(.errno(.EIO)), matches: false),
+  MatchCase(expectation: .fault(.alreadyMapped), result: .success(.guestAccess("already_mapped", value: 0x14)), matches: true),
+  MatchCase(expectation: .value(0xffff_ffff), result: .success(.guestAccess("already_mapped", value: 0xffff_ffff)), matches: true),
+  MatchCase(expectation: .value(0xffff_ffff), result: .success(.guestAccess("already_mapped", value: 0)), matches: false),
+  MatchCase(expectation: .value(0), result: .success(.guestAccess("already_mapped")), matches: false),
+  MatchCase(expectation: .value(0), result: .success(.none), matches: false),
+])
+func loadValues(_ c: MatchCase) {
+  #expect(c.expectation.matches(c.result) == c.matches)
+}
+
+/// A key that names a result the op never returns is refused where it is written, with the
+/// keys the op does take.
+@Test("expect: keys that cannot apply to an op are refused with the op's keys", arguments: [
+  ("vfio.close, fd: 3", "{ value: 1 }", "e.yaml:2:45: 'value' cannot apply to vfio.close (vfio.close takes expect: ok, error, errno, state)"),
+  ("guest.write, vm: 3, gpa: 0", "{ fault: mapped, value: 1 }",
+   "e.yaml:2:69: 'value' cannot apply to guest.write (guest.write takes expect: ok, error, errno, state, fault)"),
+  ("vfio.read, fd: 3, region_index: 0", "{ fault: mapped }",
+   "e.yaml:2:61: 'fault' cannot apply to vfio.read (vfio.read takes expect: ok, error, errno, state, value)"),
+  ("vfio.close, fd: 3", "{ state: RUN }",
+   "e.yaml:2:45: 'state: WORD' cannot apply to vfio.close (vfio.close takes expect: ok, error, errno, state)"),
+  ("tdisp.report, device: nic0", "{ state: RUN }",
+   "e.yaml:2:54: 'state: WORD' cannot apply to tdisp.report (tdisp.report takes expect: ok, error, errno, state, tdisp)"),
+  ("guest.read, vm: 3, gpa: 0", "{ pfn: 1 }",
+   "e.yaml:2:53: 'pfn' cannot apply to guest.read (guest.read takes expect: ok, error, errno, state, value, fault)"),
+  ("kvm.create_vcpu, vm: 3", "{ tdx: TDX_OPERAND_BUSY }",
+   "e.yaml:2:50: 'tdx' cannot apply to kvm.create_vcpu (kvm.create_vcpu takes expect: ok, error, errno, state)"),
+])
+func inapplicableKeys(_ step: String, _ text: String, _ error: String) {
+  let yaml = "machine: { devices: [ { name: nic0, bars: [ { index: 0, size: 0x1000 } ], tdisp: true } ] }\n"
+    + "steps: [ { op: \(step), expect: \(text) } ]"
+  do {
+    _ = try ScenarioParser.parse(yaml, file: "e.yaml")
+    Issue.record("parsed")
+  } catch let refusal {
+    #expect(refusal.description == error)
+  }
+}
+
+/// The table names only ops that exist.
+@Test func resultKeysNameRealOps() {
+  let ops = Set(OpSpec.all.map(\.name))
+  for entry in StepExpectation.resultKeys { #expect(entry.ops.isSubset(of: ops), "\(entry.key): \(entry.ops.subtracting(ops))") }
+}
+
+/// The machine's state is every op's to check, whatever the op returns.
+@Test func stateAsAMappingAppliesToEveryOp() throws {
+  for spec in OpSpec.all {
+    #expect(StepExpectation.keys(for: spec.name).starts(with: StepExpectation.universalKeys), "\(spec.name)")
+    #expect(StepExpectation.applies("state", to: spec.name, isWord: false))
+  }
 }

@@ -80,7 +80,7 @@ func traces() throws {
   let perfetto = dir.appendingPathComponent("trace.json").path
   let result = try pmmio(["run", "--trace", "text", text, "--trace", "perfetto", perfetto, path])
   #expect(result.status == 0)
-  #expect(try String(contentsOfFile: text, encoding: .utf8).contains("[   1.000] ioctl vfio.close"))
+  #expect(try String(contentsOfFile: text, encoding: .utf8).contains(" ioctl step 1 "))
   let object = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: perfetto))) as? [String: Any]
   #expect((object?["traceEvents"] as? [Any])?.isEmpty == false)
 }
@@ -100,4 +100,27 @@ func defaultScenarioRFC() throws {
   #expect(result.status == 1)
   #expect(result.stdout.contains("FAILED <builtin:default>:37: expected fault eio, got ok fault already_mapped"))
   #expect(result.stdout.contains("violated: PrivateMMIOOnlyWhileTDIRuns"))
+}
+
+@Test("--events keeps only the matching events, in the report and the traces")
+func eventFilter() throws {
+  let report = try pmmio(["run", "--events", "tdx:seamcall,kvm:mmu*"])
+  #expect(report.status == 0)
+  let traced = report.stdout.split(separator: "\n").filter { $0.hasPrefix("        ") }
+  #expect(!traced.isEmpty)
+  #expect(traced.allSatisfy { $0.hasPrefix("        tdx: TDH.") || $0.hasPrefix("        kvm: vm1: ") }, "\(traced)")
+  let text = try pmmio(["run", "--events", "guest:mmio_*", "--trace", "text", "-"])
+  #expect(text.stdout.contains("] ioctl guest:mmio_read: vm1 load 0x80000010 size 4 -> nic0 BAR0 +0x10 = 0x10  vm=1 gpa=0x80000010 "
+                               + "hpa=0x4000000010 device=nic0 bar=0 offset=0x10 size=4 value=0x10 decode=1\n"))
+  #expect(!text.stdout.contains("tdx:seamcall"))
+}
+
+@Test("--events with a glob that matches no event is a usage error with the nearest event", arguments: [
+  (["run", "--events", "kvm:mmu_falt"], "--events: 'kvm:mmu_falt' matches no event: did you mean 'kvm:mmu_fault'?"),
+  (["run", "--events", "tdx:*,,kvm:*"], "--events: an empty event glob"),
+])
+func badEventFilter(_ arguments: [String], _ message: String) throws {
+  let result = try pmmio(arguments)
+  #expect(result.status == 2)
+  #expect(result.stderr.contains(message))
 }

@@ -68,7 +68,7 @@ private let passing = "steps: [ { op: vfio.close, fd: 99, expect: { errno: EBADF
     let result = try pmmio(["run", "--trace", "text", link, scenario])
     #expect(result.status == 0)
     #expect(try FileManager.default.destinationOfSymbolicLink(atPath: link) == target, "the link is still a link")
-    #expect(try String(contentsOfFile: target, encoding: .utf8).hasPrefix("[   1.000] ioctl vfio.close"))
+    #expect(try String(contentsOfFile: target, encoding: .utf8).hasPrefix("# pmmio trace: scenario "))
   }
 
   @Test func fifoReaderGetsTheTrace() throws {
@@ -91,7 +91,8 @@ private let passing = "steps: [ { op: vfio.close, fd: 99, expect: { errno: EBADF
   @Test func dashIsStandardOutputInsteadOfTheReport() throws {
     let result = try pmmio(["run", "--trace", "text", "-"])
     #expect(result.status == 0)
-    #expect(result.stdout.hasPrefix("[   1.000] ioctl vfio.open "))
+    #expect(result.stdout.hasPrefix("# pmmio trace: scenario private-mmio-td, variant reviewed\n"))
+    #expect(result.stdout.contains("ioctl vfio:open: open vfio-dev1 (file 1)  device=nic0 file=1\n"))
     #expect(!result.stdout.contains("summary:"))
   }
 

@@ -27,7 +27,8 @@ struct KVMDestroyVM: Hashable, Sendable {
         }
         m.trace.absorb(&m.kvm.tdx.trace)
       }
-      m.trace.emit(.kvm, "destroy vm\(vm.rawValue)" + (leaked.isEmpty ? "" : " (attachment \(leaked.map { String($0.rawValue) }.joined(separator: ",")) leaked)"))
+      m.trace.emit(.kvmDestroyVM, "destroy vm\(vm.rawValue)" + (leaked.isEmpty ? "" : " (attachment \(leaked.map { String($0.rawValue) }.joined(separator: ",")) leaked)"),
+                   [.vm(vm), .text("leaked", leaked.map { String($0.rawValue) }.joined(separator: ","))])
       detach = live
       if live.isEmpty { return .ranAndReturned("kvm_destroy_vm: tear down the MMU and memslots", finish(&m)) }
       return .ran("kvm_destroy_vm: tear down the MMU and memslots")

@@ -25,7 +25,8 @@ struct KVMDmaBufMoveNotify: Hashable, Sendable {
     if let wait = state.mmuLock.writeWait(for: ctx) { return .blocked(wait) }
     if bound.isStale {
       m.kvm.observed.value.staleMoveNotifies += 1
-      m.trace.emit(.kvm, "vm\(vm.rawValue): move_notify through attachment \(attachment.rawValue) reaches a freed slot")
+      m.trace.emit(.kvmMoveNotify, "vm\(vm.rawValue): move_notify through attachment \(attachment.rawValue) reaches a freed slot",
+                   [.vm(vm), .id("attachment", attachment), .flag("stale", true)])
     }
     started = true
     if m.kvm.tds[vm] != nil {
@@ -41,7 +42,8 @@ struct KVMDmaBufMoveNotify: Hashable, Sendable {
       }
     }
     if let wait = try m.kvm.vms[vm]!.dmaBufMoveNotify(attachment, ctx: ctx) { return .blocked(wait) }
-    m.trace.emit(.kvm, "vm\(vm.rawValue): move_notify zapped the slot of attachment \(attachment.rawValue)")
+    m.trace.emit(.kvmMoveNotify, "vm\(vm.rawValue): move_notify zapped the slot of attachment \(attachment.rawValue)",
+                 [.vm(vm), .id("attachment", attachment), .flag("stale", false)])
     return .ranAndReturned("move_notify: mmu_lock write, invalidate, zap the slot, unlock", .success(.none))
   }
 }
@@ -65,17 +67,17 @@ struct TDXSEPTZap: Hashable, Sendable {
     let label: StaticString
     switch action {
     case .secureBlock(let gpa, let level):
-      result = call(.mmioBlock, &m, &choices, "\(gpa)") { (module: inout TDXModule) throws(TDXStatus) in
+      result = call(.mmioBlock, &m, &choices, "\(gpa)", [.gpa(gpa)]) { (module: inout TDXModule) throws(TDXStatus) in
         try module.tdhMMIOBlock(td: td, gpa: gpa, level: SEPTLevel(level))
       }
       label = "zap: TDH.MMIO.BLOCK"
     case .secureTrack:
-      result = call(.memTrack, &m, &choices, "") { (module: inout TDXModule) throws(TDXStatus) in
+      result = call(.memTrack, &m, &choices, "", []) { (module: inout TDXModule) throws(TDXStatus) in
         try module.tdhMemTrack(td: td)
       }
       label = "zap: TDH.MEM.TRACK"
     case .kickVCPUs:
-      m.trace.emit(.kvm, "kick all vCPUs of td\(td.rawValue) out of guest mode")
+      m.trace.emit(.kvmKick, "kick all vCPUs of td\(td.rawValue) out of guest mode", [.vm(vm), .id("td", td)])
       m.kvm.vms[vm]!.requestOutsideGuestMode(m.kvm.vcpusInGuest(vm))
       result = .success
       label = "zap: kick vCPUs (KVM_REQ_OUTSIDE_GUEST_MODE)"
@@ -86,7 +88,7 @@ struct TDXSEPTZap: Hashable, Sendable {
          !m.kvm.tdx.tlbTracked(td: td, bepoch: entry.bepoch) {
         m.kvm.observed.value.untrackedUnmaps += 1
       }
-      result = call(.mmioUnmap, &m, &choices, "\(gpa)") { (module: inout TDXModule) throws(TDXStatus) in
+      result = call(.mmioUnmap, &m, &choices, "\(gpa)", [.gpa(gpa)]) { (module: inout TDXModule) throws(TDXStatus) in
         _ = try module.tdhMMIOUnmap(td: td, gpa: gpa, level: SEPTLevel(level))
       }
       label = "zap: TDH.MMIO.UNMAP"
@@ -94,7 +96,7 @@ struct TDXSEPTZap: Hashable, Sendable {
       return .blocked(wait)
     case .complete(let outcome):
       if outcome != .zapped(entries: 0), outcome != .blocked(entries: 0) {
-        m.trace.emit(.kvm, "vm\(vm.rawValue): \(purpose): \(outcome)")
+        m.trace.emit(.kvmMMUZap, "vm\(vm.rawValue): \(purpose): \(outcome)", [.vm(vm), .text("purpose", "\(purpose)"), .text("outcome", "\(outcome)")])
       }
       return .ranAndReturned("zap: invalidate end, mmu_lock unlock", .success(.none))
     }
@@ -103,8 +105,8 @@ struct TDXSEPTZap: Hashable, Sendable {
   }
 
   private func call(_ leaf: SeamcallLeaf, _ m: inout Machine, _ choices: inout Contention, _ what: String,
-                    _ body: (inout TDXModule) throws(TDXStatus) -> Void) -> SecureCallResult {
+                    _ fields: @autoclosure () -> [TraceField], _ body: (inout TDXModule) throws(TDXStatus) -> Void) -> SecureCallResult {
     let contended = choices.takeBusy(leaf)
-    return m.kvm.seamcall(vm, leaf, variant: m.variant, contended: contended, trace: &m.trace, what, body)
+    return m.kvm.seamcall(vm, leaf, variant: m.variant, contended: contended, trace: &m.trace, what, fields(), body)
   }
 }

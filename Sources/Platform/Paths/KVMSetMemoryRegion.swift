@@ -111,7 +111,8 @@ struct KVMSetMemoryRegion: Hashable, Sendable {
          m.exporterData(of: binding.dmaBuf)?.interfaceTrusted == true,
          let mapped = m.kvm.vms[vm]!.mmu.leaves(in: old.gfns).first {
         m.kvm.vms[vm]!.revalidateMemslot(old.key)
-        m.trace.emit(.kvm, "vm\(vm.rawValue): KVM_SET_USER_MEMORY_REGION2 slot \(region.slot) delete refused: private MMIO \(mapped.gfn.gpa) is mapped")
+        m.trace.emit(.kvmSetMemoryRegion, "vm\(vm.rawValue): KVM_SET_USER_MEMORY_REGION2 slot \(region.slot) delete refused: private MMIO \(mapped.gfn.gpa) is mapped",
+                     [.vm(vm), .int("slot", region.slot), .text("change", "delete refused"), .gpa(mapped.gfn.gpa)])
         return try fail(.errno(Errno.EBUSY.because("kvm_set_memslot", "model (reviewed): slot \(old.key.id) still maps private MMIO at \(mapped.gfn.gpa) of a live buffer; revoke it (stop the interface) before deleting the slot")),
                         &m, ctx: ctx, label: "synchronize_srcu, private MMIO still mapped: slot valid again, EBUSY")
       }
@@ -171,8 +172,10 @@ struct KVMSetMemoryRegion: Hashable, Sendable {
   private mutating func commit(_ plan: MemslotPlan, _ binding: DmaBufBinding?, _ m: inout Machine,
                                ctx: ContextID, label: StaticString) throws(LockViolation) -> FrameStep {
     let commit = try m.kvm.vms[vm]!.commitSetUserMemoryRegion2(plan, binding: binding, gmem: gmem, ctx: ctx)
-    m.trace.emit(.kvm, "vm\(vm.rawValue): \(ioctl == .region ? "KVM_SET_USER_MEMORY_REGION" : "KVM_SET_USER_MEMORY_REGION2") slot \(region.slot) \(commit.change)"
-                 + (commit.leftDangling.isEmpty ? "" : " (attachment \(commit.leftDangling.map { String($0.rawValue) }.joined(separator: ",")) left bound to the freed slot)"))
+    m.trace.emit(.kvmSetMemoryRegion, "vm\(vm.rawValue): \(ioctl == .region ? "KVM_SET_USER_MEMORY_REGION" : "KVM_SET_USER_MEMORY_REGION2") slot \(region.slot) \(commit.change)"
+                 + (commit.leftDangling.isEmpty ? "" : " (attachment \(commit.leftDangling.map { String($0.rawValue) }.joined(separator: ",")) left bound to the freed slot)"),
+                 [.vm(vm), .int("slot", region.slot), .text("change", "\(commit.change)"), .hex("gpa", region.guestPhysAddr),
+                  .hex("size", region.memorySize), .hex("flags", UInt64(region.flags))])
     if !commit.detach.isEmpty {
       state = .detach(commit.detach)
       return .ran(label)

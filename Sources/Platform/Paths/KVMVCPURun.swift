@@ -31,17 +31,25 @@ struct VCPURun: Hashable, Sendable {
   let vm: VMID
   let vcpu: UInt32
   let kind: Kind
+  /// What a store writes (its low `size` bytes).
+  let stored: UInt64
   var state: State = .guest
   /// This access installed a mapping (the outcome is `mapped`, not `already_mapped`).
   var faulted = false
   /// Faults that went back to the guest (history).
   var retries = Observed(0)
 
-  init(vm: VMID, vcpu: UInt32, kind: Kind) {
-    self.vm = vm; self.vcpu = vcpu; self.kind = kind
+  init(vm: VMID, vcpu: UInt32, kind: Kind, stored: UInt64 = 0) {
+    self.vm = vm; self.vcpu = vcpu; self.kind = kind; self.stored = stored
   }
 
   var ref: VCPURef { VCPURef(vm: vm, index: vcpu) }
+
+  /// A guest store: when it completes it writes the registers of the device it reaches.
+  var isStore: Bool {
+    if case .access(_, _, .write) = kind { return true }
+    return false
+  }
 
   var gpa: GPA {
     switch kind {
@@ -105,7 +113,7 @@ struct VCPURun: Hashable, Sendable {
         }
         let contended = choices.takeBusy(.mmioMap)
         let result = m.kvm.seamcall(vm, .mmioMap, variant: m.variant, contended: contended, trace: &m.trace,
-                                    "\(gpa)") { (module: inout TDXModule) throws(TDXStatus) in
+                                    "\(gpa)", [.gpa(gpa), .hpa(hpa)]) { (module: inout TDXModule) throws(TDXStatus) in
           try module.tdhMMIOMap(td: td, gpa: gpa, level: SEPTLevel(level), hpa: hpa)
         }
         let action = try path.secureMapCompleted(result, vm: &m.kvm.vms[vm]!)
@@ -127,7 +135,7 @@ struct VCPURun: Hashable, Sendable {
       !m.kvm.vms[vm]!.isPrivateAccess(gpa)
     } else { false }
     guard let td, !sharedTDAccess else {
-      guard case .access(let gpa, _, let access) = kind else {
+      guard case .access(let gpa, let size, let access) = kind else {
         throw LockViolation(lock: "vcpu", message: "an accept on a VM without a TD")
       }
       let current = m.kvm.vms[vm]!
@@ -135,7 +143,10 @@ struct VCPURun: Hashable, Sendable {
       if let leaf = sharedTDAccess ? current.sharedMMU.lookup(gfn) : current.presentLeaf(gfn),
          access != .write || leaf.spte.isWritable {
         m.noteCompletedAccess(vm, gpa: gpa, accept: false)
-        return complete(faulted ? .mapped : .alreadyMapped)
+        // The access reaches whatever the SPTE maps, which may no longer be what the exporter hands out.
+        let hpa = leaf.spte.pfn.hpa.advanced(by: gpa.rawValue - leaf.gfn.gpa.rawValue)
+        return complete(faulted ? .mapped : .alreadyMapped,
+                        value: m.mmioAccess(vm, gpa: gpa, hpa: hpa, size: size, store: access == .write ? stored : nil))
       }
       state = .fault(FaultPath(ctx: ctx, gpa: gpa, access: access), request: nil)
       return .ran("guest: access, EPT violation, VM exit")
@@ -148,16 +159,17 @@ struct VCPURun: Hashable, Sendable {
     // KVM_RUN: TDH.VP.ENTER if the vCPU is not in guest mode yet (or came back from a fault).
     try m.kvm.enterGuest(ref, traced: false, trace: &m.trace)
     switch kind {
-    case .access(let gpa, _, let access):
+    case .access(let gpa, let size, let access):
       let page = GPA(gpa.rawValue & ~(pageSize - 1))
       let wasPending = m.kvm.tdx.septEntry(td: td, gpa: page)?.state == .mmioPending
       let result = m.kvm.tdx.guestAccess(td: td, gpa: gpa)
       m.trace.absorb(&m.kvm.tdx.trace)
       if wasPending, result != .killedTD { m.kvm.observed.value.unpunishedPendingAccesses += 1 }
       switch result {
-      case .mapped:
+      case .mapped(let hpa):
         m.noteCompletedAccess(vm, gpa: gpa, accept: false)
-        return complete(faulted ? .mapped : .alreadyMapped)
+        return complete(faulted ? .mapped : .alreadyMapped,
+                        value: m.mmioAccess(vm, gpa: gpa, hpa: hpa, size: size, store: access == .write ? stored : nil))
       case .killedTD, .tdNotRunnable: return complete(.killed)
       case .virtualizationException: return .ranAndReturned("guest: access, #VE", .success(.guestAccess("ve")))
       case .eptViolation:
@@ -199,7 +211,8 @@ struct VCPURun: Hashable, Sendable {
       state = .guest
       return .ran(label)
     case .outcome(let outcome):
-      m.trace.emit(.mmu, "vm\(vm.rawValue): fault at \(gpa) -> \(outcome.rawValue)\(retries.value > 0 ? " after \(retries.value) retries" : "")")
+      m.trace.emit(.kvmMMUFault, "vm\(vm.rawValue): fault at \(gpa) -> \(outcome.rawValue)\(retries.value > 0 ? " after \(retries.value) retries" : "")",
+                   [.vm(vm), .gpa(gpa), .text("outcome", outcome.rawValue), .int("retries", retries.value)])
       switch outcome {
       case .mapped:
         faulted = true
@@ -219,15 +232,17 @@ struct VCPURun: Hashable, Sendable {
     case .memoryFault(let exit):
       // kvm_prepare_memory_fault_exit(): kvm_run says why, KVM_RUN returns the errno.
       m.kvm.vms[vm]!.recordMemoryFault(exit, vcpu: vcpu)
-      m.trace.emit(.mmu, "vm\(vm.rawValue): fault at \(gpa) -> \(exit)")
+      m.trace.emit(.kvmMMUFault, "vm\(vm.rawValue): fault at \(gpa) -> \(exit)",
+                   [.vm(vm), .gpa(gpa), .text("outcome", "\(exit)"), .int("retries", retries.value)])
       return .ranAndReturned(label, .failure(.errno(exit.errno.because("kvm_mmu_faultin_pfn", "\(exit)"))))
     case .notModelled(let function, let what):
       return .ranAndReturned(label, .failure(.errno(Errno.EOPNOTSUPP.because(function, what))))
     }
   }
 
-  private func complete(_ outcome: FaultOutcome) -> FrameStep {
-    .ranAndReturned("guest: access completes", .success(.guestAccess(outcome.rawValue)))
+  /// The access completed; `value` is what a load read.
+  private func complete(_ outcome: FaultOutcome, value: UInt64? = nil) -> FrameStep {
+    .ranAndReturned("guest: access completes", .success(.guestAccess(outcome.rawValue, value: value)))
   }
 }
 

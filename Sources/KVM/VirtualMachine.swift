@@ -49,6 +49,10 @@ public struct VirtualMachine: Hashable, Sendable {
   public internal(set) var isDead = false
   /// Host RAM, as PFN ranges: a PFN outside all of them is MMIO (``isMMIOPFN(_:)``).
   public let ramPFNs: [Range<PFN>]
+  /// A host's RAM as firmware lays it out around the 32-bit PCI hole: below 3 GiB, and from
+  /// 4 GiB to 16 GiB. The hole (0xc0000000-0xffffffff) holds 32-bit BARs, which are MMIO; the
+  /// 64-bit BARs start at 256 GiB.
+  public static let defaultRAMPFNs: [Range<PFN>] = [PFN(0) ..< PFN(0xc0000), PFN(0x100000) ..< PFN(0x400000)]
   /// What the host allows this VM: address spaces, the largest GFN, a TD's shared bit.
   public let limits: VMLimits
   /// `kvm->mem_attr_array` (`KVM_SET_MEMORY_ATTRIBUTES`).
@@ -63,7 +67,7 @@ public struct VirtualMachine: Hashable, Sendable {
   /// exit (`exit_reason = KVM_EXIT_MEMORY_FAULT`), by vCPU id; cleared by the next entry.
   public internal(set) var memoryFaultExits: TreeDictionary<UInt32, MemoryFaultExit> = [:]
 
-  public init(id: VMID, type: VMType, ramPFNs: [Range<PFN>] = [PFN(0) ..< PFN(0x100000)],
+  public init(id: VMID, type: VMType, ramPFNs: [Range<PFN>] = VirtualMachine.defaultRAMPFNs,
               limits: VMLimits? = nil) {
     self.id = id; self.type = type; self.ramPFNs = ramPFNs; self.limits = limits ?? .standard(type)
   }

@@ -7,7 +7,7 @@ let vcpu = ContextID(rawValue: 1)
 let revoker = ContextID(rawValue: 2)
 let slotGPA = GPA(0x8000_0000)
 /// The exporter's PFN for buffer page `pgoff` (outside RAM: MMIO).
-func exporterPFN(_ pgoff: PageIndex) -> PFN { PFN(0x2_0000_0 + pgoff.rawValue) }
+func exporterPFN(_ pgoff: PageIndex) -> PFN { PFN(0x400_0000 + pgoff.rawValue) }
 
 /// Runs one fault through its three regions, answering the PFN request with `resolve` and a
 /// secure map with `secure`; `between` runs once, after the PFN lookup and before `mmu_lock`.

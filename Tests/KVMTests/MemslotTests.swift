@@ -318,3 +318,11 @@ func createVCPUIDLimit(id: UInt32, errno: Errno?) {
     do { try vm.createVCPU(VirtualMachine.maxVCPUIDs); Issue.record("id") } catch { #expect(error == .EINVAL) }
   }
 }
+
+/// The default host RAM leaves the 32-bit PCI hole out: a 32-bit BAR there is MMIO (mapped
+/// uncached), the RAM on either side is not.
+@Test(arguments: [(UInt64(0xbffff), false), (0xc0000, true), (0xfebff, true), (0xfffff, true),
+                  (0x100000, false), (0x3fffff, false), (0x4000000, true)])
+func defaultRAMLeavesThe32BitHoleOut(pfn: UInt64, mmio: Bool) {
+  #expect(VirtualMachine(id: VMID(1), type: .default).isMMIOPFN(PFN(pfn)) == mmio)
+}

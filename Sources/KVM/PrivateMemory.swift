@@ -143,7 +143,7 @@ public struct MemoryFaultExit: Hashable, Sendable, CustomStringConvertible {
   /// `memory_fault.size`: `PAGE_SIZE`.
   public let size: UInt64
   /// The errno `KVM_RUN` returns with it (EFAULT, or what `kvm_gmem_get_pfn()` answered).
-  public let errno: Errno
+  public private(set) var errno: Errno
 
   public init(isPrivate: Bool, gfn: GFN, errno: Errno = .EFAULT) {
     flags = isPrivate ? Self.flagPrivate : 0
@@ -151,6 +151,13 @@ public struct MemoryFaultExit: Hashable, Sendable, CustomStringConvertible {
   }
 
   public var isPrivate: Bool { flags & Self.flagPrivate != 0 }
+
+  /// The same exit, its errno carrying the function and check that refused the access.
+  public func because(_ function: StaticString, _ check: String) -> MemoryFaultExit {
+    var out = self
+    out.errno = errno.because(function, check)
+    return out
+  }
   public var description: String {
     "KVM_EXIT_MEMORY_FAULT flags 0x\(String(flags, radix: 16))\(isPrivate ? " (PRIVATE)" : "") gpa 0x\(String(gpa, radix: 16)) size 0x\(String(size, radix: 16))"
   }

@@ -61,6 +61,8 @@ extension OpFailure {
     var fields: [TraceField]
     switch self {
     case .errno(let e): fields = [.errno(e)]
+    case .memoryFault(let exit):
+      fields = [.errno(exit.errno), .hex("flags", exit.flags), .hex("gpa", exit.gpa), .hex("size", exit.size)]
     case .tdx(let s): fields = [.text("status", s.name)] + (s.operand == 0 ? [] : [.hex("operand", UInt64(s.operand))])
     case .tdisp(_, let name): fields = [.text("tdisp", name)]
     case .livelock: fields = [.text("failure", "livelock")]

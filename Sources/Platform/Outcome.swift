@@ -1,6 +1,7 @@
 import KernelCore
 import DmaBuf
 import TDX
+import KVM
 
 /// What a successful operation returns.
 public enum OpValue: Hashable, Sendable {
@@ -34,6 +35,10 @@ public enum OpValue: Hashable, Sendable {
 public enum OpFailure: Error, Hashable, Sendable, CustomStringConvertible {
   /// The syscall or ioctl failed with this errno.
   case errno(Errno)
+  /// `KVM_RUN` failed with the exit's errno (EFAULT, or what `kvm_gmem_get_pfn()` answered)
+  /// and `kvm_run` holds `exit_reason = KVM_EXIT_MEMORY_FAULT` with its flags, gpa and size
+  /// (`kvm_prepare_memory_fault_exit()`).
+  case memoryFault(MemoryFaultExit)
   /// The TDX module returned this status (raw SEAMCALLs, and guest TDCALLs).
   case tdx(TDXStatus)
   /// The device answered a TDISP request with this error code (`INVALID_NONCE` …).
@@ -51,14 +56,25 @@ public enum OpFailure: Error, Hashable, Sendable, CustomStringConvertible {
   public var reason: Refusal? {
     switch self {
     case .errno(let e): e.reason
+    case .memoryFault(let exit): exit.errno.reason
     case .tdx(let s): s.reason
     case .tdisp, .livelock, .deadlock, .lockViolation: nil
+    }
+  }
+
+  /// The errno the call returned, for a failure that is one.
+  public var errno: Errno? {
+    switch self {
+    case .errno(let e): e
+    case .memoryFault(let exit): exit.errno
+    case .tdx, .tdisp, .livelock, .deadlock, .lockViolation: nil
     }
   }
 
   public var description: String {
     switch self {
     case .errno(let e): "errno \(e.name)"
+    case .memoryFault(let exit): "errno \(exit.errno.name), \(exit)"
     case .tdx(let s): "tdx \(s)"
     case .tdisp(let code, let name): "tdisp \(name) (0x\(String(code, radix: 16)))"
     case .livelock(let what): "livelock: \(what)"

@@ -468,10 +468,10 @@ struct ScenarioReader {
       case "error": return (.error, nil)
       default:
         let hint = Suggestion.closest(to: s.string, among: ["ok", "error"]).map { ": did you mean '\($0)'?" } ?? ""
-        throw fail(node, "unknown expectation '\(s.string)'\(hint) (ok, error, or { errno | tdx | tdisp | pfn | state | flags | fault | value: ... })")
+        throw fail(node, "unknown expectation '\(s.string)'\(hint) (ok, error, or { errno | tdx | tdisp | pfn | state | flags | fault | value | memory_fault: ... })")
       }
     }
-    let kinds = ["ok", "error", "errno", "tdx", "tdisp", "pfn", "order", "state", "flags", "fault", "value"]
+    let kinds = ["ok", "error", "errno", "tdx", "tdisp", "pfn", "order", "state", "flags", "fault", "value", "memory_fault"]
     let fields = try entries(node, what: "expect", allowed: kinds)
     // A key for a result the op never returns could never match: refused here, not at run time.
     for entry in fields {
@@ -490,7 +490,7 @@ struct ScenarioReader {
     let main = fields.filter { $0.key != "order" && !($0.key == "state" && machineState != nil) && !($0.key == "value" && withFault) }
     if main.isEmpty, let machineState { return (nil, machineState) }
     guard main.count == 1, let entry = main.first else {
-      throw fail(node, "expect needs one of ok, error, errno, tdx, tdisp, pfn, state, flags, fault, value"
+      throw fail(node, "expect needs one of ok, error, errno, tdx, tdisp, pfn, state, flags, fault, value, memory_fault"
                  + " (and may add state: { ... }; fault may add value)")
     }
     if let order = value(fields, "order"), entry.key != "pfn" {
@@ -554,6 +554,29 @@ struct ScenarioReader {
         flags.append(name)
       }
       return .flags(flags)
+    case "memory_fault":
+      var want = MemoryFaultExpectation()
+      for field in try entries(v, what: "memory_fault", allowed: ["flags", "gpa", "size", "errno"]) {
+        switch field.key {
+        case "flags":
+          var bits: UInt64 = 0
+          for item in try list(field.value, key: "flags") {
+            let name = try string(item, key: "flags")
+            guard let bit = MemoryFaultExpectation.flagNames.first(where: { $0.name == name })?.bit else {
+              throw unknown(item, "memory fault flag", name, among: MemoryFaultExpectation.flagNames.map(\.name))
+            }
+            bits |= bit
+          }
+          want.flags = bits
+        case "gpa": want.gpa = try number(field.value, key: "gpa")
+        case "size": want.size = try number(field.value, key: "size")
+        default:
+          let name = try string(field.value, key: "errno")
+          guard let errno = Errno(name: name) else { throw unknown(field.value, "errno", name, among: Errno.allNamed.map(\.name), list: false) }
+          want.errno = errno
+        }
+      }
+      return .memoryFault(want)
     case "fault":
       let name = try string(v, key: "fault")
       guard let fault = GuestFault(rawValue: name) else {

@@ -26,6 +26,9 @@ public enum StepExpectation: Hashable, Sendable, CustomStringConvertible {
   case fault(GuestFault, value: UInt64? = nil)
   /// `{ value: N }`: what a read returned (`vfio.read`, or a guest load that completed).
   case value(UInt64)
+  /// `{ memory_fault: { flags: [PRIVATE], gpa: N, size: N, errno: EFAULT } }`: `KVM_RUN`
+  /// failed with `KVM_EXIT_MEMORY_FAULT`; each key given must match the exit.
+  case memoryFault(MemoryFaultExpectation)
 
   public var description: String {
     switch self {
@@ -40,6 +43,7 @@ public enum StepExpectation: Hashable, Sendable, CustomStringConvertible {
     case .flags(let f): "flags [\(f.joined(separator: ", "))]"
     case .fault(let f, let value): "fault \(f.rawValue)" + (value.map { " value 0x\(String($0, radix: 16))" } ?? "")
     case .value(let v): "value 0x\(String(v, radix: 16))"
+    case .memoryFault(let m): "\(m)"
     }
   }
 
@@ -53,7 +57,7 @@ public enum StepExpectation: Hashable, Sendable, CustomStringConvertible {
     switch (self, result) {
     case (.ok, .success): return true
     case (.error, .failure): return true
-    case (.errno(let want), .failure(.errno(let got))): return want == got
+    case (.errno(let want), .failure(let got)): return want == got.errno
     case (.tdx(let want), .success): return want.code == TDXStatus.success
     case (.tdx(let want), .failure(.tdx(let got))): return want.code == got.code
     case (.tdisp(let want), .failure(.tdisp(_, let got))): return want == got
@@ -69,6 +73,7 @@ public enum StepExpectation: Hashable, Sendable, CustomStringConvertible {
       return false
     case (.value(let want), .success(.read(let got))): return want == got
     case (.value(let want), .success(.guestAccess(_, value: let got?))): return want == got
+    case (.memoryFault(let want), .failure(.memoryFault(let got))): return want.matches(got)
     default: return false
     }
   }
@@ -85,6 +90,7 @@ extension StepExpectation {
   static let resultKeys: [(key: String, ops: Set<String>)] = [
     ("value", ["vfio.read", "guest.read", "kvm.check_extension"]),
     ("fault", ["guest.read", "guest.write", "guest.accept_mmio"]),
+    ("memory_fault", ["guest.read", "guest.write", "guest.accept_mmio"]),
     ("pfn", ["dmabuf.get_pfn"]),
     ("order", ["dmabuf.get_pfn"]),
     ("flags", ["vfio.region_info"]),
@@ -114,11 +120,55 @@ public typealias GuestFault = FaultOutcome
 extension FaultOutcome {
   func matches(_ result: OpResult) -> Bool {
     switch (self, result) {
-    case (.efault, .failure(.errno(let e))): e == .EFAULT
-    case (.eio, .failure(.errno(let e))): e == .EIO
+    case (.efault, .failure(let f)): f.errno == .EFAULT
+    case (.eio, .failure(let f)): f.errno == .EIO
     case (_, .success(.guestAccess(let name, _))): name == rawValue
     default: false
     }
+  }
+}
+
+/// What `expect: { memory_fault: ... }` requires of a `KVM_EXIT_MEMORY_FAULT`: each field given
+/// must equal the exit's (`struct kvm_run`'s `memory_fault.flags`, `.gpa`, `.size`, and the
+/// errno `KVM_RUN` returned).
+public struct MemoryFaultExpectation: Hashable, Sendable, CustomStringConvertible {
+  /// `KVM_MEMORY_EXIT_FLAG_*` by name (`PRIVATE`), exactly this set.
+  public var flags: UInt64?
+  public var gpa: UInt64?
+  public var size: UInt64?
+  public var errno: Errno?
+
+  /// The flag names `include/uapi/linux/kvm.h` defines, with their bits.
+  public static let flagNames: [(name: String, bit: UInt64)] = [("PRIVATE", MemoryFaultExit.flagPrivate)]
+
+  public init(flags: UInt64? = nil, gpa: UInt64? = nil, size: UInt64? = nil, errno: Errno? = nil) {
+    self.flags = flags; self.gpa = gpa; self.size = size; self.errno = errno
+  }
+
+  func matches(_ exit: MemoryFaultExit) -> Bool {
+    (flags.map { $0 == exit.flags } ?? true) && (gpa.map { $0 == exit.gpa } ?? true)
+      && (size.map { $0 == exit.size } ?? true) && (errno.map { $0 == exit.errno } ?? true)
+  }
+
+  /// Flag bits as names, unknown bits in hex.
+  public static func names(_ flags: UInt64) -> [String] {
+    var rest = flags
+    var out: [String] = []
+    for (name, bit) in flagNames where flags & bit != 0 {
+      out.append(name)
+      rest &= ~bit
+    }
+    if rest != 0 { out.append("0x" + String(rest, radix: 16)) }
+    return out
+  }
+
+  public var description: String {
+    var parts = ["memory_fault"]
+    if let flags { parts.append("flags [\(Self.names(flags).joined(separator: ", "))]") }
+    if let gpa { parts.append("gpa 0x\(String(gpa, radix: 16))") }
+    if let size { parts.append("size 0x\(String(size, radix: 16))") }
+    if let errno { parts.append("errno \(errno.name)") }
+    return parts.joined(separator: " ")
   }
 }
 

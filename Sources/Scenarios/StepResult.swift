@@ -28,6 +28,8 @@ public struct StepResult: Codable, Hashable, Sendable {
   /// The errno's C name and value.
   public var errno: String?
   public var errnoValue: Int32?
+  /// `KVM_RUN` failed with `KVM_EXIT_MEMORY_FAULT`: what `struct kvm_run` says.
+  public var memoryFault: MemoryFault?
   /// The TDX status's name, its operand, and the whole 64-bit value in hex.
   public var status: String?
   public var statusOperand: UInt32?
@@ -44,6 +46,17 @@ public struct StepResult: Codable, Hashable, Sendable {
   public var reason: Reason?
   /// What happened, in plain words, where the outcome's name alone does not say it.
   public var meaning: String?
+
+  /// `kvm_run->memory_fault`: its flags by name (and their bits), the GPA and the size.
+  public struct MemoryFault: Codable, Hashable, Sendable, CustomStringConvertible {
+    public var flags: [String]
+    public var flagsValue: UInt64
+    public var gpa: UInt64
+    public var size: UInt64
+    public var description: String {
+      "KVM_EXIT_MEMORY_FAULT flags [\(flags.joined(separator: ", "))] gpa 0x\(String(gpa, radix: 16)) size 0x\(String(size, radix: 16))"
+    }
+  }
 
   public struct Reason: Codable, Hashable, Sendable, CustomStringConvertible {
     public var function: String
@@ -72,6 +85,10 @@ public struct StepResult: Codable, Hashable, Sendable {
       ok = false
       switch failure {
       case .errno(let e): errno = e.name; errnoValue = e.rawValue
+      case .memoryFault(let exit):
+        errno = exit.errno.name; errnoValue = exit.errno.rawValue
+        memoryFault = MemoryFault(flags: MemoryFaultExpectation.names(exit.flags), flagsValue: exit.flags,
+                                  gpa: exit.gpa, size: exit.size)
       case .tdx(let s):
         status = s.name
         statusOperand = s.operand == 0 ? nil : s.operand
@@ -116,7 +133,7 @@ public struct StepResult: Codable, Hashable, Sendable {
       if let registers { parts.append("TDX_SUCCESS [\(registers.map { "0x" + String($0, radix: 16) }.joined(separator: ", "))]") }
       return (["ok"] + parts).joined(separator: " ")
     }
-    if let errno { return "errno \(errno)" }
+    if let errno { return "errno \(errno)" + (memoryFault.map { ", \($0)" } ?? "") }
     if let status { return "tdx \(status)" + (statusOperand.map { " (operand 0x\(String($0, radix: 16)))" } ?? "") }
     if let tdisp { return "tdisp \(tdisp) (0x\(String(tdispCode ?? 0, radix: 16)))" }
     if let livelock { return "livelock: \(livelock)" }

@@ -44,7 +44,7 @@ struct Bench {
 
   /// Runs `op` and returns the errno it failed with (nil on success).
   mutating func errno(_ op: Operation) -> Errno? {
-    if case .failure(.errno(let e)) = machine.perform(op) { return e }
+    if case .failure(let failure) = machine.perform(op) { return failure.errno }
     return nil
   }
 

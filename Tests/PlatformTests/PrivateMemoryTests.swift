@@ -185,7 +185,7 @@ extension Bench {
     try bench.ok(bench.gmemSlot(vm, fd: g))
     try bench.ok(bench.attributes(vm, 0xc000_0000))
     try bench.ok(.dmabufClose(fd: g))                     // close(2) of the guest_memfd
-    #expect(bench.access(vm, 0xc000_0000) == .failure(.errno(.EFAULT)))
+    #expect(bench.access(vm, 0xc000_0000) == .failure(.memoryFault(MemoryFaultExit(isPrivate: true, gfn: GPA(0xc000_0000).gfn))))
     #expect(bench.memoryFault(vm) == MemoryFaultExit(isPrivate: true, gfn: GPA(0xc000_0000).gfn))
     let g2 = try bench.gmem(vm)
     let id = bench.machine.kvm.vms.keys.max()!
@@ -271,7 +271,7 @@ extension OpResult {
     #expect(bench.access(vm, 0xc000_0000) == .success(.guestAccess("mapped")), "shared: the user address")
     try bench.ok(bench.attributes(vm, 0xc000_0000))
     #expect(bench.vm(vm)?.mmu.mappedPages == 0, "the conversion zapped the shared mapping")
-    #expect(bench.access(vm, 0xc000_0000) == .failure(.errno(.EFAULT)))
+    #expect(bench.access(vm, 0xc000_0000) == .failure(.memoryFault(MemoryFaultExit(isPrivate: true, gfn: GPA(0xc000_0000).gfn))))
     let exit = try #require(bench.memoryFault(vm))
     #expect(exit.flags == MemoryFaultExit.flagPrivate && exit.gpa == 0xc000_0000 && exit.size == 0x1000)
     #expect(MemoryFaultExit.exitReason == 39)
@@ -287,7 +287,7 @@ extension OpResult {
     try bench.ok(bench.attributes(vm, 0xc000_0000))
     #expect(bench.access(vm, 0xc000_0000) == .success(.guestAccess("mapped")), "private: guest_memfd")
     try bench.ok(.kvmSetUserMemoryRegion2(vm: vm, region: MemoryRegion2(slot: 10, flags: gmemFlag, guestPhysAddr: 0xc000_0000, memorySize: 0)))
-    #expect(bench.access(vm, 0xc000_0000) == .failure(.errno(.EFAULT)))
+    #expect(bench.access(vm, 0xc000_0000) == .failure(.memoryFault(MemoryFaultExit(isPrivate: true, gfn: GPA(0xc000_0000).gfn))))
     #expect(bench.memoryFault(vm) == MemoryFaultExit(isPrivate: true, gfn: GPA(0xc000_0000).gfn))
     // The next KVM_RUN no longer holds the exit.
     try bench.ok(.kvmSetMemoryAttributes(vm: vm, address: 0xc000_0000, size: 0x1000, attributes: 0, flags: 0))
@@ -314,7 +314,7 @@ extension OpResult {
     try bench.ok(.kvmSetUserMemoryRegion2(vm: bench.td, region: MemoryRegion2(slot: 2, flags: 0, guestPhysAddr: 0x1000_0000,
                                                                              memorySize: 0x1000, userspaceAddr: 0x7f00_0000_0000)))
     try bench.ok(bench.attributes(bench.td, 0x1000_0000))
-    #expect(bench.access(bench.td, 0x1000_0000) == .failure(.errno(.EFAULT)))
+    #expect(bench.access(bench.td, 0x1000_0000) == .failure(.memoryFault(MemoryFaultExit(isPrivate: true, gfn: GPA(0x1000_0000).gfn))))
     #expect(bench.memoryFault(bench.td) == MemoryFaultExit(isPrivate: true, gfn: GPA(0x1000_0000).gfn))
     #expect(bench.violated().isEmpty)
     #expect(!bench.machine.trace.events.contains { $0.description.contains("TDH.MMIO.MAP") })
@@ -348,7 +348,7 @@ extension OpResult {
     #expect(bench.access(bench.td, shared | 0x1000_0000) == .success(.guestAccess("already_mapped")))
     try bench.ok(bench.attributes(bench.td, 0x1000_0000))
     #expect(bench.vm(bench.td)?.sharedMMU.mappedPages == 0, "converting to private zaps the shared mapping")
-    #expect(bench.access(bench.td, shared | 0x1000_0000) == .failure(.errno(.EFAULT)))
+    #expect(bench.access(bench.td, shared | 0x1000_0000) == .failure(.memoryFault(MemoryFaultExit(isPrivate: false, gfn: GPA(0x1000_0000).gfn))))
     #expect(bench.memoryFault(bench.td) == MemoryFaultExit(isPrivate: false, gfn: GPA(0x1000_0000).gfn))
     // A TD slot may not reach the shared bit (kvm_is_gfn_alias()).
     #expect(bench.errno(.kvmSetUserMemoryRegion2(vm: bench.td, region: MemoryRegion2(

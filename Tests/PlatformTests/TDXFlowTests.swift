@@ -130,9 +130,10 @@ extension Bench {
   @Test func privateGPAWithoutASlot() throws {
     var bench = try Bench(.reviewed)
     _ = try bench.tdSlot()
-    #expect(bench.access(bench.td, 0x1000) == .failure(.errno(.EFAULT)))
+    let exit = MemoryFaultExit(isPrivate: true, gfn: GPA(0x1000).gfn)
+    #expect(bench.access(bench.td, 0x1000) == .failure(.memoryFault(exit)))
     #expect(bench.machine.perform(.guestAcceptMMIO(vm: bench.td, gpa: GPA(0x1000), expectHPA: bench.bar0Base))
-            == .failure(.errno(.EFAULT)))
+            == .failure(.memoryFault(exit)))
   }
 }
 

@@ -2,7 +2,10 @@ import Testing
 import KernelCore
 import TDX
 import Platform
+import KVM
 @testable import Scenarios
+
+let privateExit = MemoryFaultExit(isPrivate: true, gfn: GPA(0x8000_1000).gfn)
 
 struct MatchCase: CustomTestStringConvertible, Sendable {
   let expectation: StepExpectation
@@ -45,6 +48,16 @@ struct MatchCase: CustomTestStringConvertible, Sendable {
   MatchCase(expectation: .fault(.efault), result: .failure(.errno(.EIO)), matches: false),
   MatchCase(expectation: .value(0xdead), result: .success(.read(0xdead)), matches: true),
   MatchCase(expectation: .value(0xdead), result: .success(.read(0xbeef)), matches: false),
+  // KVM_EXIT_MEMORY_FAULT: each key given must match, and it is errno EFAULT as well.
+  MatchCase(expectation: .memoryFault(MemoryFaultExpectation(flags: 8, gpa: 0x8000_1000, size: 0x1000)),
+            result: .failure(.memoryFault(privateExit)), matches: true),
+  MatchCase(expectation: .memoryFault(MemoryFaultExpectation()), result: .failure(.memoryFault(privateExit)), matches: true),
+  MatchCase(expectation: .memoryFault(MemoryFaultExpectation(flags: 0)), result: .failure(.memoryFault(privateExit)), matches: false),
+  MatchCase(expectation: .memoryFault(MemoryFaultExpectation(gpa: 0x8000_0000)), result: .failure(.memoryFault(privateExit)), matches: false),
+  MatchCase(expectation: .memoryFault(MemoryFaultExpectation(errno: .EIO)), result: .failure(.memoryFault(privateExit)), matches: false),
+  MatchCase(expectation: .memoryFault(MemoryFaultExpectation()), result: .failure(.errno(.EFAULT)), matches: false),
+  MatchCase(expectation: .errno(.EFAULT), result: .failure(.memoryFault(privateExit)), matches: true),
+  MatchCase(expectation: .fault(.efault), result: .failure(.memoryFault(privateExit)), matches: true),
 ])
 func matching(_ c: MatchCase) {
   #expect(c.expectation.matches(c.result) == c.matches)
@@ -101,7 +114,7 @@ func loadValues(_ c: MatchCase) {
 @Test("expect: keys that cannot apply to an op are refused with the op's keys", arguments: [
   ("vfio.close, fd: 3", "{ value: 1 }", "e.yaml:2:45: 'value' cannot apply to vfio.close (vfio.close takes expect: ok, error, errno, state)"),
   ("guest.write, vm: 3, gpa: 0", "{ fault: mapped, value: 1 }",
-   "e.yaml:2:69: 'value' cannot apply to guest.write (guest.write takes expect: ok, error, errno, state, fault)"),
+   "e.yaml:2:69: 'value' cannot apply to guest.write (guest.write takes expect: ok, error, errno, state, fault, memory_fault)"),
   ("vfio.read, fd: 3, region_index: 0", "{ fault: mapped }",
    "e.yaml:2:61: 'fault' cannot apply to vfio.read (vfio.read takes expect: ok, error, errno, state, value)"),
   ("vfio.close, fd: 3", "{ state: RUN }",
@@ -109,7 +122,7 @@ func loadValues(_ c: MatchCase) {
   ("tdisp.report, device: nic0", "{ state: RUN }",
    "e.yaml:2:54: 'state: WORD' cannot apply to tdisp.report (tdisp.report takes expect: ok, error, errno, state, tdisp)"),
   ("guest.read, vm: 3, gpa: 0", "{ pfn: 1 }",
-   "e.yaml:2:53: 'pfn' cannot apply to guest.read (guest.read takes expect: ok, error, errno, state, value, fault)"),
+   "e.yaml:2:53: 'pfn' cannot apply to guest.read (guest.read takes expect: ok, error, errno, state, value, fault, memory_fault)"),
   ("kvm.create_vcpu, vm: 3", "{ tdx: TDX_OPERAND_BUSY }",
    "e.yaml:2:50: 'tdx' cannot apply to kvm.create_vcpu (kvm.create_vcpu takes expect: ok, error, errno, state)"),
 ])
@@ -122,6 +135,22 @@ func inapplicableKeys(_ step: String, _ text: String, _ error: String) {
   } catch let refusal {
     #expect(refusal.description == error)
   }
+}
+
+@Test("memory_fault: flags by name, gpa, size and errno, each optional; unknown flags refused")
+func memoryFaultExpectationParses() throws {
+  let yaml = { (expect: String) in
+    "machine: { vms: [ { name: vm0, type: sw_protected } ] }\nsteps: [ { op: guest.read, vm: vm0, gpa: 0, expect: \(expect) } ]"
+  }
+  let full = try ScenarioParser.parse(yaml("{ memory_fault: { flags: [PRIVATE], gpa: 0x80001000, size: 0x1000, errno: EFAULT } }"), file: "m.yaml")
+  #expect(full.steps[0].expectation == .memoryFault(MemoryFaultExpectation(flags: 8, gpa: 0x8000_1000, size: 0x1000, errno: .EFAULT)))
+  let shared = try ScenarioParser.parse(yaml("{ memory_fault: { flags: [] } }"), file: "m.yaml")
+  #expect(shared.steps[0].expectation == .memoryFault(MemoryFaultExpectation(flags: 0)))
+  #expect(StepExpectation.memoryFault(MemoryFaultExpectation(flags: 8, gpa: 0x1000)).description == "memory_fault flags [PRIVATE] gpa 0x1000")
+  #expect(throws: ScenarioError.self) { try ScenarioParser.parse(yaml("{ memory_fault: { flags: [PRIVAT] } }"), file: "m.yaml") }
+  #expect(throws: ScenarioError.self) { try ScenarioParser.parse(yaml("{ memory_fault: { gfn: 1 } }"), file: "m.yaml") }
+  #expect(StepResult(.failure(.memoryFault(privateExit))).text
+    == "errno EFAULT, KVM_EXIT_MEMORY_FAULT flags [PRIVATE] gpa 0x80001000 size 0x1000")
 }
 
 /// The table names only ops that exist.

@@ -234,7 +234,7 @@ struct VCPURun: Hashable, Sendable {
       m.kvm.vms[vm]!.recordMemoryFault(exit, vcpu: vcpu)
       m.trace.emit(.kvmMMUFault, "vm\(vm.rawValue): fault at \(gpa) -> \(exit)",
                    [.vm(vm), .gpa(gpa), .text("outcome", "\(exit)"), .int("retries", retries.value)])
-      return .ranAndReturned(label, .failure(.errno(exit.errno.because("kvm_mmu_faultin_pfn", "\(exit)"))))
+      return .ranAndReturned(label, .failure(.memoryFault(exit.because("kvm_mmu_faultin_pfn", "\(exit)"))))
     case .notModelled(let function, let what):
       return .ranAndReturned(label, .failure(.errno(Errno.EOPNOTSUPP.because(function, what))))
     }

@@ -124,8 +124,8 @@ public enum RaceScenarios {
     # Does a fault race with an FLR the guest starts through config space? VFIO revokes the
     # buffer, resets the function and restores the buffer, all under memory_lock; the fault's
     # sequence check sends it back to the guest. Answer (reviewed): no SPTE outlives the revoke;
-    # the FLR returns the interface to CONFIG_UNLOCKED, so the private buffer stays revoked until
-    # the TSM locks it again. rfc-v1: the posted config-space FLR "restores" with a second revoke
+    # the revoke's TSM unbind stops the interface (CONFIG_UNLOCKED) before the FLR, so the private
+    # buffer stays revoked until the TSM locks the interface again. rfc-v1: the posted config-space FLR "restores" with a second revoke
     # (vfio_pci_dma_buf_move(vdev, true) twice), so the buffer stays revoked on a function whose
     # memory decodes again and whose buffers the posted code means to restore.
     name: fault-vs-flr

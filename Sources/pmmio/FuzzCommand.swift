@@ -1,0 +1,196 @@
+import ArgumentParser
+import Foundation
+import Fuzz
+import KernelCore
+import Platform
+import Reports
+import Scenarios
+
+/// `pmmio fuzz`: random valid and invalid op sequences over random machines, every check after
+/// every op; the first failure shrunk to a scenario that `pmmio run` replays.
+struct FuzzCommand: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "fuzz",
+    abstract: "Throw random op sequences at random machines; shrink the first failure to a scenario.",
+    discussion: """
+      Each sequence is a fresh random machine (devices with and without TDISP, BARs, VMs of \
+      every type the host offers, the host's capabilities) and 20 to 150 operations: valid ones \
+      and plausible wrong ones (closed and wrong-kind fds, misaligned and overflowing sizes, \
+      overlapping and moving slots, every flag bit, dead VMs, TDISP requests in every state). \
+      After every operation: every invariant holds, a failed operation left the machine as it \
+      was (guest ops and VMs killed by KVM_BUG_ON excepted), and its errno is one the kernel \
+      can return for it. The first failure is shrunk (steps, arguments, the machine) and \
+      written to --out as a scenario with expect: on the failing step. --interleave also runs \
+      concurrent paths after each sequence in a random schedule; such a failure becomes a \
+      scenario with concurrent: and schedule:. --oracle kvm runs KVM's ioctls on the model and \
+      on this machine's /dev/kvm in lock step and compares every answer. A seed always runs \
+      the same operations. Exit status: 0 nothing found, 1 a failure found, 2 bad input or usage.
+      """)
+
+  @Option(help: "Operations to run in all.")
+  var ops: Int = 100_000
+
+  @Option(help: "The seed: the same seed runs the same operations.")
+  var seed: UInt64 = 1
+
+  @Option(name: .customLong("variant"), help: "rfc-v1 or reviewed (default: reviewed; with --replay, the scenario's variant:).")
+  var variantOption: Variant?
+
+  var variant: Variant { variantOption ?? .reviewed }
+  var variantGiven: Bool { variantOption != nil }
+
+  @Flag(help: "Print one JSON document on stdout instead of text.")
+  var json = false
+
+  @Option(help: "The directory failures are written to.")
+  var out: String = "fuzz-failures"
+
+  @Flag(help: "Also run concurrent paths after each sequence, in random schedules.")
+  var interleave = false
+
+  @Option(help: "kvm: compare the model's answers with this machine's /dev/kvm.")
+  var oracle: OracleKind?
+
+  @Option(name: .customLong("ignore"), help: ArgumentHelp(
+    "A known finding to count but not fail on: an invariant name, livelock, deadlock, or posted (the RFC's bugs, README's rfc-v1 table). Repeatable.",
+    valueName: "name"))
+  var ignore: [String] = []
+
+  @Option(help: "Run only this sequence of the seed's run (the number a failure reports).")
+  var sequence: Int?
+
+  @Option(help: "Run a scenario under the fuzzer's checks instead of fuzzing (a written failure reproduces).")
+  var replay: String?
+
+  @Flag(name: .customLong("no-shrink"), help: "Report the failure as found, without shrinking it.")
+  var noShrink = false
+
+  @Flag(help: "Fail on the known findings of Examples/fuzz-findings too, instead of counting them.")
+  var strict = false
+
+  enum OracleKind: String, ExpressibleByArgument, CaseIterable { case kvm }
+
+  func validate() throws {
+    guard ops > 0 else { throw ValidationError("--ops must be at least 1") }
+    if let sequence, sequence < 0 { throw ValidationError("--sequence must be 0 or more") }
+    let known = Set(["livelock", "deadlock", "posted"]).union(Machine.invariants.map(\.name))
+    for name in ignore where !known.contains(name) {
+      let hint = Suggestion.closest(to: name, among: Array(known)).map { " (did you mean '\($0)'?)" } ?? ""
+      throw ValidationError("--ignore \(name): no such invariant\(hint)")
+    }
+    if replay != nil && (oracle != nil || interleave || sequence != nil) {
+      throw ValidationError("--replay runs a scenario: --oracle, --interleave and --sequence do nothing with it")
+    }
+    if oracle != nil && (interleave || sequence != nil) {
+      throw ValidationError("--oracle kvm runs KVM's ioctls alone: --interleave and --sequence do nothing with it")
+    }
+  }
+
+  func run() throws {
+    let childLog = ProcessInfo.processInfo.environment[FuzzTraps.logVariable].flatMap(FuzzTraps.StepLog.init(path:))
+    if let replay { return try runReplay(replay, log: childLog) }
+    if oracle == .kvm { return try runOracle() }
+    if let sequence, childLog == nil { return try runIsolated(sequence) }
+    if childLog == nil { FuzzTraps.install() }
+    let progress = TerminalProgress("pmmio: fuzzing (seed \(seed), \(variant))")
+    defer { progress.finish() }
+    let total = ops
+    var options = FuzzOptions(ops: ops, seed: seed, variant: variant, interleave: interleave, ignoring: Set(ignore),
+                              onlySequence: sequence, shrink: !noShrink)
+    options.strict = strict
+    let (seed, variant) = (self.seed, self.variant)
+    options.sequenceStarts = { k in FuzzTraps.prepare(seed: seed, variant: variant, sequence: k) }
+    if let childLog { options.stepLog = { childLog.log($0) } }
+    options.progress = { p in
+      progress.update("pmmio: fuzzing (seed \(seed), \(variant)): \(p.ops) of \(total) ops, \(p.sequences) sequences, \(Int(p.opsPerSecond)) ops/s")
+    }
+    var report = Fuzzer.run(options)
+    progress.finish()
+    if var finding = report.finding {
+      try write(&finding)
+      report.finding = finding
+    }
+    emit(report)
+    if report.exitStatus != 0 { throw ExitCode(report.exitStatus) }
+  }
+
+  /// Writes a finding's scenario to `--out`, and records where.
+  func write(_ finding: inout FuzzFinding) throws {
+    let name = "fuzz-\(variant.rawValue)-\(seed)-\(finding.sequence).yaml"
+    do {
+      try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+      let path = (out as NSString).appendingPathComponent(name)
+      try OutputFile.write(finding.scenario, to: path)
+      finding.file = path
+    } catch let failure as OutputFile.Failure {
+      throw InputProblem("--out: \(failure)")
+    } catch {
+      throw InputProblem("--out \(out): cannot create the directory (\(error.localizedDescription))")
+    }
+  }
+
+  /// Prints the report, as text or JSON.
+  func emit(_ report: FuzzReport) {
+    if json {
+      let encoder = JSONEncoder()
+      encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
+      let data = (try? encoder.encode(report)) ?? Data("{}".utf8)
+      print(String(decoding: data, as: UTF8.self))
+    } else {
+      print(FuzzText.render(report), terminator: "")
+    }
+  }
+
+  /// `--replay FILE`: the scenario's steps (and schedule) under the fuzzer's checks.
+  func runReplay(_ file: String, log: FuzzTraps.StepLog?) throws {
+    let input = try ScenarioInput.read(file)
+    let scenario = try ScenarioParser.parse(input.text, file: input.file)
+    let variant = ScenarioRunner.effectiveVariant(scenario, override: variantGiven ? self.variant : nil)
+    var stepLog: (@Sendable (FuzzStep) -> Void)?
+    if let log { stepLog = { log.log($0) } }
+    let failure = Fuzzer.replay(scenario, variant: variant, stepLog: stepLog)
+    if json {
+      let encoder = JSONEncoder()
+      encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
+      struct Replay: Encodable { var scenario: String; var variant: String; var failure: FuzzFailure?; var exitStatus: Int32 }
+      let document = Replay(scenario: scenario.name, variant: variant.rawValue, failure: failure, exitStatus: failure == nil ? 0 : 1)
+      print(String(decoding: try encoder.encode(document), as: UTF8.self))
+    } else if let failure {
+      print("replay \(scenario.name) (variant \(variant)): FAILURE \(failure)")
+    } else {
+      print("replay \(scenario.name) (variant \(variant)): every check held")
+    }
+    if failure != nil { throw ExitCode(1) }
+  }
+
+  func runOracle() throws {
+    throw InputProblem("--oracle kvm is not built yet")
+  }
+}
+
+/// How `pmmio fuzz` prints a report for people.
+enum FuzzText {
+  static func render(_ r: FuzzReport) -> String {
+    var out = "fuzz seed \(r.seed), variant \(r.variant)\(r.interleave ? ", interleaved" : ""): "
+      + "\(r.ops) ops in \(r.sequences) sequences, \(String(format: "%.1f", r.seconds)) s, \(Int(r.opsPerSecond.rounded())) ops/s\n"
+    out += "  \(r.succeeded) succeeded, \(r.failed) failed with an answer in their op's table"
+      + (r.interleave ? ", \(r.regions) concurrent regions" : "") + "\n"
+    if !r.known.isEmpty {
+      out += "  known findings (--ignore, Examples/fuzz-findings): " + r.known.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ") + "\n"
+    }
+    for (why, count) in r.offTheRails.sorted(by: { $0.key < $1.key }) {
+      out += "  \(count) sequence(s) ended, not judged further: \(why)\n"
+    }
+    guard let f = r.finding else {
+      out += "no failure\n"
+      return out
+    }
+    out += "FAILURE \(f.original)\n"
+    out += "found in sequence \(f.sequence) (pmmio fuzz --seed \(r.seed) --sequence \(f.sequence)\(r.variant == "reviewed" ? "" : " --variant \(r.variant)")); "
+      + "shrunk from \(f.originalSteps) to \(f.steps) operation(s) in \(f.shrinkTries) tries"
+      + (f.file.map { ": \($0)" } ?? "") + "\n"
+    out += "shrunk: \(f.failure)\n\n"
+    out += f.scenario
+    return out
+  }
+}

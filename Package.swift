@@ -57,7 +57,7 @@ let package = Package(
     .testTarget(name: "ReportsTests", dependencies: ["KernelCore", "Platform", "Reports", "Scenarios"], exclude: ["Golden"]),
     .testTarget(name: "HostKVMTests", dependencies: ["KernelCore", "KVM", "Platform", "HostKVM"]),
     .testTarget(name: "ExplorerTests", dependencies: ["KernelCore", "Platform", "Scenarios", "Explorer"]),
-    .testTarget(name: "FuzzTests", dependencies: ["KernelCore", "DmaBuf", "KVM", "Platform", "Scenarios", "HostKVM", "Fuzz"]),
+    .testTarget(name: "FuzzTests", dependencies: ["KernelCore", "DmaBuf", "KVM", "Platform", "Scenarios", "HostKVM", "Fuzz", "pmmio"]),
     .testTarget(name: "pmmioTests", dependencies: ["pmmio", "Scenarios"]),
   ]
 )

@@ -1,4 +1,5 @@
 import KernelCore
+import PCI
 import Platform
 import Scenarios
 
@@ -80,5 +81,16 @@ struct FuzzExecution {
     }
     guard !program.concurrent.isEmpty else { return nil }
     return InterleavingRun.firstFailure(program, after: run, variant: variant, strict: strict)
+  }
+}
+
+extension Machine {
+  /// Whether the TDISP interface whose MMIO the page at `gpa` of the VM behind `vmFD` maps is
+  /// RUN (`nil`: no such VM, slot or device): what a TD checks before it accepts the page.
+  func interfaceRuns(vm vmFD: FD, gpa: GPA) -> Bool? {
+    guard case .vm(let id)? = try? files.lookup(vmFD), let vm = kvm.vms[id],
+          let binding = vm.memslot(containing: vm.faultGFN(gpa))?.dmaBuf,
+          let buffer = vfio.dmaBuf(binding.dmaBuf), let device = vfio.device(buffer.exporter) else { return nil }
+    return device.function.tdiState == .run
   }
 }

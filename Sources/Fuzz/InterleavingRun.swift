@@ -14,6 +14,8 @@ import Scenarios
 enum InterleavingRun {
   enum Outcome {
     case clean
+    /// The machine stopped being one a kernel could be in (see ``FuzzExecution/offTheRails``).
+    case offTheRails(String)
     /// The failure, and the machine it was seen on.
     case failure(FuzzFailure, Machine)
     /// A scheduled entry could not run (a shrunk candidate that no longer fits its schedule).
@@ -69,6 +71,7 @@ enum InterleavingRun {
       case .ran: break
       case .cannotRun: return .invalid
       case .failed(let f): return .failure(f, state.machine)
+      case .offTheRails(let why): return .offTheRails(why)
       }
     }
     return checker.finish(&state, prog)
@@ -79,8 +82,11 @@ enum InterleavingRun {
     /// Steps before the first region (failures count regions from there).
     let base: Int
     var regions = 0
+    /// Threads whose `guest.accept_mmio` began while its page's interface was not RUN: a TD
+    /// checks first, so such an accept is the fuzzer's guest misbehaving, not the kernel.
+    var acceptsBegunOffRun: Set<Int> = []
 
-    enum StepOutcome { case ran, cannotRun, failed(FuzzFailure) }
+    enum StepOutcome { case ran, cannotRun, failed(FuzzFailure), offTheRails(String) }
 
     mutating func step(_ actor: Actor, _ state: inout Interleaving, _ prog: InterleavingProgram) -> StepOutcome {
       var contention = Contention()
@@ -90,6 +96,16 @@ enum InterleavingRun {
         if let current = t.current { return current.operation.name }
         return t.next < prog.paths[t.path].count ? prog.paths[t.path][t.next].opName : "?"
       }()
+      if case .thread(let i) = actor, state.threads[i].current == nil {
+        acceptsBegunOffRun.remove(i)
+        let t = state.threads[i]
+        if t.next < prog.paths[t.path].count,
+           case .guestAcceptMMIO(let vm, let gpa, _, _) = prog.paths[t.path][t.next].operation(in: t.handles),
+           state.machine.interfaceRuns(vm: vm, gpa: gpa) != true {
+          acceptsBegunOffRun.insert(i)
+        }
+      }
+      let acceptsBefore = state.machine.kvm.observed.value.acceptsOfUntrustedTDI.count
       let outcome = state.step(actor, prog, contention: &contention)
       let at = base + regions
       switch outcome {
@@ -120,7 +136,14 @@ enum InterleavingRun {
             }
           }
         }
+        if case .thread(let i) = actor, acceptsBegunOffRun.contains(i),
+           state.machine.kvm.observed.value.acceptsOfUntrustedTDI.count > acceptsBefore {
+          return .offTheRails("the guest accepted MMIO of an interface that was not RUN when it began (a TD checks first)")
+        }
         if let v = state.machine.firstViolation(quiescent: state.isQuiescent) {
+          if ["pci.flr", "pci.write_command"].contains(opName) {
+            return .offTheRails("\(opName) from outside VFIO broke \(v.name)")
+          }
           return .failed(FuzzFailure(kind: .invariant, step: at, op: opName, invariant: v.name, result: "-", message: v.violation ?? ""))
         }
         return .ran
@@ -146,6 +169,7 @@ enum InterleavingRun {
           if case .ran = probe.step(actor, prog, contention: &contention) {
             switch step(actor, &state, prog) {
             case .failed(let f): return .failure(f, state.machine)
+            case .offTheRails(let why): return .offTheRails(why)
             case .ran, .cannotRun: break
             }
             progressed = true

@@ -16,12 +16,12 @@ enum FuzzTraps {
 
   /// The message the signal handler writes: prepared before each sequence, since a handler can
   /// build nothing.
-  nonisolated(unsafe) static var message = UnsafeMutablePointer<CChar>.allocate(capacity: 512)
+  nonisolated(unsafe) static var message = UnsafeMutablePointer<CChar>.allocate(capacity: 1024)
   nonisolated(unsafe) static var messageLength = 0
 
   /// Installs the handler for the signals a Swift trap raises.
   static func install() {
-    message.initialize(repeating: 0, count: 512)
+    message.initialize(repeating: 0, count: 1024)
     for signal in [SIGABRT, SIGILL, SIGTRAP, SIGSEGV, SIGBUS, SIGFPE] {
       Glibc.signal(signal) { _ in
         _ = Glibc.write(STDERR_FILENO, FuzzTraps.message, FuzzTraps.messageLength)
@@ -30,11 +30,24 @@ enum FuzzTraps {
     }
   }
 
+  /// This run's command line without `options` (each with its value), to name a sequence again.
+  static func commandLine(dropping options: Set<String>) -> String {
+    var out: [String] = ["pmmio"]
+    var arguments = Array(CommandLine.arguments.dropFirst())
+    while !arguments.isEmpty {
+      let a = arguments.removeFirst()
+      if options.contains(a) { if !arguments.isEmpty { arguments.removeFirst() }; continue }
+      if options.contains(where: { a.hasPrefix($0 + "=") }) { continue }
+      out.append(a)
+    }
+    return out.joined(separator: " ")
+  }
+
   /// What the handler will say if sequence `k` traps.
-  static func prepare(seed: UInt64, variant: Variant, sequence k: Int) {
-    let text = "\npmmio fuzz: the model trapped in sequence \(k) (seed \(seed), variant \(variant)): "
-      + "pmmio fuzz --seed \(seed) --variant \(variant) --sequence \(k) runs it in a child process and shrinks the trap\n"
-    let bytes = Array(text.utf8.prefix(511))
+  static func prepare(command: String, sequence k: Int) {
+    let text = "\npmmio fuzz: the model trapped in sequence \(k): "
+      + "\(command) --sequence \(k) runs it in a child process and shrinks the trap\n"
+    let bytes = Array(text.utf8.prefix(1023))
     for (i, b) in bytes.enumerated() { message[i] = CChar(bitPattern: b) }
     messageLength = bytes.count
   }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Fuzz
+import HostKVM
 import KernelCore
 import Platform
 import Reports
@@ -98,8 +99,9 @@ struct FuzzCommand: ParsableCommand {
     var options = FuzzOptions(ops: ops, seed: seed, variant: variant, interleave: interleave, ignoring: Set(ignore),
                               onlySequence: sequence, shrink: !noShrink)
     options.strict = strict
-    let (seed, variant) = (self.seed, self.variant)
-    options.sequenceStarts = { k in FuzzTraps.prepare(seed: seed, variant: variant, sequence: k) }
+    options.avoidKnownTraps = !strict
+    let again = FuzzTraps.commandLine(dropping: ["--ops", "--sequence"])
+    options.sequenceStarts = { k in FuzzTraps.prepare(command: again, sequence: k) }
     if let childLog { options.stepLog = { childLog.log($0) } }
     options.progress = { p in
       progress.update("pmmio: fuzzing (seed \(seed), \(variant)): \(p.ops) of \(total) ops, \(p.sequences) sequences, \(Int(p.opsPerSecond)) ops/s")
@@ -115,8 +117,8 @@ struct FuzzCommand: ParsableCommand {
   }
 
   /// Writes a finding's scenario to `--out`, and records where.
-  func write(_ finding: inout FuzzFinding) throws {
-    let name = "fuzz-\(variant.rawValue)-\(seed)-\(finding.sequence).yaml"
+  func write(_ finding: inout FuzzFinding, prefix: String = "fuzz") throws {
+    let name = "\(prefix)-\(variant.rawValue)-\(seed)-\(finding.sequence).yaml"
     do {
       try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
       let path = (out as NSString).appendingPathComponent(name)
@@ -163,13 +165,61 @@ struct FuzzCommand: ParsableCommand {
     if failure != nil { throw ExitCode(1) }
   }
 
+  /// `--oracle kvm`: the model against this machine's `/dev/kvm`.
   func runOracle() throws {
-    throw InputProblem("--oracle kvm is not built yet")
+    let host: KVMOracleHost
+    let memory: KVMOracleUserMemory
+    do {
+      host = try KVMOracleHost()
+      memory = try KVMOracleUserMemory()
+    } catch {
+      throw InputProblem("--oracle kvm: /dev/kvm cannot be used here (\(error.name))")
+    }
+    let progress = TerminalProgress("pmmio: comparing with /dev/kvm (seed \(seed))")
+    defer { progress.finish() }
+    let total = ops
+    var options = KVMOracle.Options(ioctls: ops, seed: seed, variant: variant, shrink: !noShrink)
+    options.progress = { n in progress.update("pmmio: comparing with /dev/kvm (seed \(seed)): \(n) of \(total) ioctls") }
+    var report = KVMOracle.run(options, host: host, memory: memory)
+    progress.finish()
+    if var finding = report.finding {
+      try write(&finding, prefix: "oracle")
+      report.finding = finding
+    }
+    if json {
+      let encoder = JSONEncoder()
+      encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
+      print(String(decoding: try encoder.encode(report), as: UTF8.self))
+    } else {
+      print(FuzzText.render(report), terminator: "")
+    }
+    if report.exitStatus != 0 { throw ExitCode(report.exitStatus) }
   }
 }
 
 /// How `pmmio fuzz` prints a report for people.
 enum FuzzText {
+  static func render(_ r: KVMOracle.Report) -> String {
+    let k = r.kernel
+    var out = "oracle: the model (variant \(r.variant)) against /dev/kvm of Linux \(k.release), seed \(r.seed)\n"
+    out += "  kernel: KVM_CAP_MULTI_ADDRESS_SPACE \(k.addressSpaces), KVM_CAP_VM_TYPES 0x\(String(k.vmTypes, radix: 16)), "
+      + "KVM_CAP_MEMORY_ATTRIBUTES \(k.memoryAttributes), KVM_CAP_USER_MEMORY2 \(k.userMemory2), KVM_CAP_GUEST_MEMFD \(k.guestMemfd), "
+      + "KVM_CAP_GUEST_MEMFD_FLAGS \(k.guestMemfdFlags), largest GFN " + (k.maxGFN.map { "0x" + String($0, radix: 16) } ?? "unknown") + "\n"
+    let hostLine = r.host.split(separator: "\n").last.map { String($0).trimmingCharacters(in: .whitespaces) } ?? "typical"
+    out += "  model host: \(hostLine)\n"
+    for note in r.hostNotes { out += "  note: \(note)\n" }
+    out += "  \(r.compared) ioctls compared in \(r.sequences) sequences, \(String(format: "%.1f", r.seconds)) s:\n"
+    for (answer, n) in r.comparedByAnswer.sorted(by: { $0.key < $1.key }) { out += "    \(n)  \(answer)\n" }
+    if !r.skipped.isEmpty {
+      out += "  skipped (sent to neither side):\n"
+      for (why, n) in r.skipped.sorted(by: { $0.key < $1.key }) { out += "    \(n)  \(why)\n" }
+    }
+    guard let f = r.finding else { return out + "the model and the kernel agreed on every ioctl\n" }
+    out += "DISAGREEMENT \(f.original)\n"
+    out += "shrunk from \(f.originalSteps) to \(f.steps) ioctl(s) in \(f.shrinkTries) tries" + (f.file.map { ": \($0)" } ?? "") + "\n\n"
+    return out + f.scenario
+  }
+
   static func render(_ r: FuzzReport) -> String {
     var out = "fuzz seed \(r.seed), variant \(r.variant)\(r.interleave ? ", interleaved" : ""): "
       + "\(r.ops) ops in \(r.sequences) sequences, \(String(format: "%.1f", r.seconds)) s, \(Int(r.opsPerSecond.rounded())) ops/s\n"

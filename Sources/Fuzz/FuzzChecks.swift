@@ -104,3 +104,22 @@ public enum FuzzChecks {
     return parts.joined(separator: "; ")
   }
 }
+
+/// Wrong answers planted on purpose, for tests to see the fuzzer and the oracle catch them
+/// (`pmmio fuzz --plant NAME`, hidden from help). Each returns the model's answer except in one
+/// case, where it lies.
+public enum FuzzPlants {
+  public static let all: [String: FuzzPerform] = [
+    // KVM_CREATE_VCPU past KVM_MAX_VCPU_IDS answers E2BIG instead of EINVAL.
+    "vcpu-id-e2big": { machine, op in
+      if case .kvmCreateVCPU(_, let id) = op, id >= VirtualMachine.maxVCPUIDs { return .failure(.errno(.E2BIG)) }
+      return machine.perform(op)
+    },
+    // A test-only exporter whose attach answers ENOSPC where it would succeed.
+    "attach-enospc": { machine, op in
+      let result = machine.perform(op)
+      if case .dmabufAttach = op, case .success = result { return .failure(.errno(.ENOSPC)) }
+      return result
+    },
+  ]
+}

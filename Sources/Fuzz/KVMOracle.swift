@@ -18,9 +18,12 @@ public enum KVMOracle {
     public var shrink: Bool
     /// Told every 500 ioctls: compared so far.
     public var progress: (@Sendable (Int) -> Void)?
+    /// How the model performs an operation (tests plant a wrong answer here).
+    public var perform: FuzzPerform
     public init(ioctls: Int = 12_000, seed: UInt64 = 1, variant: Variant = .reviewed, shrink: Bool = true,
-                progress: (@Sendable (Int) -> Void)? = nil) {
+                progress: (@Sendable (Int) -> Void)? = nil, perform: @escaping FuzzPerform = { $0.perform($1) }) {
       self.ioctls = ioctls; self.seed = seed; self.variant = variant; self.shrink = shrink; self.progress = progress
+      self.perform = perform
     }
   }
 
@@ -41,6 +44,8 @@ public enum KVMOracle {
     public var comparedByAnswer: [String: Int] = [:]
     /// Calls drawn but sent to neither, by reason.
     public var skipped: [String: Int] = [:]
+    /// Memslot ioctls compared whose slot id names address space 1 or more (bits 31:16).
+    public var addressSpaceCalls = 0
     public var sequences = 0
     public var seconds = 0.0
     /// The first disagreement (or other failure), shrunk.
@@ -93,7 +98,7 @@ public enum KVMOracle {
     while report.compared < options.ioctls {
       var rng = FuzzRandom(seed: Fuzzer.sequenceSeed(options.seed, sequence))
       var generator = OracleGenerator(host: hostCaps, kernel: kernel, memory: memory)
-      var lockstep = Lockstep(machine: machine, variant: options.variant, real: real)
+      guard var lockstep = Lockstep(machine: machine, variant: options.variant, real: real, perform: options.perform) else { break }
       var program = FuzzProgram(machine: machine, steps: [])
       defer { real.closeAll() }
       let length = rng.int(in: 30 ... 120)
@@ -110,6 +115,9 @@ public enum KVMOracle {
         if let answer = outcome.compared {
           report.compared += 1
           report.comparedByAnswer[answer, default: 0] += 1
+          if drawn.step.op.hasPrefix("kvm.set_user_memory_region"), case .number(let slot)? = drawn.step.arguments["slot"], slot >> 16 != 0 {
+            report.addressSpaceCalls += 1
+          }
         }
         if let f = outcome.failure { failure = f; break }
       }
@@ -137,9 +145,10 @@ public enum KVMOracle {
     /// Names bound to the kernel's fds.
     var realHandles = HandleEnvironment()
 
-    init(machine: MachineConfiguration, variant: Variant, real: KVMOracleHost) {
-      // The oracle's machines have no devices or VMs: they always build.
-      model = try! FuzzExecution(machine, variant: variant, perform: { $0.perform($1) })
+    /// `nil` for a machine that cannot be built (a shrunk candidate's).
+    init?(machine: MachineConfiguration, variant: Variant, real: KVMOracleHost, perform: @escaping FuzzPerform) {
+      guard let model = try? FuzzExecution(machine, variant: variant, perform: perform) else { return nil }
+      self.model = model
       self.real = real
     }
 
@@ -222,12 +231,35 @@ public enum KVMOracle {
                          + "; this machine's kernel answered \(kernelText)")
   }
 
+  /// Runs a scenario's steps on the model and the kernel in lock step (a regression scenario,
+  /// or a written finding): the first disagreement or model failure, and how many ioctls were
+  /// compared. Ops the kernel has no call for run on the model alone.
+  public static func replay(_ scenario: Scenario, variant: Variant, host real: KVMOracleHost,
+                            perform: @escaping FuzzPerform = { $0.perform($1) }) -> (failure: FuzzFailure?, compared: Int) {
+    defer { real.closeAll() }
+    let program = Fuzzer.program(of: scenario)
+    guard program.machine.vms.isEmpty, program.machine.devices.isEmpty, program.concurrent.isEmpty else {
+      return (FuzzFailure(kind: .oracle, step: 0, op: "-", result: "-",
+                          message: "an oracle scenario has no machine.devices, machine.vms or concurrent paths (the kernel side has none)"), 0)
+    }
+    guard var lockstep = Lockstep(machine: program.machine, variant: variant, real: real, perform: perform) else {
+      return (nil, 0)
+    }
+    var compared = 0
+    for step in program.steps {
+      let outcome = lockstep.run(step)
+      if outcome.compared != nil { compared += 1 }
+      if let f = outcome.failure { return (f, compared) }
+    }
+    return (nil, compared)
+  }
+
   /// Shrinks a disagreement by running each candidate on a fresh model and fresh kernel VMs.
   static func finding(_ program: FuzzProgram, _ failure: FuzzFailure, sequence: Int, options: Options,
                       real: KVMOracleHost, kernel: KVMHostCapabilities) -> FuzzFinding {
     let evaluate: Shrinker.Evaluate = { candidate in
       defer { real.closeAll() }
-      var lockstep = Lockstep(machine: candidate.machine, variant: options.variant, real: real)
+      guard var lockstep = Lockstep(machine: candidate.machine, variant: options.variant, real: real, perform: options.perform) else { return nil }
       for step in candidate.steps {
         let outcome = lockstep.run(step)
         if let f = outcome.failure { return f }
@@ -236,6 +268,7 @@ public enum KVMOracle {
       return nil
     }
     var shrinker = Shrinker(signature: failure.signature, budget: 3_000, evaluate: evaluate)
+    shrinker.shrinksHost = false
     let (small, smallFailure) = options.shrink ? shrinker.shrink(program, failure) : (program, failure)
     // The failing step's expect: is the kernel's answer, so that pmmio run fails until the model
     // gives it (and then stays as the regression scenario).

@@ -16,6 +16,9 @@ public struct Shrinker {
   public private(set) var tries = 0
   /// Candidates at most: shrinking is best effort, and this bounds its time, not a verdict.
   public let budget: Int
+  /// Whether the host's capabilities may be made typical: not for the oracle, whose model must
+  /// keep the running kernel's host.
+  public var shrinksHost = true
 
   public init(signature: String, budget: Int = 20_000, evaluate: @escaping Evaluate) {
     self.signature = signature; self.budget = budget; self.evaluate = evaluate
@@ -101,7 +104,7 @@ public struct Shrinker {
         }
       }
       // The machine.
-      for candidate in Self.smallerMachines(best) {
+      for candidate in Self.smallerMachines(best) where shrinksHost || candidate.machine.host == best.machine.host {
         if attempt(candidate) { changed = true }
       }
     }

@@ -69,6 +69,15 @@ struct FuzzCommand: ParsableCommand {
   @Flag(help: "Fail on the known findings of Examples/fuzz-findings too, instead of counting them.")
   var strict = false
 
+  @Option(help: .hidden)
+  var plant: String?
+
+  /// How the model performs an op: itself, or with a wrong answer planted for a test.
+  var perform: FuzzPerform {
+    if let plant, let planted = FuzzPlants.all[plant] { return planted }
+    return { @Sendable machine, op in machine.perform(op) }
+  }
+
   enum OracleKind: String, ExpressibleByArgument, CaseIterable { case kvm }
 
   func validate() throws {
@@ -79,9 +88,10 @@ struct FuzzCommand: ParsableCommand {
       let hint = Suggestion.closest(to: name, among: Array(known)).map { " (did you mean '\($0)'?)" } ?? ""
       throw ValidationError("--ignore \(name): no such invariant\(hint)")
     }
-    if replay != nil && (oracle != nil || interleave || sequence != nil) {
-      throw ValidationError("--replay runs a scenario: --oracle, --interleave and --sequence do nothing with it")
+    if replay != nil && (interleave || sequence != nil) {
+      throw ValidationError("--replay runs a scenario: --interleave and --sequence do nothing with it")
     }
+    if let plant, FuzzPlants.all[plant] == nil { throw ValidationError("--plant \(plant): no such plant") }
     if oracle != nil && (interleave || sequence != nil) {
       throw ValidationError("--oracle kvm runs KVM's ioctls alone: --interleave and --sequence do nothing with it")
     }
@@ -89,6 +99,7 @@ struct FuzzCommand: ParsableCommand {
 
   func run() throws {
     let childLog = ProcessInfo.processInfo.environment[FuzzTraps.logVariable].flatMap(FuzzTraps.StepLog.init(path:))
+    if let replay, oracle == .kvm { return try runOracleReplay(replay) }
     if let replay { return try runReplay(replay, log: childLog) }
     if oracle == .kvm { return try runOracle() }
     if let sequence, childLog == nil { return try runIsolated(sequence) }
@@ -97,7 +108,7 @@ struct FuzzCommand: ParsableCommand {
     defer { progress.finish() }
     let total = ops
     var options = FuzzOptions(ops: ops, seed: seed, variant: variant, interleave: interleave, ignoring: Set(ignore),
-                              onlySequence: sequence, shrink: !noShrink)
+                              onlySequence: sequence, shrink: !noShrink, perform: perform)
     options.strict = strict
     options.avoidKnownTraps = !strict
     let again = FuzzTraps.commandLine(dropping: ["--ops", "--sequence"])
@@ -150,7 +161,7 @@ struct FuzzCommand: ParsableCommand {
     let variant = ScenarioRunner.effectiveVariant(scenario, override: variantGiven ? self.variant : nil)
     var stepLog: (@Sendable (FuzzStep) -> Void)?
     if let log { stepLog = { log.log($0) } }
-    let failure = Fuzzer.replay(scenario, variant: variant, stepLog: stepLog)
+    let failure = Fuzzer.replay(scenario, variant: variant, perform: perform, stepLog: stepLog)
     if json {
       let encoder = JSONEncoder()
       encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
@@ -165,20 +176,36 @@ struct FuzzCommand: ParsableCommand {
     if failure != nil { throw ExitCode(1) }
   }
 
-  /// `--oracle kvm`: the model against this machine's `/dev/kvm`.
-  func runOracle() throws {
-    let host: KVMOracleHost
-    let memory: KVMOracleUserMemory
+  /// This machine's `/dev/kvm` for the oracle, and user memory for its slots.
+  func oracleHost() throws -> (KVMOracleHost, KVMOracleUserMemory) {
     do {
-      host = try KVMOracleHost()
-      memory = try KVMOracleUserMemory()
+      return (try KVMOracleHost(), try KVMOracleUserMemory())
     } catch {
       throw InputProblem("--oracle kvm: /dev/kvm cannot be used here (\(error.name))")
     }
+  }
+
+  /// `--oracle kvm --replay FILE`: a scenario's KVM calls on the model and the kernel in lock step.
+  func runOracleReplay(_ file: String) throws {
+    let (host, _) = try oracleHost()
+    let input = try ScenarioInput.read(file)
+    let scenario = try ScenarioParser.parse(input.text, file: input.file)
+    let variant = ScenarioRunner.effectiveVariant(scenario, override: variantGiven ? self.variant : nil)
+    let (failure, compared) = KVMOracle.replay(scenario, variant: variant, host: host, perform: perform)
+    if let failure {
+      print("oracle replay \(scenario.name) (variant \(variant)): \(compared) ioctl(s) compared; DISAGREEMENT \(failure)")
+      throw ExitCode(1)
+    }
+    print("oracle replay \(scenario.name) (variant \(variant)): \(compared) ioctl(s) compared, the model and the kernel agreed")
+  }
+
+  /// `--oracle kvm`: the model against this machine's `/dev/kvm`.
+  func runOracle() throws {
+    let (host, memory) = try oracleHost()
     let progress = TerminalProgress("pmmio: comparing with /dev/kvm (seed \(seed))")
     defer { progress.finish() }
     let total = ops
-    var options = KVMOracle.Options(ioctls: ops, seed: seed, variant: variant, shrink: !noShrink)
+    var options = KVMOracle.Options(ioctls: ops, seed: seed, variant: variant, shrink: !noShrink, perform: perform)
     options.progress = { n in progress.update("pmmio: comparing with /dev/kvm (seed \(seed)): \(n) of \(total) ioctls") }
     var report = KVMOracle.run(options, host: host, memory: memory)
     progress.finish()

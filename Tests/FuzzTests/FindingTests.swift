@@ -24,11 +24,7 @@ import Scenarios
   static let plants: [Plant] = [
     // A test-only exporter whose attach answers ENOSPC where it would succeed: dma_buf_attach
     // cannot return it, so the errno is outside dmabuf.attach's table.
-    Plant(name: "exporter attach answers ENOSPC", perform: { machine, op in
-      let result = machine.perform(op)
-      if case .dmabufAttach = op, case .success = result { return .failure(.errno(.ENOSPC)) }
-      return result
-    }, kind: .errnoNotInTable, essential: ["vfio.open", "vfio.bind_iommufd", "vfio.dma_buf", "dmabuf.attach"], devices: 1, vms: 0),
+    Plant(name: "exporter attach answers ENOSPC", perform: FuzzPlants.all["attach-enospc"]!, kind: .errnoNotInTable, essential: ["vfio.open", "vfio.bind_iommufd", "vfio.dma_buf", "dmabuf.attach"], devices: 1, vms: 0),
     // A memslot ioctl that does its work and then answers EEXIST (in its table): the machine
     // changed although the ioctl failed.
     Plant(name: "memslot create answers EEXIST after creating", perform: { machine, op in

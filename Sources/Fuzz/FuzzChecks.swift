@@ -33,7 +33,8 @@ public enum FuzzChecks {
   /// The failure, if any, of step `index` (op `op`, which returned `result` on `after`, which
   /// was `before`).
   static func check(index: Int, step: FuzzStep, op: Operation, result: OpResult, before: Machine, after: Machine) -> FuzzFailure? {
-    let text = describe(result)
+    // Only a failure's report needs the result as text: it is made then, not for every op.
+    var text: String { describe(result) }
     func failure(_ kind: FuzzFailure.Kind, _ message: String, invariant: String? = nil) -> FuzzFailure {
       FuzzFailure(kind: kind, step: index, op: step.op, invariant: invariant, result: text, message: message)
     }

@@ -93,14 +93,7 @@ public final class KVMOracleHost {
                                             memory_size: region.memorySize, userspace_addr: region.userspaceAddr)
         return .success(try kvmIoctl(vm, ckvm_KVM_SET_USER_MEMORY_REGION, &r))
       case .setUserMemoryRegion2(let vm, let region):
-        var r = kvm_userspace_memory_region2()
-        r.slot = region.slot
-        r.flags = region.flags
-        r.guest_phys_addr = region.guestPhysAddr
-        r.memory_size = region.memorySize
-        r.userspace_addr = region.userspaceAddr
-        r.guest_memfd_offset = region.guestMemfdOffset
-        r.guest_memfd = region.guestMemfd
+        var r = kvm_userspace_memory_region2(region)
         return .success(try kvmIoctl(vm, ckvm_KVM_SET_USER_MEMORY_REGION2, &r))
       case .createGuestMemfd(let vm, let size, let flags):
         var g = kvm_create_guest_memfd()
@@ -199,4 +192,19 @@ public final class KVMOracleUserMemory {
   }
 
   deinit { munmap(base, 2 * size) }
+}
+
+extension kvm_userspace_memory_region2 {
+  /// The C struct of the model's mirror, field for field (the padding as the model has it).
+  init(_ region: UserspaceMemoryRegion2) {
+    self.init()
+    slot = region.slot
+    flags = region.flags
+    guest_phys_addr = region.guestPhysAddr
+    memory_size = region.memorySize
+    userspace_addr = region.userspaceAddr
+    guest_memfd_offset = region.guestMemfdOffset
+    guest_memfd = region.guestMemfd
+    pad1 = region.pad1
+  }
 }

@@ -181,8 +181,9 @@ enum ErrnoTables {
     OperationErrnoTable("vfio.write", "pwrite()", vfioRW),
     OperationErrnoTable("vfio.mmap", "mmap()", [
       badFD,
-      E(.ENODEV, "mmap_region", "the file has no mmap (not a VFIO device)"),
-      E(.EINVAL, "vfio_device_fops_mmap", "!df->access_granted (not bound), or the file is not a VFIO device"),
+      E(.ENODEV, "do_mmap", "the file has no mmap (a VM fd; a guest_memfd without GUEST_MEMFD_FLAG_MMAP: kvm_gmem_mmap)"),
+      E(.EINVAL, "dma_buf_mmap_internal", "a dma-buf whose exporter has no mmap (VFIO's has none)"),
+      E(.EINVAL, "vfio_device_fops_mmap", "!df->access_granted (not bound)"),
       E(.EINVAL, "vfio_pci_core_mmap", "index >= VFIO_PCI_ROM_REGION_INDEX, the BAR cannot be mmapped (!vdev->bar_mmap_supported), or the range is past the BAR; RFC patch 8: the BAR is private"),
       noMemory,
     ]),

@@ -28,8 +28,10 @@ struct FuzzCommand: ParsableCommand {
       the same operations. Exit status: 0 nothing found, 1 a failure found, 2 bad input or usage.
       """)
 
-  @Option(help: "Operations to run in all.")
-  var ops: Int = 100_000
+  @Option(name: .customLong("ops"), help: "Operations to run in all (default 100000; with --oracle kvm, ioctls to compare, default 12000).")
+  var opsOption: Int?
+
+  var ops: Int { opsOption ?? (oracle == nil ? 100_000 : 12_000) }
 
   @Option(help: "The seed: the same seed runs the same operations.")
   var seed: UInt64 = 1
@@ -43,8 +45,10 @@ struct FuzzCommand: ParsableCommand {
   @Flag(help: "Print one JSON document on stdout instead of text.")
   var json = false
 
-  @Option(help: "The directory failures are written to.")
-  var out: String = "fuzz-failures"
+  @Option(name: .customLong("out"), help: "The directory a failure is written to (default fuzz-failures).")
+  var outOption: String?
+
+  var out: String { outOption ?? "fuzz-failures" }
 
   @Flag(help: "Also run concurrent paths after each sequence, in random schedules.")
   var interleave = false
@@ -81,8 +85,15 @@ struct FuzzCommand: ParsableCommand {
   enum OracleKind: String, ExpressibleByArgument, CaseIterable { case kvm }
 
   func validate() throws {
-    guard ops > 0 else { throw ValidationError("--ops must be at least 1") }
+    if let opsOption, opsOption < 1 { throw ValidationError("--ops must be at least 1") }
     if let sequence, sequence < 0 { throw ValidationError("--sequence must be 0 or more") }
+    if sequence != nil, opsOption != nil { throw ValidationError("--sequence runs one sequence: --ops does nothing with it") }
+    if replay != nil, opsOption != nil || outOption != nil || noShrink || strict || !ignore.isEmpty {
+      throw ValidationError("--replay runs a scenario: --ops, --out, --no-shrink, --strict and --ignore do nothing with it")
+    }
+    if oracle != nil, strict || !ignore.isEmpty {
+      throw ValidationError("--oracle kvm compares answers: --strict and --ignore do nothing with it")
+    }
     let known = Set(["livelock", "deadlock", "posted"]).union(Machine.invariants.map(\.name))
     for name in ignore where !known.contains(name) {
       let hint = Suggestion.closest(to: name, among: Array(known)).map { " (did you mean '\($0)'?)" } ?? ""
@@ -237,6 +248,7 @@ enum FuzzText {
     for note in r.hostNotes { out += "  note: \(note)\n" }
     out += "  \(r.compared) ioctls compared in \(r.sequences) sequences, \(String(format: "%.1f", r.seconds)) s:\n"
     for (answer, n) in r.comparedByAnswer.sorted(by: { $0.key < $1.key }) { out += "    \(n)  \(answer)\n" }
+    out += "  (the function is the model's check that gave the answer; \(r.addressSpaceCalls) of the memslot ioctls named address space 1 or more)\n"
     if !r.skipped.isEmpty {
       out += "  skipped (sent to neither side):\n"
       for (why, n) in r.skipped.sorted(by: { $0.key < $1.key }) { out += "    \(n)  \(why)\n" }

@@ -135,6 +135,14 @@ import Scenarios
     #expect(Set(files) == Set((KnownFinding.all.map(\.name) + KnownFinding.traps.map(\.name)).map { "\($0).yaml" }))
   }
 
+  @Test func theReadmeListsEachFinding() throws {
+    let readme = try String(contentsOf: Self.directory.deletingLastPathComponent().deletingLastPathComponent()
+      .appendingPathComponent("README.md"), encoding: .utf8)
+    for name in KnownFinding.all.map(\.name) + KnownFinding.traps.map(\.name) {
+      #expect(readme.contains("| `\(name)` |"), "README's fuzzing section does not list \(name)")
+    }
+  }
+
   @Test(.disabled("mng-create-vcpus.yaml traps: TDXModule.tdhMngCreate allocates a vCPU state per requested vCPU (32 GiB for 0xffffffff) and the test process would die"))
   func rawMngCreateWithHugeVCPUCountTraps() throws {
     let text = try String(contentsOf: Self.directory.appendingPathComponent("mng-create-vcpus.yaml"), encoding: .utf8)

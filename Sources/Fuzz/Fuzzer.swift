@@ -112,7 +112,7 @@ public struct FuzzReport: Codable, Sendable {
   }
   /// The answers, counted as they come (strings are made once, at the end).
   var tally: [Answer: Int] = [:]
-  /// Known findings (``FuzzOptions/ignoring``) and how many sequences each ended.
+  /// Known findings (``FuzzOptions/ignoring``, ``KnownFinding``) and how often each was met.
   public var known: [String: Int] = [:]
   /// Sequences cut short where the machine stopped being one a kernel could be in (a raw
   /// SEAMCALL behind KVM's back), or by an invariant that a config write or reset from outside
@@ -225,49 +225,31 @@ public enum Fuzzer {
     let configuration = MachineGenerator.machine(&rng)
     var generator = OpGenerator(configuration: configuration, variant: options.variant)
     generator.avoidKnownTraps = options.avoidKnownTraps
-    guard var run = try? FuzzExecution(configuration, variant: options.variant, perform: options.perform) else { return .clean }
+    guard var run = try? FuzzExecution(configuration, variant: options.variant, perform: options.perform,
+                                       ignoring: options.ignoring, strict: options.strict) else { return .clean }
     var program = FuzzProgram(machine: configuration, steps: [])
     let length = min(budget, rng.int(in: 20 ... 150))
     for _ in 0 ..< max(1, length) {
       let step = generator.next(&rng)
       options.stepLog?(step)
-      let (performed, failure) = run.run(step)
+      let outcome = run.run(step)
       program.steps.append(step)
-      guard let result = performed else {
+      guard let result = outcome.result else {
         report.offTheRails[run.offTheRails ?? "?", default: 0] += 1
         return .clean
       }
       generator.record(step, result)
       count(step.op, result, in: &report)
-      if let failure {
-        if let known = known(failure, run.machine, options) {
-          report.known[known, default: 0] += 1
-          return .clean
-        }
-        return .failure(program, failure)
-      }
+      // A known finding: counted, and the sequence goes on without judging the invariants it broke.
+      if let known = outcome.known { report.known[known, default: 0] += 1 }
+      if let failure = outcome.failure { return .failure(program, failure) }
       if let why = run.offTheRails {
         report.offTheRails[why, default: 0] += 1
         return .clean
       }
     }
-    guard options.interleave else { return .clean }
+    guard options.interleave, !run.degraded else { return .clean }
     return interleave(&program, run: run, generator: &generator, rng: &rng, options: options, report: &report)
-  }
-
-  /// The known finding `failure` (seen on `machine`) is, if the run is to pass over it: one
-  /// it was told to ignore, or (unless strict) one of ``KnownFinding/all``.
-  static func known(_ failure: FuzzFailure, _ machine: Machine, _ options: FuzzOptions) -> String? {
-    let name = failure.kind == .invariant ? failure.invariant ?? "" : failure.kind.rawValue
-    if options.ignoring.contains(name) { return name }
-    // A known bug breaks other invariants with it (the posted slot delete's KVM_BUG_ON leaves an
-    // SPTE outside every slot): the step is the known bug's when any invariant it broke is.
-    if failure.kind == .invariant, !options.ignoring.isEmpty,
-       let ignored = machine.checkInvariants().first(where: { !$0.held && options.ignoring.contains($0.name) }) {
-      return ignored.name
-    }
-    if !options.strict, let finding = KnownFinding.match(failure, machine) { return finding.name }
-    return nil
   }
 
   static func count(_ op: String, _ result: OpResult, in report: inout FuzzReport) {
@@ -309,7 +291,7 @@ public enum Fuzzer {
     var schedule: [String] = []
     func fail(_ f: FuzzFailure, _ machine: Machine) -> SequenceOutcome {
       program.schedule = schedule
-      if let known = known(f, machine, options) {
+      if let known = run.known(f, on: machine) {
         report.known[known, default: 0] += 1
         return .clean
       }
@@ -394,7 +376,8 @@ public enum Fuzzer {
     var tries = 0
     if options.shrink {
       var shrinker = Shrinker(signature: failure.signature) { candidate in
-        FuzzExecution.firstFailure(candidate, variant: options.variant, perform: options.perform, strict: options.strict)
+        FuzzExecution.firstFailure(candidate, variant: options.variant, perform: options.perform,
+                                   ignoring: options.ignoring, strict: options.strict)
       }
       shrunk = shrinker.shrink(program, failure)
       tries = shrinker.tries
@@ -417,7 +400,7 @@ public enum Fuzzer {
       failing = failure.step
       var run = try? FuzzExecution(program.machine, variant: options.variant, perform: options.perform)
       for (i, step) in program.steps.enumerated() {
-        guard let result = run?.run(step).0 ?? nil else { break }
+        guard let result = run?.run(step).result else { break }
         if i == failure.step { expect = FuzzScenarioText.expectation(result) }
       }
     }

@@ -55,9 +55,8 @@ enum InterleavingRun {
   }
 
   /// Replays `program`'s schedule on the machine `run` left after the steps.
-  static func firstFailure(_ program: FuzzProgram, after run: FuzzExecution, variant: Variant, strict: Bool) -> FuzzFailure? {
-    if case .failure(let f, let machine) = replay(program, after: run, variant: variant),
-       strict || KnownFinding.match(f, machine) == nil { return f }
+  static func firstFailure(_ program: FuzzProgram, after run: FuzzExecution, variant: Variant) -> FuzzFailure? {
+    if case .failure(let f, let machine) = replay(program, after: run, variant: variant), run.known(f, on: machine) == nil { return f }
     return nil
   }
 

@@ -162,8 +162,9 @@ public enum KVMOracle {
     mutating func run(_ step: FuzzStep) -> Outcome {
       let call = KVMOracle.call(step.operation(in: realHandles))
       let index = model.count
-      let (modelResult, modelFailure) = model.run(step)
-      guard let modelResult else { return Outcome(model: nil) }
+      let modelOutcome = model.run(step)
+      let modelFailure = modelOutcome.failure
+      guard let modelResult = modelOutcome.result else { return Outcome(model: nil) }
       guard let call else { return Outcome(model: modelResult, failure: modelFailure) }
       let kernel = real.perform(call)
       if let name = step.binding {

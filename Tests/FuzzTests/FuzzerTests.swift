@@ -48,7 +48,7 @@ import Scenarios
     var program = FuzzProgram(machine: machine, steps: [])
     for _ in 0 ..< 80 {
       let step = generator.next(&rng)
-      guard let result = execution.run(step).0 else { break }
+      guard let result = execution.run(step).result else { break }
       generator.record(step, result)
       program.steps.append(step)
     }

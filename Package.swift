@@ -38,8 +38,10 @@ let package = Package(
     // The interleaving explorer: every schedule of a scenario's concurrent paths.
     .target(name: "Explorer", dependencies: ["KernelCore", "Platform", "Scenarios",
                                              .product(name: "DequeModule", package: "swift-collections")]),
+    // pmmio fuzz: random op sequences with shrinking, and the running kernel's KVM as an oracle.
+    .target(name: "Fuzz", dependencies: ["KernelCore", "KVM", "TDX", "Platform", "Scenarios", "HostKVM"]),
     .executableTarget(name: "pmmio", dependencies: [
-      "KernelCore", "Platform", "Scenarios", "Reports", "HostKVM", "Explorer",
+      "KernelCore", "Platform", "Scenarios", "Reports", "HostKVM", "Explorer", "Fuzz",
       .product(name: "ArgumentParser", package: "swift-argument-parser"),
     ]),
 
@@ -55,6 +57,7 @@ let package = Package(
     .testTarget(name: "ReportsTests", dependencies: ["KernelCore", "Platform", "Reports", "Scenarios"], exclude: ["Golden"]),
     .testTarget(name: "HostKVMTests", dependencies: ["KernelCore", "KVM", "Platform", "HostKVM"]),
     .testTarget(name: "ExplorerTests", dependencies: ["KernelCore", "Platform", "Scenarios", "Explorer"]),
+    .testTarget(name: "FuzzTests", dependencies: ["KernelCore", "DmaBuf", "KVM", "Platform", "Scenarios", "HostKVM", "Fuzz", "pmmio"]),
     .testTarget(name: "pmmioTests", dependencies: ["pmmio", "Scenarios"]),
   ]
 )

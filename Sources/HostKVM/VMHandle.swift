@@ -38,15 +38,7 @@ public final class VMHandle: Sendable {
   ///   for a bad guest_memfd.
   public func setUserMemoryRegion2(_ region: UserspaceMemoryRegion2) throws(Errno) {
     if hasUserMemory2 {
-      var r = kvm_userspace_memory_region2()
-      r.slot = region.slot
-      r.flags = region.flags
-      r.guest_phys_addr = region.guestPhysAddr
-      r.memory_size = region.memorySize
-      r.userspace_addr = region.userspaceAddr
-      r.guest_memfd_offset = region.guestMemfdOffset
-      r.guest_memfd = region.guestMemfd
-      r.pad1 = region.pad1
+      var r = kvm_userspace_memory_region2(region)
       _ = try kvmIoctl(fd, ckvm_KVM_SET_USER_MEMORY_REGION2, &r)
     } else {
       if MemslotFlags(rawValue: region.flags).contains(.guestMemfd) { throw .EINVAL }

@@ -177,10 +177,11 @@ public struct VirtualMachine: Hashable, Sendable {
   /// 8. create or move: overlap -> `EEXIST`;
   /// 9. `rfcV1` only, patch 6 in the bind branch: VFIO_DMABUF with `guest_memfd_offset != 0`
   ///    -> `EINVAL` (after the overlap check);
-  /// 10. `kvm_arch_prepare_memory_region()`: the last GFN past `kvm_mmu_max_gfn()`, or (a TD)
-  ///    with the shared bit (`kvm_is_gfn_alias()`) -> `EINVAL` (the kernel runs it after
-  ///    binding; the model before, so a bad fd of an out-of-range slot answers `EINVAL` here
-  ///    where the kernel answers `EBADF`).
+  /// 10. `kvm_arch_prepare_memory_region()` (``checkArchPrepare(_:)``): the last GFN past
+  ///    `kvm_mmu_max_gfn()`, or (a TD) with the shared bit (`kvm_is_gfn_alias()`) -> `EINVAL`.
+  ///    The kernel runs it after binding: for a guest_memfd slot it is left to
+  ///    ``checkGuestMemfdBind(_:file:)`` (an fd that is not open is `EBADF` first, as 6.18
+  ///    answers); a dma-buf slot's still runs here, before its bind.
   public func prepareSetUserMemoryRegion2(_ mem: UserspaceMemoryRegion2, variant: Variant,
                                           ioctl: MemoryRegionIoctl = .region2) throws(Errno) -> MemslotPlan {
     let setRegion: StaticString = "__kvm_set_memory_region"
@@ -269,22 +270,30 @@ public struct VirtualMachine: Hashable, Sendable {
     if flags.contains(.vfioDmaBuf) && variant == .rfcV1 && mem.guestMemfdOffset != 0 {
       throw Errno.EINVAL.because(setRegion, "KVM_MEM_VFIO_DMABUF with guest_memfd_offset != 0")
     }
-    // kvm_arch_prepare_memory_region(): the slot must be mappable by the TDP MMU, and a TD's
-    // slot must not reach the shared half of its GPA space.
-    if change == .create || change == .move {
-      let last = baseGFN.rawValue + npages - 1
-      guard last <= limits.maxGFN.rawValue else {
-        throw Errno.EINVAL.because("kvm_arch_prepare_memory_region", "last GFN 0x\(String(last, radix: 16)) > kvm_mmu_max_gfn() 0x\(String(limits.maxGFN.rawValue, radix: 16))")
-      }
-      guard last & limits.gfnDirectBits == 0 else {
-        throw Errno.EINVAL.because("kvm_arch_prepare_memory_region", "kvm_is_gfn_alias(): the slot reaches the TD's shared bit (GPA 0x\(String(limits.gfnDirectBits << pageShift, radix: 16)))")
-      }
-    }
     var result = plan(change, fd: dmaBufFD)
     if change == .create && flags.contains(.guestMemfd) {
       result.gmemFD = FD(Int32(bitPattern: mem.guestMemfd))
     }
+    // kvm_arch_prepare_memory_region() runs in kvm_set_memslot(), after kvm_gmem_bind(): a
+    // guest_memfd slot's is checkGuestMemfdBind()'s last check (an unopened fd is EBADF before
+    // it, as the fuzz oracle found against 6.18). A dma-buf slot's still runs here, before the
+    // bind: its attach cannot be undone in the model (see the README's fuzzing section).
+    if result.gmemFD == nil { try checkArchPrepare(result) }
     return result
+  }
+
+  /// `kvm_arch_prepare_memory_region()` (`arch/x86/kvm/x86.c`) for a create or move: the slot's
+  /// last GFN past `kvm_mmu_max_gfn()`, or (a TD) reaching the shared bit (`kvm_is_gfn_alias()`),
+  /// -> `EINVAL`.
+  public func checkArchPrepare(_ plan: MemslotPlan) throws(Errno) {
+    guard plan.change == .create || plan.change == .move else { return }
+    let last = GPA(plan.region.guestPhysAddr).gfn.rawValue + plan.npages - 1
+    guard last <= limits.maxGFN.rawValue else {
+      throw Errno.EINVAL.because("kvm_arch_prepare_memory_region", "last GFN 0x\(String(last, radix: 16)) > kvm_mmu_max_gfn() 0x\(String(limits.maxGFN.rawValue, radix: 16))")
+    }
+    guard last & limits.gfnDirectBits == 0 else {
+      throw Errno.EINVAL.because("kvm_arch_prepare_memory_region", "kvm_is_gfn_alias(): the slot reaches the TD's shared bit (GPA 0x\(String(limits.gfnDirectBits << pageShift, radix: 16)))")
+    }
   }
 
   /// `kvm_gmem_bind()` (`virt/kvm/guest_memfd.c`) for a new GUEST_MEMFD slot, after `fget()`
@@ -292,7 +301,8 @@ public struct VirtualMachine: Hashable, Sendable {
   /// 1. `file->f_op != &kvm_gmem_fops` -> `EINVAL`;
   /// 2. `f->kvm != kvm` -> `EINVAL`;
   /// 3. `offset < 0 || !PAGE_ALIGNED(offset) || offset + size > i_size_read(inode)` -> `EINVAL`;
-  /// 4. a binding already in `[start, end)` of the file (`xa_find(&f->bindings)`) -> `EINVAL`.
+  /// 4. a binding already in `[start, end)` of the file (`xa_find(&f->bindings)`) -> `EINVAL`;
+  /// then, as `kvm_set_memslot()` runs it next, ``checkArchPrepare(_:)``.
   /// Changes nothing; the commit records the binding.
   public func checkGuestMemfdBind(_ plan: MemslotPlan, file: GuestMemfdLookup) throws(Errno) -> GuestMemfdSlotBinding {
     let bind: StaticString = "kvm_gmem_bind"
@@ -309,6 +319,8 @@ public struct VirtualMachine: Hashable, Sendable {
     if let other = gmem.bindings.first(where: { $0.pages.overlaps(pages) }) {
       throw Errno.EINVAL.because(bind, "xa_find(&f->bindings): pages [0x\(String(pages.lowerBound, radix: 16)), 0x\(String(pages.upperBound, radix: 16))) of the file are bound to \(other.slot)")
     }
+    // Then kvm_set_memslot() -> kvm_arch_prepare_memory_region().
+    try checkArchPrepare(plan)
     return GuestMemfdSlotBinding(file: gmem.id, pgoff: pages.lowerBound, gmemOnly: gmem.flags.contains(.mmap))
   }
 

@@ -17,7 +17,7 @@ struct Pmmio: ParsableCommand {
       `pmmio FILE` replays FILE.
       """,
     version: BuildInfo.versionText,
-    subcommands: [RunCommand.self, ExploreCommand.self, ShowCommand.self, ScenariosCommand.self, KVMCommand.self],
+    subcommands: [RunCommand.self, ExploreCommand.self, FuzzCommand.self, ShowCommand.self, ScenariosCommand.self, KVMCommand.self],
     defaultSubcommand: RunCommand.self)
 
   /// Replaces ArgumentParser's `main()`, whose usage errors exit 64 (EX_USAGE): here they exit 2.

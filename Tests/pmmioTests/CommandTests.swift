@@ -17,9 +17,9 @@ private func json(_ text: String) throws -> [String: Any] {
   }
 
   @Test("a mistyped command is a usage error, not a file to read", arguments: [
-    ("frobnicate", "pmmio: unknown command 'frobnicate'; the commands are run, explore, show, scenarios, kvm. "
+    ("frobnicate", "pmmio: unknown command 'frobnicate'; the commands are run, explore, fuzz, show, scenarios, kvm. "
        + "A scenario file is run by its path: pmmio ./frobnicate\n"),
-    ("shwo", "pmmio: unknown command 'shwo' (did you mean 'show'?); the commands are run, explore, show, scenarios, kvm. "
+    ("shwo", "pmmio: unknown command 'shwo' (did you mean 'show'?); the commands are run, explore, fuzz, show, scenarios, kvm. "
        + "A scenario file is run by its path: pmmio ./shwo\n"),
   ])
   func unknownCommand(word: String, message: String) throws {

@@ -128,9 +128,14 @@ public enum FuzzScenarioText {
     case .success(.pfn(let pfn, let order)): return "{ pfn: \(hex(pfn.rawValue)), order: \(order) }"
     case .success(.read(let v)): return "{ value: \(number(v)) }"
     case .success(.tdiState(let s)): return "{ state: \(s) }"
-    case .success(.guestAccess(let s)): return FaultOutcome(rawValue: s) != nil ? "{ fault: \(s) }" : "ok"
+    case .success(.guestAccess(let s, let value)):
+      guard FaultOutcome(rawValue: s) != nil else { return "ok" }
+      return value.map { "{ fault: \(s), value: \(number($0)) }" } ?? "{ fault: \(s) }"
     case .success: return "ok"
     case .failure(.errno(let e)): return Errno(name: e.name) != nil ? "{ errno: \(e.name) }" : "error"
+    case .failure(.memoryFault(let exit)):
+      return "{ memory_fault: { flags: [\(MemoryFaultExpectation.names(exit.flags).joined(separator: ", "))], "
+        + "gpa: \(hex(exit.gpa)), size: \(hex(exit.size)), errno: \(exit.errno.name) } }"
     case .failure(.tdx(let s)): return TDXStatus(name: s.name) != nil ? "{ tdx: \(s.name) }" : "error"
     case .failure(.tdisp(_, let name)): return TDISPErrorName.isKnown(name) ? "{ tdisp: \(name) }" : "error"
     case .failure: return "error"

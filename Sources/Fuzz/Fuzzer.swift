@@ -159,6 +159,7 @@ struct Answer: Hashable, Sendable, CustomStringConvertible {
     switch result {
     case .success: kind = "ok"; errno = 0; function = nil
     case .failure(.errno(let e)): kind = "errno"; errno = e.rawValue; function = e.reason?.function
+    case .failure(.memoryFault(let exit)): kind = "errno"; errno = exit.errno.rawValue; function = exit.errno.reason?.function
     case .failure(.tdx): kind = "tdx"; errno = 0; function = nil
     case .failure(.tdisp(_, let name)): kind = "tdisp \(name)"; errno = 0; function = nil
     case .failure(.livelock): kind = "livelock"; errno = 0; function = nil

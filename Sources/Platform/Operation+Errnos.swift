@@ -62,6 +62,7 @@ public struct OperationErrnoTable: Hashable, Sendable {
   public func allows(_ failure: OpFailure) -> Bool {
     switch failure {
     case .errno(let e): contains(e)
+    case .memoryFault(let exit): contains(exit.errno)
     case .tdx: tdxStatus
     case .tdisp: tdispError
     case .livelock, .deadlock, .lockViolation: false

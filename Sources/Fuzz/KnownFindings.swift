@@ -28,11 +28,6 @@ public struct KnownFinding: Sendable {
       matches: { failure, _ in
         failure.kind == .invariant && failure.invariant == "NoKVMBugOn" && failure.message.contains("TDH.MMIO.MAP")
       }),
-    KnownFinding(
-      name: "close-vs-flr-resv",
-      summary: "a dma-buf's last close runs its release while a config-space FLR waits for memory_lock; the FLR's "
-        + "revoke then takes the freed buffer's resv lock and the model's lock check fails (\"free lock not granted\")",
-      matches: { failure, _ in failure.kind == .modelBug && failure.message.contains("resv: free lock not granted") }),
   ]
 
   /// Arguments that make the model trap today: the generator leaves them out unless strict

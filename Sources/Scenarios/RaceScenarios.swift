@@ -38,6 +38,29 @@ public enum RaceScenarios {
       - [ { op: vfio.close, fd: dev } ]
 
     """),
+    ("dmabuf-close-vs-flr", "Can a dma-buf's last close race a revoke?", """
+    # Can a dma-buf's last close race a revoke? The VMM closes the buffer's only fd while the guest
+    # starts an FLR through config space: the buffer's release waits for memory_lock to leave the
+    # device's list, and the FLR holds memory_lock while it revokes the device's buffers. Answer:
+    # vfio_pci_dma_buf_move() passes by a buffer whose file is no longer active
+    # (get_file_active()), so the revoke never takes the resv of a buffer being released, and the
+    # release leaves the list once the FLR is done (found by pmmio fuzz --interleave, as a lock
+    # mistake of the model's own). rfc-v1 shows its config-space FLR bug here too: the buffer
+    # the close does not release stays revoked.
+    name: dmabuf-close-vs-flr
+    machine:
+      devices:
+        - { name: dev0, bars: [ { index: 5, size: 0x1000, is64: false } ] }
+    steps:
+      - { op: vfio.open, device: dev0, as: dev, expect: ok }
+      - { op: vfio.bind_iommufd, fd: dev, expect: ok }
+      - { op: vfio.dma_buf, fd: dev, region_index: 5, ranges: [[0x0, 0x1000]], as: buf, expect: ok }
+      - { op: vfio.dma_buf, fd: dev, region_index: 5, ranges: [[0x0, 0x1000]], as: kept, expect: ok }
+    concurrent:
+      - [ { op: vfio.flr, fd: dev } ]
+      - [ { op: dmabuf.close, fd: buf } ]
+
+    """),
     ("export-vs-reset", "Does an export race with a reset?", """
     # Does an export race with a reset? VFIO_DEVICE_FEATURE_DMA_BUF decides under memory_lock
     # whether the new buffer starts revoked, and the reset holds memory_lock from its revoke to

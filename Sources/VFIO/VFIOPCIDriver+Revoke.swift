@@ -423,7 +423,11 @@ public struct DmaBufMovePath: Hashable, Sendable {
       bufferStageStarted = true
     }
     while let buffer = buffers.first {
-      guard let priv = driver.dmabufs[buffer], let revoked = target(stage, priv, driver) else {
+      // `if (!get_file_active(&priv->dmabuf->file)) continue;`: a buffer whose last file
+      // reference is gone is being released (its release waits for memory_lock to leave the
+      // list); nobody can map it any more, so the move and the cleanup pass it by.
+      guard let priv = driver.dmabufs[buffer], dmabufCore.buffer(buffer) != nil,
+            let revoked = target(stage, priv, driver) else {
         buffers.removeFirst()
         continue
       }

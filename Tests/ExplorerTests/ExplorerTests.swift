@@ -44,6 +44,8 @@ let raceNames = RaceScenarios.all.map(\.name)
   static let outcomes: [Outcome] = [
     .safe("close-vs-fault", .reviewed),
     .violates("close-vs-fault", .rfcV1, "NoResetUnderLiveImport", after: 3),
+    .safe("dmabuf-close-vs-flr", .reviewed),
+    .violates("dmabuf-close-vs-flr", .rfcV1, "UsableDeviceBuffersRestored", after: 5),
     .safe("export-vs-reset", .reviewed),
     .safe("export-vs-reset", .rfcV1),
     .safe("fault-vs-decode-off", .reviewed),

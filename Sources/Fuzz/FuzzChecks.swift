@@ -1,6 +1,8 @@
+import Glibc
 import KernelCore
 import KVM
 import Platform
+import TDX
 
 /// How the fuzzer performs an operation. The default is ``Machine/perform(_:)``; tests plant a
 /// wrong answer through it to see the fuzzer find and shrink it.
@@ -116,6 +118,14 @@ public enum FuzzPlants {
     // KVM_CREATE_VCPU past KVM_MAX_VCPU_IDS answers E2BIG instead of EINVAL.
     "vcpu-id-e2big": { machine, op in
       if case .kvmCreateVCPU(_, let id) = op, id >= VirtualMachine.maxVCPUIDs { return .failure(.errno(.E2BIG)) }
+      return machine.perform(op)
+    },
+    // A trap, as a model bug that kills the process would be one: a raw TDH.MNG.CREATE asking
+    // for more vCPUs than a TD may have aborts (once a real trap of the model's).
+    "mng-create-traps": { machine, op in
+      if case .tdxSeamcall(leaf: 9, let args) = op, let count = args.first, count > UInt64(TDXModule.maxVCPUsPerTD) {
+        abort()
+      }
       return machine.perform(op)
     },
     // A test-only exporter whose attach answers ENOSPC where it would succeed.

@@ -212,16 +212,24 @@ extension TDXModule {
 
   // MARK: TD creation and teardown
 
+  /// The most vCPUs a TD may have: the module's `MAX_VCPUS_PER_TD` metadata field (KVM reads it
+  /// as `td_conf.max_vcpus_per_td`, a `u16`); the model takes the largest such value.
+  public static let maxVCPUsPerTD = UInt32(UInt16.max)
+
   /// Creates a TD with `vcpuCount` vCPUs, ready to run.
   ///
   /// Mirrors, as one step, the build sequence KVM's `tdx_td_init()` / `tdx_vcpu_init()`
   /// (`arch/x86/kvm/vmx/tdx.c`) drives: TDH.MNG.CREATE, TDH.MNG.KEY.CONFIG, TDH.MNG.ADDCX,
   /// TDH.MNG.INIT, TDH.VP.CREATE/INIT per vCPU, TDH.MR.FINALIZE. Private-MMIO behaviour does
   /// not depend on the steps in between.
-  /// - Throws: `TDX_OPERAND_INVALID` (operand RCX) for zero vCPUs.
+  /// - Throws: `TDX_OPERAND_INVALID` (operand RCX) for zero vCPUs, or more than
+  ///   ``maxVCPUsPerTD`` (TD_PARAMS' `max_vcpus`, which TDH.MNG.INIT checks, is 16 bits).
   public mutating func tdhMngCreate(vcpuCount: UInt32) throws(TDXStatus) -> TDID {
     try traced("TDH.MNG.CREATE vcpus \(vcpuCount)", [.int("vcpus", vcpuCount)]) { (m: inout TDXModule) throws(TDXStatus) -> TDID in
-      guard vcpuCount > 0 else { throw TDXStatus.operandInvalid.with(operand: TDXOperand.rcx) }
+      guard vcpuCount > 0, vcpuCount <= TDXModule.maxVCPUsPerTD else {
+        throw TDXStatus.operandInvalid.with(operand: TDXOperand.rcx)
+          .because("TDH.MNG.INIT", "max_vcpus \(vcpuCount) is 0 or above MAX_VCPUS_PER_TD (\(TDXModule.maxVCPUsPerTD))")
+      }
       let id = m.nextTD
       m.tds[id] = TDState(vcpuCount: vcpuCount)
       return id

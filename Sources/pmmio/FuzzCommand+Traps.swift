@@ -140,7 +140,8 @@ extension FuzzCommand {
       count += 1
       let text = FuzzScenarioText.scenario(p, name: "candidate", variant: variant)
       guard (try? text.write(toFile: candidate, atomically: true, encoding: .utf8)) != nil,
-            let run = try? FuzzTraps.child(["fuzz", "--replay", candidate, "--variant", variant.rawValue], log: candidateLog),
+            let run = try? FuzzTraps.child(["fuzz", "--replay", candidate, "--variant", variant.rawValue]
+                                             + (plant.map { ["--plant", $0] } ?? []), log: candidateLog),
             let signal = run.signal else { return nil }
       let steps = ((try? String(contentsOfFile: candidateLog, encoding: .utf8)) ?? "").split(separator: "\n").count
       return FuzzFailure(kind: .trap, step: max(0, steps - 1), op: FuzzTraps.lastStep(candidateLog), result: "signal \(signal)",

@@ -20,14 +20,6 @@ public struct KnownFinding: Sendable {
       matches: { failure, machine in
         failure.kind == .invariant && machine.kvm.tdx.tds.values.contains { $0.isFatal }
       }),
-    KnownFinding(
-      name: "map-refused-bug-on",
-      summary: "a TD's private MMIO slot whose TDH.MMIO.MAP the module refuses for the host's own setup (no MMIOMT entry "
-        + "for the page, the IDE stream blocked): the fault takes the status as unexpected and KVM_BUG_ON kills the TD; "
-        + "a VMM's mistake, so user space can trigger a KVM_BUG_ON",
-      matches: { failure, _ in
-        failure.kind == .invariant && failure.invariant == "NoKVMBugOn" && failure.message.contains("TDH.MMIO.MAP")
-      }),
   ]
 
   /// Arguments that make the model trap today: the generator leaves them out unless strict

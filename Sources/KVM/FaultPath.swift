@@ -78,6 +78,11 @@ public enum SecureCallResult: Hashable, Sendable {
   case busy
   /// Any other status: a KVM bug from KVM's point of view (`KVM_BUG_ON`).
   case failed(status: UInt64)
+  /// (`reviewed`) The module refused for a reason in the host's own setup of the interface,
+  /// which the VMM can put right (no DEVIF, no MMIOMT entry, the page mapped elsewhere, the
+  /// DEVIF another TD's, the IDE stream blocked): not a KVM bug, and the TD lives. The fault
+  /// ends in `KVM_EXIT_MEMORY_FAULT` and `KVM_RUN` fails `EFAULT`.
+  case refused(status: UInt64)
 }
 
 /// How one fault ended: an outcome of the guest's access, or `RET_PF_RETRY` (the vCPU goes
@@ -346,6 +351,9 @@ public struct FaultPath: Hashable, Sendable {
       vm.markDead()
       try vm.mmuLock.unlock(ctx)
       return try finish(.outcome(.eio), &vm)
+    case .refused:
+      try vm.mmuLock.unlock(ctx)
+      return try finish(.memoryFault(MemoryFaultExit(isPrivate: true, gfn: gfn)), &vm)
     }
   }
 

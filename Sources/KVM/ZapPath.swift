@@ -123,7 +123,7 @@ public struct ZapPath: Hashable, Sendable {
     try vm.mmuLock.assertHeldWrite(by: ctx)
     switch result {
     case .busy: return
-    case .failed:
+    case .failed, .refused:
       vm.markDead()
       state = .finishing(.vmDead)
       return

@@ -38,7 +38,8 @@ public struct ExploreProgress: Sendable {
 /// Every interleaving of a scenario's `concurrent:` paths, after its `steps`, breadth first.
 ///
 /// A state is the machine together with every thread (``Interleaving``); the visited set
-/// holds the states themselves (hashed, compared equal). From each state every actor that
+/// knows each state by its index and its hash, computed once (``VisitedSet``), and states
+/// with equal hashes are compared in full. From each state every actor that
 /// can run takes one atomic region. After each new state the invariants that hold in every
 /// state, and the history invariants, are checked; the quiescent ones where no thread is
 /// inside a path. The first violation found breadth first has a shortest schedule. A state
@@ -144,7 +145,8 @@ struct Search {
   let traced: Interleaving
   var states: [Interleaving] = []
   var nodes: [Node] = []
-  var index: [Interleaving: Int32] = [:]
+  /// Which states are known, by index in `states`.
+  var visited = VisitedSet()
   var successors: [[Int32]] = []
   var queue = Deque<Int32>()
   var generated = 1
@@ -184,7 +186,7 @@ struct Search {
     states = [initial]
     nodes = [Node(parent: -1, actor: nil, depth: 0, sleep: [])]
     successors = [[]]
-    index[initial] = 0
+    visited.insert(0, hash: initial.hashValue)
     queue.append(0)
     if let stepsWrong {
       finding = (0, .steps, nil, "the steps did not go as expected: \(stepsWrong)", nil)
@@ -289,7 +291,9 @@ struct Search {
         finding = (i, .violation, violation.name, violation.violation ?? "", a)
         return
       }
-      if let j = index[next] {
+      // Hashed once here: the visited set keeps the hash.
+      let hash = next.hashValue
+      if let j = visited.index(of: next, hash: hash, in: states) {
         successors[Int(i)].append(j)
         revisit(j, sleep: childSleep)
         continue
@@ -301,7 +305,7 @@ struct Search {
       states.append(next)
       successors.append([])
       successors[Int(i)].append(j)
-      index[next] = j
+      visited.insert(j, hash: hash)
       if let violation = next.machine.firstViolation(of: next.isQuiescent ? [.everyState, .quiescent] : [.everyState]) {
         finding = (j, .violation, violation.name, violation.violation ?? "", nil)
         return
@@ -380,12 +384,13 @@ struct Search {
   mutating func fullSuccessors(_ i: Int32) -> [Int32] {
     var out: [Int32] = []
     for (actor, next) in allSteps(from: states[Int(i)]) {
-      if let j = index[next] { out.append(j) } else {
+      let hash = next.hashValue
+      if let j = visited.index(of: next, hash: hash, in: states) { out.append(j) } else {
         let j = Int32(nodes.count)
         nodes.append(Node(parent: i, actor: actor, depth: nodes[Int(i)].depth + 1, sleep: []))
         states.append(next)
         successors.append([])
-        index[next] = j
+        visited.insert(j, hash: hash)
         out.append(j)
       }
     }
@@ -409,7 +414,7 @@ struct Search {
     var frontier: Deque<Int32> = [entry]
     while let i = frontier.popFirst() {
       for (actor, next) in allSteps(from: states[Int(i)]) {
-        guard let j = index[next], members.contains(j) else { continue }
+        guard let j = visited.index(of: next, hash: next.hashValue, in: states), members.contains(j) else { continue }
         if j == entry {
           var path = [actor]
           var k = i

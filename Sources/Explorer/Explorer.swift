@@ -38,8 +38,9 @@ public struct ExploreProgress: Sendable {
 /// Every interleaving of a scenario's `concurrent:` paths, after its `steps`, breadth first.
 ///
 /// A state is the machine together with every thread (``Interleaving``); the visited set
-/// knows each state by its index and its hash, computed once (``VisitedSet``), and states
-/// with equal hashes are compared in full. From each state every actor that
+/// knows each state by its index and its hash, computed once, part by part against the
+/// state it came from (``InterleavingDigest``, ``VisitedSet``); states with equal hashes are
+/// compared in full. From each state every actor that
 /// can run takes one atomic region. After each new state the invariants that hold in every
 /// state, and the history invariants, are checked; the quiescent ones where no thread is
 /// inside a path. The first violation found breadth first has a shortest schedule. A state
@@ -145,6 +146,8 @@ struct Search {
   let traced: Interleaving
   var states: [Interleaving] = []
   var nodes: [Node] = []
+  /// Each state's digest, by index: a successor's is computed against its parent's.
+  var digests: [InterleavingDigest] = []
   /// Which states are known, by index in `states`.
   var visited = VisitedSet()
   var successors: [[Int32]] = []
@@ -186,7 +189,8 @@ struct Search {
     states = [initial]
     nodes = [Node(parent: -1, actor: nil, depth: 0, sleep: [])]
     successors = [[]]
-    visited.insert(0, hash: initial.hashValue)
+    digests = [initial.digest()]
+    visited.insert(0, hash: digests[0].value)
     queue.append(0)
     if let stepsWrong {
       finding = (0, .steps, nil, "the steps did not go as expected: \(stepsWrong)", nil)
@@ -291,8 +295,9 @@ struct Search {
         finding = (i, .violation, violation.name, violation.violation ?? "", a)
         return
       }
-      // Hashed once here: the visited set keeps the hash.
-      let hash = next.hashValue
+      // Hashed once here, part by part against the parent: the visited set keeps the hash.
+      let digest = next.digest(previous: s, previousDigest: digests[Int(i)])
+      let hash = digest.value
       if let j = visited.index(of: next, hash: hash, in: states) {
         successors[Int(i)].append(j)
         revisit(j, sleep: childSleep)
@@ -303,6 +308,7 @@ struct Search {
       maxDepth = max(maxDepth, Int(depth))
       nodes.append(Node(parent: i, actor: a, depth: depth, sleep: childSleep))
       states.append(next)
+      digests.append(digest)
       successors.append([])
       successors[Int(i)].append(j)
       visited.insert(j, hash: hash)
@@ -384,11 +390,13 @@ struct Search {
   mutating func fullSuccessors(_ i: Int32) -> [Int32] {
     var out: [Int32] = []
     for (actor, next) in allSteps(from: states[Int(i)]) {
-      let hash = next.hashValue
+      let digest = next.digest(previous: states[Int(i)], previousDigest: digests[Int(i)])
+      let hash = digest.value
       if let j = visited.index(of: next, hash: hash, in: states) { out.append(j) } else {
         let j = Int32(nodes.count)
         nodes.append(Node(parent: i, actor: actor, depth: nodes[Int(i)].depth + 1, sleep: []))
         states.append(next)
+        digests.append(digest)
         successors.append([])
         visited.insert(j, hash: hash)
         out.append(j)
@@ -414,7 +422,8 @@ struct Search {
     var frontier: Deque<Int32> = [entry]
     while let i = frontier.popFirst() {
       for (actor, next) in allSteps(from: states[Int(i)]) {
-        guard let j = visited.index(of: next, hash: next.hashValue, in: states), members.contains(j) else { continue }
+        let hash = next.digest(previous: states[Int(i)], previousDigest: digests[Int(i)]).value
+        guard let j = visited.index(of: next, hash: hash, in: states), members.contains(j) else { continue }
         if j == entry {
           var path = [actor]
           var k = i

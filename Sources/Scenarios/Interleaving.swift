@@ -1,5 +1,6 @@
 import KernelCore
 import Platform
+import KVM
 
 /// One of a scenario's `concurrent:` paths as a thread: where it is in its program, the
 /// operation it runs now, and the names its own steps have bound.
@@ -176,5 +177,44 @@ extension Interleaving {
       threads[i].current = kernels[k]
       k += 1
     }
+  }
+}
+
+/// An interleaving's hash as the hashes of its parts (each thread's position, operation in
+/// flight and handles; the machine's parts, see ``Machine/appendPartHashes(to:previous:previousHashes:)``),
+/// so that a successor is hashed against the state it came from: only the parts the step
+/// changed are hashed again. Equal interleavings have equal digests.
+public struct InterleavingDigest: Sendable {
+  /// The hash of each part, in a fixed order.
+  public let parts: [Int]
+  /// The hash of the whole: of `parts`, in order.
+  public let value: Int
+}
+
+extension Interleaving {
+  /// The digest of this state; `previous` and its digest, when given, lend the hashes of the
+  /// parts this state holds bitwise identically.
+  public func digest(previous: Interleaving? = nil, previousDigest: InterleavingDigest? = nil) -> InterleavingDigest {
+    let earlier = previous.flatMap { $0.threads.count == threads.count ? $0 : nil }
+    let old = earlier == nil ? nil : previousDigest?.parts
+    var parts: [Int] = []
+    parts.reserveCapacity(old?.count ?? 64)
+    var k = 0
+    func part<T: Hashable>(_ value: T, _ before: T?) {
+      parts.append(PartHash.of(value, previous: before, previousHash: old.flatMap { k < $0.count ? $0[k] : nil }))
+      k += 1
+    }
+    for (i, thread) in threads.enumerated() {
+      let before = earlier?.threads[i]
+      part(thread.path, before?.path)
+      part(thread.next, before?.next)
+      part(thread.current, before?.current)
+      part(thread.handles, before?.handles)
+    }
+    machine.appendPartHashes(to: &parts, previous: earlier?.machine, previousHashes: old.map { $0[min(k, $0.count)...] })
+    var hasher = Hasher()
+    hasher.combine(parts.count)
+    for p in parts { hasher.combine(p) }
+    return InterleavingDigest(parts: parts, value: hasher.finalize())
   }
 }

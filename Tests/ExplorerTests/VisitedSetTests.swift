@@ -8,8 +8,8 @@ import Scenarios
 /// states were reached in, and however many states share a hash.
 @Suite struct VisitedSetTests {
   /// The state after `steps` of three-vcpus-vs-revoke and its program, before any thread ran.
-  static func start() throws -> (InterleavingProgram, Interleaving) {
-    let scenario = try race("three-vcpus-vs-revoke")
+  static func start(_ name: String = "three-vcpus-vs-revoke") throws -> (InterleavingProgram, Interleaving) {
+    let scenario = try race(name)
     var machine = try Machine(configuration: scenario.machine, variant: .reviewed)
     var handles = HandleEnvironment()
     for vm in scenario.machine.vms { if let fd = machine.vmFD(named: vm.name) { handles.vmFDs[vm.name] = fd } }
@@ -51,6 +51,60 @@ import Scenarios
     let states = [start, a]
     #expect(visited.index(of: b, hash: b.hashValue, in: states) == 1)
     #expect(visited.index(of: start, hash: start.hashValue, in: states) == 0)
+  }
+
+  /// Runs `actors`, computing each state's digest against the one before, as the explorer does.
+  static func digestAlong(_ actors: [Actor], from state: Interleaving, _ program: InterleavingProgram) -> (Interleaving, InterleavingDigest) {
+    var s = state
+    var digest = s.digest()
+    for actor in actors {
+      var next = s
+      var contention = Contention()
+      _ = next.step(actor, program, contention: &contention)
+      next.canonicalize()
+      digest = next.digest(previous: s, previousDigest: digest)
+      s = next
+    }
+    return (s, digest)
+  }
+
+  /// Digests computed step by step against the parent equal digests computed afresh, and equal
+  /// states reached in different orders have equal digests; a different state has another.
+  @Test func digestsReusingTheParentEqualFreshOnes() throws {
+    let (program, start) = try Self.start()
+    let one = Array(repeating: Actor.thread(0), count: 5) + Array(repeating: Actor.thread(1), count: 5)
+    let other = Array(repeating: Actor.thread(1), count: 5) + Array(repeating: Actor.thread(0), count: 5)
+    let (a, da) = Self.digestAlong(one, from: start, program)
+    let (b, db) = Self.digestAlong(other, from: start, program)
+    #expect(a == b)
+    #expect(da.parts == a.digest().parts && da.value == a.digest().value)
+    #expect(da.value == db.value)
+    #expect(da.parts == db.parts)
+    let (c, dc) = Self.digestAlong([.thread(3)], from: start, program)
+    #expect(c != a && dc.value != da.value)
+    #expect(dc.parts == c.digest().parts)
+  }
+
+  /// Every state of two whole searches (a TD's and a software-protected VM's) has its own
+  /// digest: the parts cover everything that changes while threads run, so distinct states
+  /// do not collide.
+  @Test(arguments: ["two-zaps-on-track", "two-vcpus-same-page"])
+  func distinctStatesHaveDistinctDigests(_ name: String) throws {
+    let (program, start) = try Self.start(name)
+    var seen: Set<Interleaving> = [start]
+    var frontier = [start]
+    while !frontier.isEmpty, seen.count < 1_500 {
+      var next: [Interleaving] = []
+      for s in frontier {
+        for actor in s.actors(program) {
+          let t = Self.run([actor], from: s, program)
+          if seen.insert(t).inserted { next.append(t) }
+        }
+      }
+      frontier = next
+    }
+    #expect(seen.count > 500)
+    #expect(Set(seen.map { $0.digest().value }).count == seen.count)
   }
 
   /// Every state stored under one hash (the worst case) and enough of them to grow the table

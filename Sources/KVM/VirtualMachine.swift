@@ -161,7 +161,11 @@ public struct VirtualMachine: Hashable, Sendable {
   public mutating func recordMemoryFault(_ exit: MemoryFaultExit, vcpu: UInt32) { memoryFaultExits[vcpu] = exit }
 
   /// `KVM_RUN` entered the guest again on `vcpu`: `kvm_run` no longer holds the old exit.
-  public mutating func clearMemoryFault(vcpu: UInt32) { memoryFaultExits[vcpu] = nil }
+  public mutating func clearMemoryFault(vcpu: UInt32) {
+    // Read first: a VM with nothing to clear is not written (a write would unshare it).
+    guard fields.pointee.memoryFaultExits[vcpu] != nil else { return }
+    memoryFaultExits[vcpu] = nil
+  }
 
   /// `kvm_is_mmio_pfn()` (patch 11): a PFN with no `struct page` of RAM behind it.
   public func isMMIOPFN(_ pfn: PFN) -> Bool { !ramPFNs.contains { $0.contains(pfn) } }
@@ -688,7 +692,7 @@ public struct VirtualMachine: Hashable, Sendable {
   /// The leaf mapping `gfn` that a guest access or a fault sees: a blocked mirror entry is not
   /// present.
   public func presentLeaf(_ gfn: GFN) -> MappedLeaf? {
-    guard let leaf = mmu.lookup(gfn), !blockedMirror.contains(leaf.gfn) else { return nil }
+    guard let leaf = mmu.lookup(gfn), blockedMirror.isEmpty || !blockedMirror.contains(leaf.gfn) else { return nil }
     return leaf
   }
 

@@ -252,7 +252,7 @@ struct Search {
 
   /// Computes the successors of node `i`, except by actors in its sleep set.
   mutating func expand(_ i: Int32) {
-    let s = states[Int(i)]
+    var s = states[Int(i)]
     let sleep = nodes[Int(i)].sleep
     nodes[Int(i)].expanded = true
     let actors = s.actors(program)
@@ -296,7 +296,7 @@ struct Search {
         return
       }
       // Hashed once here, part by part against the parent: the visited set keeps the hash.
-      let digest = next.digest(previous: s, previousDigest: digests[Int(i)])
+      let digest = next.digest(previous: &s, previousDigest: digests[Int(i)])
       let hash = digest.value
       if let j = visited.index(of: next, hash: hash, in: states) {
         successors[Int(i)].append(j)
@@ -389,8 +389,9 @@ struct Search {
   /// Every successor of node `i`, sleep sets ignored (states not yet visited are added).
   mutating func fullSuccessors(_ i: Int32) -> [Int32] {
     var out: [Int32] = []
-    for (actor, next) in allSteps(from: states[Int(i)]) {
-      let digest = next.digest(previous: states[Int(i)], previousDigest: digests[Int(i)])
+    var parent = states[Int(i)]
+    for (actor, var next) in allSteps(from: parent) {
+      let digest = next.digest(previous: &parent, previousDigest: digests[Int(i)])
       let hash = digest.value
       if let j = visited.index(of: next, hash: hash, in: states) { out.append(j) } else {
         let j = Int32(nodes.count)
@@ -421,8 +422,9 @@ struct Search {
     var parent: [Int32: (Int32, Actor)] = [:]
     var frontier: Deque<Int32> = [entry]
     while let i = frontier.popFirst() {
-      for (actor, next) in allSteps(from: states[Int(i)]) {
-        let hash = next.digest(previous: states[Int(i)], previousDigest: digests[Int(i)]).value
+      var from = states[Int(i)]
+      for (actor, var next) in allSteps(from: from) {
+        let hash = next.digest(previous: &from, previousDigest: digests[Int(i)]).value
         guard let j = visited.index(of: next, hash: hash, in: states), members.contains(j) else { continue }
         if j == entry {
           var path = [actor]

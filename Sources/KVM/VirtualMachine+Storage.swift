@@ -88,46 +88,71 @@ public enum PartHash {
   }
 }
 
+/// The parts of a `Root` value to hash one by one, each a stored property found by its
+/// offset, so that two values are compared and hashed in place (through pointers to them),
+/// without copying a part out.
+public struct PartTable<Root>: Sendable {
+  public struct Part: Sendable {
+    let offset: Int
+    let size: Int
+    let hash: @Sendable (UnsafeRawPointer) -> Int
+
+    /// The stored property `path` (a chain of stored properties) as a part.
+    public static func part<T: Hashable & Sendable>(_ path: KeyPath<Root, T>) -> Part {
+      guard let offset = MemoryLayout<Root>.offset(of: path) else {
+        preconditionFailure("a part must be a stored property: \(path)")
+      }
+      return Part(offset: offset, size: MemoryLayout<T>.size) { $0.assumingMemoryBound(to: T.self).pointee.hashValue }
+    }
+  }
+
+  public let parts: [Part]
+  public init(_ parts: [Part]) { self.parts = parts }
+
+  /// Appends the hash of each part of the value at `value` to `out`. A part that the value at
+  /// `previous` holds with the same bytes takes its hash from `previousHashes` (what this
+  /// call appended for `previous`, same order).
+  public func append(to out: inout [Int], _ value: UnsafeRawPointer, previous: UnsafeRawPointer?,
+                     previousHashes: ArraySlice<Int>?) {
+    let old = previousHashes.flatMap { $0.count >= parts.count ? $0 : nil }
+    for (k, part) in parts.enumerated() {
+      let a = value + part.offset
+      if let previous, let old,
+         PartHash.sameBytes(UnsafeRawBufferPointer(start: a, count: part.size),
+                            UnsafeRawBufferPointer(start: previous + part.offset, count: part.size)) {
+        out.append(old[old.startIndex + k])
+      } else {
+        out.append(part.hash(a))
+      }
+    }
+  }
+}
+
 extension VirtualMachine {
   /// How many hashes ``appendPartHashes(to:previous:previousHashes:)`` appends.
-  public static let partCount = 19
+  public static var partCount: Int { partTable.parts.count }
+
+  /// Every field of ``VMFields`` that `==` compares, in declaration order.
+  static let partTable = PartTable<VMFields>([
+    .part(\.id), .part(\.type), .part(\.vcpus), .part(\.memslots), .part(\.bindings), .part(\.mmu),
+    .part(\.invalidation), .part(\.mmuLock), .part(\.slotsLock), .part(\.srcu), .part(\.pendingKicks),
+    .part(\.blockedMirror), .part(\.isDead), .part(\.ramPFNs), .part(\.limits), .part(\.memoryAttributes),
+    .part(\.guestMemfds), .part(\.sharedMMU), .part(\.memoryFaultExits),
+  ])
 
   /// Appends the hash of each of the VM's fields to `out` (``partCount`` of them): equal VMs
   /// append equal lists. A field `previous` holds bitwise identically takes its hash from
   /// `previousHashes` (what this call appended for `previous`); a VM that shares its storage
-  /// with `previous` takes all of them.
+  /// with `previous` takes all of them. The fields are read in place.
   public func appendPartHashes(to out: inout [Int], previous: VirtualMachine?, previousHashes: ArraySlice<Int>?) {
-    let old = previousHashes.flatMap { $0.count == Self.partCount ? Array($0) : nil }
+    let old = previousHashes.flatMap { $0.count == Self.partCount ? $0 : nil }
     if let previous, let old, sharesStorage(with: previous) {
       out.append(contentsOf: old)
       return
     }
-    let a = fields, b = old == nil ? nil : previous?.fields
-    var k = 0
-    func part<T: Hashable>(_ field: (UnsafeMutablePointer<VMFields>) -> T) {
-      out.append(PartHash.of(field(a), previous: b.map(field), previousHash: old?[k]))
-      k += 1
-    }
     withExtendedLifetime((self, previous)) {
-      part { $0.pointee.id }
-      part { $0.pointee.type }
-      part { $0.pointee.vcpus }
-      part { $0.pointee.memslots }
-      part { $0.pointee.bindings }
-      part { $0.pointee.mmu }
-      part { $0.pointee.invalidation }
-      part { $0.pointee.mmuLock }
-      part { $0.pointee.slotsLock }
-      part { $0.pointee.srcu }
-      part { $0.pointee.pendingKicks }
-      part { $0.pointee.blockedMirror }
-      part { $0.pointee.isDead }
-      part { $0.pointee.ramPFNs }
-      part { $0.pointee.limits }
-      part { $0.pointee.memoryAttributes }
-      part { $0.pointee.guestMemfds }
-      part { $0.pointee.sharedMMU }
-      part { $0.pointee.memoryFaultExits }
+      Self.partTable.append(to: &out, UnsafeRawPointer(fields), previous: old == nil ? nil : previous.map { UnsafeRawPointer($0.fields) },
+                            previousHashes: old)
     }
   }
 }

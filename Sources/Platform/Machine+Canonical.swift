@@ -26,6 +26,13 @@ extension Machine {
 
   // MARK: Canonical state
 
+  /// Whether ``canonicalize(_:)-(inout [KernelThread])`` has nothing to do, whatever the
+  /// threads: every VM's `mmu_invalidate_seq` is 0 and no TD's epochs moved. Most steps leave
+  /// the machine so; checking costs a look at each VM.
+  public var isCanonical: Bool {
+    kvm.epochsMoved.value.isEmpty && kvm.vms.values.allSatisfy { $0.invalidation.seq == 0 }
+  }
+
   /// Brings values the kernel uses only relatively to their canonical form, with no thread in
   /// flight: every VM's `mmu_invalidate_seq` is 0, TLB epochs are relative.
   public mutating func canonicalize() {

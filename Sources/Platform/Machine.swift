@@ -270,48 +270,37 @@ extension Machine {
 }
 
 extension Machine {
-  /// How many hashes ``appendPartHashes(to:previous:previousHashes:)`` appends before the VMs'.
-  static let fixedPartCount = 12
+  /// The machine's parts before the VMs', each a stored property hashed on its own: the fd
+  /// table, VFIO's devices, files and buffers, the dma-buf core's buffers and attachments,
+  /// KVM's TDs, the TDX module's TDs, DEVIFs, metadata table and table pages, and the leaked
+  /// attachments. What no operation changes (the variant, device and VM names, the host) and
+  /// what is history (traces, `Observed`) are left out, which `==` still compares.
+  static let partTable = PartTable<Machine>([
+    .part(\.files), .part(\.vfio.devices), .part(\.vfio.files), .part(\.vfio.dmabufs), .part(\.dmabufCore.buffers),
+    .part(\.dmabufCore.attachments), .part(\.kvm.tds), .part(\.kvm.tdx.tds), .part(\.kvm.tdx.devifs),
+    .part(\.kvm.tdx.mmiomt), .part(\.kvm.tdx.mmiomtPages), .part(\.kvm.leaked),
+  ])
 
-  /// Appends the hash of each part of the machine to `out`: the fd table, VFIO's devices,
-  /// files and buffers, the dma-buf core's buffers and attachments, KVM's TDs, the TDX
-  /// module's TDs, DEVIFs, metadata table and table pages, the leaked attachments, then each
-  /// VM's fields in VM order (``VirtualMachine/appendPartHashes(to:previous:previousHashes:)``).
-  /// Equal machines append equal lists; what no operation changes (the variant, device and
-  /// VM names, the host) and what is history (traces, `Observed`) are left out, which `==`
-  /// still compares.
+  /// Appends the hash of each part of the machine at `machine` to `out`: the parts of
+  /// ``partTable``, then each VM's fields in VM order
+  /// (``VirtualMachine/appendPartHashes(to:previous:previousHashes:)``). Equal machines append
+  /// equal lists.
   ///
-  /// A part `previous` holds bitwise identically takes its hash from `previousHashes` (what
-  /// this call appended for `previous`): after one step from `previous`, only what the step
-  /// changed is hashed.
-  public func appendPartHashes(to out: inout [Int], previous: Machine?, previousHashes: ArraySlice<Int>?) {
+  /// A part the machine at `previous` holds bitwise identically takes its hash from
+  /// `previousHashes` (what this call appended for `previous`): after one step from
+  /// `previous`, only what the step changed is hashed. Both machines are read in place.
+  public static func appendPartHashes(of machine: UnsafePointer<Machine>, previous: UnsafePointer<Machine>?,
+                                      previousHashes: ArraySlice<Int>?, to out: inout [Int]) {
     let old = previous == nil ? nil : previousHashes
-    var k = old?.startIndex ?? 0
-    func part<T: Hashable>(_ value: T, _ earlier: T?) {
-      out.append(PartHash.of(value, previous: earlier, previousHash: old.flatMap { k < $0.endIndex ? $0[k] : nil }))
-      k += 1
-    }
-    part(files, previous?.files)
-    part(vfio.devices, previous?.vfio.devices)
-    part(vfio.files, previous?.vfio.files)
-    part(vfio.dmabufs, previous?.vfio.dmabufs)
-    part(dmabufCore.buffers, previous?.dmabufCore.buffers)
-    part(dmabufCore.attachments, previous?.dmabufCore.attachments)
-    part(kvm.tds, previous?.kvm.tds)
-    part(kvm.tdx.tds, previous?.kvm.tdx.tds)
-    part(kvm.tdx.devifs, previous?.kvm.tdx.devifs)
-    part(kvm.tdx.mmiomt, previous?.kvm.tdx.mmiomt)
-    part(kvm.tdx.mmiomtPages, previous?.kvm.tdx.mmiomtPages)
-    part(kvm.leaked, previous?.kvm.leaked)
+    partTable.append(to: &out, UnsafeRawPointer(machine), previous: previous.map { UnsafeRawPointer($0) }, previousHashes: old)
     // The VMs in id order; each reuses the hashes of the VM of its id in `previous` when both
     // machines have the same VMs (so the lists line up).
-    let ids = kvm.vms.keys.sorted()
-    let aligned = previous.map { $0.kvm.vms.keys.sorted() == ids } ?? false
-    for id in ids {
-      let vm = kvm.vms[id]!
-      let earlier = aligned ? previous?.kvm.vms[id] : nil
-      let hashes = old.flatMap { aligned && k + VirtualMachine.partCount <= $0.endIndex ? $0[k ..< k + VirtualMachine.partCount] : nil }
-      vm.appendPartHashes(to: &out, previous: earlier, previousHashes: hashes)
+    let vms = machine.pointee.kvm.vms
+    let earlier = previous.flatMap { $0.pointee.kvm.vms.keys == vms.keys ? $0.pointee.kvm.vms : nil }
+    var k = (old?.startIndex ?? 0) + partTable.parts.count
+    for (i, vm) in vms.values.enumerated() {
+      let hashes = old.flatMap { earlier != nil && k + VirtualMachine.partCount <= $0.endIndex ? $0[k ..< k + VirtualMachine.partCount] : nil }
+      vm.appendPartHashes(to: &out, previous: earlier?.values[i], previousHashes: hashes)
       k += VirtualMachine.partCount
     }
   }

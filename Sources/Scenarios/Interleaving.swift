@@ -169,6 +169,8 @@ extension Interleaving {
 
   /// Makes the state canonical (see ``Machine/canonicalize(_:)-(inout [KernelThread])``).
   public mutating func canonicalize() {
+    // The common case touches nothing: no thread is copied out and written back.
+    guard !machine.isCanonical else { return }
     var kernels = threads.compactMap(\.current)
     guard !kernels.isEmpty else { machine.canonicalize(); return }
     machine.canonicalize(&kernels)
@@ -192,29 +194,59 @@ public struct InterleavingDigest: Sendable {
 }
 
 extension Interleaving {
-  /// The digest of this state; `previous` and its digest, when given, lend the hashes of the
-  /// parts this state holds bitwise identically.
-  public func digest(previous: Interleaving? = nil, previousDigest: InterleavingDigest? = nil) -> InterleavingDigest {
-    let earlier = previous.flatMap { $0.threads.count == threads.count ? $0 : nil }
+  /// Each thread's parts.
+  static let threadParts = PartTable<ProgramThread>([.part(\.path), .part(\.next), .part(\.current), .part(\.handles)])
+
+  /// The digest of this state.
+  public func digest() -> InterleavingDigest {
+    var copy = self
+    return withUnsafePointer(to: &copy) { Self.digest(of: $0, previous: nil, previousDigest: nil) }
+  }
+
+  /// The digest of this state, which one step made from `previous` (whose digest is
+  /// `previousDigest`): the parts this state holds bitwise identically keep their hashes.
+  /// Both states are read in place (they are `inout` only for their addresses).
+  public mutating func digest(previous: inout Interleaving, previousDigest: InterleavingDigest) -> InterleavingDigest {
+    withUnsafePointer(to: &self) { a in
+      withUnsafePointer(to: &previous) { b in Self.digest(of: a, previous: b, previousDigest: previousDigest) }
+    }
+  }
+
+  static func digest(of state: UnsafePointer<Interleaving>, previous: UnsafePointer<Interleaving>?,
+                     previousDigest: InterleavingDigest?) -> InterleavingDigest {
+    let earlier = previous.flatMap { $0.pointee.threads.count == state.pointee.threads.count ? $0 : nil }
     let old = earlier == nil ? nil : previousDigest?.parts
     var parts: [Int] = []
     parts.reserveCapacity(old?.count ?? 64)
-    var k = 0
-    func part<T: Hashable>(_ value: T, _ before: T?) {
-      parts.append(PartHash.of(value, previous: before, previousHash: old.flatMap { k < $0.count ? $0[k] : nil }))
-      k += 1
+    let perThread = threadParts.parts.count
+    state.pointee.threads.withUnsafeBufferPointer { threads in
+      let before = earlier?.pointee.threads
+      for i in threads.indices {
+        let hashes = old.map { $0[i * perThread ..< (i + 1) * perThread] }
+        before.withUnsafeBufferPointerIfPresent { b in
+          threadParts.append(to: &parts, UnsafeRawPointer(threads.baseAddress! + i), previous: b.map { UnsafeRawPointer($0 + i) },
+                             previousHashes: hashes)
+        }
+      }
     }
-    for (i, thread) in threads.enumerated() {
-      let before = earlier?.threads[i]
-      part(thread.path, before?.path)
-      part(thread.next, before?.next)
-      part(thread.current, before?.current)
-      part(thread.handles, before?.handles)
-    }
-    machine.appendPartHashes(to: &parts, previous: earlier?.machine, previousHashes: old.map { $0[min(k, $0.count)...] })
+    let k = parts.count
+    let machineOffset = MemoryLayout<Interleaving>.offset(of: \.machine)!
+    let machine = (UnsafeRawPointer(state) + machineOffset).assumingMemoryBound(to: Machine.self)
+    let previousMachine = earlier.map { (UnsafeRawPointer($0) + machineOffset).assumingMemoryBound(to: Machine.self) }
+    Machine.appendPartHashes(of: machine, previous: previousMachine, previousHashes: old.map { $0[min(k, $0.count)...] }, to: &parts)
     var hasher = Hasher()
     hasher.combine(parts.count)
     for p in parts { hasher.combine(p) }
     return InterleavingDigest(parts: parts, value: hasher.finalize())
+  }
+}
+
+extension Optional where Wrapped == [ProgramThread] {
+  /// `body` with the array's elements, or with `nil` when there is no array.
+  func withUnsafeBufferPointerIfPresent<R>(_ body: (UnsafePointer<ProgramThread>?) -> R) -> R {
+    switch self {
+    case .some(let array): array.withUnsafeBufferPointer { body($0.baseAddress) }
+    case .none: body(nil)
+    }
   }
 }

@@ -62,7 +62,7 @@ import Scenarios
       var contention = Contention()
       _ = next.step(actor, program, contention: &contention)
       next.canonicalize()
-      digest = next.digest(previous: s, previousDigest: digest)
+      digest = next.digest(previous: &s, previousDigest: digest)
       s = next
     }
     return (s, digest)

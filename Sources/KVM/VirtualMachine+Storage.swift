@@ -93,9 +93,9 @@ public enum PartHash {
 /// without copying a part out.
 public struct PartTable<Root>: Sendable {
   public struct Part: Sendable {
-    let offset: Int
-    let size: Int
-    let hash: @Sendable (UnsafeRawPointer) -> Int
+    @usableFromInline let offset: Int
+    @usableFromInline let size: Int
+    @usableFromInline let hash: @Sendable (UnsafeRawPointer) -> Int
 
     /// The stored property `path` (a chain of stored properties) as a part.
     public static func part<T: Hashable & Sendable>(_ path: KeyPath<Root, T>) -> Part {
@@ -109,13 +109,17 @@ public struct PartTable<Root>: Sendable {
   public let parts: [Part]
   public init(_ parts: [Part]) { self.parts = parts }
 
+  public var count: Int { parts.count }
+
   /// Appends the hash of each part of the value at `value` to `out`. A part that the value at
   /// `previous` holds with the same bytes takes its hash from `previousHashes` (what this
   /// call appended for `previous`, same order).
+  @inlinable
   public func append(to out: inout [Int], _ value: UnsafeRawPointer, previous: UnsafeRawPointer?,
                      previousHashes: ArraySlice<Int>?) {
     let old = previousHashes.flatMap { $0.count >= parts.count ? $0 : nil }
-    for (k, part) in parts.enumerated() {
+    for k in parts.indices {
+      let part = parts[k]
       let a = value + part.offset
       if let previous, let old,
          PartHash.sameBytes(UnsafeRawBufferPointer(start: a, count: part.size),

@@ -20,11 +20,14 @@ struct VisitedSet {
   func index(of state: Interleaving, hash: Int, in states: [Interleaving]) -> Int32? {
     let mask = slots.count - 1
     var i = hash & mask
-    while true {
-      let j = slots[i]
-      if j < 0 { return nil }
-      if hashes[Int(j)] == hash, states[Int(j)] == state { return j }
-      i = (i + 1) & mask
+    // The stored states are compared where they are, not copied out.
+    return states.withUnsafeBufferPointer { stored in
+      while true {
+        let j = slots[i]
+        if j < 0 { return nil }
+        if hashes[Int(j)] == hash, stored[Int(j)] == state { return j }
+        i = (i + 1) & mask
+      }
     }
   }
 

@@ -66,7 +66,7 @@ public enum PartHash {
   }
 
   /// Two buffers of one type's size compared a word at a time.
-  @inlinable static func sameBytes(_ x: UnsafeRawBufferPointer, _ y: UnsafeRawBufferPointer) -> Bool {
+  @inlinable public static func sameBytes(_ x: UnsafeRawBufferPointer, _ y: UnsafeRawBufferPointer) -> Bool {
     let count = x.count
     var i = 0
     while i + 8 <= count {

@@ -50,6 +50,23 @@ public struct Interleaving: Hashable, Sendable {
   /// Whether no thread is inside a path (every operation started has finished): the
   /// quiescent invariants apply.
   public var isQuiescent: Bool { threads.allSatisfy { $0.current == nil } }
+
+  /// The threads and the machine compared. Threads are compared where they are, and a thread
+  /// two states hold bitwise identically (the same position and the same storage) is equal
+  /// without a field-by-field comparison.
+  public static func == (a: Interleaving, b: Interleaving) -> Bool {
+    guard a.threads.count == b.threads.count else { return false }
+    let threadsEqual = a.threads.withUnsafeBufferPointer { x in
+      b.threads.withUnsafeBufferPointer { y in
+        x.indices.allSatisfy { i in
+          PartHash.sameBytes(UnsafeRawBufferPointer(start: x.baseAddress! + i, count: MemoryLayout<ProgramThread>.size),
+                             UnsafeRawBufferPointer(start: y.baseAddress! + i, count: MemoryLayout<ProgramThread>.size))
+            || x[i] == y[i]
+        }
+      }
+    }
+    return threadsEqual && a.machine == b.machine
+  }
 }
 
 /// The fixed part of an interleaving: the concurrent paths' programs and the names of

@@ -125,3 +125,42 @@ public struct MMIOMT: Hashable, Sendable, Sequence {
 
   public func makeIterator() -> Iterator { Iterator(runs: table.runs.makeIterator()) }
 }
+
+/// The MMIO metadata table's pages (``MMIOMTNode``), by level: for each of the five levels
+/// the first addresses of its pages, in order. Every MAP walks five of them, so a lookup is
+/// a binary search of one level's pages, with no hashing.
+public struct MMIOMTPages: Hashable, Sendable {
+  /// The first address of each page, ascending, by level (0 ... 4).
+  private var bases: [[UInt64]] = Array(repeating: [], count: 5)
+
+  public init() {}
+
+  /// How many pages the table has.
+  public var count: Int { bases.reduce(0) { $0 + $1.count } }
+
+  /// Where `base` is, or would go, among the pages of `level`.
+  private func position(_ base: UInt64, level: Int) -> (index: Int, found: Bool) {
+    let pages = bases[level]
+    var lo = 0, hi = pages.count
+    while lo < hi {
+      let mid = (lo + hi) / 2
+      if pages[mid] < base { lo = mid + 1 } else { hi = mid }
+    }
+    return (lo, lo < pages.count && pages[lo] == base)
+  }
+
+  public func contains(_ node: MMIOMTNode) -> Bool {
+    guard node.level < 5 else { return false }
+    return position(node.base, level: Int(node.level)).found
+  }
+
+  /// Adds `node`. - Returns: whether it was not there yet.
+  @discardableResult
+  public mutating func insert(_ node: MMIOMTNode) -> Bool {
+    guard node.level < 5 else { return false }
+    let (i, found) = position(node.base, level: Int(node.level))
+    guard !found else { return false }
+    bases[Int(node.level)].insert(node.base, at: i)
+    return true
+  }
+}

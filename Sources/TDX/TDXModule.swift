@@ -23,7 +23,7 @@ public struct TDXModule: Hashable, Sendable {
   public internal(set) var mmiomt = MMIOMT()
   /// The MMIO metadata table's pages, added by TDH.MMIO.MT.ADD: a page at a level holds the
   /// entries of that level for the address range it covers (see ``MMIOMTNode``).
-  public internal(set) var mmiomtPages: TreeSet<MMIOMTNode> = []
+  public internal(set) var mmiomtPages = MMIOMTPages()
   /// The handle a new TD gets: the lowest one no live TD has, so the module's state holds no
   /// counter and two modules with the same TDs compare equal.
   var nextTD: TDID { Self.lowestFree(tds.keys) }

@@ -134,6 +134,28 @@ import Testing
     #expect(module.mmiomt.modelBytes == module.mmiomt.runCount * MemoryLayout<MMIOMT.Run>.stride)
   }
 
+  /// The table's pages by level: found whatever the order they were added in, each once, and
+  /// two sets with the same pages are equal.
+  @Test func tablePagesAreFoundByLevelAndAddress() {
+    // High levels cover all three addresses with one page: each page once.
+    let nodes = Array(Set((0 ..< 5).flatMap { level in
+      [UInt64(0x40_0000_0000), 0x40_4000_0000, 0x10_0000].map { MMIOMTNode.covering($0, level: UInt8(level)) }
+    })).sorted()
+    var forward = MMIOMTPages(), backward = MMIOMTPages()
+    for node in nodes {
+      let inserted = forward.insert(node)
+      #expect(inserted)
+    }
+    for node in nodes.reversed() { backward.insert(node) }
+    let again = forward.insert(nodes[3])
+    #expect(!again)
+    #expect(forward == backward && forward.hashValue == backward.hashValue)
+    #expect(forward.count == nodes.count)
+    #expect(nodes.allSatisfy(forward.contains))
+    #expect(!forward.contains(MMIOMTNode.covering(0x50_0000_0000, level: 0)))
+    #expect(!forward.contains(MMIOMTNode(level: 1, base: 0x40_0000_0000 + 0x1000)))
+  }
+
   // MARK: Secure EPT
 
   static func entry(_ page: UInt64, _ state: SEPTState, bepoch: UInt64 = 0) -> SEPTEntry {

@@ -35,6 +35,8 @@ public struct MMIOMT: Hashable, Sendable, Sequence {
           function: function, td: td, level: level)
     }
 
+    var entryPages: UInt64 { level.pages }
+
     /// The entry whose first page is `pfn` (inside the run, aligned to its level).
     func entry(at pfn: UInt64) -> MMIOMTEntry {
       MMIOMTEntry(function: function, level: level,
@@ -49,20 +51,18 @@ public struct MMIOMT: Hashable, Sendable, Sequence {
   /// Whether no page has a DATA entry.
   public var isEmpty: Bool { table.isEmpty }
   /// DATA entries (a 2 MiB entry counts once).
-  public var count: Int { table.runs.reduce(0) { $0 + Int($1.pages / $1.level.pages) } }
+  public var count: Int { table.entryCount }
   /// Runs the table is kept as (for the model's own memory figures and tests).
   public var runCount: Int { table.runs.count }
   /// Bytes of model state the table holds.
-  public var modelBytes: Int { table.runs.count * MemoryLayout<Run>.stride }
+  public var modelBytes: Int { table.modelBytes }
 
   /// The DATA entry whose first page is `pfn`: `nil` when no entry starts there (a page inside
   /// a 2 MiB entry other than its first has none of its own). Setting an entry replaces the
   /// pages it covers; setting `nil` removes the entry that starts at `pfn`, if any.
   public subscript(_ pfn: PFN) -> MMIOMTEntry? {
     get {
-      guard let run = table.run(containing: pfn.rawValue),
-            (pfn.rawValue - run.first) & (run.level.pages - 1) == 0 else { return nil }
-      return run.entry(at: pfn.rawValue)
+      table.run(withEntryAt: pfn.rawValue)?.entry(at: pfn.rawValue)
     }
     set {
       if let entry = newValue {
@@ -93,37 +93,16 @@ public struct MMIOMT: Hashable, Sendable, Sequence {
     }
   }
 
-  /// Calls `body` with each mapped stretch: its first PFN, pages, level, function and mapping
-  /// of its first page (the rest follow at consecutive GPAs).
-  func forEachMappedRun(_ body: (_ first: PFN, _ pages: UInt64, _ level: SEPTLevel, _ function: DeviceInterfaceID,
-                                 _ mapping: MMIOMTMapping) -> Void) {
-    for run in table.runs {
-      guard let td = run.td else { continue }
-      body(PFN(run.first), run.pages, run.level, run.function, MMIOMTMapping(td: td, gpa: GPA(run.gpa)))
-    }
-  }
-
   /// The entries in PFN order, each as (first PFN, entry).
   public struct Iterator: IteratorProtocol {
-    var runs: [Run].Iterator
-    var current: Run?
-    var page: UInt64 = 0
+    var entries: PageRuns<Run>.Entries
 
     public mutating func next() -> (key: PFN, value: MMIOMTEntry)? {
-      while true {
-        if let run = current, page < run.end {
-          let pfn = page
-          page += run.level.pages
-          return (PFN(pfn), run.entry(at: pfn))
-        }
-        guard let run = runs.next() else { return nil }
-        current = run
-        page = run.first
-      }
+      entries.next().map { e in (PFN(e.page), e.run.entry(at: e.page)) }
     }
   }
 
-  public func makeIterator() -> Iterator { Iterator(runs: table.runs.makeIterator()) }
+  public func makeIterator() -> Iterator { Iterator(entries: table.entries) }
 }
 
 /// The MMIO metadata table's pages (``MMIOMTNode``), by level: for each of the five levels

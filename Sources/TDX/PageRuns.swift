@@ -16,6 +16,8 @@ protocol PageRun: Hashable, Sendable {
   func isContinued(by next: Self) -> Bool
   /// The part of the run from page `first + offset` on (0 < offset < pages).
   func suffix(from offset: UInt64) -> Self
+  /// Pages per entry of the run (an entry of a 2 MiB level covers 512).
+  var entryPages: UInt64 { get }
 }
 
 extension PageRun {
@@ -33,6 +35,33 @@ struct PageRuns<Run: PageRun>: Hashable, Sendable {
   private(set) var runs: [Run] = []
 
   var isEmpty: Bool { runs.isEmpty }
+  /// Entries in all runs (a 2 MiB entry counts once).
+  var entryCount: Int { runs.reduce(0) { $0 + Int($1.pages / $1.entryPages) } }
+  /// Bytes of model state the runs hold.
+  var modelBytes: Int { runs.count * MemoryLayout<Run>.stride }
+
+  /// The first page of every entry, with its run, in page order.
+  struct Entries: IteratorProtocol {
+    var runs: [Run].Iterator
+    var current: Run?
+    var page: UInt64 = 0
+
+    init(_ runs: [Run]) { self.runs = runs.makeIterator() }
+
+    mutating func next() -> (page: UInt64, run: Run)? {
+      while true {
+        if let run = current, page < run.end {
+          defer { page += run.entryPages }
+          return (page, run)
+        }
+        guard let run = runs.next() else { return nil }
+        current = run
+        page = run.first
+      }
+    }
+  }
+
+  var entries: Entries { Entries(runs) }
 
   /// The index of the first run that ends after `page` (`runs.count` when none does).
   @inline(__always) func firstIndex(endingAfter page: UInt64) -> Int {
@@ -49,6 +78,12 @@ struct PageRuns<Run: PageRun>: Hashable, Sendable {
     let i = firstIndex(endingAfter: page)
     guard i < runs.count, runs[i].first <= page else { return nil }
     return runs[i]
+  }
+
+  /// The run holding an entry whose first page is `page`; `nil` when no entry starts there.
+  func run(withEntryAt page: UInt64) -> Run? {
+    guard let run = run(containing: page), (page - run.first) % run.entryPages == 0 else { return nil }
+    return run
   }
 
   /// The runs overlapping `lo ..< hi`, in order (the first and last may stick out).

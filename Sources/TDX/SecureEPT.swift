@@ -31,6 +31,8 @@ public struct SecureEPT: Hashable, Sendable, Sequence {
           state: state, level: level)
     }
 
+    var entryPages: UInt64 { level.pages }
+
     /// The entry whose first page is `gfn` (inside the run).
     func entry(at gfn: UInt64) -> SEPTEntry {
       SEPTEntry(state: state, level: level, hpa: HPA(hpa &+ (gfn - first) << pageShift), bepoch: bepoch)
@@ -44,11 +46,11 @@ public struct SecureEPT: Hashable, Sendable, Sequence {
   /// Whether every entry is FREE.
   public var isEmpty: Bool { table.isEmpty }
   /// Leaf entries that are not FREE (a 2 MiB leaf counts once).
-  public var count: Int { table.runs.reduce(0) { $0 + Int($1.pages / $1.level.pages) } }
+  public var count: Int { table.entryCount }
   /// Runs the entries are kept as (for the model's own memory figures and tests).
   public var runCount: Int { table.runs.count }
   /// Bytes of model state the entries hold.
-  public var modelBytes: Int { table.runs.count * MemoryLayout<Run>.stride }
+  public var modelBytes: Int { table.modelBytes }
 
   /// The leaf entry whose first byte is `gpa`; `nil` for FREE, and for a GPA inside a larger
   /// leaf other than its first. Setting an entry replaces the pages it covers; setting `nil`
@@ -56,9 +58,8 @@ public struct SecureEPT: Hashable, Sendable, Sequence {
   public subscript(_ gpa: GPA) -> SEPTEntry? {
     get {
       let gfn = gpa.rawValue >> pageShift
-      guard gpa.isPageAligned, let run = table.run(containing: gfn), (gfn - run.first) & (run.level.pages - 1) == 0
-      else { return nil }
-      return run.entry(at: gfn)
+      guard gpa.isPageAligned else { return nil }
+      return table.run(withEntryAt: gfn)?.entry(at: gfn)
     }
     set {
       let gfn = gpa.rawValue >> pageShift
@@ -86,31 +87,14 @@ public struct SecureEPT: Hashable, Sendable, Sequence {
     return table.overlapping(gfn, gfn + level.pages).contains { $0.level.rawValue < level.rawValue }
   }
 
-  /// Calls `body` with each run: the GPA and entry of its first page
-  /// and how many 4 KiB pages it covers (the rest map consecutive host pages).
-  func forEachRun(_ body: (_ first: GPA, _ entry: SEPTEntry, _ pages: UInt64) -> Void) {
-    for run in table.runs { body(GFN(run.first).gpa, run.entry(at: run.first), run.pages) }
-  }
-
   /// The entries in GPA order, each as (GPA of its first byte, entry).
   public struct Iterator: IteratorProtocol {
-    var runs: [Run].Iterator
-    var current: Run?
-    var page: UInt64 = 0
+    var entries: PageRuns<Run>.Entries
 
     public mutating func next() -> (key: GPA, value: SEPTEntry)? {
-      while true {
-        if let run = current, page < run.end {
-          let gfn = page
-          page += run.level.pages
-          return (GFN(gfn).gpa, run.entry(at: gfn))
-        }
-        guard let run = runs.next() else { return nil }
-        current = run
-        page = run.first
-      }
+      entries.next().map { e in (GFN(e.page).gpa, e.run.entry(at: e.page)) }
     }
   }
 
-  public func makeIterator() -> Iterator { Iterator(runs: table.runs.makeIterator()) }
+  public func makeIterator() -> Iterator { Iterator(entries: table.entries) }
 }

@@ -51,8 +51,13 @@ extension Machine {
   /// `mmu_invalidate_seq` is rebased to the oldest value a fault in flight recorded (0 when
   /// none did), the faults' values with it; the TDX module's epochs are made relative.
   public mutating func canonicalize(_ threads: inout [KernelThread]) {
-    for (id, vm) in kvm.vms where vm.invalidation.seq != 0 {
-      var base = vm.invalidation.seq
+    // The VMs to rebase are found first, and written after: a loop that writes the table it
+    // iterates copies the table (the optimizer makes it unique before the loop, while the
+    // iterator still holds it), on every call.
+    var moved: [(id: VMID, seq: UInt64)] = []
+    for (id, vm) in kvm.vms where vm.invalidation.seq != 0 { moved.append((id, vm.invalidation.seq)) }
+    for (id, seq) in moved {
+      var base = seq
       for thread in threads {
         for seq in thread.recordedSeqs(vm: id) { base = min(base, seq) }
       }

@@ -14,7 +14,8 @@ import Scenarios
 // One iteration is one whole work (262,144 faults, one zap of a whole BAR, ...); set-up that is
 // not the work runs before `startMeasurement()` and tear-down after `stopMeasurement()`. Besides
 // wall clock, throughput and mallocs every benchmark reports:
-// - `ps/op` and `ops/s`: per fault, per zapped 4 KiB page, per snapshot step or per hash;
+// - `ps/op` and `ops/s`: per fault, per zapped 4 KiB page, per snapshot step, per hash or per
+//   distinct state an exploration visits (Explore adds `states/s` and `distinct states`);
 // - `heap B/page`: bytes the heap grew by across the work, per 4 KiB page mapped (faults);
 // - `model B/page`: the MMU's own count of its bytes (``TDPMMU/modelBytes``) per mapped page.
 

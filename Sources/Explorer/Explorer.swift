@@ -42,7 +42,9 @@ public struct ExploreProgress: Sendable {
 /// Every interleaving of a scenario's `concurrent:` paths, after its `steps`, breadth first.
 ///
 /// A state is the machine together with every thread (``Interleaving``); the visited set
-/// holds the states themselves (hashed, compared equal). From each state every actor that
+/// knows each state by its index and its hash, computed once, part by part against the
+/// state it came from (``InterleavingDigest``, ``VisitedSet``); states with equal hashes are
+/// compared in full. From each state every actor that
 /// can run takes one atomic region. After each new state the invariants that hold in every
 /// state, and the history invariants, are checked; the quiescent ones where no thread is
 /// inside a path. The first violation found breadth first has a shortest schedule. A state
@@ -153,7 +155,10 @@ struct Search {
   let traced: Interleaving
   var states: [Interleaving] = []
   var nodes: [Node] = []
-  var index: [Interleaving: Int32] = [:]
+  /// Each state's digest, by index: a successor's is computed against its parent's.
+  var digests: [InterleavingDigest] = []
+  /// Which states are known, by index in `states`.
+  var visited = VisitedSet()
   var successors: [[Int32]] = []
   var queue = Deque<Int32>()
   var generated = 1
@@ -197,7 +202,8 @@ struct Search {
     states = [initial]
     nodes = [Node(parent: -1, actor: nil, depth: 0, sleep: [])]
     successors = [[]]
-    index[initial] = 0
+    digests = [initial.digest()]
+    visited.insert(0, hash: digests[0].value)
     queue.append(0)
     if let stepsWrong {
       finding = (0, .steps, nil, "the steps did not go as expected: \(stepsWrong)", nil)
@@ -293,7 +299,7 @@ struct Search {
 
   /// Computes the successors of node `i`, except by actors in its sleep set.
   mutating func expand(_ i: Int32) {
-    let s = states[Int(i)]
+    var s = states[Int(i)]
     let sleep = nodes[Int(i)].sleep
     nodes[Int(i)].expanded = true
     let actors = s.actors(program)
@@ -333,7 +339,10 @@ struct Search {
       // History invariants fire on the transition that does the harm: checked on every
       // successor, also one already visited.
       if checkState(i, next.machine, kinds: [.history], extra: a) { return }
-      if let j = index[next] {
+      // Hashed once here, part by part against the parent: the visited set keeps the hash.
+      let digest = next.digest(previous: &s, previousDigest: digests[Int(i)])
+      let hash = digest.value
+      if let j = visited.index(of: next, hash: hash, in: states) {
         successors[Int(i)].append(j)
         revisit(j, sleep: childSleep)
         continue
@@ -343,9 +352,10 @@ struct Search {
       maxDepth = max(maxDepth, Int(depth))
       nodes.append(Node(parent: i, actor: a, depth: depth, sleep: childSleep))
       states.append(next)
+      digests.append(digest)
       successors.append([])
       successors[Int(i)].append(j)
-      index[next] = j
+      visited.insert(j, hash: hash)
       if checkState(j, next.machine, kinds: next.isQuiescent ? [.everyState, .quiescent] : [.everyState]) { return }
       queue.append(j)
     }
@@ -420,13 +430,17 @@ struct Search {
   /// Every successor of node `i`, sleep sets ignored (states not yet visited are added).
   mutating func fullSuccessors(_ i: Int32) -> [Int32] {
     var out: [Int32] = []
-    for (actor, next) in allSteps(from: states[Int(i)]) {
-      if let j = index[next] { out.append(j) } else {
+    var parent = states[Int(i)]
+    for (actor, var next) in allSteps(from: parent) {
+      let digest = next.digest(previous: &parent, previousDigest: digests[Int(i)])
+      let hash = digest.value
+      if let j = visited.index(of: next, hash: hash, in: states) { out.append(j) } else {
         let j = Int32(nodes.count)
         nodes.append(Node(parent: i, actor: actor, depth: nodes[Int(i)].depth + 1, sleep: []))
         states.append(next)
+        digests.append(digest)
         successors.append([])
-        index[next] = j
+        visited.insert(j, hash: hash)
         out.append(j)
       }
     }
@@ -449,8 +463,10 @@ struct Search {
     var parent: [Int32: (Int32, Actor)] = [:]
     var frontier: Deque<Int32> = [entry]
     while let i = frontier.popFirst() {
-      for (actor, next) in allSteps(from: states[Int(i)]) {
-        guard let j = index[next], members.contains(j) else { continue }
+      var from = states[Int(i)]
+      for (actor, var next) in allSteps(from: from) {
+        let hash = next.digest(previous: &from, previousDigest: digests[Int(i)]).value
+        guard let j = visited.index(of: next, hash: hash, in: states), members.contains(j) else { continue }
         if j == entry {
           var path = [actor]
           var k = i

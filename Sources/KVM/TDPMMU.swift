@@ -54,17 +54,64 @@ struct Totals: Equatable {
   }
 }
 
-/// A table's level, how many of its entries are in use, and its subtree's ``Totals``.
+/// Which of a table's 512 entries hold a leaf or a child: a bit each, so that walking a
+/// sparse table visits its entries in use, not all 512.
+struct Occupancy: Equatable {
+  var words: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0, 0, 0, 0)
+
+  /// Every entry in use (a table split from a huge page).
+  static let full = Occupancy(words: (~0, ~0, ~0, ~0, ~0, ~0, ~0, ~0))
+
+  @inline(__always) func word(_ w: Int) -> UInt64 {
+    withUnsafeBytes(of: words) { $0.load(fromByteOffset: w &* 8, as: UInt64.self) }
+  }
+
+  @inline(__always) mutating func update(_ i: Int, _ set: Bool) {
+    withUnsafeMutableBytes(of: &words) { raw in
+      let offset = (i >> 6) &* 8, bit = UInt64(1) << UInt64(i & 63)
+      let old = raw.load(fromByteOffset: offset, as: UInt64.self)
+      raw.storeBytes(of: set ? old | bit : old & ~bit, toByteOffset: offset, as: UInt64.self)
+    }
+  }
+
+  /// Calls `body` with each entry in use from `first` through `last`, in order. Bits `body`
+  /// changes for entries already visited do not matter.
+  @inline(__always) func forEach(from first: Int, through last: Int, _ body: (Int) throws -> Void) rethrows {
+    guard first <= last else { return }
+    for w in (first >> 6) ... (last >> 6) {
+      var bits = word(w)
+      if w == first >> 6 { bits &= ~0 << UInt64(first & 63) }
+      if w == last >> 6, last & 63 != 63 { bits &= (1 << UInt64((last & 63) + 1)) &- 1 }
+      while bits != 0 {
+        try body(w &* 64 &+ bits.trailingZeroBitCount)
+        bits &= bits &- 1
+      }
+    }
+  }
+
+  static func == (a: Occupancy, b: Occupancy) -> Bool {
+    (0 ..< 8).allSatisfy { a.word($0) == b.word($0) }
+  }
+}
+
+/// A table's level, which of its entries are in use, and its subtree's ``Totals``.
 struct TableHeader {
   let level: PGLevel
   /// Non-empty entries, so an emptied table can be freed and the tree stays canonical.
   var used = 0
+  /// Which entries are in use (``used`` of them).
+  var occupied = Occupancy()
   var totals: Totals
 
   init(level: PGLevel) {
     self.level = level
     totals = .table(level)
   }
+
+  /// Entry `i`, empty until now, holds a leaf or a child.
+  @inline(__always) mutating func occupy(_ i: Int) { used += 1; occupied.update(i, true) }
+  /// Entry `i` no longer holds anything.
+  @inline(__always) mutating func vacate(_ i: Int) { used -= 1; occupied.update(i, false) }
 }
 
 /// One 512-entry page table of the TDP MMU (`struct kvm_mmu_page` with its `spt` page), with
@@ -156,6 +203,7 @@ final class TableNode: ManagedBuffer<TableHeader, UInt64> {
       head.pointee.totals += .leaf(piece, gfn: gfn + UInt64(j) * level.pages, level: level)
     }
     head.pointee.used = 512
+    head.pointee.occupied = .full
     return node
   }
 
@@ -295,7 +343,8 @@ public struct TDPMMU: Hashable, Sendable {
     let level = node.level, span = level.pages, leaves = node.words
     let lo = max(start, base), hi = min(end, base &+ 512 &* span)
     guard lo < hi else { return }
-    for i in Int((lo - base) / span) ... Int((hi - 1 - base) / span) {
+    // Only the entries in use: a sparse table costs what it holds, not 512 reads.
+    try node.head.pointee.occupied.forEach(from: Int((lo - base) / span), through: Int((hi - 1 - base) / span)) { i in
       let entryBase = base + UInt64(i) * span
       if leaves[i] != 0 {
         try body(MappedLeaf(gfn: GFN(entryBase), level: level, spte: SPTE(rawValue: leaves[i])))
@@ -348,7 +397,7 @@ public struct TDPMMU: Hashable, Sendable {
       let inTheWay = words[i]
       if inTheWay != 0 {
         words[i] = 0
-        path.last.pointee.used -= 1
+        path.last.pointee.vacate(i)
         path.add(Totals.leaf(inTheWay, gfn: gfn & ~(level.pages &- 1), level: level), sign: -1)
       }
       let slot = TableNode.children(words) + i
@@ -356,7 +405,7 @@ public struct TDPMMU: Hashable, Sendable {
         let lower = PGLevel(rawValue: lowerRaw) ?? .level4K
         slot.pointee = TableNode.make(level: lower)
         work.tablesAllocated += 1
-        path.last.pointee.used += 1
+        path.last.pointee.occupy(i)
         path.add(.table(lower), sign: 1)
       } else if !TableNode.isUnique(slot) {
         slot.pointee = slot.pointee!.copy()
@@ -374,10 +423,10 @@ public struct TDPMMU: Hashable, Sendable {
     let head = path.last
     if level != .level4K, let child = TableNode.children(words)[i].take() {
       delta -= child.head.pointee.totals
-      head.pointee.used -= 1
+      head.pointee.vacate(i)
     }
     let old = words[i]
-    if old != 0 { delta -= .leaf(old, gfn: gfn, level: level) } else { head.pointee.used += 1 }
+    if old != 0 { delta -= .leaf(old, gfn: gfn, level: level) } else { head.pointee.occupy(i) }
     words[i] = spte
     delta += .leaf(spte, gfn: gfn, level: level)
     path.add(delta, sign: 1)
@@ -456,35 +505,37 @@ public struct TDPMMU: Hashable, Sendable {
     var delta = Totals()
     let lo = max(start, base), hi = min(end, base &+ 512 &* span)
     guard lo < hi else { return delta }
-    for i in Int((lo - base) / span) ... Int((hi - 1 - base) / span) {
+    // Only entries in use: a zap walks what is mapped, not every slot of the range.
+    let occupied = head.pointee.occupied   // the entries in use before the zap changes them
+    occupied.forEach(from: Int((lo - base) / span), through: Int((hi - 1 - base) / span)) { i in
       let entryBase = base + UInt64(i) * span
       let covered = start <= entryBase && entryBase + span <= end
       let raw = leaves[i]
       if raw != 0 {
         leaves[i] = 0
-        head.pointee.used -= 1
+        head.pointee.vacate(i)
         delta -= .leaf(raw, gfn: entryBase, level: level)
         if covered {
           removed.leaves += 1
           removed.pages += span
-          continue
+          return
         }
         // Partly covered huge page: split it so the rest of it stays mapped.
-        guard let lower = level.lower else { continue }
+        guard let lower = level.lower else { return }
         let piece = TableNode.split(raw, into: lower, gfn: entryBase)
         work.tablesAllocated += 1
-        head.pointee.used += 1
+        head.pointee.occupy(i)
         delta += piece.head.pointee.totals
         node.children[i] = piece
       }
-      guard level != .level4K, var child = node.children[i].take() else { continue }
+      guard level != .level4K, var child = node.children[i].take() else { return }
       if covered {
         let gone = child.head.pointee.totals
-        head.pointee.used -= 1
+        head.pointee.vacate(i)
         delta -= gone
         removed.leaves += gone.leaves
         removed.pages += gone.pages
-        continue       // the subtree goes with `child`, freed if nobody shares it
+        return       // the subtree goes with `child`, freed if nobody shares it
       }
       if !isKnownUniquelyReferenced(&child) {
         child = child.copy()
@@ -492,7 +543,7 @@ public struct TDPMMU: Hashable, Sendable {
       }
       delta += zapIn(child, base: entryBase, start, end, &removed, &work)
       if child.head.pointee.used == 0 {
-        head.pointee.used -= 1
+        head.pointee.vacate(i)
         delta -= child.head.pointee.totals   // an empty table: only itself is left to count
       } else {
         node.children[i] = child
@@ -516,18 +567,20 @@ public struct TDPMMU: Hashable, Sendable {
     if a === b { return true }
     visited += 1
     let x = a.head.pointee, y = b.head.pointee
-    guard x.level == y.level, x.used == y.used, x.totals == y.totals else { return false }
+    guard x.level == y.level, x.used == y.used, x.totals == y.totals, x.occupied == y.occupied else { return false }
+    // The same entries are in use: compare those only.
     let la = a.words, lb = b.words
-    for i in 0 ..< 512 where la[i] != lb[i] { return false }
-    guard x.level != .level4K else { return true }
-    let ca = a.children, cb = b.children
-    for i in 0 ..< 512 {
-      switch (ca[i], cb[i]) {
-      case (nil, nil): continue
-      case let (p?, q?): if !equal(p, q, visited: &visited) { return false }
-      default: return false
+    struct Differs: Error {}
+    do {
+      try x.occupied.forEach(from: 0, through: 511) { i in
+        guard la[i] == lb[i] else { throw Differs() }
+        guard x.level != .level4K, la[i] == 0 else { return }
+        switch (a.children[i], b.children[i]) {
+        case let (p?, q?): if !equal(p, q, visited: &visited) { throw Differs() }
+        default: throw Differs()
+        }
       }
-    }
+    } catch { return false }
     return true
   }
 
@@ -544,6 +597,24 @@ public struct TDPMMU: Hashable, Sendable {
     var d: UInt64 = 0
     forEachLeaf { d &+= Totals.leafDigest($0.spte.rawValue, gfn: $0.gfn.rawValue, level: $0.level) }
     return d
+  }
+
+  /// Whether every table's occupancy bits and count say exactly which of its 512 entries hold
+  /// a leaf or a child (tests check the bits every walk relies on against a full scan).
+  func occupancyMatchesEntries() -> Bool {
+    func check(_ node: TableNode) -> Bool {
+      let head = node.head.pointee
+      var used = 0
+      for i in 0 ..< 512 {
+        let inUse = node.words[i] != 0 || (head.level != .level4K && node.children[i] != nil)
+        let bit = head.occupied.word(i >> 6) & (1 << UInt64(i & 63)) != 0
+        guard inUse == bit else { return false }
+        if inUse { used += 1 }
+        if head.level != .level4K, let child = node.children[i], !check(child) { return false }
+      }
+      return used == head.used
+    }
+    return check(root)
   }
 
   /// Whether two MMUs share their root table (no write since one was copied from the other).

@@ -19,58 +19,133 @@ public struct SlotBinding: Hashable, Sendable {
 ///
 /// Every ioctl-level method fails with `EIO` once the VM is dead (`KVM_BUG_ON` marked it
 /// bugged: `kvm_vm_bugged()` makes `kvm_vm_ioctl()` and `kvm_vcpu_ioctl()` return -EIO).
+///
+/// A value whose fields live behind one reference (``VMFields`` in a ``VMStorage``): copying
+/// a VM, or reading one out of the host's dictionary, costs one reference count whatever the
+/// VM holds, and the fields are copied once, on the first write after a copy (each field's
+/// `_modify` makes the storage unique first). Equality and hashing are the fields'.
 public struct VirtualMachine: Hashable, Sendable {
   /// `KVM_MAX_VCPU_IDS` on x86 without `CONFIG_MAXSMP`: `KVM_MAX_VCPUS` (1024) times
   /// `KVM_VCPU_ID_RATIO` (4).
   public static let maxVCPUIDs: UInt32 = 4096
 
-  public let id: VMID
-  public let type: VMType
-  public private(set) var vcpus: TreeSet<UInt32> = []
-  public private(set) var memslots: TreeDictionary<SlotKey, Memslot> = [:]
+  var storage: VMStorageRef
+  /// The fields, in place. Valid while this VM holds its storage.
+  @inline(__always) var fields: UnsafeMutablePointer<VMFields> { storage.object.fields }
+
+  /// Makes the storage uniquely referenced before a write: a VM shared with a copy gets its
+  /// own fields.
+  @inline(__always) mutating func makeUnique() {
+    if !isKnownUniquelyReferenced(&storage.object) { storage = VMStorageRef(copying: storage.object) }
+  }
+
+  public var id: VMID { fields.pointee.id }
+  public var type: VMType { fields.pointee.type }
+  public private(set) var vcpus: TreeSet<UInt32> {
+    get { fields.pointee.vcpus }
+    _modify { makeUnique(); yield &fields.pointee.vcpus }
+  }
+  public private(set) var memslots: TreeDictionary<SlotKey, Memslot> {
+    get { fields.pointee.memslots }
+    _modify {
+      makeUnique()
+      // The lookup index follows every change of the slots, also an aborted one.
+      defer { fields.pointee.slotIndex = MemslotIndex(fields.pointee.memslots) }
+      yield &fields.pointee.memslots
+    }
+  }
   /// Every dma-buf attachment KVM holds, live or dangling.
-  public private(set) var bindings: TreeDictionary<AttachmentID, SlotBinding> = [:]
-  public internal(set) var mmu = TDPMMU()
-  public internal(set) var invalidation = MMUInvalidation()
+  public private(set) var bindings: TreeDictionary<AttachmentID, SlotBinding> {
+    get { fields.pointee.bindings }
+    _modify { makeUnique(); yield &fields.pointee.bindings }
+  }
+  public internal(set) var mmu: TDPMMU {
+    get { fields.pointee.mmu }
+    _modify { makeUnique(); yield &fields.pointee.mmu }
+  }
+  public internal(set) var invalidation: MMUInvalidation {
+    get { fields.pointee.invalidation }
+    _modify { makeUnique(); yield &fields.pointee.invalidation }
+  }
   /// `kvm->mmu_lock` (an rwlock on x86: faults read, invalidations write).
-  public internal(set) var mmuLock = KernelRWSemaphore("kvm->mmu_lock")
+  public internal(set) var mmuLock: KernelRWSemaphore {
+    get { fields.pointee.mmuLock }
+    _modify { makeUnique(); yield &fields.pointee.mmuLock }
+  }
   /// `kvm->slots_lock`: held across a whole memslot update.
-  public internal(set) var slotsLock = KernelMutex("kvm->slots_lock")
+  public internal(set) var slotsLock: KernelMutex {
+    get { fields.pointee.slotsLock }
+    _modify { makeUnique(); yield &fields.pointee.slotsLock }
+  }
   /// `kvm->srcu`: vCPUs read memslots inside it; memslot updates synchronize on it.
-  public internal(set) var srcu = SRCUState()
+  public internal(set) var srcu: SRCUState {
+    get { fields.pointee.srcu }
+    _modify { makeUnique(); yield &fields.pointee.srcu }
+  }
   /// vCPUs with `KVM_REQ_OUTSIDE_GUEST_MODE` pending whose IPI has not been answered: each
   /// must leave guest mode before the kicker (`kvm_make_all_cpus_request()` waits) goes on.
-  public internal(set) var pendingKicks: TreeSet<UInt32> = []
+  public internal(set) var pendingKicks: TreeSet<UInt32> {
+    get { fields.pointee.pendingKicks }
+    _modify { makeUnique(); yield &fields.pointee.pendingKicks }
+  }
   /// Mirror SPTEs whose Secure-EPT entries a zap blocked and left mapped, because their
   /// interface was still trusted: not present to the guest or to a fault, and unmapped by a
   /// later zap (the TDX mirror SPTE between BLOCK and UNMAP).
-  public internal(set) var blockedMirror: TreeSet<GFN> = []
+  public internal(set) var blockedMirror: TreeSet<GFN> {
+    get { fields.pointee.blockedMirror }
+    _modify { makeUnique(); yield &fields.pointee.blockedMirror }
+  }
   /// `kvm->vm_bugged`.
-  public internal(set) var isDead = false
+  public internal(set) var isDead: Bool {
+    get { fields.pointee.isDead }
+    _modify { makeUnique(); yield &fields.pointee.isDead }
+  }
   /// Host RAM, as PFN ranges: a PFN outside all of them is MMIO (``isMMIOPFN(_:)``).
-  public let ramPFNs: [Range<PFN>]
+  public var ramPFNs: [Range<PFN>] { fields.pointee.ramPFNs }
   /// A host's RAM as firmware lays it out around the 32-bit PCI hole: below 3 GiB, and from
   /// 4 GiB to 16 GiB. The hole (0xc0000000-0xffffffff) holds 32-bit BARs, which are MMIO; the
   /// 64-bit BARs start at 256 GiB.
   public static let defaultRAMPFNs: [Range<PFN>] = [PFN(0) ..< PFN(0xc0000), PFN(0x100000) ..< PFN(0x400000)]
   /// What the host allows this VM: address spaces, the largest GFN, a TD's shared bit.
-  public let limits: VMLimits
+  public var limits: VMLimits { fields.pointee.limits }
   /// `kvm->mem_attr_array` (`KVM_SET_MEMORY_ATTRIBUTES`).
-  public internal(set) var memoryAttributes = MemoryAttributeMap()
+  public internal(set) var memoryAttributes: MemoryAttributeMap {
+    get { fields.pointee.memoryAttributes }
+    _modify { makeUnique(); yield &fields.pointee.memoryAttributes }
+  }
   /// The guest_memfd files created on this VM (`KVM_CREATE_GUEST_MEMFD`), open or not yet
   /// released.
-  public internal(set) var guestMemfds: TreeDictionary<GuestMemfdID, GuestMemfd> = [:]
+  public internal(set) var guestMemfds: TreeDictionary<GuestMemfdID, GuestMemfd> {
+    get { fields.pointee.guestMemfds }
+    _modify { makeUnique(); yield &fields.pointee.guestMemfds }
+  }
   /// A TD's shared (direct) root: mappings of GPAs with the shared bit, which never go through
   /// the TDX module. ``mmu`` is the mirror of the Secure EPT for a TD, the only root otherwise.
-  public internal(set) var sharedMMU = TDPMMU()
+  public internal(set) var sharedMMU: TDPMMU {
+    get { fields.pointee.sharedMMU }
+    _modify { makeUnique(); yield &fields.pointee.sharedMMU }
+  }
   /// What each vCPU's `struct kvm_run` holds after a `KVM_RUN` that failed with a memory-fault
   /// exit (`exit_reason = KVM_EXIT_MEMORY_FAULT`), by vCPU id; cleared by the next entry.
-  public internal(set) var memoryFaultExits: TreeDictionary<UInt32, MemoryFaultExit> = [:]
+  public internal(set) var memoryFaultExits: TreeDictionary<UInt32, MemoryFaultExit> {
+    get { fields.pointee.memoryFaultExits }
+    _modify { makeUnique(); yield &fields.pointee.memoryFaultExits }
+  }
 
   public init(id: VMID, type: VMType, ramPFNs: [Range<PFN>] = VirtualMachine.defaultRAMPFNs,
               limits: VMLimits? = nil) {
-    self.id = id; self.type = type; self.ramPFNs = ramPFNs; self.limits = limits ?? .standard(type)
+    storage = VMStorageRef(VMFields(id: id, type: type, ramPFNs: ramPFNs, limits: limits ?? .standard(type)))
   }
+
+  /// Compares the fields, at once when the two VMs share their storage.
+  public static func == (a: VirtualMachine, b: VirtualMachine) -> Bool {
+    a.storage.object === b.storage.object || a.fields.pointee == b.fields.pointee
+  }
+
+  public func hash(into hasher: inout Hasher) { fields.pointee.hash(into: &hasher) }
+
+  /// Whether two VMs share their storage (no write since one was copied from the other).
+  public func sharesStorage(with other: VirtualMachine) -> Bool { storage.object === other.storage.object }
 
   /// `kvm_is_private_gpa()`: a TD's GPA without the shared bit, or a software-protected VM's
   /// GFN whose attributes say private (`kvm_mmu_page_fault()` sets `PFERR_PRIVATE_ACCESS` from
@@ -90,7 +165,11 @@ public struct VirtualMachine: Hashable, Sendable {
   public mutating func recordMemoryFault(_ exit: MemoryFaultExit, vcpu: UInt32) { memoryFaultExits[vcpu] = exit }
 
   /// `KVM_RUN` entered the guest again on `vcpu`: `kvm_run` no longer holds the old exit.
-  public mutating func clearMemoryFault(vcpu: UInt32) { memoryFaultExits[vcpu] = nil }
+  public mutating func clearMemoryFault(vcpu: UInt32) {
+    // Read first: a VM with nothing to clear is not written (a write would unshare it).
+    guard fields.pointee.memoryFaultExits[vcpu] != nil else { return }
+    memoryFaultExits[vcpu] = nil
+  }
 
   /// `kvm_is_mmio_pfn()` (patch 11): a PFN with no `struct page` of RAM behind it.
   public func isMMIOPFN(_ pfn: PFN) -> Bool { !ramPFNs.contains { $0.contains(pfn) } }
@@ -117,10 +196,12 @@ public struct VirtualMachine: Hashable, Sendable {
 
   // MARK: Memslots
 
-  /// The slot containing `gfn` in address space 0 (`gfn_to_memslot()`); a slot being deleted
-  /// or moved is returned with ``Memslot/isInvalid`` set.
+  /// The slot containing `gfn` in address space `asID` (`gfn_to_memslot()`, which searches
+  /// the address space's GFN tree); a slot being deleted or moved is returned with
+  /// ``Memslot/isInvalid`` set.
+  /// - Complexity: O(log slots), a binary search of the slots by first GFN.
   public func memslot(containing gfn: GFN, asID: UInt16 = 0) -> Memslot? {
-    memslots.values.first { $0.key.asID == asID && $0.contains(gfn) }
+    fields.pointee.slotIndex.key(containing: gfn, asID: asID).flatMap { memslots[$0] }
   }
 
   /// `check_memory_region_flags()` (`virt/kvm/kvm_main.c`), as patch 6 extends it:
@@ -627,7 +708,7 @@ public struct VirtualMachine: Hashable, Sendable {
   /// The leaf mapping `gfn` that a guest access or a fault sees: a blocked mirror entry is not
   /// present.
   public func presentLeaf(_ gfn: GFN) -> MappedLeaf? {
-    guard let leaf = mmu.lookup(gfn), !blockedMirror.contains(leaf.gfn) else { return nil }
+    guard let leaf = mmu.lookup(gfn), blockedMirror.isEmpty || !blockedMirror.contains(leaf.gfn) else { return nil }
     return leaf
   }
 

@@ -11,9 +11,10 @@ import HashTreeCollections
 /// One stored value, so that VFIO can hand it function state changes as its sink while VFIO
 /// and the dma-buf core are themselves being mutated.
 public struct KVMHost: Hashable, Sendable {
-  public internal(set) var vms: TreeDictionary<VMID, VirtualMachine> = [:]
+  /// Every VM, by id (``VMTable``: a lookup is a short search, no hashing).
+  public internal(set) var vms: VMTable<VirtualMachine> = [:]
   /// The TD behind each TDX VM.
-  public internal(set) var tds: TreeDictionary<VMID, TDID> = [:]
+  public internal(set) var tds: VMTable<TDID> = [:]
   /// The TDX module (a black box behind its ABI).
   public internal(set) var tdx = TDXModule()
   /// Attachments a destroyed VM left behind (bound to slots freed by an `rfc-v1` move):

@@ -26,6 +26,13 @@ extension Machine {
 
   // MARK: Canonical state
 
+  /// Whether ``canonicalize(_:)-(inout [KernelThread])`` has nothing to do, whatever the
+  /// threads: every VM's `mmu_invalidate_seq` is 0 and no TD's epochs moved. Most steps leave
+  /// the machine so; checking costs a look at each VM.
+  public var isCanonical: Bool {
+    kvm.epochsMoved.value.isEmpty && kvm.vms.values.allSatisfy { $0.invalidation.seq == 0 }
+  }
+
   /// Brings values the kernel uses only relatively to their canonical form, with no thread in
   /// flight: every VM's `mmu_invalidate_seq` is 0, TLB epochs are relative.
   public mutating func canonicalize() {
@@ -44,8 +51,13 @@ extension Machine {
   /// `mmu_invalidate_seq` is rebased to the oldest value a fault in flight recorded (0 when
   /// none did), the faults' values with it; the TDX module's epochs are made relative.
   public mutating func canonicalize(_ threads: inout [KernelThread]) {
-    for (id, vm) in kvm.vms where vm.invalidation.seq != 0 {
-      var base = vm.invalidation.seq
+    // The VMs to rebase are found first, and written after: a loop that writes the table it
+    // iterates copies the table (the optimizer makes it unique before the loop, while the
+    // iterator still holds it), on every call.
+    var moved: [(id: VMID, seq: UInt64)] = []
+    for (id, vm) in kvm.vms where vm.invalidation.seq != 0 { moved.append((id, vm.invalidation.seq)) }
+    for (id, seq) in moved {
+      var base = seq
       for thread in threads {
         for seq in thread.recordedSeqs(vm: id) { base = min(base, seq) }
       }

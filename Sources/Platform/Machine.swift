@@ -268,3 +268,40 @@ extension Machine {
     _ = try probe.install(.vm(VMID(0)))
   }
 }
+
+extension Machine {
+  /// The machine's parts before the VMs', each a stored property hashed on its own: the fd
+  /// table, VFIO's devices, files and buffers, the dma-buf core's buffers and attachments,
+  /// KVM's TDs, the TDX module's TDs, DEVIFs, metadata table and table pages, and the leaked
+  /// attachments. What no operation changes (the variant, device and VM names, the host) and
+  /// what is history (traces, `Observed`) are left out, which `==` still compares.
+  static let partTable = PartTable<Machine>([
+    .part(\.files), .part(\.vfio.devices), .part(\.vfio.files), .part(\.vfio.dmabufs), .part(\.dmabufCore.buffers),
+    .part(\.dmabufCore.attachments), .part(\.kvm.tds), .part(\.kvm.tdx.tds), .part(\.kvm.tdx.devifs),
+    .part(\.kvm.tdx.mmiomt), .part(\.kvm.tdx.mmiomtPages), .part(\.kvm.leaked),
+  ])
+
+  /// Appends the hash of each part of the machine at `machine` to `out`: the parts of
+  /// ``partTable``, then each VM's fields in VM order
+  /// (``VirtualMachine/appendPartHashes(to:previous:previousHashes:)``). Equal machines append
+  /// equal lists.
+  ///
+  /// A part the machine at `previous` holds bitwise identically takes its hash from
+  /// `previousHashes` (what this call appended for `previous`): after one step from
+  /// `previous`, only what the step changed is hashed. Both machines are read in place.
+  public static func appendPartHashes(of machine: UnsafePointer<Machine>, previous: UnsafePointer<Machine>?,
+                                      previousHashes: ArraySlice<Int>?, to out: inout [Int]) {
+    let old = previous == nil ? nil : previousHashes
+    partTable.append(to: &out, UnsafeRawPointer(machine), previous: previous.map { UnsafeRawPointer($0) }, previousHashes: old)
+    // The VMs in id order; each reuses the hashes of the VM of its id in `previous` when both
+    // machines have the same VMs (so the lists line up).
+    let vms = machine.pointee.kvm.vms
+    let earlier = previous.flatMap { $0.pointee.kvm.vms.keys == vms.keys ? $0.pointee.kvm.vms : nil }
+    var k = (old?.startIndex ?? 0) + partTable.parts.count
+    for (i, vm) in vms.values.enumerated() {
+      let hashes = old.flatMap { earlier != nil && k + VirtualMachine.partCount <= $0.endIndex ? $0[k ..< k + VirtualMachine.partCount] : nil }
+      vm.appendPartHashes(to: &out, previous: earlier?.values[i], previousHashes: hashes)
+      k += VirtualMachine.partCount
+    }
+  }
+}

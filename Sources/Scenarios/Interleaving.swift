@@ -1,5 +1,6 @@
 import KernelCore
 import Platform
+import KVM
 
 /// One of a scenario's `concurrent:` paths as a thread: where it is in its program, the
 /// operation it runs now, and the names its own steps have bound.
@@ -49,6 +50,23 @@ public struct Interleaving: Hashable, Sendable {
   /// Whether no thread is inside a path (every operation started has finished): the
   /// quiescent invariants apply.
   public var isQuiescent: Bool { threads.allSatisfy { $0.current == nil } }
+
+  /// The threads and the machine compared. Threads are compared where they are, and a thread
+  /// two states hold bitwise identically (the same position and the same storage) is equal
+  /// without a field-by-field comparison.
+  public static func == (a: Interleaving, b: Interleaving) -> Bool {
+    guard a.threads.count == b.threads.count else { return false }
+    let threadsEqual = a.threads.withUnsafeBufferPointer { x in
+      b.threads.withUnsafeBufferPointer { y in
+        x.indices.allSatisfy { i in
+          PartHash.sameBytes(UnsafeRawBufferPointer(start: x.baseAddress! + i, count: MemoryLayout<ProgramThread>.size),
+                             UnsafeRawBufferPointer(start: y.baseAddress! + i, count: MemoryLayout<ProgramThread>.size))
+            || x[i] == y[i]
+        }
+      }
+    }
+    return threadsEqual && a.machine == b.machine
+  }
 }
 
 /// The fixed part of an interleaving: the concurrent paths' programs and the names of
@@ -168,6 +186,8 @@ extension Interleaving {
 
   /// Makes the state canonical (see ``Machine/canonicalize(_:)-(inout [KernelThread])``).
   public mutating func canonicalize() {
+    // The common case touches nothing: no thread is copied out and written back.
+    guard !machine.isCanonical else { return }
     var kernels = threads.compactMap(\.current)
     guard !kernels.isEmpty else { machine.canonicalize(); return }
     machine.canonicalize(&kernels)
@@ -175,6 +195,75 @@ extension Interleaving {
     for i in threads.indices where threads[i].current != nil {
       threads[i].current = kernels[k]
       k += 1
+    }
+  }
+}
+
+/// An interleaving's hash as the hashes of its parts (each thread's position, operation in
+/// flight and handles; the machine's parts, see ``Machine/appendPartHashes(to:previous:previousHashes:)``),
+/// so that a successor is hashed against the state it came from: only the parts the step
+/// changed are hashed again. Equal interleavings have equal digests.
+public struct InterleavingDigest: Sendable {
+  /// The hash of each part, in a fixed order.
+  public let parts: [Int]
+  /// The hash of the whole: of `parts`, in order.
+  public let value: Int
+}
+
+extension Interleaving {
+  /// Each thread's parts.
+  static let threadParts = PartTable<ProgramThread>([.part(\.path), .part(\.next), .part(\.current), .part(\.handles)])
+
+  /// The digest of this state.
+  public func digest() -> InterleavingDigest {
+    var copy = self
+    return withUnsafePointer(to: &copy) { Self.digest(of: $0, previous: nil, previousDigest: nil) }
+  }
+
+  /// The digest of this state, which one step made from `previous` (whose digest is
+  /// `previousDigest`): the parts this state holds bitwise identically keep their hashes.
+  /// Both states are read in place (they are `inout` only for their addresses).
+  public mutating func digest(previous: inout Interleaving, previousDigest: InterleavingDigest) -> InterleavingDigest {
+    withUnsafePointer(to: &self) { a in
+      withUnsafePointer(to: &previous) { b in Self.digest(of: a, previous: b, previousDigest: previousDigest) }
+    }
+  }
+
+  static func digest(of state: UnsafePointer<Interleaving>, previous: UnsafePointer<Interleaving>?,
+                     previousDigest: InterleavingDigest?) -> InterleavingDigest {
+    let earlier = previous.flatMap { $0.pointee.threads.count == state.pointee.threads.count ? $0 : nil }
+    let old = earlier == nil ? nil : previousDigest?.parts
+    var parts: [Int] = []
+    parts.reserveCapacity(old?.count ?? 64)
+    let perThread = threadParts.parts.count
+    state.pointee.threads.withUnsafeBufferPointer { threads in
+      let before = earlier?.pointee.threads
+      for i in threads.indices {
+        let hashes = old.map { $0[i * perThread ..< (i + 1) * perThread] }
+        before.withUnsafeBufferPointerIfPresent { b in
+          threadParts.append(to: &parts, UnsafeRawPointer(threads.baseAddress! + i), previous: b.map { UnsafeRawPointer($0 + i) },
+                             previousHashes: hashes)
+        }
+      }
+    }
+    let k = parts.count
+    let machineOffset = MemoryLayout<Interleaving>.offset(of: \.machine)!
+    let machine = (UnsafeRawPointer(state) + machineOffset).assumingMemoryBound(to: Machine.self)
+    let previousMachine = earlier.map { (UnsafeRawPointer($0) + machineOffset).assumingMemoryBound(to: Machine.self) }
+    Machine.appendPartHashes(of: machine, previous: previousMachine, previousHashes: old.map { $0[min(k, $0.count)...] }, to: &parts)
+    var hasher = Hasher()
+    hasher.combine(parts.count)
+    for p in parts { hasher.combine(p) }
+    return InterleavingDigest(parts: parts, value: hasher.finalize())
+  }
+}
+
+extension Optional where Wrapped == [ProgramThread] {
+  /// `body` with the array's elements, or with `nil` when there is no array.
+  func withUnsafeBufferPointerIfPresent<R>(_ body: (UnsafePointer<ProgramThread>?) -> R) -> R {
+    switch self {
+    case .some(let array): array.withUnsafeBufferPointer { body($0.baseAddress) }
+    case .none: body(nil)
     }
   }
 }

@@ -60,12 +60,17 @@ extension TDXModule {
   ///   for an unknown TD or vCPU; `TDX_NON_RECOVERABLE_TD` for a fatal TD.
   public mutating func tdhVPEnter(td: TDID, vcpu: UInt32) throws(TDXStatus) {
     try traced("TDH.VP.ENTER td \(td) vcpu \(vcpu)", [.id("td", td), .int("vcpu", vcpu)]) { (m: inout TDXModule) throws(TDXStatus) in
-      let state = try m.liveTD(td, register: TDXOperand.rcx)
       let i = Int(vcpu)
-      guard i < state.vcpus.count else { throw TDXStatus.operandInvalid.with(operand: TDXOperand.rcx) }
-      guard !state.vcpus[i].inGuest else { throw TDXStatus.operandBusy.with(operand: TDXOperand.tdvps) }
-      m.tds[td]?.vcpus[i] = TDVCPUState(inGuest: true, enteredEpoch: state.epoch)
-      m.tds[td]?.refcount[Int(state.epoch & 1)] += 1
+      let epoch: UInt64
+      do {
+        // Read in this scope only: a copy alive across the writes below would copy the arrays.
+        let state = try m.liveTD(td, register: TDXOperand.rcx)
+        guard i < state.vcpus.count else { throw TDXStatus.operandInvalid.with(operand: TDXOperand.rcx) }
+        guard !state.vcpus[i].inGuest else { throw TDXStatus.operandBusy.with(operand: TDXOperand.tdvps) }
+        epoch = state.epoch
+      }
+      m.tds[td]?.vcpus[i] = TDVCPUState(inGuest: true, enteredEpoch: epoch)
+      m.tds[td]?.refcount[Int(epoch & 1)] += 1
     }
   }
 
@@ -75,13 +80,17 @@ extension TDXModule {
   /// - Throws: `TDX_OPERAND_INVALID` (RCX) for an unknown TD or vCPU, or a vCPU not in the guest.
   public mutating func tdExit(td: TDID, vcpu: UInt32) throws(TDXStatus) {
     try traced("TD exit td \(td) vcpu \(vcpu)", [.id("td", td), .int("vcpu", vcpu)], event: .tdxTDExit) { (m: inout TDXModule) throws(TDXStatus) in
-      guard let state = m.tds[td] else { throw TDXStatus.operandInvalid.with(operand: TDXOperand.rcx) }
       let i = Int(vcpu)
-      guard i < state.vcpus.count, state.vcpus[i].inGuest else {
-        throw TDXStatus.operandInvalid.with(operand: TDXOperand.rcx)
+      let entered: UInt64
+      do {
+        guard let state = m.tds[td] else { throw TDXStatus.operandInvalid.with(operand: TDXOperand.rcx) }
+        guard i < state.vcpus.count, state.vcpus[i].inGuest else {
+          throw TDXStatus.operandInvalid.with(operand: TDXOperand.rcx)
+        }
+        entered = state.vcpus[i].enteredEpoch
       }
       m.tds[td]?.vcpus[i].inGuest = false
-      m.tds[td]?.refcount[Int(state.vcpus[i].enteredEpoch & 1)] -= 1
+      m.tds[td]?.refcount[Int(entered & 1)] -= 1
     }
   }
 
@@ -91,17 +100,27 @@ extension TDXModule {
   /// two per-parity counts with them; vCPUs outside the guest forget theirs). Two modules that
   /// differ only by how many epochs passed long ago then compare equal.
   public mutating func normalizeEpochs(of td: TDID) {
-    guard let state = tds[td], state.blockedEntries == 0 else { return }
-    var base = state.epoch
-    for vcpu in state.vcpus where vcpu.inGuest { base = min(base, vcpu.enteredEpoch) }
-    let stale = state.vcpus.contains { !$0.inGuest && $0.enteredEpoch != 0 }
-    guard base > 0 || stale else { return }
-    var shifted = state
-    shifted.epoch -= base
-    for i in shifted.vcpus.indices {
-      shifted.vcpus[i].enteredEpoch = shifted.vcpus[i].inGuest ? shifted.vcpus[i].enteredEpoch - base : 0
+    var base: UInt64
+    do {
+      guard let state = tds[td], state.blockedEntries == 0 else { return }
+      base = state.epoch
+      for vcpu in state.vcpus where vcpu.inGuest { base = min(base, vcpu.enteredEpoch) }
+      let stale = state.vcpus.contains { !$0.inGuest && $0.enteredEpoch != 0 }
+      guard base > 0 || stale else { return }
     }
-    if base & 1 == 1 { shifted.refcount.swapAt(0, 1) }
-    tds[td] = shifted
+    // In place: no copy of the TD's state is alive here.
+    tds[td]?.shiftEpochs(down: base)
+  }
+}
+
+extension TDState {
+  /// Subtracts `base` from the epoch and the entry epochs of vCPUs in the guest; vCPUs outside
+  /// forget theirs; an odd shift swaps the per-parity counts.
+  mutating func shiftEpochs(down base: UInt64) {
+    epoch -= base
+    for i in vcpus.indices {
+      vcpus[i].enteredEpoch = vcpus[i].inGuest ? vcpus[i].enteredEpoch - base : 0
+    }
+    if base & 1 == 1 { refcount.swapAt(0, 1) }
   }
 }

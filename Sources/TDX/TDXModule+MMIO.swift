@@ -68,23 +68,16 @@ extension TDXModule {
     }
   }
 
-  /// The Secure-EPT walk of `state` to `gpa` at `level`.
+  /// The Secure-EPT walk of `state` to `gpa` at `level`: the leaf whose block holds `gpa` is
+  /// above the level, at it, or below it (then the entry at the level is a non-leaf).
+  /// - Complexity: O(log runs).
   static func walk(_ state: TDState, gpa: GPA, level: SEPTLevel) -> SEPTWalk {
-    for above in SEPTLevel.allCases where above.rawValue > level.rawValue {
-      let key = GPA(gpa.rawValue & ~(above.size - 1))
-      if let entry = state.sept[key], entry.level == above { return .leafAbove(key, entry) }
+    if let (first, leaf) = state.sept.leaf(covering: gpa) {
+      if leaf.level.rawValue > level.rawValue { return .leafAbove(first, leaf) }
+      if leaf.level == level, first == gpa { return .entry(leaf) }
     }
-    if let entry = state.sept[gpa], entry.level == level { return .entry(entry) }
-    if level != .level4K {
-      // Any leaf of a smaller level inside the range turns this entry into a non-leaf.
-      for below in SEPTLevel.allCases where below.rawValue < level.rawValue {
-        var at = gpa.rawValue
-        while at < gpa.rawValue + level.size {
-          if let entry = state.sept[GPA(at)], entry.level == below { return .nonLeaf }
-          at += below.size
-        }
-      }
-    }
+    // Any leaf of a smaller level inside the range turns this entry into a non-leaf.
+    if level != .level4K, state.sept.hasLeaf(below: level, inBlockAt: gpa) { return .nonLeaf }
     return .entry(nil)
   }
 
@@ -131,15 +124,19 @@ extension TDXModule {
   public mutating func tdhMMIOMap(td: TDID, gpa: GPA, level: SEPTLevel, hpa: HPA) throws(TDXStatus) {
     try traced("TDH.MMIO.MAP td \(td) gpa \(gpa) \(level) hpa \(hpa)",
                [.id("td", td), .gpa(gpa), .text("level", "\(level)"), .hpa(hpa)]) { (m: inout TDXModule) throws(TDXStatus) in
-      let state = try m.liveTD(td, register: TDXOperand.rdx, leaf: "TDH.MMIO.MAP")
-      try TDXModule.checkPageInfo(gpa: gpa, level: level, leaf: "TDH.MMIO.MAP")
-      guard hpa.isAligned(to: level.size) else {
-        throw TDXStatus.operandInvalid.with(operand: TDXOperand.r8)
-          .because("TDH.MMIO.MAP", "shared_hpa_check_with_pwr_2_alignment: HPA \(hpa) not aligned to \(level)")
-      }
-      if let entry = try TDXModule.hostWalk(state, gpa: gpa, level: level, leaf: "TDH.MMIO.MAP") {
-        throw TDXStatus.eptEntryStateIncorrect.with(operand: TDXOperand.rcx)
-          .because("TDH.MMIO.MAP", "sept_state_is_seamcall_leaf_allowed: entry is \(entry.state), not FREE")
+      // The TD's state is read in this scope only: no copy of it may be alive when its Secure
+      // EPT is written below, or the write would copy the runs.
+      do {
+        let state = try m.liveTD(td, register: TDXOperand.rdx, leaf: "TDH.MMIO.MAP")
+        try TDXModule.checkPageInfo(gpa: gpa, level: level, leaf: "TDH.MMIO.MAP")
+        guard hpa.isAligned(to: level.size) else {
+          throw TDXStatus.operandInvalid.with(operand: TDXOperand.r8)
+            .because("TDH.MMIO.MAP", "shared_hpa_check_with_pwr_2_alignment: HPA \(hpa) not aligned to \(level)")
+        }
+        if let entry = try TDXModule.hostWalk(state, gpa: gpa, level: level, leaf: "TDH.MMIO.MAP") {
+          throw TDXStatus.eptEntryStateIncorrect.with(operand: TDXOperand.rcx)
+            .because("TDH.MMIO.MAP", "sept_state_is_seamcall_leaf_allowed: entry is \(entry.state), not FREE")
+        }
       }
       try m.mmiomtWalk(hpa, pageLevel: level.rawValue, leaf: "TDH.MMIO.MAP")
       let first = PFN(hpa.pfn.rawValue & ~(level.pages - 1))
@@ -178,16 +175,22 @@ extension TDXModule {
   /// No TDI or MMIOMT check: an unaccepted page can be blocked.
   public mutating func tdhMMIOBlock(td: TDID, gpa: GPA, level: SEPTLevel) throws(TDXStatus) {
     try traced("TDH.MMIO.BLOCK td \(td) gpa \(gpa) \(level)", [.id("td", td), .gpa(gpa), .text("level", "\(level)")]) { (m: inout TDXModule) throws(TDXStatus) in
-      let state = try m.liveTD(td, register: TDXOperand.rdx, leaf: "TDH.MMIO.BLOCK")
-      try TDXModule.checkPageInfo(gpa: gpa, level: level, leaf: "TDH.MMIO.BLOCK")
-      let entry = try TDXModule.hostWalk(state, gpa: gpa, level: level, leaf: "TDH.MMIO.BLOCK")
-      guard let entry, entry.state == .mmioMapped || entry.state == .mmioPending else {
-        throw TDXStatus.eptEntryStateIncorrect.with(operand: TDXOperand.rcx)
-          .because("TDH.MMIO.BLOCK", "entry is \(entry?.state ?? .free), not MMIO_MAPPED or MMIO_PENDING")
+      let (entry, epoch): (SEPTEntry, UInt64)
+      do {
+        let state = try m.liveTD(td, register: TDXOperand.rdx, leaf: "TDH.MMIO.BLOCK")
+        try TDXModule.checkPageInfo(gpa: gpa, level: level, leaf: "TDH.MMIO.BLOCK")
+        let found = try TDXModule.hostWalk(state, gpa: gpa, level: level, leaf: "TDH.MMIO.BLOCK")
+        guard let found, found.state == .mmioMapped || found.state == .mmioPending else {
+          throw TDXStatus.eptEntryStateIncorrect.with(operand: TDXOperand.rcx)
+            .because("TDH.MMIO.BLOCK", "entry is \(found?.state ?? .free), not MMIO_MAPPED or MMIO_PENDING")
+        }
+        (entry, epoch) = (found, state.epoch)
       }
-      m.tds[td]?.sept[gpa]?.state = .mmioBlocked
+      var blocked = entry
+      blocked.state = .mmioBlocked
+      blocked.bepoch = epoch
+      m.tds[td]?.sept[gpa] = blocked
       m.tds[td]?.blockedEntries += 1
-      m.tds[td]?.sept[gpa]?.bepoch = state.epoch
     }
   }
 
@@ -207,16 +210,20 @@ extension TDXModule {
   @discardableResult
   public mutating func tdhMMIOUnmap(td: TDID, gpa: GPA, level: SEPTLevel) throws(TDXStatus) -> HPA {
     try traced("TDH.MMIO.UNMAP td \(td) gpa \(gpa) \(level)", [.id("td", td), .gpa(gpa), .text("level", "\(level)")]) { (m: inout TDXModule) throws(TDXStatus) -> HPA in
-      let state = try m.liveTD(td, register: TDXOperand.rdx, leaf: "TDH.MMIO.UNMAP")
-      try TDXModule.checkPageInfo(gpa: gpa, level: level, leaf: "TDH.MMIO.UNMAP")
-      let entry = try TDXModule.hostWalk(state, gpa: gpa, level: level, leaf: "TDH.MMIO.UNMAP")
-      guard let entry, entry.state == .mmioBlocked else {
-        throw TDXStatus.eptEntryStateIncorrect.with(operand: TDXOperand.rcx)
-          .because("TDH.MMIO.UNMAP", "entry is \(entry?.state ?? .free), not MMIO_BLOCKED")
-      }
-      guard TDXModule.tracked(state, bepoch: entry.bepoch) else {
-        throw TDXStatus.tlbTrackingNotDone.with(operand: TDXOperand.rcx)
-          .because("TDH.MMIO.UNMAP", "is_tlb_and_iotlb_tracked: block epoch \(entry.bepoch) not tracked (epoch \(state.epoch))")
+      let entry: SEPTEntry
+      do {
+        let state = try m.liveTD(td, register: TDXOperand.rdx, leaf: "TDH.MMIO.UNMAP")
+        try TDXModule.checkPageInfo(gpa: gpa, level: level, leaf: "TDH.MMIO.UNMAP")
+        let found = try TDXModule.hostWalk(state, gpa: gpa, level: level, leaf: "TDH.MMIO.UNMAP")
+        guard let found, found.state == .mmioBlocked else {
+          throw TDXStatus.eptEntryStateIncorrect.with(operand: TDXOperand.rcx)
+            .because("TDH.MMIO.UNMAP", "entry is \(found?.state ?? .free), not MMIO_BLOCKED")
+        }
+        guard TDXModule.tracked(state, bepoch: found.bepoch) else {
+          throw TDXStatus.tlbTrackingNotDone.with(operand: TDXOperand.rcx)
+            .because("TDH.MMIO.UNMAP", "is_tlb_and_iotlb_tracked: block epoch \(found.bepoch) not tracked (epoch \(state.epoch))")
+        }
+        entry = found
       }
       let first = PFN(entry.hpa.pfn.rawValue & ~(level.pages - 1))
       guard let data = m.mmiomt[first], let owner = m.devif(for: data.function) else {
@@ -271,29 +278,36 @@ extension TDXModule {
   ///   (its `isError` is false), since it is not an acceptance.
   public mutating func tdgMMIOAccept(td: TDID, vcpu: UInt32, gpa: GPA, level: SEPTLevel,
                                      expectedHPA: HPA) throws(TDXStatus) -> MMIOAcceptOutcome {
-    let call = "TDG.MMIO.ACCEPT td \(td) vcpu \(vcpu) gpa \(gpa)\(level == .level4K ? "" : " \(level)") hpa \(expectedHPA)"
-    let operands: [TraceField] = [.id("td", td), .int("vcpu", vcpu), .gpa(gpa), .text("level", "\(level)"), .hpa(expectedHPA)]
-    let outcome = try traced(call, operands, event: .tdxTdcall, tracingSuccess: false) { (m: inout TDXModule) throws(TDXStatus) -> MMIOAcceptOutcome in
-      guard let state = m.tds[td], Int(vcpu) < state.vcpus.count else {
-        throw TDXStatus.operandInvalid.with(operand: TDXOperand.rcx).because("TDG.MMIO.ACCEPT", "model: no such TD or vCPU")
+    // Built only when a trace record wants them.
+    func call() -> String { "TDG.MMIO.ACCEPT td \(td) vcpu \(vcpu) gpa \(gpa)\(level == .level4K ? "" : " \(level)") hpa \(expectedHPA)" }
+    func operands() -> [TraceField] { [.id("td", td), .int("vcpu", vcpu), .gpa(gpa), .text("level", "\(level)"), .hpa(expectedHPA)] }
+    let outcome = try traced(call(), operands(), event: .tdxTdcall, tracingSuccess: false) { (m: inout TDXModule) throws(TDXStatus) -> MMIOAcceptOutcome in
+      // The TD's state is read in this scope only, so that no copy of it is alive when the
+      // entry is written.
+      let (walk, reportingOffset): (SEPTWalk, UInt64)
+      do {
+        guard let state = m.tds[td], Int(vcpu) < state.vcpus.count else {
+          throw TDXStatus.operandInvalid.with(operand: TDXOperand.rcx).because("TDG.MMIO.ACCEPT", "model: no such TD or vCPU")
+        }
+        guard !state.isFatal else { throw TDXStatus.tdFatal.because("TDG.MMIO.ACCEPT", "TDR state is fatal") }
+        guard gpa.isAligned(to: level.size) else {
+          throw TDXStatus.operandInvalid.with(operand: TDXOperand.rcx)
+            .because("TDG.MMIO.ACCEPT", "Input GPA page info is not valid: \(gpa) not aligned to \(level)")
+        }
+        guard expectedHPA.isAligned(to: level.size) else {
+          throw TDXStatus.operandInvalid.with(operand: TDXOperand.rdx)
+            .because("TDG.MMIO.ACCEPT", "Invalid mmio_pa \(expectedHPA): not aligned to \(level)")
+        }
+        (walk, reportingOffset) = (TDXModule.walk(state, gpa: gpa, level: level), state.mmioReportingOffset)
       }
-      guard !state.isFatal else { throw TDXStatus.tdFatal.because("TDG.MMIO.ACCEPT", "TDR state is fatal") }
-      guard gpa.isAligned(to: level.size) else {
-        throw TDXStatus.operandInvalid.with(operand: TDXOperand.rcx)
-          .because("TDG.MMIO.ACCEPT", "Input GPA page info is not valid: \(gpa) not aligned to \(level)")
-      }
-      guard expectedHPA.isAligned(to: level.size) else {
-        throw TDXStatus.operandInvalid.with(operand: TDXOperand.rdx)
-          .because("TDG.MMIO.ACCEPT", "Invalid mmio_pa \(expectedHPA): not aligned to \(level)")
-      }
-      func exit(_ why: String) -> MMIOAcceptOutcome {
+      func exit(_ why: @autoclosure () -> String) -> MMIOAcceptOutcome {
         // No status comes back: the TDCALL itself takes an EPT violation and the TD exits.
-        m.trace.emit(.tdxTdcall, "\(Self.withLeafNumber("TDG.MMIO.ACCEPT td \(td) gpa \(gpa)")): \(why), EPT violation (TD exit)",
-                     Self.callFields("TDG.MMIO.ACCEPT", [.id("td", td), .int("vcpu", vcpu), .gpa(gpa), .text("entry", why)], status: .success)
+        m.trace.emit(.tdxTdcall, "\(Self.withLeafNumber("TDG.MMIO.ACCEPT td \(td) gpa \(gpa)")): \(why()), EPT violation (TD exit)",
+                     Self.callFields("TDG.MMIO.ACCEPT", [.id("td", td), .int("vcpu", vcpu), .gpa(gpa), .text("entry", why())], status: .success)
                        + [.text("outcome", "ept_violation")])
         return .eptViolation
       }
-      switch TDXModule.walk(state, gpa: gpa, level: level) {
+      switch walk {
       case .leafAbove(_, let above):
         if above.state.isGuestAccessibleLeaf {
           throw TDXStatus.pageAlreadyAccepted.with(operand: UInt32(above.level.rawValue))
@@ -311,16 +325,18 @@ extension TDXModule {
             .because("TDG.MMIO.ACCEPT", "entry is \(entry.state): already accepted")
         }
         guard entry.state == .mmioPending else { return exit("\(entry.state)") }
-        guard entry.hpa.rawValue == expectedHPA.rawValue &- state.mmioReportingOffset else {
+        guard entry.hpa.rawValue == expectedHPA.rawValue &- reportingOffset else {
           throw TDXStatus.mmioInvalidHPAOffset.with(operand: TDXOperand.rcx)
             .because("TDG.MMIO.ACCEPT", "Invalid hpa offset: entry maps \(entry.hpa), guest expects \(expectedHPA)")
         }
-        m.tds[td]?.sept[gpa]?.state = .mmioMapped
+        var accepted = entry
+        accepted.state = .mmioMapped
+        m.tds[td]?.sept[gpa] = accepted
         return .accepted
       }
     }
     if outcome == .accepted {
-      trace.emit(.tdxTdcall, "\(Self.withLeafNumber(call)) -> TDX_SUCCESS", Self.callFields(call, operands, status: .success))
+      trace.emit(.tdxTdcall, "\(Self.withLeafNumber(call())) -> TDX_SUCCESS", Self.callFields(call(), operands(), status: .success))
     }
     return outcome
   }
@@ -331,22 +347,20 @@ extension TDXModule {
   /// does on that EPT violation is in `td_ept_violation.c`, which this model has not
   /// followed; the fatal outcome is the private-MMIO design's rule, STACK.md section 5.)
   public mutating func guestAccess(td: TDID, gpa: GPA) -> GuestAccessResult {
-    guard let state = tds[td], !state.isFatal else { return .tdNotRunnable }
-    var leaf: SEPTEntry?
-    var first = GPA(0)
-    for level in SEPTLevel.allCases {
-      let key = GPA(gpa.rawValue & ~(level.size - 1))
-      if let entry = state.sept[key], entry.level == level { leaf = entry; first = key; break }
+    let leaf: (first: GPA, entry: SEPTEntry)?
+    do {
+      guard let state = tds[td], !state.isFatal else { return .tdNotRunnable }
+      leaf = state.sept.leaf(covering: gpa)
     }
     let result: GuestAccessResult
-    if let entry = leaf {
+    if let (first, entry) = leaf {
       switch entry.state {
       case .free, .blocked, .mmioBlocked: result = .eptViolation
       case .pending: result = .virtualizationException
       case .mapped, .mmioMapped: result = .mapped(entry.hpa.advanced(by: gpa.rawValue - first.rawValue))
       case .mmioPending:
         tds[td]?.isFatal = true
-        for i in state.vcpus.indices { tds[td]?.vcpus[i].inGuest = false }
+        if let vcpus = tds[td]?.vcpus.count { for i in 0 ..< vcpus { tds[td]?.vcpus[i].inGuest = false } }
         tds[td]?.refcount = [0, 0]
         result = .killedTD
       }

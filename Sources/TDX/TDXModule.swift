@@ -18,11 +18,12 @@ public struct TDXModule: Hashable, Sendable {
   /// Every live DEVIF by handle.
   public internal(set) var devifs: TreeDictionary<DevifID, DevifState> = [:]
   /// The MMIO metadata table's DATA entries (`mmiomt_data_t`), by the first host page they
-  /// describe: which function owns the device page, and where it is mapped.
-  public internal(set) var mmiomt: TreeDictionary<PFN, MMIOMTEntry> = [:]
+  /// describe: which function owns the device page, and where it is mapped. Kept as runs of
+  /// pages (``MMIOMT``): no state for a page of no BAR, one run for a BAR mapped in order.
+  public internal(set) var mmiomt = MMIOMT()
   /// The MMIO metadata table's pages, added by TDH.MMIO.MT.ADD: a page at a level holds the
   /// entries of that level for the address range it covers (see ``MMIOMTNode``).
-  public internal(set) var mmiomtPages: TreeSet<MMIOMTNode> = []
+  public internal(set) var mmiomtPages = MMIOMTPages()
   /// The handle a new TD gets: the lowest one no live TD has, so the module's state holds no
   /// counter and two modules with the same TDs compare equal.
   var nextTD: TDID { Self.lowestFree(tds.keys) }
@@ -50,13 +51,7 @@ public struct TDXModule: Hashable, Sendable {
   }
 
   /// The MMIOMT DATA entry describing host page `pfn`, at whatever level it was set.
-  public func mmiomtEntry(covering pfn: PFN) -> (first: PFN, entry: MMIOMTEntry)? {
-    for level in SEPTLevel.allCases {
-      let first = PFN(pfn.rawValue & ~(level.pages - 1))
-      if let entry = mmiomt[first], entry.level == level { return (first, entry) }
-    }
-    return nil
-  }
+  public func mmiomtEntry(covering pfn: PFN) -> (first: PFN, entry: MMIOMTEntry)? { mmiomt.entry(covering: pfn) }
 }
 
 /// A TD's control state: TDR/TDCS fields the model needs, its vCPUs, and its Secure EPT.
@@ -69,8 +64,8 @@ public struct TDState: Hashable, Sendable {
   public internal(set) var refcount: [UInt32] = [0, 0]
   /// Every vCPU, by index.
   public internal(set) var vcpus: [TDVCPUState]
-  /// Private GPA -> leaf entry. Absent means FREE.
-  public internal(set) var sept: TreeDictionary<GPA, SEPTEntry> = [:]
+  /// Private GPA -> leaf entry. Absent means FREE. Kept as runs of pages (``SecureEPT``).
+  public internal(set) var sept = SecureEPT()
   /// MMIO entries in MMIO_BLOCKED (their `bepoch` refers to an epoch the TD must keep).
   public internal(set) var blockedEntries = 0
   /// Set once the TD has hit a fatal error (a guest access to an unaccepted MMIO page):
@@ -250,9 +245,7 @@ extension TDXModule {
       for (id, devif) in m.devifs where devif.td == td { m.devifs[id] = nil }
       // Pages of other TDs' DEVIFs cannot be mapped here (MAP checks the owner), but clear any
       // mapping into this TD defensively so the table never points at a dead TD.
-      for (pfn, entry) in m.mmiomt where entry.mapping?.td == td {
-        m.mmiomt[pfn]?.mapping = nil
-      }
+      m.mmiomt.unmapAll(td: td)
       m.tds[td] = nil
     }
   }

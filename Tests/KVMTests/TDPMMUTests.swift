@@ -191,6 +191,7 @@ func digestAndCountersMatchAFullRecount(seed: UInt64) throws {
       try mmu.map(GFN(gfn), level: level, spte: mmioSPTE(0x400000 + gfn, level))
     }
     #expect(mmu.root.head.pointee.totals.digest == mmu.recomputedDigest(), "step \(step)")
+    #expect(mmu.occupancyMatchesEntries(), "step \(step)")
     let leaves = mmu.leaves()
     #expect(mmu.leafCount == leaves.count && mmu.mappedPages == leaves.reduce(0) { $0 + $1.level.pages })
     model = Dictionary(uniqueKeysWithValues: leaves.map { ($0.gfn.rawValue, ($0.level, $0.spte.rawValue)) })

@@ -1,9 +1,11 @@
 import Benchmark
 import CFloor
+import Explorer
 import KernelCore
 import KVM
 import Platform
 import Rigs
+import Scenarios
 
 // Each work is measured twice: `<Work>/swift` through the model's public API
 // (`Machine.perform`, or `TDPMMU` where a machine cannot be populated fast enough), and
@@ -12,7 +14,8 @@ import Rigs
 // One iteration is one whole work (262,144 faults, one zap of a whole BAR, ...); set-up that is
 // not the work runs before `startMeasurement()` and tear-down after `stopMeasurement()`. Besides
 // wall clock, throughput and mallocs every benchmark reports:
-// - `ps/op` and `ops/s`: per fault, per zapped 4 KiB page, per snapshot step or per hash;
+// - `ps/op` and `ops/s`: per fault, per zapped 4 KiB page, per snapshot step, per hash or per
+//   distinct state an exploration visits (Explore adds `states/s` and `distinct states`);
 // - `heap B/page`: bytes the heap grew by across the work, per 4 KiB page mapped (faults);
 // - `model B/page`: the MMU's own count of its bytes (``TDPMMU/modelBytes``) per mapped page.
 
@@ -260,14 +263,42 @@ func registerHash() {
   }
 }
 
-// MARK: - Explore and Fuzz (later)
+// MARK: - Explore: distinct states per second through `Explorer.explore`
 
-/// The explorer and the fuzzer do not exist yet. When they do, register here:
-/// - `Explore/fault-vs-revoke/swift`: distinct states/s exploring the built-in fault-vs-revoke
-///   scenario (target ≥ 100,000 states/s), with `heap B/state` as a custom metric;
-/// - `Fuzz/ops/swift`: fuzzer operations/s on the default machine (target ≥ 200,000 ops/s).
-/// Neither has a C twin: the C floor has no explorer.
-func registerExploreAndFuzz() {}
+let distinctStatesPerSecond = BenchmarkMetric.custom("states/s", polarity: .prefersLarger, useScalingFactor: false)
+let distinctStates = BenchmarkMetric.custom("distinct states", polarity: .prefersSmaller, useScalingFactor: false)
+
+/// A complete exploration of a built-in race scenario (under `reviewed`, where each finds
+/// nothing and visits every reachable state): one iteration is one whole search. `states/s`
+/// counts distinct states, as `pmmio explore` reports them (target: 100,000).
+///
+/// `Fuzz/ops/swift` belongs here once `pmmio fuzz` exists (issue 12): fuzzer operations per
+/// second on the default machine, target 200,000; like Explore it has no C twin.
+func registerExploreAndFuzz() {
+  for name in ["three-vcpus-vs-revoke", "two-zaps-on-track"] {
+    let scenario = LazyBox<Scenario> {
+      guard let yaml = BuiltinScenarios.named(name) else { throw RigError("no built-in scenario \(name)") }
+      return try ScenarioParser.parse(yaml, file: "Examples/races/\(name).yaml")
+    }
+    Benchmark("Explore/\(name)/swift",
+              configuration: configuration(iterations: 10, seconds: 30, extra: [distinctStatesPerSecond, distinctStates])) { benchmark in
+      do {
+        let race = try scenario.value()
+        var report: ExploreReport?
+        let start = ContinuousClock.now
+        benchmark.startMeasurement()
+        report = try Explorer.explore(race, variant: .reviewed)
+        benchmark.stopMeasurement()
+        let seconds = (ContinuousClock.now - start) / .seconds(1)
+        guard let report, report.complete else { throw RigError("the search did not complete") }
+        benchmark.measurement(distinctStates, report.distinctStates)
+        benchmark.measurement(distinctStatesPerSecond, Int(Double(report.distinctStates) / seconds))
+        benchmark.measurement(psPerOp, Int(seconds * 1e12 / Double(report.distinctStates)))
+        benchmark.measurement(opsPerSecond, Int(Double(report.distinctStates) / seconds))
+      } catch { fail(benchmark, error) }
+    }
+  }
+}
 
 /// A value built on first use and kept (set-up shared by every iteration of a benchmark, built
 /// only when that benchmark runs).

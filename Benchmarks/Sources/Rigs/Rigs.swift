@@ -55,6 +55,10 @@ public struct Rig {
                                                openFlags: 0, flags: 0))
     try Rig.ok(&machine, .kvmSetUserMemoryRegion2(vm: vm, region: MemoryRegion2(
       slot: 1, flags: 1 << 3, guestPhysAddr: gpa, memorySize: barSize, guestMemfd: buf.rawValue)))
+    if td {
+      // A TD's fault maps private MMIO only where the attributes say private (KVM_MEMORY_ATTRIBUTE_PRIVATE).
+      try Rig.ok(&machine, .kvmSetMemoryAttributes(vm: vm, address: gpa, size: barSize, attributes: 1 << 3, flags: 0))
+    }
   }
 
   public static func ok(_ m: inout Machine, _ op: Operation) throws {

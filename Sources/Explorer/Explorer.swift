@@ -227,7 +227,7 @@ struct Search {
   /// Checks the invariants of `kinds` in `machine`, reached at node `node` (by `extra` from it,
   /// for a transition's history), and records what breaks: the first violated invariant, or
   /// with `allFindings` every one. - Returns: whether the search stops.
-  mutating func checkState(_ node: Int32, _ machine: Machine, kinds: Set<InvariantKind>, extra: Actor? = nil) -> Bool {
+  mutating func checkState(_ node: Int32, _ machine: Machine, kinds: InvariantKinds, extra: Actor? = nil) -> Bool {
     guard options.allFindings else {
       guard let violation = machine.firstViolation(of: kinds) else { return false }
       return record((node, .violation, violation.name, violation.violation ?? "", extra))

@@ -131,7 +131,8 @@ public struct ZapPath: Hashable, Sendable {
     }
     switch state {
     case .block(let i):
-      let next = toBlock.firstIndex(of: i).map { $0 + 1 } ?? toBlock.count
+      // `toBlock` ascends: the entry just blocked is found by bisection, not a scan per BLOCK.
+      let next = Self.position(of: i, in: toBlock).map { $0 + 1 } ?? toBlock.count
       state = next < toBlock.count ? .block(toBlock[next]) : .track
     case .track: state = .kick
     case .kick: state = .kicked
@@ -141,5 +142,15 @@ public struct ZapPath: Hashable, Sendable {
       state = i + 1 < entries.count ? .unmap(i + 1) : .finishing(.zapped(entries: entries.count))
     case .kicked, .finishing, .done: break
     }
+  }
+
+  /// The index of `value` in the ascending `sorted`, or `nil`.
+  static func position(of value: Int, in sorted: [Int]) -> Int? {
+    var low = 0, high = sorted.count
+    while low < high {
+      let mid = (low + high) / 2
+      if sorted[mid] < value { low = mid + 1 } else { high = mid }
+    }
+    return low < sorted.count && sorted[low] == value ? low : nil
   }
 }

@@ -17,6 +17,23 @@ public enum InvariantKind: String, Hashable, Sendable, CaseIterable {
   case history = "history"
 }
 
+/// A set of ``InvariantKind``s as bits: which invariants a check runs, tested per invariant
+/// without hashing anything (the explorer asks for every state).
+public struct InvariantKinds: OptionSet, Hashable, Sendable {
+  public let rawValue: UInt8
+  public init(rawValue: UInt8) { self.rawValue = rawValue }
+  public init(_ kind: InvariantKind) {
+    switch kind {
+    case .everyState: self = .everyState
+    case .quiescent: self = .quiescent
+    case .history: self = .history
+    }
+  }
+  public static let everyState = InvariantKinds(rawValue: 1)
+  public static let quiescent = InvariantKinds(rawValue: 2)
+  public static let history = InvariantKinds(rawValue: 4)
+}
+
 /// The machine's named invariants, checked after every step by `run`, `explore` and `fuzz`.
 /// Each returns the violations it finds; an empty list means it held.
 extension Machine {
@@ -27,9 +44,9 @@ extension Machine {
   }
 
   /// Every invariant of the given kinds, in the fixed order, with its verdict.
-  public func checkInvariants(of kinds: Set<InvariantKind>) -> [InvariantCheck] {
+  public func checkInvariants(of kinds: InvariantKinds) -> [InvariantCheck] {
     Self.invariants.compactMap { invariant in
-      guard kinds.contains(invariant.kind) else { return nil }
+      guard kinds.contains(invariant.kinds) else { return nil }
       let violations = invariant.check(self)
       return InvariantCheck(name: invariant.name, violation: violations.isEmpty ? nil : violations.joined(separator: "; "))
     }
@@ -41,8 +58,8 @@ extension Machine {
   }
 
   /// The first violated invariant of the given kinds, in the fixed order, or `nil`.
-  public func firstViolation(of kinds: Set<InvariantKind>) -> InvariantCheck? {
-    for invariant in Self.invariants where kinds.contains(invariant.kind) {
+  public func firstViolation(of kinds: InvariantKinds) -> InvariantCheck? {
+    for invariant in Self.invariants where kinds.contains(invariant.kinds) {
       let violations = invariant.check(self)
       if !violations.isEmpty { return InvariantCheck(name: invariant.name, violation: violations.joined(separator: "; ")) }
     }
@@ -58,7 +75,14 @@ extension Machine {
     /// The harm it prevents, in the kernel's or the TDX module's terms.
     public let harm: String
     public let kind: InvariantKind
+    /// ``kind`` as a bit.
+    let kinds: InvariantKinds
     let check: @Sendable (Machine) -> [String]
+
+    init(name: String, summary: String, harm: String, kind: InvariantKind, check: @escaping @Sendable (Machine) -> [String]) {
+      self.name = name; self.summary = summary; self.harm = harm; self.kind = kind
+      kinds = InvariantKinds(kind); self.check = check
+    }
   }
 
   /// The invariants as a Markdown table (the README shows it): name, when it must hold,

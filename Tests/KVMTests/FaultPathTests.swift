@@ -248,3 +248,10 @@ func runZap(_ vm: inout VirtualMachine, inGuest: [UInt32] = [0],
   #expect(KVMInvariants.noSPTEOutsideMemslot(vm).count == 1)
   #expect(vm.mmu.leaves().isEmpty, "nothing in the mirror: the report comes from the shared root")
 }
+
+/// The zap finds the entry it just blocked among the ascending indices by bisection.
+@Test(arguments: [([Int](), 3, nil as Int?), ([3], 3, 0), ([1, 3, 5, 9], 1, 0), ([1, 3, 5, 9], 9, 3), ([1, 3, 5, 9], 5, 2),
+                  ([1, 3, 5, 9], 4, nil), ([1, 3, 5, 9], 10, nil), ([1, 3, 5, 9], 0, nil)])
+func zapFindsTheBlockedEntry(sorted: [Int], value: Int, index: Int?) {
+  #expect(ZapPath.position(of: value, in: sorted) == index)
+}

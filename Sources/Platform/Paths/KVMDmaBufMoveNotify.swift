@@ -104,9 +104,9 @@ struct TDXSEPTZap: Hashable, Sendable {
     return .ran(label)
   }
 
-  private func call(_ leaf: SeamcallLeaf, _ m: inout Machine, _ choices: inout Contention, _ what: String,
+  private func call(_ leaf: SeamcallLeaf, _ m: inout Machine, _ choices: inout Contention, _ what: @autoclosure () -> String,
                     _ fields: @autoclosure () -> [TraceField], _ body: (inout TDXModule) throws(TDXStatus) -> Void) -> SecureCallResult {
     let contended = choices.takeBusy(leaf)
-    return m.kvm.seamcall(vm, leaf, variant: m.variant, contended: contended, trace: &m.trace, what, fields(), body)
+    return m.kvm.seamcall(vm, leaf, variant: m.variant, contended: contended, trace: &m.trace, what(), fields(), body)
   }
 }

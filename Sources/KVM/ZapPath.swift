@@ -94,7 +94,7 @@ public struct ZapPath: Hashable, Sendable {
     case .kicked:
       // kvm_make_all_cpus_request() returns once every IPI it sent has been acknowledged.
       if let vcpu = vm.pendingKicks.first {
-        return .blocked(.event("vm\(vm.id.rawValue) vcpu\(vcpu) to leave guest mode (KVM_REQ_OUTSIDE_GUEST_MODE)"))
+        return .blocked(.guestModeExit(vm: vm.id.rawValue, vcpu: vcpu))
       }
       guard unmap else {
         // The interface is still trusted: leave the entries blocked and tracked.

@@ -215,7 +215,7 @@ func runZap(_ vm: inout VirtualMachine, inGuest: [UInt32] = [0],
   let g0 = slotGPA, g1 = slotGPA.advanced(by: 0x1000)
   #expect(calls == [.secureBlock(gpa: g0, level: .level4K), .secureBlock(gpa: g0, level: .level4K),
                     .secureBlock(gpa: g1, level: .level4K), .secureTrack, .kickVCPUs,
-                    .blocked(.event("vm1 vcpu0 to leave guest mode (KVM_REQ_OUTSIDE_GUEST_MODE)")),
+                    .blocked(.guestModeExit(vm: 1, vcpu: 0)),
                     .secureUnmap(gpa: g0, level: .level4K), .secureUnmap(gpa: g1, level: .level4K),
                     .complete(.zapped(entries: 2))])
   #expect(vm.mmu.mappedPages == 0 && !vm.mmuLock.isLocked && vm.invalidation.inProgress == 0)

@@ -188,7 +188,8 @@ extension Bench {
     var revoke = bench.machine.startThread(.vfioSetMemoryDecode(fd: dev, enable: false), context: ContextID(rawValue: 2))
     let blocked = bench.stepUntilBlocked(&revoke)
     let wait = try #require(blocked)
-    #expect(wait == .event("vm1 vcpu0 to leave guest mode (KVM_REQ_OUTSIDE_GUEST_MODE)"))
+    #expect(wait == .guestModeExit(vm: 1, vcpu: 0))
+    #expect(wait.description == "vm1 vcpu0 to leave guest mode (KVM_REQ_OUTSIDE_GUEST_MODE)")
     #expect(bench.machine.kickResponders() == [VCPURef(vm: bench.tdVM, index: 0)])
     // vCPU 0's own thread is in guest mode: its next step takes the IPI.
     var access = bench.machine.startThread(.guestRead(vm: bench.td, gpa: GPA(gpaBase), size: 4), context: ContextID(rawValue: 1))
@@ -213,7 +214,8 @@ extension Bench {
       slot: 1, flags: vfioDmaBuf, guestPhysAddr: gpaBase, memorySize: 0)), context: ContextID(rawValue: 2))
     let blocked = bench.stepUntilBlocked(&delete)
     let wait = try #require(blocked)
-    #expect(wait == .event("synchronize_srcu: ctx1 is in a kvm->srcu read section"))
+    #expect(wait == .srcuReader(ContextID(rawValue: 1)))
+    #expect(wait.description == "synchronize_srcu: ctx1 is in a kvm->srcu read section")
     // The fault finishes first (its PFN was looked up before the slot went INVALID), then the
     // delete flushes what it installed.
     #expect(bench.finish(&fault) == .success(.guestAccess("mapped", value: 0)))

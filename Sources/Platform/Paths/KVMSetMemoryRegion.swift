@@ -97,7 +97,7 @@ struct KVMSetMemoryRegion: Hashable, Sendable {
       // read section (a new reader sees it INVALID and retries).
       let srcu = m.kvm.vms[vm]!.srcu
       if let reader = readers.first(where: { srcu.isReading($0) }) {
-        return .blocked(.event("synchronize_srcu: \(reader) is in a kvm->srcu read section"))
+        return .blocked(.srcuReader(reader))
       }
       guard let old = plan.old else { throw LockViolation(lock: "kvm->slots_lock", message: "invalidated a slot that did not exist") }
       // The private MMIO slot delete protocol (reviewed): no fault of the old slot is in flight

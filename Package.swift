@@ -10,7 +10,7 @@ let package = Package(
   platforms: [.macOS(.v15)],
   products: [
     .executable(name: "pmmio", targets: ["pmmio"]),
-    .library(name: "PrivateMMIO", targets: ["Platform", "Scenarios", "Explorer"]),
+    .library(name: "PrivateMMIO", targets: ["Platform", "Scenarios", "Explorer", "Fuzz"]),
     .library(name: "HostKVM", targets: ["HostKVM"]),
   ],
   dependencies: [

@@ -1,6 +1,7 @@
 import Benchmark
 import CFloor
 import Explorer
+import Fuzz
 import KernelCore
 import KVM
 import Platform
@@ -272,9 +273,18 @@ let distinctStates = BenchmarkMetric.custom("distinct states", polarity: .prefer
 /// nothing and visits every reachable state): one iteration is one whole search. `states/s`
 /// counts distinct states, as `pmmio explore` reports them (target: 100,000).
 ///
-/// `Fuzz/ops/swift` belongs here once `pmmio fuzz` exists (issue 12): fuzzer operations per
-/// second on the default machine, target 200,000; like Explore it has no C twin.
+/// `Fuzz/ops/swift`: fuzzer operations per second, every check after each (invariants,
+/// unchanged-on-failure, the errno tables), 100,000 ops of seed 2026 under `reviewed`, as the
+/// test suite's clean run; target 200,000. Like Explore it has no C twin.
 func registerExploreAndFuzz() {
+  Benchmark("Fuzz/ops/swift", configuration: configuration(iterations: 5, seconds: 30)) { benchmark in
+    let ops = 100_000
+    var report: FuzzReport?
+    measure(benchmark, ops: UInt64(ops)) {
+      report = Fuzzer.run(FuzzOptions(ops: ops, seed: 2026, variant: .reviewed))
+    }
+    if let finding = report?.finding { fail(benchmark, RigError("the fuzzer found \(finding.failure)")) }
+  }
   for name in ["three-vcpus-vs-revoke", "two-zaps-on-track"] {
     let scenario = LazyBox<Scenario> {
       guard let yaml = BuiltinScenarios.named(name) else { throw RigError("no built-in scenario \(name)") }

@@ -153,6 +153,10 @@ public struct StepReport: Codable, Hashable, Sendable {
     if let expected = step.expectation {
       mismatch = expected.mismatch(result)
       verdict = mismatch == nil ? .asExpected : .notAsExpected
+    } else if let unfinished = Self.unfinished(result) {
+      // A step that never finishes, or a model bug, is never merely "without expect".
+      mismatch = unfinished
+      verdict = .notAsExpected
     } else {
       verdict = step.stateExpectation == nil ? .unchecked : .asExpected
     }
@@ -160,6 +164,18 @@ public struct StepReport: Codable, Hashable, Sendable {
     self.marks = marks
     invariantViolations = violations
     self.nanoseconds = nanoseconds
+  }
+
+  /// Why a step without `expect:` still fails the run: it livelocked or deadlocked (only
+  /// `expect: livelock` / `expect: deadlock` accept that), or the model broke a lock rule of
+  /// its own (nothing accepts that).
+  static func unfinished(_ result: OpResult) -> String? {
+    switch result {
+    case .failure(.livelock(let what)): "the step never finishes (livelock: \(what)); expect: livelock if that is the point"
+    case .failure(.deadlock(let what)): "the step never finishes (deadlock: \(what)); expect: deadlock if that is the point"
+    case .failure(.lockViolation(let v)): "model bug: lock violation: \(v)"
+    default: nil
+    }
   }
 
   /// Adds what of the step's `expect: { state: ... }` did not hold.

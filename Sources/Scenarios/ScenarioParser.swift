@@ -213,6 +213,7 @@ struct ScenarioReader {
         }
         concurrent.append(path)
       }
+      try checkOneRunPerVCPU(concurrent)
     }
     var scenario = Scenario(name: name, variant: variant, machine: machine, machinePosition: machinePosition,
                             steps: steps, concurrent: concurrent, machinePositions: machinePositions)
@@ -229,6 +230,26 @@ struct ScenarioReader {
       scenario.schedule = schedule
     }
     return scenario
+  }
+
+  /// Two concurrent paths may not both run guest ops on one vCPU: `kvm_vcpu_ioctl()` holds
+  /// `vcpu->mutex` across `KVM_RUN`, so a vCPU runs one path's ops at a time, and the model's
+  /// vCPU threads are one per vCPU. Ops meant to run one after another on one vCPU belong in
+  /// one path.
+  func checkOneRunPerVCPU(_ concurrent: [[ScenarioStep]]) throws(ScenarioError) {
+    var owner: [String: Int] = [:]
+    for (n, path) in concurrent.enumerated() {
+      for step in path where step.opName.hasPrefix("guest.") {
+        let vcpu: UInt64 = if case .number(let v)? = step.arguments["vcpu"] { v } else { 0 }
+        let vm: String = if case .handle(let h)? = step.arguments["vm"] { "\(h)" } else { "?" }
+        let key = "vcpu \(vcpu) of \(vm)"
+        if let other = owner[key], other != n {
+          throw ScenarioError(step.position, "concurrent paths \(other + 1) and \(n + 1) both run guest ops on \(key): "
+                              + "a vCPU runs one KVM_RUN at a time (kvm_vcpu_ioctl holds vcpu->mutex); put these ops in one path")
+        }
+        owner[key] = n
+      }
+    }
   }
 
   var defaultName: String {
@@ -466,9 +487,11 @@ struct ScenarioReader {
       switch s.string {
       case "ok": return (.ok, nil)
       case "error": return (.error, nil)
+      case "livelock": return (.livelock, nil)
+      case "deadlock": return (.deadlock, nil)
       default:
-        let hint = Suggestion.closest(to: s.string, among: ["ok", "error"]).map { ": did you mean '\($0)'?" } ?? ""
-        throw fail(node, "unknown expectation '\(s.string)'\(hint) (ok, error, or { errno | tdx | tdisp | pfn | state | flags | fault | value | memory_fault: ... })")
+        let hint = Suggestion.closest(to: s.string, among: ["ok", "error", "livelock", "deadlock"]).map { ": did you mean '\($0)'?" } ?? ""
+        throw fail(node, "unknown expectation '\(s.string)'\(hint) (ok, error, livelock, deadlock, or { errno | tdx | tdisp | pfn | state | flags | fault | value | memory_fault: ... })")
       }
     }
     let kinds = ["ok", "error", "errno", "tdx", "tdisp", "pfn", "order", "state", "flags", "fault", "value", "memory_fault"]

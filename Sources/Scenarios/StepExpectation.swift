@@ -7,8 +7,14 @@ import Platform
 public enum StepExpectation: Hashable, Sendable, CustomStringConvertible {
   /// `ok`: any success.
   case ok
-  /// `error`: any failure.
+  /// `error`: any failure the kernel returns (an errno, a TDX status, a TDISP error); not a
+  /// livelock, a deadlock or a model bug.
   case error
+  /// `livelock`: the step can never finish, a retry loop that comes back to the same state
+  /// (the kernel would spin for ever), as the rfc-v1 fault does on a refused `TDH.MMIO.MAP`.
+  case livelock
+  /// `deadlock`: the step waits for something no thread will ever do.
+  case deadlock
   /// `{ errno: EINVAL }`.
   case errno(Errno)
   /// `{ tdx: TDX_OPERAND_BUSY }`: compared without the operand field. `TDX_SUCCESS` is any success.
@@ -34,6 +40,8 @@ public enum StepExpectation: Hashable, Sendable, CustomStringConvertible {
     switch self {
     case .ok: "ok"
     case .error: "error"
+    case .livelock: "livelock"
+    case .deadlock: "deadlock"
     case .errno(let e): "errno \(e.name)"
     case .tdx(let s): "tdx \(s.name)"
     case .tdisp(let name): "tdisp \(name)"
@@ -50,13 +58,16 @@ public enum StepExpectation: Hashable, Sendable, CustomStringConvertible {
   /// `nil` when `result` meets the expectation; otherwise why not.
   public func mismatch(_ result: OpResult) -> String? {
     if matches(result) { return nil }
+    if case .failure(.lockViolation(let v)) = result { return "model bug: lock violation: \(v)" }
     return "expected \(self), got \(ResultText.describe(result))"
   }
 
   public func matches(_ result: OpResult) -> Bool {
     switch (self, result) {
     case (.ok, .success): return true
+    case (.error, .failure(.livelock)), (.error, .failure(.deadlock)), (.error, .failure(.lockViolation)): return false
     case (.error, .failure): return true
+    case (.livelock, .failure(.livelock)), (.deadlock, .failure(.deadlock)): return true
     case (.errno(let want), .failure(let got)): return want == got.errno
     case (.tdx(let want), .success): return want.code == TDXStatus.success
     case (.tdx(let want), .failure(.tdx(let got))): return want.code == got.code

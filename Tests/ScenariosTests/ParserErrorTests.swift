@@ -68,7 +68,7 @@ struct BadInput: CustomTestStringConvertible, Sendable {
   BadInput(label: "bad choice", steps: "  - { op: vfio.set_power, fd: 3, state: D3cold }",
            error: "t.yaml:7:41: 'state' must be one of D0|D3hot, found 'D3cold'"),
   BadInput(label: "unknown expectation", steps: "  - { op: vfio.close, fd: 3, expect: fine }",
-           error: "t.yaml:7:38: unknown expectation 'fine' (ok, error, or { errno | tdx | tdisp | pfn | state | flags | fault | value | memory_fault: ... })"),
+           error: "t.yaml:7:38: unknown expectation 'fine' (ok, error, livelock, deadlock, or { errno | tdx | tdisp | pfn | state | flags | fault | value | memory_fault: ... })"),
   BadInput(label: "two expectations", steps: "  - { op: vfio.read, fd: 3, region_index: 0, expect: { errno: EBADF, value: 1 } }",
            error: "t.yaml:7:54: expect needs one of ok, error, errno, tdx, tdisp, pfn, state, flags, fault, value, memory_fault (and may add state: { ... }; fault may add value)"),
   BadInput(label: "a value on an op that returns none", steps: "  - { op: vfio.close, fd: 3, expect: { value: 1 } }",

@@ -136,7 +136,7 @@ import Platform
     ("{ op: tdx.seamcall, leaf: 1, expect: { tdx: TDX_OPERAND_BUSSY } }",
      "t.yaml:1:54: unknown TDX status 'TDX_OPERAND_BUSSY': did you mean 'TDX_OPERAND_BUSY'?"),
     ("{ op: vfio.close, fdd: 3 }", "t.yaml:1:28: unknown key 'fdd' in op vfio.close: did you mean 'fd'? (expected: op, fd, expect)"),
-    ("{ op: vfio.close, fd: 3, expect: okk }", "t.yaml:1:43: unknown expectation 'okk': did you mean 'ok'? (ok, error, or { errno | tdx | tdisp | pfn | state | flags | fault | value | memory_fault: ... })"),
+    ("{ op: vfio.close, fd: 3, expect: okk }", "t.yaml:1:43: unknown expectation 'okk': did you mean 'ok'? (ok, error, livelock, deadlock, or { errno | tdx | tdisp | pfn | state | flags | fault | value | memory_fault: ... })"),
   ])
   func parserSuggests(step: String, message: String) {
     #expect(throws: (any Error).self) { try ScenarioParser.parse("steps: [ \(step) ]", file: "t.yaml") }

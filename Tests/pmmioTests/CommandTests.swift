@@ -29,6 +29,12 @@ private func json(_ text: String) throws -> [String: Any] {
     #expect(!result.stderr.contains("cannot read"))
   }
 
+  @Test func aMistypedScenariosSubCommandGetsASuggestion() throws {
+    let result = try pmmio(["scenarios", "shwo", "default"])
+    #expect(result.status == 2)
+    #expect(result.stderr == "pmmio: scenarios: unknown sub-command 'shwo' (did you mean 'show'?); the sub-commands are list, show\n")
+  }
+
   @Test func scenariosListsTheBuiltIns() throws {
     let result = try pmmio(["scenarios"])
     #expect(result.status == 0)
@@ -97,6 +103,26 @@ private func json(_ text: String) throws -> [String: Any] {
     #expect(result.stdout.contains("summary: 1 step: 0 as expected, 1 not as expected"))
     #expect(result.stdout.contains("stopped after step 1 (--stop-on-failure): 2 step(s) not run"))
     #expect(!result.stdout.contains("   2  "))
+  }
+
+  /// rfc-v1 answers a refused `TDH.MMIO.MAP` with -EBUSY (patch 12 tests `err & TDX_OPERAND_BUSY`,
+  /// true for every error), so the accept retries for ever: a step that never finishes is
+  /// never "as expected" for `error` or "without expect"; `expect: livelock` states it.
+  @Test("a livelock fails the run unless the step expects it", arguments: [
+    ("expect: { memory_fault: { flags: [PRIVATE], gpa: 0xc000000000, size: 0x1000, errno: EFAULT } }", Int32(1),
+     "FAILED <stdin>:23: expected memory_fault flags [PRIVATE] gpa 0xc000000000 size 0x1000 errno EFAULT, got livelock: "),
+    ("expect: error", 1, "FAILED <stdin>:23: expected error, got livelock: "),
+    ("vcpu: 0", 1, "FAILED <stdin>:23: the step never finishes (livelock: "),
+    ("expect: livelock", 0, "as expected (livelock)"),
+  ])
+  func livelock(expect: String, status: Int32, text: String) throws {
+    var yaml = try String(contentsOf: examples.appendingPathComponent("map-refused-by-the-module.yaml"), encoding: .utf8)
+    let written = "expect: { memory_fault: { flags: [PRIVATE], gpa: 0xc000000000, size: 0x1000, errno: EFAULT } }"
+    #expect(yaml.contains(written))
+    yaml = yaml.replacingOccurrences(of: written, with: expect)
+    let result = try pmmio(["run", "--variant", "rfc-v1", "-"], stdin: Data(yaml.utf8))
+    #expect(result.status == status, "\(result.stdout)")
+    #expect(result.stdout.contains(text), "\(result.stdout)")
   }
 
   @Test func withoutItEveryStepRuns() throws {

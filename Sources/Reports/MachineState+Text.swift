@@ -64,7 +64,7 @@ extension MachineState {
     for vm in vms {
       var line = "vm\(vm.id)" + (vm.name.map { " (\($0))" } ?? "") + "  \(vm.type)"
       line += vm.fds.isEmpty ? "  no fd" : "  fd \(vm.fds.map(String.init).joined(separator: ","))"
-      line += "  vcpus \(vm.vcpus.isEmpty ? "none" : vm.vcpus.map(String.init).joined(separator: ","))"
+      line += "  vcpu ids \(vm.vcpus.isEmpty ? "none" : vm.vcpus.map(String.init).joined(separator: ","))"
       if let td = vm.td { line += "  td \(td)" }
       if vm.dead { line += "  DEAD (KVM_BUG_ON)" }
       out.append(line)

@@ -33,6 +33,24 @@ public enum OutputFile {
     try writeAll(contents, fd: fd, path: path)
   }
 
+  /// Why `path` could not be written, found without writing it (for an output that is written
+  /// only if there is something to write, such as a counterexample); `nil` when it looks
+  /// writable. A later `write` can still fail.
+  public static func unwritable(_ path: String) -> String? {
+    guard !path.isEmpty else { return "the path is empty" }
+    var info = stat()
+    if stat(path, &info) == 0 {
+      if (info.st_mode & S_IFMT) == S_IFDIR { return openFailure(EISDIR) }
+      return access(path, W_OK) == 0 ? nil : openFailure(errno)
+    }
+    guard errno == ENOENT else { return openFailure(errno) }
+    let directory = path.contains("/") ? String(path[..<(path.lastIndex(of: "/") ?? path.endIndex)]) : "."
+    let parent = directory.isEmpty ? "/" : directory
+    if stat(parent, &info) != 0 { return openFailure(errno) }
+    if (info.st_mode & S_IFMT) != S_IFDIR { return openFailure(ENOTDIR) }
+    return access(parent, W_OK) == 0 ? nil : openFailure(errno)
+  }
+
   static func openFailure(_ code: Int32) -> String {
     switch code {
     case ENOENT: "no such directory"

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import KernelCore
 import Scenarios
 
@@ -75,10 +76,25 @@ func checkDistinctOutputs(_ outputs: [(option: String, path: String)], json: Boo
   var seen: [String: String] = [:]
   if json { seen["-"] = "--json" }
   for output in outputs {
-    if let other = seen[output.path] {
-      let target = output.path == "-" ? "standard output" : output.path
+    let key = outputIdentity(output.path)
+    if let other = seen[key] {
+      let target = key == "-" ? "standard output" : output.path
       throw ValidationError("\(output.option) and \(other) both write to \(target)")
     }
-    seen[output.path] = output.option
+    seen[key] = output.option
   }
+}
+
+/// What an output path writes to: `-` for standard output (also `/dev/stdout` and any other
+/// name of the same open file), the file's device and inode for an existing file (so a link
+/// and its target are one output), else the path as written.
+func outputIdentity(_ path: String) -> String {
+  if path == "-" { return "-" }
+  var file = stat()
+  guard stat(path, &file) == 0 else { return "path:" + path }
+  var standardOutput = stat()
+  if fstat(STDOUT_FILENO, &standardOutput) == 0, standardOutput.st_dev == file.st_dev, standardOutput.st_ino == file.st_ino {
+    return "-"
+  }
+  return "file:\(file.st_dev):\(file.st_ino)"
 }

@@ -26,7 +26,7 @@ struct ExploreCommand: ParsableCommand {
 
   @OptionGroup var options: CommonOptions
 
-  @Option(name: .customLong("max-states"), help: "Stop once this many distinct states are known.")
+  @Option(name: .customLong("max-states"), help: "Stop once this many distinct states are known (the state being expanded is finished first: a few more may be reported).")
   var maxStates: Int = 5_000_000
 
   @Option(name: .customLong("max-depth"), help: "Expand no state more than this many steps after the scenario's steps.")
@@ -51,7 +51,12 @@ struct ExploreCommand: ParsableCommand {
   func run() throws {
     let (scenario, text) = try options.loadScenarioWithText()
     guard !scenario.concurrent.isEmpty else {
-      throw InputProblem("\(scenario.name) has no 'concurrent:' paths: there is nothing to interleave (pmmio run replays it)")
+      let hint = options.file == nil ? "; name a race scenario, e.g. pmmio explore close-vs-fault (pmmio scenarios lists them)" : ""
+      throw InputProblem("\(scenario.name) has no 'concurrent:' paths: there is nothing to interleave (pmmio run replays it)\(hint)")
+    }
+    if let out, out != "-", let problem = OutputFile.unwritable(out) { throw InputProblem("--out \(out): \(problem)") }
+    if scenario.schedule != nil {
+      FileHandle.standardError.write(Data("pmmio: explore: the file's schedule: is not followed; every interleaving is explored (pmmio run FILE replays the schedule)\n".utf8))
     }
     let progress = TerminalProgress("pmmio: exploring \(scenario.name)")
     defer { progress.finish() }

@@ -68,6 +68,14 @@ struct Pmmio: ParsableCommand {
   /// `pmmio frobnicate`: a first word that is neither a command nor a file, nor shaped like a
   /// path, is a mistyped command, not a scenario to read.
   static func unknownCommand(_ arguments: [String]) -> InputProblem? {
+    // `pmmio scenarios shwo NAME`: `scenarios` takes only its sub-commands and no argument.
+    if arguments.first == "scenarios", arguments.count > 1, let word = arguments.dropFirst().first, !word.hasPrefix("-") {
+      let names = ScenariosCommand.configuration.subcommands.compactMap { $0.configuration.commandName }
+      if !names.contains(word) {
+        let hint = Suggestion.closest(to: word, among: names).map { " (did you mean '\($0)'?)" } ?? ""
+        return InputProblem("scenarios: unknown sub-command '\(word)'\(hint); the sub-commands are \(names.joined(separator: ", "))")
+      }
+    }
     guard let first = arguments.first, !first.hasPrefix("-"), !commandNames.contains(first),
           !first.contains("/"), !first.contains("."), !FileManager.default.fileExists(atPath: first)
     else { return nil }

@@ -45,6 +45,8 @@ import Testing
     (["fuzz", "--ops", "0"], "--ops must be at least 1"),
     (["fuzz", "--ignore", "NoKVMBugOnn"], "no such invariant (did you mean 'NoKVMBugOn'?)"),
     (["fuzz", "--replay", "x.yaml", "--sequence", "3"], "--replay runs a scenario"),
+    (["fuzz", "--replay", "x.yaml", "--seed", "3"], "--replay runs a scenario: --seed, --interleave and --sequence do nothing with it"),
+    (["fuzz", "--oracle", "kvm", "--variant", "rfc-v1"], "--oracle kvm compares the model with the running kernel, which is what reviewed models"),
     (["fuzz", "--sequence", "3", "--ops", "10"], "--sequence runs one sequence"),
     (["fuzz", "--oracle", "kvm", "--strict"], "--oracle kvm compares answers"),
     (["fuzz", "--oracle", "xen"], "xen"),

@@ -26,6 +26,8 @@ private func race(_ name: String) -> String { races.appendingPathComponent("\(na
     (["explore", "--max-states", "0", race("close-vs-fault")], "--max-states must be at least 1"),
     (["explore", "--json", "--out", "-", race("close-vs-fault")], "--out - and --json would both write standard output"),
     (["explore", "-"], "has no 'concurrent:' paths"),
+    (["explore"], "name a race scenario, e.g. pmmio explore close-vs-fault"),
+    (["explore", "--out", "/nonexistent-dir/cx.yaml", race("fault-vs-decode-off")], "--out /nonexistent-dir/cx.yaml: no such directory"),
   ])
   func badInput(arguments: [String], message: String) throws {
     let result = try pmmio(arguments, stdin: Data("name: calm\nsteps: []\n".utf8))
@@ -69,5 +71,29 @@ private func race(_ name: String) -> String { races.appendingPathComponent("\(na
     #expect(result.stdout.contains("2 findings, each with a shortest counterexample (the search is complete):"))
     #expect(result.stdout.contains("[1] VIOLATED: NoDanglingBinding: "))
     #expect(result.stdout.contains("[2] VIOLATED: NoMoveNotifyOnFreedSlot: "))
+  }
+
+  /// Two paths that run guest ops on one vCPU would be two threads in one vCPU: refused, since
+  /// `kvm_vcpu_ioctl()` runs one `KVM_RUN` of a vCPU at a time (`vcpu->mutex`).
+  @Test func twoPathsOnOneVCPUAreRefusedAtTheSecondPath() throws {
+    let yaml = try String(contentsOfFile: race("two-vcpus-same-page"), encoding: .utf8)
+    let oneVCPU = yaml.replacingOccurrences(of: "vcpu: 1", with: "vcpu: 0")
+    #expect(oneVCPU != yaml)
+    let result = try pmmio(["explore", "-"], stdin: Data(oneVCPU.utf8))
+    #expect(result.status == 2)
+    #expect(result.stderr.contains("concurrent paths 1 and 2 both run guest ops on vcpu 0 of vm0: a vCPU runs one KVM_RUN at a time"),
+            "\(result.stderr)")
+  }
+
+  /// A file's `schedule:` is what `run` replays; `explore` says it explores every interleaving.
+  @Test func aScheduleIsNotFollowedAndSaysSo() throws {
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("pmmio-explore-sched-\(getpid())")
+    try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(at: dir) }
+    let out = dir.appendingPathComponent("cx.yaml").path
+    #expect(try pmmio(["explore", "--variant", "rfc-v1", "--out", out, race("close-vs-fault")]).status == 1)
+    let again = try pmmio(["explore", "--variant", "rfc-v1", out])
+    #expect(again.status == 1)
+    #expect(again.stderr.contains("the file's schedule: is not followed; every interleaving is explored"), "\(again.stderr)")
   }
 }

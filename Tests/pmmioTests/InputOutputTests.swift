@@ -100,6 +100,8 @@ private let passing = "steps: [ { op: vfio.close, fd: 99, expect: { errno: EBADF
     ["run", "--json", "--trace", "text", "-"],
     ["run", "--trace", "text", "-", "--trace", "perfetto", "-"],
     ["run", "--trace", "text", "/tmp/t", "--trace", "perfetto", "/tmp/t"],
+    ["run", "--trace", "text", "/dev/stdout", "--trace", "text", "-"],
+    ["run", "--json", "--trace", "perfetto", "/dev/stdout"],
     ["show", "--json", "--svg", "-"],
   ])
   func conflicts(arguments: [String]) throws {

@@ -285,6 +285,11 @@ public enum RaceScenarios {
     # TDG.MMIO.ACCEPT) while the TSM stops the interface; VFIO then revokes the private buffer and
     # KVM's move_notify runs TDH.MMIO.BLOCK, TDH.MEM.TRACK, the kick (every vCPU in guest mode
     # answers the IPI) and TDH.MMIO.UNMAP.
+    # Answer, reviewed: safe; the stop revokes (BLOCK, TRACK, kick, TSM unbind, UNMAP) and no
+    # accept succeeds on a stopped interface. Answer, rfc-v1: STOP_INTERFACE revokes nothing, so
+    # the page the steps accepted stays mapped on an unlocked interface (PrivateMMIOOnlyWhileTDIRuns,
+    # 1 step), and with --all the race itself: an accept that faulted and mapped before the stop
+    # completes after it (NoAcceptOfNonRunningTDI, 6 steps); no zap runs to race with.
     name: td-accept-vs-tdisp-stop
     machine:
       devices:
@@ -417,6 +422,9 @@ public enum RaceScenarios {
     # tracks and kicks every vCPU in guest mode, then unmaps. Answer: mmu_lock held for write
     # serialises the two zaps, and the kick waits until every vCPU has left the old epoch, so
     # the second TRACK never finds the previous epoch busy and no UNMAP comes before tracking.
+    # Answer, rfc-v1: the first zap already dies on its UNMAP (the interface is RUN, the module
+    # refuses, KVM_BUG_ON: NoKVMBugOn, 9 steps) before the second zap tracks; with --all also
+    # RevokedImpliesNoSPTE (11 steps). No TRACK race is found in either variant.
     name: two-zaps-on-track
     machine:
       devices:

@@ -65,6 +65,17 @@ private func race(_ name: String) -> String { races.appendingPathComponent("\(na
     #expect(replay.stdout.contains("UsableDeviceBuffersRestored"), "\(replay.stdout)")
   }
 
+  /// rfc-v1's STOP_INTERFACE revokes nothing: the first finding is the page the steps had
+  /// accepted (1 step); the race, an accept mapped before the stop and completed after it, is
+  /// the second (6 steps).
+  @Test func tdAcceptVsStopShowsTheAcceptAfterTheStopUnderAll() throws {
+    let result = try pmmio(["explore", "--all", "--variant", "rfc-v1", race("td-accept-vs-tdisp-stop")])
+    #expect(result.status == 1)
+    #expect(result.stdout.contains("[1] VIOLATED: PrivateMMIOOnlyWhileTDIRuns: "))
+    #expect(result.stdout.contains("[2] VIOLATED: NoAcceptOfNonRunningTDI: "))
+    #expect(result.stdout.contains("schedule: [vcpu1, vcpu1, vcpu1, vcpu1, ctx2, vcpu1]\n"), "\(result.stdout)")
+  }
+
   @Test func allReportsEveryInvariantThatBreaks() throws {
     let result = try pmmio(["explore", "--all", "--variant", "rfc-v1", race("slot-move-vs-revoke")])
     #expect(result.status == 1)

@@ -6,23 +6,28 @@ import DmaBuf
 public enum KVMInvariants {
   /// Every leaf KVM maps for `vm`: its TDP root (a TD's mirror of the Secure EPT) and, for a
   /// TD, the shared root of GPAs with the shared bit (keyed without it).
-  static func allLeaves(_ vm: VirtualMachine) -> [MappedLeaf] {
+  public static func allLeaves(_ vm: VirtualMachine) -> [MappedLeaf] {
     vm.type == .tdx ? vm.mmu.leaves() + vm.sharedMMU.leaves() : vm.mmu.leaves()
   }
 
-  /// `NoSPTEOutsideMemslot`: every mapped GFN lies inside some memslot.
-  public static func noSPTEOutsideMemslot(_ vm: VirtualMachine) -> [String] {
-    allLeaves(vm).compactMap { leaf in
-      let inside = vm.memslots.values.contains {
-        leaf.gfn >= $0.baseGFN && leaf.gfn.rawValue + leaf.level.pages <= $0.baseGFN.rawValue + $0.npages
-      }
+  /// `NoSPTEOutsideMemslot`: every mapped GFN lies inside some memslot. `leaves`: the VM's
+  /// (``allLeaves(_:)``) when the caller has them. A leaf is looked up in address space 0's
+  /// slot index (a search, not a scan of the slots); only a leaf not found there is compared
+  /// with every slot.
+  public static func noSPTEOutsideMemslot(_ vm: VirtualMachine, leaves: [MappedLeaf]? = nil) -> [String] {
+    func within(_ leaf: MappedLeaf, _ slot: Memslot) -> Bool {
+      leaf.gfn >= slot.baseGFN && leaf.gfn.rawValue + leaf.level.pages <= slot.baseGFN.rawValue + slot.npages
+    }
+    return (leaves ?? allLeaves(vm)).compactMap { leaf in
+      if let slot = vm.memslot(containing: leaf.gfn), within(leaf, slot) { return nil }
+      let inside = vm.memslots.values.contains { within(leaf, $0) }
       return inside ? nil : "vm \(vm.id): \(leaf) is outside every memslot"
     }
   }
 
   /// `MMIOSPTEsUncached`: an SPTE mapping an MMIO PFN is UC and honours the guest PAT.
-  public static func mmioSPTEsUncached(_ vm: VirtualMachine) -> [String] {
-    allLeaves(vm).compactMap { leaf in
+  public static func mmioSPTEsUncached(_ vm: VirtualMachine, leaves: [MappedLeaf]? = nil) -> [String] {
+    (leaves ?? allLeaves(vm)).compactMap { leaf in
       guard vm.isMMIOPFN(leaf.spte.pfn) else { return nil }
       let ok = leaf.spte.memoryType == .uncachable && !leaf.spte.ignoresPAT
       return ok ? nil : "vm \(vm.id): MMIO \(leaf) is not uncached"
@@ -33,10 +38,10 @@ public enum KVMInvariants {
   /// that buffer page, and a huge leaf stays inside one physical range. `physRanges` answers
   /// a buffer's ranges (`nil` when it is gone). One pass per leaf over the buffer's ranges:
   /// the cost is leaves times ranges, never pages.
-  public static func sptePFNMatchesBinding(_ vm: VirtualMachine,
+  public static func sptePFNMatchesBinding(_ vm: VirtualMachine, leaves: [MappedLeaf]? = nil,
                                            physRanges: (DmaBufID) -> [PhysRange]?) -> [String] {
     var out: [String] = []
-    for leaf in allLeaves(vm) {
+    for leaf in leaves ?? allLeaves(vm) {
       guard let slot = vm.memslot(containing: leaf.gfn), let b = slot.dmaBuf, let ranges = physRanges(b.dmaBuf) else { continue }
       let firstPage = b.pgoff.rawValue + (leaf.gfn.rawValue - slot.baseGFN.rawValue)
       var start: UInt64 = 0

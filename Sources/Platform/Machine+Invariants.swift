@@ -45,9 +45,14 @@ extension Machine {
 
   /// Every invariant of the given kinds, in the fixed order, with its verdict.
   public func checkInvariants(of kinds: InvariantKinds) -> [InvariantCheck] {
+    checkInvariants(of: kinds, pass: InvariantPass(self))
+  }
+
+  /// ``checkInvariants(of:)`` sharing `pass` (tests read what it computed).
+  func checkInvariants(of kinds: InvariantKinds, pass: InvariantPass) -> [InvariantCheck] {
     Self.invariants.compactMap { invariant in
       guard kinds.contains(invariant.kinds) else { return nil }
-      let violations = invariant.check(self)
+      let violations = invariant.check(self, pass)
       return InvariantCheck(name: invariant.name, violation: violations.isEmpty ? nil : violations.joined(separator: "; "))
     }
   }
@@ -59,8 +64,9 @@ extension Machine {
 
   /// The first violated invariant of the given kinds, in the fixed order, or `nil`.
   public func firstViolation(of kinds: InvariantKinds) -> InvariantCheck? {
+    let pass = InvariantPass(self)
     for invariant in Self.invariants where kinds.contains(invariant.kinds) {
-      let violations = invariant.check(self)
+      let violations = invariant.check(self, pass)
       if !violations.isEmpty { return InvariantCheck(name: invariant.name, violation: violations.joined(separator: "; ")) }
     }
     return nil
@@ -77,12 +83,50 @@ extension Machine {
     public let kind: InvariantKind
     /// ``kind`` as a bit.
     let kinds: InvariantKinds
-    let check: @Sendable (Machine) -> [String]
+    /// The check, given what the other checks of the same pass share.
+    let check: @Sendable (Machine, InvariantPass) -> [String]
 
     init(name: String, summary: String, harm: String, kind: InvariantKind, check: @escaping @Sendable (Machine) -> [String]) {
+      self.init(name: name, summary: summary, harm: harm, kind: kind, shared: { machine, _ in check(machine) })
+    }
+
+    init(name: String, summary: String, harm: String, kind: InvariantKind,
+         shared check: @escaping @Sendable (Machine, InvariantPass) -> [String]) {
       self.name = name; self.summary = summary; self.harm = harm; self.kind = kind
       kinds = InvariantKinds(kind); self.check = check
     }
+  }
+
+  /// What the checks of one pass over the invariants share, each computed once and only if a
+  /// check asks: each VM's mapped leaves (walked once for the four SPTE invariants), the
+  /// attachments whose buffer is revoked, the TDX module's verdicts (one pass for its four
+  /// invariants). It counts what it computed, so tests pin the cost of a check by counting.
+  final class InvariantPass {
+    let machine: Machine
+    init(_ machine: Machine) { self.machine = machine }
+    /// Leaf walks (one per VM at most) and the leaves they visited.
+    private(set) var leafWalks = 0
+    private(set) var leavesVisited = 0
+    /// Passes over the TDX module's tables (one at most).
+    private(set) var tdxPasses = 0
+    private var leavesOf: [VMID: [MappedLeaf]] = [:]
+
+    /// Every leaf KVM maps for `vm`, walked once per pass.
+    func leaves(_ vm: VirtualMachine) -> [MappedLeaf] {
+      if let known = leavesOf[vm.id] { return known }
+      let leaves = KVMInvariants.allLeaves(vm)
+      leafWalks += 1
+      leavesVisited += leaves.count
+      leavesOf[vm.id] = leaves
+      return leaves
+    }
+
+    lazy var revokedAttachments: Set<AttachmentID> = machine.revokedAttachments()
+
+    lazy var tdxViolations: [(name: String, message: String)] = {
+      tdxPasses += 1
+      return machine.kvm.tdx.invariantViolations()
+    }()
   }
 
   /// The invariants as a Markdown table (the README shows it): name, when it must hold,
@@ -136,19 +180,19 @@ extension Machine {
     Invariant(name: "NoSPTEOutsideMemslot",
               summary: "every mapped GFN lies inside a memslot",
               harm: "the guest keeps a mapping of memory the VMM took back: it reads or writes host memory or MMIO it no longer owns",
-              kind: .everyState, check: { m in m.kvm.vms.values.flatMap(KVMInvariants.noSPTEOutsideMemslot) }),
+              kind: .everyState, shared: { m, pass in m.kvm.vms.values.flatMap { KVMInvariants.noSPTEOutsideMemslot($0, leaves: pass.leaves($0)) } }),
     Invariant(name: "MMIOSPTEsUncached",
               summary: "an SPTE mapping MMIO is uncached",
               harm: "cached or combined accesses to device registers: reads see stale values, writes are merged or reordered, side effects are lost",
-              kind: .everyState, check: { m in m.kvm.vms.values.flatMap(KVMInvariants.mmioSPTEsUncached) }),
+              kind: .everyState, shared: { m, pass in m.kvm.vms.values.flatMap { KVMInvariants.mmioSPTEsUncached($0, leaves: pass.leaves($0)) } }),
     Invariant(name: "SPTEMatchesExporter",
               summary: "an SPTE in a dma-buf slot maps the PFN the exporter describes for that page",
               harm: "the guest reaches another page than the buffer's: another BAR, another device's MMIO, or host RAM",
-              kind: .everyState, check: { m in m.kvm.vms.values.flatMap { KVMInvariants.sptePFNMatchesBinding($0, physRanges: m.exporterRanges) } }),
+              kind: .everyState, shared: { m, pass in m.kvm.vms.values.flatMap { KVMInvariants.sptePFNMatchesBinding($0, leaves: pass.leaves($0), physRanges: m.exporterRanges) } }),
     Invariant(name: "RevokedImpliesNoSPTE",
               summary: "no SPTE maps a revoked buffer once its importer's move_notify has returned",
               harm: "a guest access after the revoke reaches MMIO of a device being reset, powered down or handed to its next owner",
-              kind: .everyState, check: { m in m.kvm.vms.values.flatMap { KVMInvariants.noSPTEForRevokedBinding($0, revoked: m.revokedAttachments()) } }),
+              kind: .everyState, shared: { m, pass in m.kvm.vms.values.flatMap { KVMInvariants.noSPTEForRevokedBinding($0, revoked: pass.revokedAttachments) } }),
     Invariant(name: "NoStalePFNAfterInvalidation",
               summary: "no fault installs an SPTE or Secure-EPT entry for a PFN its exporter no longer hands out, once the invalidation covering it has ended",
               harm: "a fault that looked its PFN up before a revoke installed it after: the guest maps MMIO the exporter withdrew (the race the sequence check must close)",
@@ -196,7 +240,7 @@ extension Machine {
      "TLB tracking completes while a vCPU still runs in an old epoch, or never completes"),
   ].map { name, summary, harm in
     Invariant(name: name, summary: summary, harm: harm, kind: .everyState,
-              check: { m in m.kvm.tdx.invariantViolations().filter { $0.name == name }.map(\.message) })
+              shared: { _, pass in pass.tdxViolations.filter { $0.name == name }.map(\.message) })
   }
 
   func hostMappingsOfPrivateMMIO() -> [String] {

@@ -68,14 +68,9 @@ public struct DmaBufCore: Hashable, Sendable {
   /// - Throws: `EBADF` for a buffer that does not exist, or the errno above.
   public mutating func attach(_ id: DmaBufID, importer: String, ops: ImporterOps,
                               exporter: some DmaBufExporter, trace: inout Trace) throws(Errno) -> AttachmentID {
-    guard let buffer = buffers[id] else { throw Errno.EBADF.because("dma_buf_get", "dmabuf\(id.rawValue) is not a dma-buf") }
-    if ops.dynamic && !ops.hasMoveNotify {
-      throw Errno.EINVAL.because("dma_buf_dynamic_attach", "WARN_ON(importer_ops && !importer_ops->move_notify)")
-    }
+    try checkAttach(id, ops: ops, exporter: exporter)
     // Only dynamic importers pass importer_ops, and only importer_ops carry allow_peer2peer.
     let peer2peer = ops.dynamic && ops.allowPeer2Peer
-    try exporter.attach(buffer: buffer, peer2peer: peer2peer)
-    if !ops.dynamic && exporter.isDynamic { try exporter.pin(buffer: buffer) }
     let attachmentID = attachments.keys.max()?.next ?? AttachmentID(1)
     attachments[attachmentID] = DmaBufAttachment(id: attachmentID, buffer: id, importer: importer, ops: ops,
                                                  peer2peer: peer2peer, pinned: false)
@@ -86,6 +81,19 @@ public struct DmaBufCore: Hashable, Sendable {
                [.id("buffer", id), .id("attachment", attachmentID), .text("importer", importer), .flag("dynamic", ops.dynamic),
                 .flag("p2p", peer2peer)])
     return attachmentID
+  }
+
+  /// The checks of ``attach(_:importer:ops:exporter:trace:)``, in its order, without
+  /// attaching: a caller whose next checks come before the attach takes effect (KVM's
+  /// `kvm_set_memslot()` after `kvm_vfio_dmabuf_bind()`) runs these first and attaches last.
+  /// Changes nothing. - Throws: as ``attach(_:importer:ops:exporter:trace:)``.
+  public func checkAttach(_ id: DmaBufID, ops: ImporterOps, exporter: some DmaBufExporter) throws(Errno) {
+    guard let buffer = buffers[id] else { throw Errno.EBADF.because("dma_buf_get", "dmabuf\(id.rawValue) is not a dma-buf") }
+    if ops.dynamic && !ops.hasMoveNotify {
+      throw Errno.EINVAL.because("dma_buf_dynamic_attach", "WARN_ON(importer_ops && !importer_ops->move_notify)")
+    }
+    try exporter.attach(buffer: buffer, peer2peer: ops.dynamic && ops.allowPeer2Peer)
+    if !ops.dynamic && exporter.isDynamic { try exporter.pin(buffer: buffer) }
   }
 
   /// `dma_buf_detach()` followed by the importer's `dma_buf_put()`.

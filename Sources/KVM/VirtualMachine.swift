@@ -260,9 +260,12 @@ public struct VirtualMachine: Hashable, Sendable {
   ///    -> `EINVAL` (after the overlap check);
   /// 10. `kvm_arch_prepare_memory_region()` (``checkArchPrepare(_:)``): the last GFN past
   ///    `kvm_mmu_max_gfn()`, or (a TD) with the shared bit (`kvm_is_gfn_alias()`) -> `EINVAL`.
-  ///    The kernel runs it after binding: for a guest_memfd slot it is left to
-  ///    ``checkGuestMemfdBind(_:file:)`` (an fd that is not open is `EBADF` first, as 6.18
-  ///    answers); a dma-buf slot's still runs here, before its bind.
+  ///    The kernel runs it after binding, so it runs here only for a slot with nothing to
+  ///    bind: a guest_memfd slot's is ``checkGuestMemfdBind(_:file:)``'s last check (an fd
+  ///    that is not open is `EBADF` first, as 6.18 answers); a dma-buf slot's comes after
+  ///    `kvm_vfio_dmabuf_bind()`'s checks and before its attach takes effect (the platform's
+  ///    bind: RFC patch 6's `__kvm_set_memory_region()` calls `kvm_vfio_dmabuf_bind()`, then
+  ///    `kvm_set_memslot()` -> `kvm_arch_prepare_memory_region()`).
   public func prepareSetUserMemoryRegion2(_ mem: UserspaceMemoryRegion2, variant: Variant,
                                           ioctl: MemoryRegionIoctl = .region2) throws(Errno) -> MemslotPlan {
     let setRegion: StaticString = "__kvm_set_memory_region"
@@ -355,11 +358,12 @@ public struct VirtualMachine: Hashable, Sendable {
     if change == .create && flags.contains(.guestMemfd) {
       result.gmemFD = FD(Int32(bitPattern: mem.guestMemfd))
     }
-    // kvm_arch_prepare_memory_region() runs in kvm_set_memslot(), after kvm_gmem_bind(): a
-    // guest_memfd slot's is checkGuestMemfdBind()'s last check (an unopened fd is EBADF before
-    // it, as the fuzz oracle found against 6.18). A dma-buf slot's still runs here, before the
-    // bind: its attach cannot be undone in the model (see the README's fuzzing section).
-    if result.gmemFD == nil { try checkArchPrepare(result) }
+    // kvm_arch_prepare_memory_region() runs in kvm_set_memslot(), after kvm_gmem_bind() and
+    // (RFC patch 6) kvm_vfio_dmabuf_bind(): a guest_memfd slot's is checkGuestMemfdBind()'s
+    // last check (an unopened fd is EBADF before it, as the fuzz oracle found against 6.18); a
+    // dma-buf slot's runs in the platform's bind, after the bind's checks (dma_buf_get EBADF,
+    // the size, the sanity checks, the attach's) and before the attach.
+    if result.gmemFD == nil && result.dmaBufFD == nil { try checkArchPrepare(result) }
     return result
   }
 

@@ -25,11 +25,12 @@ extension Machine {
         return .fd(try files.install(.vfioDevice(file)))
       }
 
-    case .vfioBindIOMMUFD(let fd, let isPrivate, let vmFD):
+    case .vfioBindIOMMUFD(let fd, let isPrivate, let vmFD, let token):
       return try errno { () throws(Errno) in
         let file = try vfioFile(fd)
         let vmID = try vmFD.map { (fd) throws(Errno) in try vm(fd, .other) }
-        try vfio.bindIOMMUFD(file, flags: isPrivate ? .private : [], vm: vmID, trace: &trace)
+        let flags = (isPrivate ? VFIOBindFlags.private(variant) : []).union(token ? .token : [])
+        try vfio.bindIOMMUFD(file, flags: flags, vm: vmID, trace: &trace)
         return .none
       }
 

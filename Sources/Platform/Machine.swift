@@ -207,9 +207,34 @@ extension Machine {
     case other
   }
 
+  /// What an ioctl meant for `expected` answers on `file`, a file of another kind: the
+  /// actual file's ioctl handler runs, and it has no such command.
+  /// - VFIO device cdev (`vfio_device_fops_unl_ioctl()`): not bound yet, `!df->access_granted`
+  ///   -> `EINVAL` before the command is looked at; bound, the command reaches
+  ///   `vfio_pci_core_ioctl()`, whose `default:` is `-ENOTTY`.
+  /// - dma-buf: `dma_buf_ioctl()`'s `default:` -> `ENOTTY`.
+  /// - KVM VM: `kvm_vm_ioctl()` -> `kvm_arch_vm_ioctl()`'s `default:` -> `ENOTTY`.
+  /// - guest_memfd: `kvm_gmem_fops` has no `unlocked_ioctl`, so `vfs_ioctl()` -> `ENOTTY`.
+  func wrongFileIoctl(_ file: OpenFile, fd: FD, expected: String) -> Errno {
+    switch file {
+    case .vfioDevice(let id):
+      guard vfio.file(id)?.accessGranted == true else {
+        return Errno.EINVAL.because("vfio_device_fops_unl_ioctl", "!df->access_granted: \(fd) is a VFIO device file not bound yet (the ioctl was for \(expected))")
+      }
+      return Errno.ENOTTY.because("vfio_pci_core_ioctl", "\(fd) is a VFIO device, not \(expected): no such ioctl")
+    case .dmaBuf:
+      return Errno.ENOTTY.because("dma_buf_ioctl", "\(fd) is a dma-buf, not \(expected): no such ioctl")
+    case .vm:
+      return Errno.ENOTTY.because("kvm_vm_ioctl", "\(fd) is a KVM VM, not \(expected): no such ioctl (kvm_arch_vm_ioctl)")
+    case .guestMemfd:
+      return Errno.ENOTTY.because("vfs_ioctl", "\(fd) is a guest_memfd, not \(expected): kvm_gmem_fops has no unlocked_ioctl")
+    }
+  }
+
   func vfioFile(_ fd: FD, _ use: FileUse = .ioctl) throws(Errno) -> VFIOFileID {
-    guard case .vfioDevice(let id) = try files.lookup(fd) else {
-      throw use == .ioctl ? Errno.ENOTTY.because("vfio_device_fops_unl_ioctl", "\(fd) is not a VFIO device: no such ioctl")
+    let file = try files.lookup(fd)
+    guard case .vfioDevice(let id) = file else {
+      throw use == .ioctl ? wrongFileIoctl(file, fd: fd, expected: "a VFIO device")
         : Errno.EINVAL.because("vfio_device_fops_read", "\(fd) is not a VFIO device file")
     }
     return id
@@ -223,8 +248,9 @@ extension Machine {
   }
 
   func vm(_ fd: FD, _ use: FileUse = .ioctl) throws(Errno) -> VMID {
-    guard case .vm(let id) = try files.lookup(fd) else {
-      throw use == .ioctl ? Errno.ENOTTY.because("kvm_vm_ioctl", "\(fd) is not a KVM VM: no such ioctl")
+    let file = try files.lookup(fd)
+    guard case .vm(let id) = file else {
+      throw use == .ioctl ? wrongFileIoctl(file, fd: fd, expected: "a KVM VM")
         : Errno.EINVAL.because("kvm_get_kvm_safe", "\(fd) is not a KVM VM file")
     }
     return id

@@ -103,15 +103,19 @@ enum ErrnoTables {
   /// `fdget()` of an fd that is not open.
   static let badFD = E(.EBADF, "fdget", "the fd is not open")
   /// An ioctl on a file of another kind: that file's `unlocked_ioctl` has no such command.
-  static let wrongFileIoctl = E(.ENOTTY, "vfs_ioctl", "the fd is another kind of file, whose unlocked_ioctl has no such command (or none at all)")
+  static let wrongFileIoctl = E(.ENOTTY, "vfs_ioctl", "the fd is another kind of file: its own handler (dma_buf_ioctl, kvm_vm_ioctl, vfio_pci_core_ioctl for a bound VFIO fd) has no such command, or it has none (a guest_memfd: vfs_ioctl)")
   /// `copy_from_user()` of the ioctl's argument.
   static let copyFault = E(.EFAULT, "copy_from_user", "the argument cannot be read")
   static let noMemory = E(.ENOMEM, "kzalloc", "an allocation failed")
   /// A new fd past `RLIMIT_NOFILE`.
   static let noFD = E(.EMFILE, "get_unused_fd_flags", "every fd below RLIMIT_NOFILE is open")
 
+  /// A VM ioctl on a VFIO device cdev fd that is not bound: `vfio_device_fops_unl_ioctl()`
+  /// refuses every command but BIND before it looks at the command.
+  static let unboundVFIOIoctl = E(.EINVAL, "vfio_device_fops_unl_ioctl", "the fd is a VFIO device file not bound yet (!df->access_granted)")
+
   /// An ioctl on a VM fd: `kvm_vm_ioctl()`'s entry checks.
-  static let vmIoctl = [badFD, wrongFileIoctl,
+  static let vmIoctl = [badFD, wrongFileIoctl, unboundVFIOIoctl,
                         E(.EIO, "kvm_vm_ioctl", "kvm->mm != current->mm || kvm->vm_dead (KVM_BUG_ON marked the VM)")]
 
   /// An ioctl on a VFIO device cdev fd (`vfio_device_fops_unl_ioctl()`): before
@@ -165,7 +169,8 @@ enum ErrnoTables {
     ]),
     OperationErrnoTable("vfio.bind_iommufd", "VFIO_DEVICE_BIND_IOMMUFD", [
       badFD, wrongFileIoctl, copyFault,
-      E(.EINVAL, "vfio_df_ioctl_bind_iommufd", "argsz or flags wrong (RFC patch 8: flags other than VFIO_DEVICE_BIND_IOMMUFD_PRIVATE), or df->access_granted: the fd is bound already"),
+      E(.EINVAL, "vfio_df_ioctl_bind_iommufd", "argsz or flags wrong (6.19: flags outside VALID_FLAGS, TOKEN and the model's PRIVATE bit 1; RFC patch 8: flags other than VFIO_DEVICE_BIND_IOMMUFD_PRIVATE), or df->access_granted: the fd is bound already"),
+      E(.EINVAL, "vfio_pci_core_match_token_uuid", "6.19: VFIO_DEVICE_BIND_FLAG_TOKEN on a device that is neither a VF nor a PF with a VF token"),
       E(.EINVAL, "vfio_df_open", "a cdev device is already open through another fd"),
       E(.EINVAL, "vfio_df_ioctl_bind_iommufd", .model, "a private bind with no VM (the RFC accepts it and fails in KVM's sanity check)"),
       E(.EINVAL, "kvm_get_kvm_safe", .model, "the vm fd is not a KVM VM (the model passes the VM for a private bind)"),

@@ -11,9 +11,12 @@ public enum Operation: Hashable, Sendable {
   // MARK: VFIO (cdev, /dev/vfio/devices/vfioN)
   /// `open("/dev/vfio/devices/vfioN")`: returns a device fd.
   case vfioOpen(device: String)
-  /// `VFIO_DEVICE_BIND_IOMMUFD`; `private` is the RFC's `VFIO_DEVICE_BIND_IOMMUFD_PRIVATE`
-  /// (patch 8) and `vm` the VM fd the private device is bound to.
-  case vfioBindIOMMUFD(fd: FD, private: Bool, vm: FD?)
+  /// `VFIO_DEVICE_BIND_IOMMUFD`; `private` is the private bind (`rfc-v1`: RFC patch 8's
+  /// `VFIO_DEVICE_BIND_IOMMUFD_PRIVATE`, bit 0; `reviewed`: this model's
+  /// `VFIO_DEVICE_BIND_FLAG_PRIVATE`, bit 1) and `vm` the VM fd the private device is bound
+  /// to. `token` sets bit 0 as such: 6.19's `VFIO_DEVICE_BIND_FLAG_TOKEN` in `reviewed`, and
+  /// in `rfc-v1`, whose 6.13 base has no TOKEN, the RFC's PRIVATE (the two flags collide).
+  case vfioBindIOMMUFD(fd: FD, private: Bool, vm: FD?, token: Bool = false)
   /// `close(fd)` of a VFIO device fd.
   case vfioClose(fd: FD)
   /// `VFIO_DEVICE_GET_REGION_INFO`.

@@ -96,10 +96,8 @@ extension TDXModule {
       guard let index = MMIOMTIndex(rawValue: r.rcx) else {
         throw TDXStatus.operandInvalid.with(operand: TDXOperand.rcx).because("TDH.MMIO.MT.SET", "MMIOMT index is not valid")
       }
-      guard r.rdx & 0xFFF0_0000_0000_0FFC == 0, let type = MMIOMTEntryType(rawValue: UInt8(r.rdx & 0x3)) else {
-        throw TDXStatus.operandInvalid.with(operand: TDXOperand.rdx).because("TDH.MMIO.MT.SET", "Invalid MMIOMT set info")
-      }
-      try tdhMMIOMTSet(index: index, type: type, function: DeviceInterfaceID(UInt32(truncatingIfNeeded: r.rdx >> 12)))
+      // The set info (RDX) is verified after the MMIOMT walk, as tdh_mmio_mt_set.c does.
+      try tdhMMIOMTSet(index: index, setInfo: MMIOMTSetInfo(rawValue: r.rdx))
       return []
     case .mmioMap:
       let (gpa, level) = try r.gpaAndLevel()

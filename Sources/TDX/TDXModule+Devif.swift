@@ -28,6 +28,28 @@ public enum MMIOMTEntryType: UInt8, Hashable, Sendable {
   case data = 1
 }
 
+/// TDH.MMIO.MT.SET's RDX, `mmiomt_set_info_t` (`src/common/data_structures/tdxio/mmiomt_defs.h`,
+/// commit `6e66b9d2`): `type:2, rsvd1:10, function_id:32, rsvd2:20`, so bits 1:0 the type,
+/// bits 43:12 the function id, bits 11:2 and 63:44 reserved. Kept raw: the module verifies
+/// it only after the MMIOMT walk (``TDXModule/tdhMMIOMTSet(index:setInfo:)``).
+public struct MMIOMTSetInfo: Hashable, Sendable, CustomStringConvertible {
+  /// `rsvd1` (bits 11:2) and `rsvd2` (bits 63:44).
+  public static let reservedMask: UInt64 = 0xFFFF_F000_0000_0FFC
+  public var rawValue: UInt64
+  public init(rawValue: UInt64) { self.rawValue = rawValue }
+  public init(type: MMIOMTEntryType, function: DeviceInterfaceID) {
+    rawValue = UInt64(function.rawValue) << 12 | UInt64(type.rawValue)
+  }
+  /// `type` (bits 1:0); `nil` for 2 and 3 (`type > MMIOMT_DATA`).
+  public var type: MMIOMTEntryType? { MMIOMTEntryType(rawValue: UInt8(rawValue & 0x3)) }
+  /// `function_id` (bits 43:12).
+  public var function: DeviceInterfaceID { DeviceInterfaceID(UInt32(truncatingIfNeeded: rawValue >> 12)) }
+  public var description: String {
+    guard rawValue & Self.reservedMask == 0, let type else { return "set info 0x\(String(rawValue, radix: 16))" }
+    return type == .data ? "DATA \(function)" : "QNODE"
+  }
+}
+
 extension TDXModule {
   /// The most pages one host population (``tdhMMIOMTAdd(devif:first:count:attributes:)``)
   /// assigns: 2^24 pages, a 64 GiB BAR. A bound of the model's host helper, not of the module.
@@ -161,30 +183,40 @@ extension TDXModule {
   /// `TDH.MMIO.MT.SET` (leaf 155): makes the entry of `index` (level 0, 1 or 2) a DATA entry
   /// for function `function` — this is what assigns a device page (4 KiB, or a 2 MiB / 1 GiB
   /// block) to a DEVIF — or turns a DATA entry back into an empty QNODE. ABI: RCX the index,
-  /// RDX `mmiomt_set_info_t` (type in bits 1:0, function id in bits 43:12, the rest reserved).
+  /// RDX `mmiomt_set_info_t` (``MMIOMTSetInfo``).
   ///
   /// Follows `tdh_mmio_mt_set()` (`tdh_mmio_mt_set.c`, commit `6e66b9d2`): busy (injected);
   /// level 0 ... 2 (`TDX_OPERAND_INVALID`, RCX); `mmiomt_walk()` (`TDX_MMIOMT_NOT_PRESENT`, RCX);
-  /// the set info: QNODE with a function id, or DATA without one (`TDX_OPERAND_INVALID`, RDX);
-  /// to QNODE: the entry is DATA and not mapped; to DATA: the entry is a QNODE with no table
-  /// page below it (both `TDX_MMIO_INVALID_PAGE_METADATA`, operand MMIOMT); to DATA: a DEVIF
-  /// exists for the function (`TDX_DEVIFMT_NOT_PRESENT`, RDX).
-  public mutating func tdhMMIOMTSet(index: MMIOMTIndex, type: MMIOMTEntryType, function: DeviceInterfaceID) throws(TDXStatus) {
-    try traced("TDH.MMIO.MT.SET \(index) \(type == .data ? "DATA \(function)" : "QNODE")",
-               [.text("index", "\(index)"), .text("type", type == .data ? "DATA" : "QNODE")] + (type == .data ? [.text("function", "\(function)")] : [])) { (m: inout TDXModule) throws(TDXStatus) in
-      try m.mmioMTSetChecked(index: index, type: type, function: function)
+  /// only then "Verify MMIOMT_SET_INFO": reserved bits, type above DATA, QNODE with a function
+  /// id, or DATA without one (`TDX_OPERAND_INVALID`, RDX); to QNODE: the entry is DATA and not
+  /// mapped; to DATA: the entry is a QNODE with no table page below it (both
+  /// `TDX_MMIO_INVALID_PAGE_METADATA`, operand MMIOMT); to DATA: a DEVIF exists for the
+  /// function (`TDX_DEVIFMT_NOT_PRESENT`, RDX).
+  public mutating func tdhMMIOMTSet(index: MMIOMTIndex, setInfo: MMIOMTSetInfo) throws(TDXStatus) {
+    let type = setInfo.type
+    try traced("TDH.MMIO.MT.SET \(index) \(setInfo)",
+               [.text("index", "\(index)"), .text("type", type == .data ? "DATA" : type == .qnode ? "QNODE" : "\(setInfo)")]
+                 + (type == .data ? [.text("function", "\(setInfo.function)")] : [])) { (m: inout TDXModule) throws(TDXStatus) in
+      try m.mmioMTSetChecked(index: index, setInfo: setInfo)
     }
   }
 
-  mutating func mmioMTSetChecked(index: MMIOMTIndex, type: MMIOMTEntryType, function: DeviceInterfaceID) throws(TDXStatus) {
+  /// ``tdhMMIOMTSet(index:setInfo:)`` with a well-formed set info.
+  public mutating func tdhMMIOMTSet(index: MMIOMTIndex, type: MMIOMTEntryType, function: DeviceInterfaceID) throws(TDXStatus) {
+    try tdhMMIOMTSet(index: index, setInfo: MMIOMTSetInfo(type: type, function: function))
+  }
+
+  mutating func mmioMTSetChecked(index: MMIOMTIndex, setInfo: MMIOMTSetInfo) throws(TDXStatus) {
     guard let level = SEPTLevel(rawValue: index.level), index.address.isAligned(to: level.size) else {
       throw TDXStatus.operandInvalid.with(operand: TDXOperand.rcx)
         .because("TDH.MMIO.MT.SET", "MMIOMT index \(index) is not valid (level above L2 or address not aligned)")
     }
     try mmiomtWalk(index.address, pageLevel: level.rawValue, leaf: "TDH.MMIO.MT.SET")
-    guard (type == .qnode) == (function.rawValue == 0) else {
+    let function = setInfo.function
+    guard setInfo.rawValue & MMIOMTSetInfo.reservedMask == 0, let type = setInfo.type,
+          (type == .qnode) == (function.rawValue == 0) else {
       throw TDXStatus.operandInvalid.with(operand: TDXOperand.rdx)
-        .because("TDH.MMIO.MT.SET", "Invalid MMIOMT set info: \(type) with function id \(function)")
+        .because("TDH.MMIO.MT.SET", "Invalid MMIOMT set info (0x\(String(setInfo.rawValue, radix: 16)))")
     }
     let first = index.address.pfn
     let existing = mmiomt[first].flatMap { $0.level == level ? $0 : nil }
@@ -252,7 +284,7 @@ extension TDXModule {
         where !work.mmiomtPages.contains(MMIOMTNode.covering(hpa.rawValue, level: level - 1)) {
           try work.mmioMTAddChecked(index: MMIOMTIndex(address: hpa, level: level), page: TDXModule.mmiomtPagePlaceholder)
         }
-        try work.mmioMTSetChecked(index: MMIOMTIndex(address: hpa, level: 0), type: .data, function: object.interface)
+        try work.mmioMTSetChecked(index: MMIOMTIndex(address: hpa, level: 0), setInfo: MMIOMTSetInfo(type: .data, function: object.interface))
       }
       m = work
     }

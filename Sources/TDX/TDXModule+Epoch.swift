@@ -36,8 +36,16 @@ extension TDXModule {
   /// `tdx_track()` (`arch/x86/kvm/vmx/tdx.c`) and then kicks every vCPU
   /// (`kvm_make_all_cpus_request(KVM_REQ_OUTSIDE_GUEST_MODE)`).
   /// - Returns: no output registers.
+  ///
+  /// The module's order (`tdh_mem_track.c`): the TDR (RCX); the TDCS state; the epoch lock,
+  /// exclusive (`TDX_OPERAND_BUSY`, operand TD_EPOCH); a vCPU of the previous epoch
+  /// (`TDX_PREVIOUS_TLB_EPOCH_BUSY`, no operand); `prev_iotlb_cnt != 0`
+  /// (`TDX_IOMMU_IOTLB_TRACKING_NOT_DONE`). The model's leaves are atomic, so no other leaf
+  /// holds the epoch lock while this one runs: that busy arises only when a scenario injects
+  /// it. The model has no TDX Connect IOMMU (no DMA mappings, no IOTLB tracking), so
+  /// `prev_iotlb_cnt` is always 0 and its check is not modelled.
   /// - Throws: `TDX_OPERAND_BUSY` (injected); `TDX_OPERAND_INVALID` (RCX) for an unknown TD;
-  ///   `TDX_NON_RECOVERABLE_TD` for a fatal one; `TDX_PREVIOUS_TLB_EPOCH_BUSY` (no operand)
+  ///   `TDX_TD_FATAL` for a fatal one; `TDX_PREVIOUS_TLB_EPOCH_BUSY` (no operand)
   ///   while a vCPU still runs in the previous epoch.
   public mutating func tdhMemTrack(td: TDID) throws(TDXStatus) {
     try traced("TDH.MEM.TRACK td \(td)", [.id("td", td)]) { (m: inout TDXModule) throws(TDXStatus) in
@@ -57,7 +65,7 @@ extension TDXModule {
   /// `tdx_vcpu_run()`; the vCPU stays in the guest until `tdExit(td:vcpu:)`.
   /// - Throws: `TDX_OPERAND_BUSY` (operand TDVPS) when the vCPU already runs (its TDVPS is
   ///   locked by the logical processor running it), or injected; `TDX_OPERAND_INVALID` (RCX)
-  ///   for an unknown TD or vCPU; `TDX_NON_RECOVERABLE_TD` for a fatal TD.
+  ///   for an unknown TD or vCPU; `TDX_TD_FATAL` for a fatal TD.
   public mutating func tdhVPEnter(td: TDID, vcpu: UInt32) throws(TDXStatus) {
     try traced("TDH.VP.ENTER td \(td) vcpu \(vcpu)", [.id("td", td), .int("vcpu", vcpu)]) { (m: inout TDXModule) throws(TDXStatus) in
       let i = Int(vcpu)

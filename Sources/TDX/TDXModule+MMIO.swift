@@ -206,6 +206,12 @@ extension TDXModule {
   /// the page's function (`TDX_DEVIFMT_NOT_PRESENT`, RCX); the DEVIF's TDISP state is
   /// CONFIG_UNLOCKED **or** its IDE stream is blocked (`TDX_DEVIF_TDISP_INVALID_STATE`, RCX).
   /// The module tests `tdisp_sts != TDISP_STATE_CONFIG_UNLOCKED`: ERROR does not pass.
+  ///
+  /// Not modelled: the TD's `op_state`. The module checks the blocked state and the tracking
+  /// only when `sept_state_is_tlb_tracking_required && op_state_is_tlb_tracking_required`; a
+  /// TD being torn down needs no tracking. The model's TDs are always RUNNABLE, where the
+  /// state lookup of leaf 160 (`seamcall_sept_state_lookup`, MMIO_BLOCKED only) answers
+  /// `TDX_EPT_ENTRY_STATE_INCORRECT` first and the tracking is required, as above.
   /// - Returns: the HPA that was mapped.
   @discardableResult
   public mutating func tdhMMIOUnmap(td: TDID, gpa: GPA, level: SEPTLevel) throws(TDXStatus) -> HPA {

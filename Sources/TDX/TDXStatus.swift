@@ -59,7 +59,8 @@ public struct TDXStatus: RawRepresentable, Hashable, Sendable, Error, CustomStri
   /// `TDX_OPERAND_INVALID`: an argument is malformed, out of range or names no object.
   public static let operandInvalid = TDXStatus(rawValue: 0xC000_0100_0000_0000)
   /// `TDX_NON_RECOVERABLE_TD` as the module defines it (`0x6000000200000000`; the kernel's
-  /// `arch/x86/include/asm/shared/tdx_errno.h` spells it `0x4000000200000000`).
+  /// `arch/x86/include/asm/shared/tdx_errno.h` spells it `0x4000000200000000`). No leaf of
+  /// the model returns it (a fatal TD is ``tdFatal``); kept as a named value.
   public static let nonRecoverableTD = TDXStatus(rawValue: 0x6000_0002_0000_0000)
   /// `TDX_TD_FATAL`: the TD's TDR is marked fatal; every SEAMCALL that checks the TD state
   /// refuses it (the `tdr_ptr->management_fields.fatal` check of the TD-state helpers).

@@ -11,7 +11,7 @@ public typealias VFIOFileID = ObjectID<VFIOFileTag>
 
 /// How the device is bound once a cdev fd did `VFIO_DEVICE_BIND_IOMMUFD`.
 public struct VFIOBinding: Hashable, Sendable {
-  /// Bound with `VFIO_DEVICE_BIND_IOMMUFD_PRIVATE`: its MMIO belongs to `vm` and the host must
+  /// Bound private (``VFIOBindFlags/private(_:)``): its MMIO belongs to `vm` and the host must
   /// not touch it.
   public var isPrivate: Bool
   /// The VM the device is assigned to.

@@ -47,12 +47,41 @@ public struct VFIORegionInfo: Hashable, Sendable {
   public var offset: UInt64
 }
 
-/// `VFIO_DEVICE_BIND_IOMMUFD`'s flags.
+/// `VFIO_DEVICE_BIND_IOMMUFD`'s flags (`struct vfio_device_bind_iommufd.flags`). Bit 0 means
+/// different things in the two kernels:
+/// - 6.19 (`reviewed`): `VFIO_DEVICE_BIND_FLAG_TOKEN (1 << 0)`, from commit be2e70b96c3e
+///   "vfio/pci: Do vf_token checks for VFIO_DEVICE_BIND_IOMMUFD" (v6.17), which makes
+///   `vfio_df_ioctl_bind_iommufd()` accept `VALID_FLAGS = VFIO_DEVICE_BIND_FLAG_TOKEN`.
+/// - RFC patch 8 (`rfc-v1`, on 6.13, which has no TOKEN): `VFIO_DEVICE_BIND_IOMMUFD_PRIVATE (1 << 0)`.
+///
+/// No later series defines a private-bind flag on top of TOKEN, so `reviewed`'s private bind
+/// is this model's proposal: `VFIO_DEVICE_BIND_FLAG_PRIVATE (1 << 1)`, the next free bit,
+/// named with `_FLAG_` as the TOKEN review asked of bind flags.
 public struct VFIOBindFlags: OptionSet, Hashable, Sendable {
   public let rawValue: UInt32
   public init(rawValue: UInt32) { self.rawValue = rawValue }
-  /// `VFIO_DEVICE_BIND_IOMMUFD_PRIVATE` (RFC patch 8, bit 0, cdev only).
-  public static let `private` = VFIOBindFlags(rawValue: 1 << 0)
+  /// 6.19's `VFIO_DEVICE_BIND_FLAG_TOKEN` (bit 0): `token_uuid_ptr` points at a VF token.
+  public static let token = VFIOBindFlags(rawValue: 1 << 0)
+  /// RFC patch 8's `VFIO_DEVICE_BIND_IOMMUFD_PRIVATE` (bit 0, cdev only): TOKEN's bit.
+  public static let rfcPrivate = VFIOBindFlags(rawValue: 1 << 0)
+  /// `VFIO_DEVICE_BIND_FLAG_PRIVATE` (bit 1): this model's proposal for `reviewed`.
+  public static let reviewedPrivate = VFIOBindFlags(rawValue: 1 << 1)
+
+  /// The private-bind flag of `variant`'s uAPI.
+  public static func `private`(_ variant: Variant) -> VFIOBindFlags {
+    switch variant {
+    case .rfcV1: rfcPrivate
+    case .reviewed: reviewedPrivate
+    }
+  }
+
+  /// The flags `vfio_df_ioctl_bind_iommufd()` accepts in `variant` (`VALID_FLAGS`).
+  public static func valid(_ variant: Variant) -> VFIOBindFlags {
+    switch variant {
+    case .rfcV1: rfcPrivate
+    case .reviewed: [token, reviewedPrivate]
+    }
+  }
 }
 
 /// `VFIO_DEVICE_FEATURE_DMA_BUF`, the feature number of the dma-buf export.

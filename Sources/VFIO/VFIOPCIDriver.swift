@@ -60,26 +60,40 @@ public struct VFIOPCIDriver: Hashable, Sendable {
   }
 
   /// `VFIO_DEVICE_BIND_IOMMUFD` (`vfio_df_ioctl_bind_iommufd` in `drivers/vfio/device_cdev.c`),
-  /// with the RFC's `VFIO_DEVICE_BIND_IOMMUFD_PRIVATE` (patch 8).
+  /// with `flags` in `variant`'s uAPI (``VFIOBindFlags``): in `rfc-v1` bit 0 is RFC patch 8's
+  /// `VFIO_DEVICE_BIND_IOMMUFD_PRIVATE`; in `reviewed` bit 0 is 6.19's
+  /// `VFIO_DEVICE_BIND_FLAG_TOKEN` and the private bind is this model's bit 1.
   ///
-  /// Order: `bind.flags & ~VFIO_DEVICE_BIND_IOMMUFD_PRIVATE` -> `EINVAL` (patch 8; without it,
-  /// `bind.flags` must be 0); `df->access_granted` ("one device cannot be bound twice") ->
-  /// `EINVAL`; `vfio_df_open()`: a cdev device already open -> `EINVAL`. A private bind with no
-  /// VM is refused with `EINVAL` by the model: the RFC accepts it and only KVM's sanity check
-  /// (`data->kvm != kvm`) refuses the buffer later.
+  /// Order: flags outside `VALID_FLAGS` -> `EINVAL` (6.19: `bind.flags & ~VALID_FLAGS`; patch 8:
+  /// `bind.flags & ~(VFIO_DEVICE_BIND_IOMMUFD_PRIVATE)`); `df->access_granted` ("one device
+  /// cannot be bound twice") -> `EINVAL`; in `reviewed`, `vfio_df_check_token()`: TOKEN on a
+  /// vfio-pci device calls `vfio_pci_core_match_token_uuid()` with the uuid, and a device that
+  /// is neither a VF nor a PF with a VF token ("VF token incorrectly provided, not a PF or VF")
+  /// -> `EINVAL` — the model has no SR-IOV, so every TOKEN bind ends there, and the uuid's
+  /// contents and `copy_from_user()`'s `EFAULT` are not modelled; `vfio_df_open()`: a cdev
+  /// device already open -> `EINVAL`. A private bind with no VM is refused with `EINVAL` by the
+  /// model: the RFC accepts it and only KVM's sanity check (`data->kvm != kvm`) refuses the
+  /// buffer later.
   public mutating func bindIOMMUFD(_ fileID: VFIOFileID, flags: VFIOBindFlags, vm: VMID?,
                                    trace: inout Trace) throws(Errno) {
     guard let file = files[fileID], var device = devices[file.device] else {
       throw Errno.EBADF.because("vfio_df_ioctl_bind_iommufd", "not a VFIO device file")
     }
-    guard VFIOBindFlags(rawValue: ~VFIOBindFlags.private.rawValue).intersection(flags).isEmpty else {
-      throw Errno.EINVAL.because("vfio_df_ioctl_bind_iommufd", "bind.flags & ~VFIO_DEVICE_BIND_IOMMUFD_PRIVATE")
+    guard flags.isSubset(of: .valid(variant)) else {
+      let check = switch variant {
+      case .rfcV1: "bind.flags & ~(VFIO_DEVICE_BIND_IOMMUFD_PRIVATE)"
+      case .reviewed: "bind.flags & ~VALID_FLAGS (VFIO_DEVICE_BIND_FLAG_TOKEN, and the model's VFIO_DEVICE_BIND_FLAG_PRIVATE)"
+      }
+      throw Errno.EINVAL.because("vfio_df_ioctl_bind_iommufd", check)
     }
     guard !file.accessGranted else {
       throw Errno.EINVAL.because("vfio_df_ioctl_bind_iommufd", "one device cannot be bound twice (df->access_granted)")
     }
+    if variant == .reviewed && flags.contains(.token) {
+      throw Errno.EINVAL.because("vfio_pci_core_match_token_uuid", "VF token incorrectly provided, not a PF or VF")
+    }
     guard device.openCount == 0 else { throw Errno.EINVAL.because("vfio_df_open", "cdev device already opened") }
-    let isPrivate = flags.contains(.private)
+    let isPrivate = flags.contains(.private(variant))
     if isPrivate && vm == nil {
       throw Errno.EINVAL.because("vfio_df_ioctl_bind_iommufd", "model: a private bind needs the VM (device->kvm)")
     }

@@ -74,7 +74,8 @@ import KernelCore
     BadOperand(leaf: 154, args: [0xFE00_0000 | 0, 0x4000], expected: .operandInvalid.with(operand: TDXOperand.rcx)),
     BadOperand(leaf: 154, args: [0xFE00_0008 | 5, 0x4000], expected: .operandInvalid.with(operand: TDXOperand.rcx)),
     BadOperand(leaf: 154, args: [0xFE00_0000 | 5, 0x4010], expected: .operandInvalid.with(operand: TDXOperand.rdx)),
-    BadOperand(leaf: 155, args: [0xFE00_0000, 0x100 << 12 | 2], expected: .operandInvalid.with(operand: TDXOperand.rdx)),
+    // tdh_mmio_mt_set.c: mmiomt_walk() (RCX) before "Verify MMIOMT_SET_INFO" (RDX).
+    BadOperand(leaf: 155, args: [0xFE00_0000, 0x100 << 12 | 2], expected: .mmiomtNotPresent.with(operand: TDXOperand.rcx)),
     BadOperand(leaf: 9, args: [0], expected: .operandInvalid.with(operand: TDXOperand.rcx)),
     BadOperand(leaf: 137, args: [0x100 << 32, 1 << 32], expected: .operandInvalid.with(operand: TDXOperand.rdx)),
     BadOperand(leaf: 137, args: [0x100 << 32 | 1 << 24, 1], expected: .operandInvalid.with(operand: TDXOperand.rcx)),
@@ -85,6 +86,42 @@ import KernelCore
     var m = TDXModule()
     _ = try m.tdhMngCreate(vcpuCount: 1)
     #expect(m.seamcall(leaf: c.leaf, args: c.args) == .failure(c.expected))
+  }
+
+  /// TDH.MMIO.MT.SET's RDX against `mmiomt_set_info_t` (`mmiomt_defs.h`, commit 6e66b9d2:
+  /// `type:2, rsvd1:10, function_id:32, rsvd2:20`) and `tdh_mmio_mt_set.c`'s order: the index
+  /// (RCX), `mmiomt_walk()` (`TDX_MMIOMT_NOT_PRESENT`, RCX), then "Verify MMIOMT_SET_INFO"
+  /// (`rsvd1 || rsvd2 || type > MMIOMT_DATA || ...`: `TDX_OPERAND_INVALID`, RDX).
+  static let badSetInfos: [UInt64] = [
+    0x100 << 12 | 1 | 1 << 2,    // rsvd1, lowest bit
+    0x100 << 12 | 1 | 1 << 11,   // rsvd1, highest bit
+    0x100 << 12 | 1 | 1 << 44,   // rsvd2, lowest bit (the old 63:52 mask let 51:44 through)
+    0x100 << 12 | 1 | 1 << 51,
+    0x100 << 12 | 1 | 1 << 63,   // rsvd2, highest bit
+    0x100 << 12 | 2,             // type > MMIOMT_DATA
+    0x100 << 12 | 3,
+    0x100 << 12 | 0,             // QNODE with a function id
+    1,                           // DATA without one
+  ]
+
+  @Test(arguments: badSetInfos)
+  func mtSetVerifiesTheSetInfoAfterTheWalk(_ rdx: UInt64) throws {
+    var m = TDXModule()
+    guard case .success(let tdOut) = m.seamcall(leaf: 9, args: [2]) else { Issue.record("MNG.CREATE"); return }
+    let function: UInt64 = 0x0100, bar: UInt64 = 0xFE00_0000
+    #expect(m.seamcall(leaf: 137, args: [function << 32, tdOut[0], 0x1000, 0x2000, 0x3000]) == .success([]))
+    var before = m
+    #expect(m.seamcall(leaf: 155, args: [bar, rdx]) == .failure(.mmiomtNotPresent.with(operand: TDXOperand.rcx)))
+    #expect(m == before)
+    for level in stride(from: UInt64(5), through: 1, by: -1) {
+      #expect(m.seamcall(leaf: 154, args: [bar | level, 0x4000]) == .success([]), "MT.ADD level \(level)")
+    }
+    before = m
+    #expect(m.seamcall(leaf: 155, args: [bar, rdx]) == .failure(.operandInvalid.with(operand: TDXOperand.rdx)))
+    #expect(m == before)
+    // The same entry with a well-formed set info is assigned: the refusal was the set info's.
+    #expect(m.seamcall(leaf: 155, args: [bar, function << 12 | 1]) == .success([]))
+    #expect(m.mmiomt[PFN(bar >> 12)]?.function == DeviceInterfaceID(UInt32(function)))
   }
 
   @Test func missingRegistersReadAsZero() {

@@ -24,7 +24,7 @@ struct Rig {
     device = driver.registerDevice(function)
     var trace = Trace()
     file = try driver.openCdev(device, trace: &trace)
-    try driver.bindIOMMUFD(file, flags: isPrivate ? .private : [], vm: isPrivate ? VMID(1) : nil, trace: &trace)
+    try driver.bindIOMMUFD(file, flags: isPrivate ? .private(variant) : [], vm: isPrivate ? VMID(1) : nil, trace: &trace)
   }
 
   mutating func export(_ ranges: [(UInt64, UInt64)]) throws -> DmaBufID {

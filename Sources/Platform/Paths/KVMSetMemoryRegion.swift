@@ -193,8 +193,12 @@ struct KVMSetMemoryRegion: Hashable, Sendable {
 }
 
 extension Machine {
-  /// The RFC's `kvm_vfio_dmabuf_bind`: `dma_buf_get()`, the exporter's data, the size and
-  /// sanity checks, then a dynamic attach whose `move_notify` zaps the slot.
+  /// The RFC's `kvm_vfio_dmabuf_bind`: `dma_buf_get()` (`EBADF`), the exporter's data, the
+  /// size and sanity checks (`EINVAL`), then a dynamic attach whose `move_notify` zaps the
+  /// slot; then `kvm_set_memslot()` -> `kvm_arch_prepare_memory_region()` (RFC patch 6's
+  /// `__kvm_set_memory_region()` binds before it sets the memslot). Every check, the attach's
+  /// own and the max-GFN one included, runs before the attach takes effect, in that order, so
+  /// a refused bind changes nothing and answers the kernel's first errno.
   mutating func bindDmaBuf(_ fd: FD, plan: MemslotPlan, vm id: VMID) throws(Errno) -> DmaBufBinding {
     let buffer = try dmaBuf(fd)
     guard let object = dmabufCore.buffer(buffer) else { throw Errno.EBADF.because("dma_buf_get", "the buffer is gone") }
@@ -204,9 +208,11 @@ extension Machine {
                                         vfio: data.map { VFIODmaBufData(isPrivate: $0.isPrivate, vm: $0.vm) })
     try plan.checkDmaBuf(description, variant: variant)
     try kvm.vms[id]!.vfioDmaBufSanityCheck(description)
-    let attachment = try dmabufCore.attach(
-      buffer, importer: "kvm vm\(id.rawValue) slot \(plan.key.id)",
-      ops: ImporterOps(dynamic: true, hasMoveNotify: true, allowPeer2Peer: true), exporter: vfio, trace: &trace)
+    let ops = ImporterOps(dynamic: true, hasMoveNotify: true, allowPeer2Peer: true)
+    try dmabufCore.checkAttach(buffer, ops: ops, exporter: vfio)
+    try kvm.vms[id]!.checkArchPrepare(plan)
+    let attachment = try dmabufCore.attach(buffer, importer: "kvm vm\(id.rawValue) slot \(plan.key.id)",
+                                           ops: ops, exporter: vfio, trace: &trace)
     return DmaBufBinding(dmaBuf: buffer, attachment: attachment, pgoff: PageIndex(plan.region.guestMemfdOffset.pages))
   }
 }

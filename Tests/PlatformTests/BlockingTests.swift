@@ -96,25 +96,29 @@ extension Bench {
   enum Path: String, Sendable {
     case vfioRead = "vfio.read BAR0", vfioWrite = "vfio.write BAR0", export = "vfio.dma_buf export"
     case decodeOff = "decode-off revoke", powerD3hot = "vfio.set_power d3hot", reset = "VFIO_DEVICE_RESET"
+    case decodeOn = "decode-on restore", powerD0 = "vfio.set_power d0 restore"
     case flr = "vfio.flr", hotReset = "vfio.hot_reset", vfioClose = "vfio.close"
     case fault = "guest.read fault", memslotCreate = "memslot create", memslotDelete = "memslot delete"
     case attach = "dmabuf.attach", detach = "dmabuf.detach", pin = "dmabuf.pin", getPfn = "dmabuf.get_pfn"
     case detachThenRelease = "dmabuf.detach, then release", closeThenRelease = "dmabuf.close, then release"
     case destroy = "VM destroy"
+    case memslotDeleteThenRelease = "memslot delete, then release", destroyThenRelease = "VM destroy, then release"
     case tdDecodeOff = "TD decode-off revoke", tdFLR = "TD vfio.flr", tdClose = "TD vfio.close", tdFault = "TD guest.read fault", accept = "guest.accept_mmio"
     case tdMemslotDelete = "TD memslot delete", tdispStop = "tdisp.stop (TSM unbind)"
     case tdispLock = "tdisp.lock, then restore", tdispStart = "tdisp.start, then the state link"
+    case pciFLR = "pci.flr from outside VFIO, then the state link"
     case setAttributes = "kvm.set_memory_attributes", gmemClose = "guest_memfd close", tdDestroy = "TD destroy"
 
     func onTD(_ variant: Variant) -> Bool {
       switch self {
       case .vfioRead, .vfioWrite, .export, .decodeOff, .powerD3hot, .reset, .flr, .hotReset, .vfioClose, .fault,
-           .memslotCreate, .memslotDelete, .detachThenRelease, .closeThenRelease, .destroy:
+           .memslotCreate, .memslotDelete, .detachThenRelease, .closeThenRelease, .destroy, .decodeOn, .powerD0,
+           .memslotDeleteThenRelease, .destroyThenRelease:
         false
       case .attach, .detach, .pin, .getPfn:
         variant == .rfcV1
       case .tdDecodeOff, .tdFLR, .tdClose, .tdFault, .accept, .tdMemslotDelete, .tdispStop, .tdispLock, .tdispStart,
-           .setAttributes, .gmemClose, .tdDestroy:
+           .pciFLR, .setAttributes, .gmemClose, .tdDestroy:
         true
       }
     }
@@ -165,6 +169,12 @@ extension Bench {
     Case(path: .decodeOff, lock: .mmuLockForRead, expected: ok, end: [.revoked(true), .mappedPages(0)]),
     Case(path: .powerD3hot, lock: .memoryLockForRead, expected: ok, end: [.revoked(true), .mappedPages(0)]),
     Case(path: .powerD3hot, lock: .resv(1), expected: ok, end: [.revoked(true), .mappedPages(0)]),
+    Case(path: .decodeOn, lock: .memoryLockForRead, expected: ok, end: [.revoked(false)]),
+    Case(path: .decodeOn, lock: .resv(1), expected: ok, end: [.revoked(false)]),
+    // A restore's move_notify zaps as a revoke's does (KVM cannot tell them apart).
+    Case(path: .decodeOn, lock: .mmuLockForWrite, expected: ok, end: [.revoked(false)]),
+    Case(path: .powerD0, lock: .memoryLockForRead, expected: ok, end: [.revoked(false)]),
+    Case(path: .powerD0, lock: .resv(1), expected: ok, end: [.revoked(false)]),
     Case(path: .reset, lock: .memoryLockForRead, expected: ok, end: [.revoked(false), .mappedPages(0)]),
     Case(path: .reset, lock: .resv(1), expected: ok, end: [.revoked(false), .mappedPages(0)]),
     Case(path: .flr, lock: .memoryLockForRead, expected: ok, end: [.revoked(false), .mappedPages(0)]),
@@ -197,6 +207,9 @@ extension Bench {
     Case(path: .closeThenRelease, lock: .memoryLockForRead, expected: ok, end: [.deviceBuffers(1)]),
     Case(path: .destroy, lock: .mmuLockForWrite, expected: ok, end: [.vmGone, .attachments(0)]),
     Case(path: .destroy, lock: .resv(1), expected: ok, end: [.vmGone, .attachments(0)]),
+    // The slot's attachment held the buffer's last reference: its release runs on this thread.
+    Case(path: .memslotDeleteThenRelease, lock: .memoryLockForRead, expected: ok, end: [.memslots(0), .deviceBuffers(0)]),
+    Case(path: .destroyThenRelease, lock: .memoryLockForRead, expected: ok, end: [.vmGone, .deviceBuffers(0)]),
     // TD: revoke, whose move_notify begins the Secure-EPT zap under mmu_lock.
     Case(path: .tdDecodeOff, lock: .memoryLockForRead, expected: ok, end: [.revoked(true), .sept(nil), .mappedPages(0)]),
     Case(path: .tdDecodeOff, lock: .resv(1), expected: ok, end: [.revoked(true), .sept(nil), .mappedPages(0)]),
@@ -238,6 +251,11 @@ extension Bench {
     Case(path: .tdispLock, lock: .resv(1), expected: .success(.tdiState("CONFIG_LOCKED")), end: [.revoked(false)]),
     Case(path: .tdispLock, lock: .mmuLockForWrite, expected: .success(.tdiState("CONFIG_LOCKED")), end: [.revoked(false)]),
     Case(path: .tdispStart, lock: .memoryLockForRead, expected: .success(.tdiState("RUN")), end: [.revoked(false)]),
+    // reviewed's TSM state link revokes under memory_lock once the FLR has moved the TDI out of
+    // RUN (the reset itself, from sysfs, takes no VFIO lock: see `unblocked`).
+    Case(path: .pciFLR, lock: .memoryLockForRead, expected: ok, end: [.revoked(true), .sept(nil)]),
+    Case(path: .pciFLR, lock: .resv(1), expected: ok, end: [.revoked(true), .sept(nil)]),
+    Case(path: .pciFLR, lock: .mmuLockForWrite, expected: ok, end: [.revoked(true), .sept(nil)]),
     // TD: private memory.
     Case(path: .setAttributes, lock: .slotsLock, expected: ok, end: [.privateAt(false)]),
     Case(path: .setAttributes, lock: .mmuLockForWrite, expected: ok, end: [.privateAt(false)]),
@@ -279,6 +297,18 @@ extension Bench {
       default: .kvmDestroyVM(vm: bench.plain)
       }
       return (bench, op)
+    case .decodeOn, .powerD0:
+      let (dev, _) = try bench.sharedSlot()
+      guard path == .powerD0 else {
+        try bench.ok(.vfioSetMemoryDecode(fd: dev, enable: false))
+        return (bench, .vfioSetMemoryDecode(fd: dev, enable: true))
+      }
+      try bench.ok(.vfioSetPower(fd: dev, state: .d3hot))
+      return (bench, .vfioSetPower(fd: dev, state: .d0))
+    case .memslotDeleteThenRelease, .destroyThenRelease:
+      let (_, buf) = try bench.sharedSlot()
+      try bench.ok(.dmabufClose(fd: buf))
+      return (bench, path == .destroyThenRelease ? .kvmDestroyVM(vm: bench.plain) : deleteSlot1(bench.plain))
     case .fault:
       _ = try bench.sharedSlot()
       return (bench, .guestRead(vm: bench.plain, gpa: GPA(gpaBase + 0x1000), size: 4))
@@ -341,6 +371,10 @@ extension Bench {
       guard path != .tdispLock else { return (bench, .tdispLock(device: "nic0")) }
       try bench.ok(.tdispLock(device: "nic0"))
       return (bench, .tdispStart(device: "nic0", nonce: .echo))
+    case .pciFLR:
+      _ = try bench.tdSlot()
+      try bench.ok(accept)
+      return (bench, .pciFLR(device: "nic0"))
     case .setAttributes:
       _ = try bench.tdSlot()
       return (bench, .kvmSetMemoryAttributes(vm: bench.td, address: gpaBase, size: 0x1000, attributes: 0, flags: 0))
@@ -428,7 +462,7 @@ extension Bench {
 
   /// Paths that take no lock the test holds, on the TD bench with the page accepted.
   enum Unlocked: String, Sendable {
-    case tdispStop = "tdisp.stop", configWrite = "vfio.write config 0x40"
+    case tdispStop = "tdisp.stop", pciFLR = "pci.flr", configWrite = "vfio.write config 0x40"
     case closeNotLast = "dmabuf.close, not the last reference"
     case attributesOutsideSlots = "kvm.set_memory_attributes outside every slot"
     case gmemCloseUnbound = "guest_memfd close, no slot bound"
@@ -446,6 +480,8 @@ extension Bench {
   static let unblocked: [Unblocked] = [
     // The posted RFC's TSM stops the interface on its own; VFIO is not told.
     Unblocked(path: .tdispStop, variant: .rfcV1, lock: .memoryLockForWrite, expected: .success(.tdiState("CONFIG_UNLOCKED"))),
+    // pci_reset_function() from sysfs: vfio-pci has no reset_prepare/reset_done hooks.
+    Unblocked(path: .pciFLR, variant: .rfcV1, lock: .memoryLockForWrite, expected: .success(.none)),
     // vfio_pci_config_rw(): only the command register, PMCSR and FLR writes take memory_lock.
     Unblocked(path: .configWrite, variant: .reviewed, lock: .memoryLockForWrite, expected: .success(.none)),
     // A dma-buf fd whose buffer KVM still holds: close drops a reference, nothing is released.
@@ -463,6 +499,7 @@ extension Bench {
     try bench.ok(.guestAcceptMMIO(vm: bench.td, gpa: GPA(gpaBase), expectHPA: nil))
     let op: Operation = switch c.path {
     case .tdispStop: .tdispStop(device: "nic0")
+    case .pciFLR: .pciFLR(device: "nic0")
     case .configWrite: .vfioWrite(fd: dev, regionIndex: VFIOPCIRegion.config, offset: 0x40, size: 4)
     case .closeNotLast: .dmabufClose(fd: buf)
     case .attributesOutsideSlots: .kvmSetMemoryAttributes(vm: bench.td, address: 0x1_0000_0000, size: 0x1000, attributes: 1 << 3, flags: 0)

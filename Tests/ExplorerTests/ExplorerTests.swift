@@ -132,7 +132,7 @@ let raceNames = RaceScenarios.all.map(\.name)
   }
 
   static let findings: [(String, Variant)] = [
-    ("close-vs-fault", .rfcV1), ("fault-vs-flr", .rfcV1), ("slot-delete-vs-accept", .rfcV1), ("slot-move-vs-revoke", .rfcV1), ("td-accept-vs-tdisp-stop", .rfcV1),
+    ("close-vs-fault", .rfcV1), ("dmabuf-close-vs-flr", .rfcV1), ("fault-vs-flr", .rfcV1), ("slot-delete-vs-accept", .rfcV1), ("slot-move-vs-revoke", .rfcV1), ("td-accept-vs-tdisp-stop", .rfcV1),
     ("td-map-vs-devif-remove", .rfcV1), ("two-zaps-on-track", .rfcV1),
   ]
 

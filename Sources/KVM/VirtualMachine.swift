@@ -585,8 +585,9 @@ public struct VirtualMachine: Hashable, Sendable {
   public var supportedMemoryAttributes: MemoryAttributes { type.hasPrivateMemory ? .private : [] }
 
   /// `KVM_SET_MEMORY_ATTRIBUTES` (`kvm_vm_ioctl_set_mem_attributes()` then
-  /// `kvm_vm_set_mem_attributes()`, `virt/kvm/kvm_main.c`), with `slots_lock` and `mmu_lock` (for
-  /// write) free for `ctx`; one region. Checks in order, after the dead-VM check:
+  /// `kvm_vm_set_mem_attributes()`, `virt/kvm/kvm_main.c`), with `slots_lock` free for `ctx`, and
+  /// `mmu_lock` (for write) free when a memslot overlaps the range (`kvm_handle_gfn_range()`
+  /// takes it only then); one region. Checks in order, after the dead-VM check:
   /// 1. `attrs->flags` -> `EINVAL` ("flags is currently not used");
   /// 2. `attrs->attributes & ~kvm_supported_mem_attributes(kvm)` -> `EINVAL`;
   /// 3. `attrs->size == 0 || attrs->address + attrs->size < attrs->address` -> `EINVAL`;

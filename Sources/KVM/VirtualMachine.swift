@@ -539,8 +539,10 @@ public struct VirtualMachine: Hashable, Sendable {
   /// `__kvm_gmem_create()` succeeded: the file exists.
   public mutating func installGuestMemfd(_ file: GuestMemfd) { guestMemfds[file.id] = file }
 
-  /// `kvm_gmem_release()` of the file's last reference, with `slots_lock` and `mmu_lock` (for
-  /// write) free: every slot bound to it loses its file (`slot->gmem.file = NULL`, so a later
+  /// `kvm_gmem_release()` of the file's last reference, with `slots_lock` free, and `mmu_lock`
+  /// (for write) free when the file has a binding (`kvm_gmem_invalidate_begin()` and `_end()`
+  /// in `virt/kvm/guest_memfd.c` take it only once `xa_for_each_range()` finds a bound slot;
+  /// see ``releaseTakesMMULock(_:)``): every slot bound to it loses its file (`slot->gmem.file = NULL`, so a later
   /// private fault gets `EFAULT`) and the SPTEs of the bound ranges are zapped (a file without
   /// `INIT_SHARED` zaps private mappings only, `KVM_FILTER_PRIVATE`; the model zaps the slot's
   /// pages that the attributes call private, or every page for an `INIT_SHARED` file). A TD's
@@ -552,7 +554,8 @@ public struct VirtualMachine: Hashable, Sendable {
     guard try slotsLock.tryLock(ctx) else {
       throw LockViolation(lock: slotsLock.name, message: "kvm_gmem_release takes it while it is held")
     }
-    guard try mmuLock.tryLockWrite(ctx) else {
+    let takesMMULock = releaseTakesMMULock(file)
+    if takesMMULock, try !mmuLock.tryLockWrite(ctx) {
       throw LockViolation(lock: mmuLock.name, message: "kvm_gmem_release takes it while it is held")
     }
     let before = mmu.mappedPages
@@ -568,9 +571,15 @@ public struct VirtualMachine: Hashable, Sendable {
       _ = invalidation.end()
     }
     guestMemfds[file] = nil
-    try mmuLock.unlock(ctx)
+    if takesMMULock { try mmuLock.unlock(ctx) }
     try slotsLock.unlock(ctx)
     return before - mmu.mappedPages
+  }
+
+  /// Whether `kvm_gmem_release()` of `file` takes `mmu_lock`: only when a slot is bound to it
+  /// (`found_memslot` in `kvm_gmem_invalidate_begin()`, `xa_find()` in `_end()`).
+  public func releaseTakesMMULock(_ file: GuestMemfdID) -> Bool {
+    guestMemfds[file].map { !$0.bindings.isEmpty } ?? false
   }
 
   // MARK: Memory attributes
@@ -580,8 +589,9 @@ public struct VirtualMachine: Hashable, Sendable {
   public var supportedMemoryAttributes: MemoryAttributes { type.hasPrivateMemory ? .private : [] }
 
   /// `KVM_SET_MEMORY_ATTRIBUTES` (`kvm_vm_ioctl_set_mem_attributes()` then
-  /// `kvm_vm_set_mem_attributes()`, `virt/kvm/kvm_main.c`), with `slots_lock` and `mmu_lock` (for
-  /// write) free for `ctx`; one region. Checks in order, after the dead-VM check:
+  /// `kvm_vm_set_mem_attributes()`, `virt/kvm/kvm_main.c`), with `slots_lock` free for `ctx`, and
+  /// `mmu_lock` (for write) free when a memslot overlaps the range (`kvm_handle_gfn_range()`
+  /// takes it only then); one region. Checks in order, after the dead-VM check:
   /// 1. `attrs->flags` -> `EINVAL` ("flags is currently not used");
   /// 2. `attrs->attributes & ~kvm_supported_mem_attributes(kvm)` -> `EINVAL`;
   /// 3. `attrs->size == 0 || attrs->address + attrs->size < attrs->address` -> `EINVAL`;
@@ -616,11 +626,14 @@ public struct VirtualMachine: Hashable, Sendable {
     if let wait = slotsLock.wait(for: ctx) { throw .wait(wait) }
     // "Nothing to do if the entire range has the desired attributes."
     if memoryAttributes.rangeHas(range, wanted) { return false }
-    if let wait = mmuLock.writeWait(for: ctx) { throw .wait(wait) }
     let inSlots = memslots.values.compactMap { slot -> Range<GFN>? in
       let lo = max(slot.gfns.lowerBound.rawValue, range.lowerBound), hi = min(slot.gfns.upperBound.rawValue, range.upperBound)
       return lo < hi ? GFN(lo) ..< GFN(hi) : nil
     }
+    // kvm_handle_gfn_range() takes mmu_lock (KVM_MMU_LOCK) only once it finds a memslot in the
+    // range (`found_memslot`): attributes of GFNs outside every slot change without it.
+    let takesMMULock = !inSlots.isEmpty
+    if takesMMULock, let wait = mmuLock.writeWait(for: ctx) { throw .wait(wait) }
     let mirror = mmu
     if type == .tdx, !wanted.contains(.private),
        let mapped = inSlots.lazy.compactMap({ mirror.leaves(in: $0).first }).first {
@@ -628,8 +641,11 @@ public struct VirtualMachine: Hashable, Sendable {
         "model (reviewed): converting \(mapped.gfn.gpa) to shared would zap private MMIO the TDX module will not unmap while its interface is trusted"))
     }
     do throws(LockViolation) {
-      guard try slotsLock.tryLock(ctx), try mmuLock.tryLockWrite(ctx) else {
+      guard try slotsLock.tryLock(ctx) else {
         throw LockViolation(lock: "kvm->slots_lock", message: "KVM_SET_MEMORY_ATTRIBUTES took a lock it saw free")
+      }
+      if takesMMULock, try !mmuLock.tryLockWrite(ctx) {
+        throw LockViolation(lock: "kvm->mmu_lock", message: "KVM_SET_MEMORY_ATTRIBUTES took a lock it saw free")
       }
     } catch { throw .lockViolation(error) }
     for gfns in inSlots {
@@ -642,7 +658,7 @@ public struct VirtualMachine: Hashable, Sendable {
     memoryAttributes.set(range, wanted)
     for _ in inSlots { _ = invalidation.end() }
     do throws(LockViolation) {
-      try mmuLock.unlock(ctx)
+      if takesMMULock { try mmuLock.unlock(ctx) }
       try slotsLock.unlock(ctx)
     } catch { throw .lockViolation(error) }
     return true

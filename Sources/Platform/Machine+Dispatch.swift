@@ -20,7 +20,8 @@ extension Machine {
       return .ranAndReturned(Self.label(op), oneRegion(op))
     case .kvmSetMemoryAttributes(let vmFD, let address, let size, let attributes, let flags):
       // kvm_vm_set_mem_attributes(): slots_lock across the whole update, mmu_lock for write
-      // around the unmap and the stores; the argument checks come before either.
+      // around the unmap and the stores when a memslot overlaps the range
+      // (kvm_handle_gfn_range()); the argument checks come before either.
       let vm: VMID
       do { vm = try liveVM(vmFD) } catch { return .ranAndReturned(Self.label(op), .failure(error)) }
       guard host.memoryAttributes else {

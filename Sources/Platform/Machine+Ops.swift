@@ -134,9 +134,10 @@ extension Machine {
     let label = Self.label(op)
     let file: OpenFile
     do { file = try files.lookup(fd) } catch { return .ranAndReturned(label, .failure(.errno(error))) }
-    // kvm_gmem_release() takes slots_lock and mmu_lock; the close waits for them before the fd goes.
-    if case .guestMemfd(let vm, _) = file, let state = kvm.vms[vm],
-       let wait = state.slotsLock.wait(for: ctx) ?? state.mmuLock.writeWait(for: ctx) {
+    // kvm_gmem_release() takes slots_lock, and mmu_lock when a slot is bound to the file; the
+    // close waits for them before the fd goes.
+    if case .guestMemfd(let vm, let id) = file, let state = kvm.vms[vm],
+       let wait = state.slotsLock.wait(for: ctx) ?? (state.releaseTakesMMULock(id) ? state.mmuLock.writeWait(for: ctx) : nil) {
       return .blocked(wait)
     }
     // close(2) takes any open fd: `dmabuf.close` and `kvm.destroy_vm` name what the scenario

@@ -46,6 +46,18 @@ extension Machine {
         }
       }
 
+    // MARK: A config write of PCI_COMMAND: VFIO's revoke or restore
+    case .vfioWrite(let fd, let index, let offset, let size, let value)
+      where index == VFIOPCIRegion.config && VFIOPCIDriver.configWriteReachesCommand(offset: offset, size: size):
+      // vfio_pci_config_rw() splits the write into aligned pieces; the one at PCI_COMMAND goes
+      // to vfio_basic_config_write(), which revokes (memory bit clear: zap and memory_lock for
+      // write, vfio_pci_dma_buf_move(vdev, true)) or restores under memory_lock: the path
+      // vfio.set_memory_decode runs. The model keeps only the command register's memory bit.
+      let enable = (value >> ((4 - offset) * 8)) & UInt64(PCICommand.memorySpace.rawValue) != 0
+      return try startMove(op, frame: &frame, thread: thread, use: .other) { (d: VFIOPCIDriver, f) throws(Errno) in
+        try d.setMemoryDecode(f, enable: enable, context: ctx)
+      } fd: { fd }
+
     // MARK: One region under a lock another path may hold
     case .vfioRead(let fd, let index, _, _), .vfioWrite(let fd, let index, _, _, _):
       // vfio_pci_bar_rw() checks memory decode under memory_lock held for read.

@@ -180,11 +180,11 @@ extension OpSpec {
     OpSpec("vfio.region_info", "VFIO_DEVICE_GET_REGION_INFO", [KeySpec("fd", .fd), KeySpec("region_index", .u32)]) {
       .vfioRegionInfo(fd: $0.fd("fd"), regionIndex: $0.u32("region_index"))
     },
-    OpSpec("vfio.read", "pread() of a region through the device fd",
+    OpSpec("vfio.read", "pread() of a region through the device fd (config space, region 7: the command register at 4, other bytes 0)",
            [KeySpec("fd", .fd), KeySpec("region_index", .u32), KeySpec("offset", .u64, zero), KeySpec("size", .u64, fourBytes)]) {
       .vfioRead(fd: $0.fd("fd"), regionIndex: $0.u32("region_index"), offset: $0.u64("offset"), size: $0.u64("size"))
     },
-    OpSpec("vfio.write", "pwrite() of a region through the device fd (value: 0xa5 bytes when absent)",
+    OpSpec("vfio.write", "pwrite() of a region through the device fd (value: 0xa5 bytes when absent); a config write reaching PCI_COMMAND revokes or restores as its memory bit says, like vfio.set_memory_decode",
            [KeySpec("fd", .fd), KeySpec("region_index", .u32), KeySpec("offset", .u64, zero), KeySpec("size", .u64, fourBytes),
             KeySpec("value", .u64, .optional)], check: valueFitsSize) {
       .vfioWrite(fd: $0.fd("fd"), regionIndex: $0.u32("region_index"), offset: $0.u64("offset"), size: $0.u64("size"),

@@ -174,6 +174,13 @@ public struct VFIOPCIDriver: Hashable, Sendable {
   /// Config space reads 0 and ignores writes (the model keeps no config-space contents).
   /// - Parameter value: what a write stores (its low `size` bytes); ignored by a read.
   /// - Returns: the value read (0 for a write).
+  /// Whether a config-space write of `size` bytes at `offset` reaches `PCI_COMMAND`: a valid
+  /// access that covers byte 4 (`vfio_pci_config_rw()` splits it into aligned pieces, and one
+  /// of them starts there).
+  public static func configWriteReachesCommand(offset: UInt64, size: UInt64) -> Bool {
+    [1, 2, 4, 8].contains(size) && offset <= 4 && 4 < offset + size && offset + size <= VFIOPCIRegion.configSize
+  }
+
   public mutating func regionAccess(_ fileID: VFIOFileID, index: UInt32, offset: UInt64, size: UInt64,
                                     isWrite: Bool, value: UInt64 = 0, trace: inout Trace) throws(Errno) -> UInt64 {
     let id = try boundDevice(fileID)
@@ -186,7 +193,16 @@ public struct VFIOPCIDriver: Hashable, Sendable {
       guard !overflow, end <= VFIOPCIRegion.configSize else {
         throw Errno.EINVAL.because("vfio_pci_config_rw", "model: access past the 4 KiB config space")
       }
-      return 0
+      // The model's config space is the command register (PCI_COMMAND, offset 4, 2 bytes):
+      // a read returns it, every other byte reads 0; a write reaching it takes the memory-decode
+      // path (the platform routes it), a write elsewhere changes nothing the model keeps.
+      guard !isWrite else { return 0 }
+      let command = UInt64(device.function.command.rawValue)
+      var result: UInt64 = 0
+      for i in 0 ..< size where (4 ..< 6).contains(offset + i) {
+        result |= ((command >> ((offset + i - 4) * 8)) & 0xff) << (i * 8)
+      }
+      return result
     }
     guard index < VFIOPCIRegion.rom else { throw Errno.EINVAL.because("vfio_pci_rw", "no ROM or VGA region") }
     let bar = device.function.bar(index)

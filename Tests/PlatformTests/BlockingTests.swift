@@ -95,7 +95,7 @@ extension Bench {
   /// dma-buf paths start from the TD bench.
   enum Path: String, Sendable {
     case vfioRead = "vfio.read BAR0", vfioWrite = "vfio.write BAR0", export = "vfio.dma_buf export"
-    case decodeOff = "decode-off revoke", powerD3hot = "vfio.set_power d3hot", reset = "VFIO_DEVICE_RESET"
+    case decodeOff = "decode-off revoke", commandWrite = "vfio.write of PCI_COMMAND, memory off", powerD3hot = "vfio.set_power d3hot", reset = "VFIO_DEVICE_RESET"
     case decodeOn = "decode-on restore", powerD0 = "vfio.set_power d0 restore"
     case flr = "vfio.flr", hotReset = "vfio.hot_reset", vfioClose = "vfio.close"
     case fault = "guest.read fault", memslotCreate = "memslot create", memslotDelete = "memslot delete"
@@ -111,7 +111,7 @@ extension Bench {
 
     func onTD(_ variant: Variant) -> Bool {
       switch self {
-      case .vfioRead, .vfioWrite, .export, .decodeOff, .powerD3hot, .reset, .flr, .hotReset, .vfioClose, .fault,
+      case .vfioRead, .vfioWrite, .export, .decodeOff, .commandWrite, .powerD3hot, .reset, .flr, .hotReset, .vfioClose, .fault,
            .memslotCreate, .memslotDelete, .detachThenRelease, .closeThenRelease, .destroy, .decodeOn, .powerD0,
            .memslotDeleteThenRelease, .destroyThenRelease:
         false
@@ -167,6 +167,10 @@ extension Bench {
     Case(path: .decodeOff, lock: .resv(1), expected: ok, end: [.revoked(true), .mappedPages(0)]),
     Case(path: .decodeOff, lock: .mmuLockForWrite, expected: ok, end: [.revoked(true), .mappedPages(0)]),
     Case(path: .decodeOff, lock: .mmuLockForRead, expected: ok, end: [.revoked(true), .mappedPages(0)]),
+    // vfio_basic_config_write() of PCI_COMMAND with the memory bit clear: the same revoke.
+    Case(path: .commandWrite, lock: .memoryLockForRead, expected: ok, end: [.revoked(true), .mappedPages(0)]),
+    Case(path: .commandWrite, lock: .resv(1), expected: ok, end: [.revoked(true), .mappedPages(0)]),
+    Case(path: .commandWrite, lock: .mmuLockForWrite, expected: ok, end: [.revoked(true), .mappedPages(0)]),
     Case(path: .powerD3hot, lock: .memoryLockForRead, expected: ok, end: [.revoked(true), .mappedPages(0)]),
     Case(path: .powerD3hot, lock: .resv(1), expected: ok, end: [.revoked(true), .mappedPages(0)]),
     Case(path: .decodeOn, lock: .memoryLockForRead, expected: ok, end: [.revoked(false)]),
@@ -283,11 +287,12 @@ extension Bench {
     case .export:
       let (dev, _) = try bench.sharedSlot()
       return (bench, .vfioDmaBuf(fd: dev, regionIndex: 0, ranges: [DmaRange(offset: 0, length: 0x1000)], openFlags: 0, flags: 0))
-    case .decodeOff, .powerD3hot, .reset, .flr, .hotReset, .vfioClose, .memslotDelete, .destroy:
+    case .decodeOff, .commandWrite, .powerD3hot, .reset, .flr, .hotReset, .vfioClose, .memslotDelete, .destroy:
       let (dev, _) = try bench.sharedSlot()
       #expect(bench.access(bench.plain, gpaBase) == .success(.guestAccess("mapped", value: 0)))
       let op: Operation = switch path {
       case .decodeOff: .vfioSetMemoryDecode(fd: dev, enable: false)
+      case .commandWrite: .vfioWrite(fd: dev, regionIndex: VFIOPCIRegion.config, offset: 4, size: 2, value: 0)
       case .powerD3hot: .vfioSetPower(fd: dev, state: .d3hot)
       case .reset: .vfioReset(fd: dev)
       case .flr: .vfioFLR(fd: dev)

@@ -156,9 +156,10 @@ extension Machine {
       frame = .dmaBufRelease(VFIOPCIDmaBufRelease(buffer: released.id))
       return .ran(label)
     case .vm(let id):
-      // A guest_memfd holds a reference to its VM (kvm_get_kvm() in __kvm_gmem_create()):
-      // kvm_destroy_vm() waits for the last of them.
-      guard !vmReferenced(id) else { return .ranAndReturned(label, .success(.none)) }
+      // A guest_memfd holds a reference to its VM (kvm_get_kvm() in __kvm_gmem_create()), and
+      // so does every ioctl in flight on it (fdget()): kvm_destroy_vm() runs when the last of
+      // them is dropped, on the thread that drops it.
+      guard !vmReferenced(id), kvm.inFlight[id] == nil else { return .ranAndReturned(label, .success(.none)) }
       frame = .destroyVM(KVMDestroyVM(vm: id))
       return .ran(label)
     case .guestMemfd(let vm, let id):
@@ -169,7 +170,9 @@ extension Machine {
       trace.emit(.kvmGmemRelease, "vm\(vm.rawValue): kvm_gmem_release guest_memfd \(id): bindings cleared, \(unmapped) page(s) unmapped",
                  [.vm(vm), .text("gmem", "\(id)"), .int("unmapped", unmapped)])
       // kvm_put_kvm(): the file's reference to its VM may be the last one.
-      guard kvm.vms[vm] != nil, !vmReferenced(vm) else { return .ranAndReturned(label, .success(.none)) }
+      guard kvm.vms[vm] != nil, !vmReferenced(vm), kvm.inFlight[vm] == nil else {
+        return .ranAndReturned(label, .success(.none))
+      }
       frame = .destroyVM(KVMDestroyVM(vm: vm))
       return .ran(label)
     }

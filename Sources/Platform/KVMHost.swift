@@ -199,15 +199,19 @@ extension SEPTLevel {
 
 extension KVMHost: FunctionStateSink {
   /// The TSM relays the TDI's state to the TDX module, which trusts only what it observes.
-  public mutating func functionChanged(_ device: VFIODeviceID, _ function: PCIFunction, trace: inout Trace) {
-    observe(device, function, trace: &trace)
+  public mutating func functionChanged(_ device: VFIODeviceID, _ function: PCIFunction, trace: inout Trace) throws(LockViolation) {
+    try observe(device, function, trace: &trace)
   }
 
-  mutating func observe(_ device: VFIODeviceID, _ function: PCIFunction, trace: inout Trace) {
+  /// Relays the TDI's state to its DEVIF, found by the interface's routing id just before.
+  /// - Throws: ``LockViolation`` if the module refuses it: the model looked the DEVIF up in the
+  ///   same region, so a refusal is the model's failure. It is no `KVM_BUG_ON`: KVM is not
+  ///   involved, and no VM dies.
+  mutating func observe(_ device: VFIODeviceID, _ function: PCIFunction, trace: inout Trace) throws(LockViolation) {
     guard let state = function.tdiState, let devif = tdx.devif(for: Self.routingID(device)),
           let mirrored = DevifTDISPState(rawValue: state.rawValue) else { return }
     do { try tdx.observeTDISPState(devif: devif, state: mirrored) } catch {
-      observed.value.bugs.append("relaying the TDISP state of \(devif) failed: \(error)")
+      throw LockViolation(lock: "tsm", message: "relaying the TDISP state of \(devif) failed: \(error)")
     }
     trace.absorb(&tdx.trace)
   }

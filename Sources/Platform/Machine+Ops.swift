@@ -225,7 +225,7 @@ extension Machine {
             f.writeCommand(saved, trace: &trace)
           }
         }
-        relayTDIState(id)
+        try relayTDIState(id)
         return (.success(.none), id)
       case .pciWriteCommand(let name, let memory, let busMaster):
         let id = try pciDevice(named: name)
@@ -237,7 +237,7 @@ extension Machine {
             f.writeCommand(command, trace: &trace)
           }
         }
-        relayTDIState(id)
+        try relayTDIState(id)
         return (.success(.none), id)
       default:
         throw .lockViolation(LockViolation(lock: "thread", message: "\(op.name) is not a TDISP or config op"))
@@ -248,8 +248,9 @@ extension Machine {
   }
 
   /// Tells the TDX module (through the TSM) the device's TDI state after a host-side change.
-  mutating func relayTDIState(_ id: VFIODeviceID) {
-    if let function = vfio.device(id)?.function { kvm.observe(id, function, trace: &trace) }
+  mutating func relayTDIState(_ id: VFIODeviceID) throws(OpFailure) {
+    guard let function = vfio.device(id)?.function else { return }
+    do { try kvm.observe(id, function, trace: &trace) } catch { throw .lockViolation(error) }
   }
 
   /// Runs a TDISP request on a device's function; a device without TDISP answers `ENODEV`.
@@ -262,7 +263,7 @@ extension Machine {
     let result: R
     do { result = try body(&updated, &trace) } catch { throw .tdisp(code: error.code, name: error.name) }
     try errno { () throws(Errno) in try vfio.withFunction(of: id) { (f: inout PCIFunction) throws(Errno) in f = updated } }
-    relayTDIState(id)
+    try relayTDIState(id)
     return result
   }
 

@@ -161,6 +161,34 @@ import Scenarios
     #expect(failure == nil, "\(failure.map { "\($0.kind) \($0.message)" } ?? "")")
   }
 
+  /// The posted close order seen between the close's regions: after the disable and reset,
+  /// before vfio_pci_dma_buf_cleanup() revokes, the buffer is live with decode off. A posted
+  /// bug (`--ignore posted` passes it over); reviewed revokes first.
+  @Test(arguments: Variant.allCases)
+  func thePostedCloseOrderBreaksDecodeOffBetweenItsRegions(_ variant: Variant) throws {
+    let scenario = try ScenarioParser.parse("""
+      name: close-alone
+      machine:
+        devices:
+          - { name: dev0, bars: [ { index: 0, size: 0x1000 } ] }
+      steps:
+        - { op: vfio.open, device: dev0, as: dev }
+        - { op: vfio.bind_iommufd, fd: dev }
+        - { op: vfio.dma_buf, fd: dev, ranges: [[0x0, 0x1000]], as: buf }
+      concurrent:
+        - [ { op: vfio.close, fd: dev } ]
+      schedule: [ctx1, ctx1, ctx1]
+      """, file: "close-alone.yaml")
+    let failure = Fuzzer.replay(scenario, variant: variant)
+    switch variant {
+    case .reviewed:
+      #expect(failure == nil, "\(failure?.message ?? "")")
+    case .rfcV1:
+      #expect(failure?.invariant == "DecodeOffImpliesRevoked")
+      #expect(FuzzOptions.postedBugs.contains("DecodeOffImpliesRevoked"))
+    }
+  }
+
   /// A failure reached through a schedule replays with it: the fuzzer's checks run the
   /// `concurrent:` paths region by region in the `schedule:` order (rfc-v1's config-space FLR,
   /// its buffers left revoked, after the FLR's five regions).

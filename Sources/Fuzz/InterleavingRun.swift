@@ -84,6 +84,14 @@ enum InterleavingRun {
     /// Threads whose `guest.accept_mmio` began while its page's interface was not RUN: a TD
     /// checks first, so such an accept is the fuzzer's guest misbehaving, not the kernel.
     var acceptsBegunOffRun: Set<Int> = []
+    /// Invariants a config write or reset from outside VFIO (`pci.write_command`, `pci.flr`)
+    /// broke, with the op: judged as the sequential fuzzer judges such an op (the machine is
+    /// off the rails, not judged further). Run concurrently, what it breaks may show only
+    /// later, once the machine is quiescent, so its region is judged with every invariant, the
+    /// quiescent ones too, against the state before it.
+    var brokenFromOutsideVFIO: [String: String] = [:]
+
+    static let outsideVFIO: Set<String> = ["pci.flr", "pci.write_command"]
 
     enum StepOutcome { case ran, cannotRun, failed(FuzzFailure), offTheRails(String) }
 
@@ -105,7 +113,12 @@ enum InterleavingRun {
         }
       }
       let acceptsBefore = state.machine.kvm.observed.value.acceptsOfUntrustedTDI.count
+      let fromOutsideVFIO = Self.outsideVFIO.contains(opName)
+      let brokenBefore = fromOutsideVFIO ? Self.broken(state.machine) : []
       let outcome = state.step(actor, prog, contention: &contention)
+      if fromOutsideVFIO, case .ran = outcome {
+        for name in Self.broken(state.machine).subtracting(brokenBefore) { brokenFromOutsideVFIO[name] = opName }
+      }
       let at = base + regions
       switch outcome {
       case .blocked, .idle:
@@ -140,13 +153,21 @@ enum InterleavingRun {
           return .offTheRails("the guest accepted MMIO of an interface that was not RUN when it began (a TD checks first)")
         }
         if let v = state.machine.firstViolation(quiescent: state.isQuiescent) {
-          if ["pci.flr", "pci.write_command"].contains(opName) {
+          if Self.outsideVFIO.contains(opName) {
             return .offTheRails("\(opName) from outside VFIO broke \(v.name)")
+          }
+          if let outside = brokenFromOutsideVFIO[v.name] {
+            return .offTheRails("\(outside) from outside VFIO broke \(v.name)")
           }
           return .failed(FuzzFailure(kind: .invariant, step: at, op: opName, invariant: v.name, result: "-", message: v.violation ?? ""))
         }
         return .ran
       }
+    }
+
+    /// The invariants the machine breaks, the quiescent ones included.
+    static func broken(_ machine: Machine) -> Set<String> {
+      Set(machine.checkInvariants(quiescent: true).compactMap { $0.violation == nil ? nil : $0.name })
     }
 
     /// Runs what is left as `pmmio run` does after a schedule: the first thread (or vCPU)

@@ -1,5 +1,37 @@
 import KernelCore
+import Platform
 import Synchronization
+
+/// Why a BAR exporter, or a run on the host's KVM with one, failed: an errno (the host kernel's,
+/// or the exporter's answer as the kernel's exporter gives it), or the platform model behind a
+/// `ModelBARExporter` failing itself (a lock violation, a livelock, a deadlock, a TDISP or TDX
+/// answer a plain device never gives). No kernel answers the second: it is the model's bug, and
+/// is never passed off as an errno.
+public enum HostFailure: Error, Hashable, Sendable, CustomStringConvertible {
+  case errno(Errno)
+  case model(OpFailure)
+  /// The model answered an operation with a value no kernel gives for it (a PFN below the BAR,
+  /// an fd where an attachment was due).
+  case modelAnswer(String)
+
+  /// A model operation's failure: its errno, or the model's own failure.
+  public init(_ failure: OpFailure) {
+    if case .errno(let e) = failure { self = .errno(e) } else { self = .model(failure) }
+  }
+
+  public var description: String {
+    switch self {
+    case .errno(let e): e.name
+    case .model(let failure): "model failure: \(failure)"
+    case .modelAnswer(let what): "model failure: \(what)"
+    }
+  }
+
+  /// Runs a host kernel call, its errno as a ``HostFailure``.
+  static func kernel<T>(_ body: () throws(Errno) -> T) throws(HostFailure) -> T {
+    do { return try body() } catch { throw .errno(error) }
+  }
+}
 
 /// What an importer may ask of the owner of a BAR range, as KVM asks a dma-buf exporter in the
 /// private-MMIO series: `dma_buf_get_pfn_unlocked()` (patch 1) for the page behind an offset, and
@@ -14,9 +46,10 @@ public protocol BARExporter: Sendable {
 
   /// The PFN behind page `pageIndex` of the buffer (`vfio_pci_dma_buf_get_pfn()`, patch 5).
   ///
-  /// - Returns: `ENODEV` once the buffer is revoked; `EINVAL` at or past the end.
+  /// - Returns: `ENODEV` once the buffer is revoked; `EINVAL` at or past the end; a model
+  ///   exporter's own failure as ``HostFailure/model(_:)``.
   /// - Complexity: O(1); called by a vCPU thread on its fault path without the importer's lock.
-  func lookup(pageIndex: PageIndex) -> Result<PFN, Errno>
+  func lookup(pageIndex: PageIndex) -> Result<PFN, HostFailure>
 
   /// Registers the importer's `move_notify`. The exporter calls it on the revoking thread, with
   /// its own lock held, after later `lookup`s already fail; it must return only once the importer
@@ -30,7 +63,7 @@ public protocol BARExporter: Sendable {
 public protocol RevocableBARExporter: BARExporter {
   /// Revokes the buffer: later lookups fail `ENODEV`, and every importer's `move_notify` has
   /// returned before this does. Revoking a revoked buffer notifies nobody.
-  func revoke() throws(Errno)
+  func revoke() throws(HostFailure)
 
   /// Whether the buffer is revoked now.
   var isRevoked: Bool { get }
@@ -57,10 +90,10 @@ public final class InMemoryBARExporter: RevocableBARExporter {
     self.firstPFN = firstPFN
   }
 
-  public func lookup(pageIndex: PageIndex) -> Result<PFN, Errno> {
+  public func lookup(pageIndex: PageIndex) -> Result<PFN, HostFailure> {
     let revoked = state.withLock { $0.revoked }
-    if revoked { return .failure(.ENODEV) }
-    guard pageIndex.rawValue < size.pages else { return .failure(.EINVAL) }
+    if revoked { return .failure(.errno(.ENODEV)) }
+    guard pageIndex.rawValue < size.pages else { return .failure(.errno(.EINVAL)) }
     return .success(firstPFN.advanced(by: pageIndex.rawValue))
   }
 
@@ -92,10 +125,10 @@ public enum BARExporterKind: Hashable, Sendable, CustomStringConvertible {
 
   /// A fresh exporter of this kind over `size` bytes, PFN N being page N of the device memory.
   /// - Throws: as `ModelBARExporter.init` or `InMemoryBARExporter.init`.
-  public func make(size: UInt64 = GuestProgram.barSize) throws(Errno) -> any RevocableBARExporter {
+  public func make(size: UInt64 = GuestProgram.barSize) throws(HostFailure) -> any RevocableBARExporter {
     switch self {
     case .model(let variant): try ModelBARExporter(size: size, variant: variant)
-    case .inMemory: try InMemoryBARExporter(size: size)
+    case .inMemory: try HostFailure.kernel { () throws(Errno) in try InMemoryBARExporter(size: size) }
     }
   }
 

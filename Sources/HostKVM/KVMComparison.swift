@@ -252,39 +252,43 @@ public struct KVMComparison: Hashable, Sendable, Codable {
   /// run of as many), then first fault, then revoke.
   ///
   /// - Throws: `EINVAL` for `repeat < 1`; the errno of the first failing step of either VMM
-  ///   (`ENOENT`/`EACCES` when `/dev/kvm` cannot be opened).
+  ///   (`ENOENT`/`EACCES` when `/dev/kvm` cannot be opened); the model exporter's own failure.
   public static func measure(
     iterations: UInt64, revokeAfter: UInt64, preferGuestMemfd: Bool, trappedOnly: Bool = false,
     exporter: BARExporterKind = .model(.reviewed), repeat repeatCount: Int = defaultRepeat
   )
-    throws(Errno) -> KVMComparison
+    throws(HostFailure) -> KVMComparison
   {
-    guard repeatCount > 0 else { throw .EINVAL }
-    let system = try KVMSystem()
+    guard repeatCount > 0 else { throw .errno(.EINVAL) }
+    let system = try HostFailure.kernel { () throws(Errno) in try KVMSystem() }
     let accesses = Double(2 * iterations)
     var config = rvmm_config(iterations: iterations, revoke_after: revokeAfter,
       allow_guest_memfd: preferGuestMemfd ? 1 : 0, trapped_only: trappedOnly ? 1 : 0)
     let sides: [Side] = exporter == .inMemory ? [.swift(.inMemory), .c] : [.swift(exporter), .swift(.inMemory), .c]
 
-    let perAccess = try interleaved(sides, repeat: repeatCount) { (side) throws(Errno) -> AccessSample in
+    func vm(_ kind: BARExporterKind, _ mode: BARAccessMode, iterations: UInt64) throws(HostFailure) -> LazyBARVM {
+      let exporter = try kind.make()
+      return try HostFailure.kernel { () throws(Errno) in
+        try LazyBARVM(system: system, exporter: exporter, mode: mode, iterations: iterations, preferGuestMemfd: preferGuestMemfd)
+      }
+    }
+    let perAccess = try interleaved(sides, repeat: repeatCount) { (side) throws(HostFailure) -> AccessSample in
       switch side {
       case .swift(let kind):
-        let t = try LazyBARVM(system: system, exporter: kind.make(), mode: .trapped,
-          iterations: iterations, preferGuestMemfd: preferGuestMemfd).run()
+        let t = try vm(kind, .trapped, iterations: iterations).run()
         var sample = AccessSample(trappedNs: Double(t.elapsedNanoseconds) / accesses, trappedExits: t.mmioExits)
         if trappedOnly { return sample }
-        let vm = try LazyBARVM(system: system, exporter: kind.make(), mode: .lazyMapped,
-          iterations: iterations, preferGuestMemfd: preferGuestMemfd)
+        let vm = try vm(kind, .lazyMapped, iterations: iterations)
         let m = try vm.run()
         (sample.mappedNs, sample.mappedExits, sample.backing) =
           (Double(m.elapsedNanoseconds) / accesses, m.mmioExits, vm.backing.rawValue)
         return sample
       case .c:
         var r = rvmm_result()
-        try check(rvmm_run_trapped(&config, &r))
+        try checkRun(rvmm_run_trapped(&config, &r))
         var sample = AccessSample(trappedNs: r.trapped_ns_per_access, trappedExits: r.trapped_exits)
         if trappedOnly { return sample }
-        try check(rvmm_run_mapped(&config, &r))
+        try checkRun(rvmm_run_mapped(&config, &r))
         (sample.mappedNs, sample.mappedExits, sample.backing) = (r.mapped_ns_per_access, r.mapped_exits,
           r.guest_memfd != 0 ? BARBackingKind.guestMemfd.rawValue : BARBackingKind.memfd.rawValue)
         return sample
@@ -296,7 +300,7 @@ public struct KVMComparison: Hashable, Sendable, Codable {
     var c = try figures(perAccess[.c] ?? [], inMemory: nil, iterations: iterations, exporter: cExporter)
     swift.exporterLookupNs = try lookupCost(exporter.make())
     if exporter != .inMemory {
-      swift.inMemoryLookupNs = try lookupCost(InMemoryBARExporter(size: GuestProgram.barSize))
+      swift.inMemoryLookupNs = try lookupCost(BARExporterKind.inMemory.make())
     }
     swift.repeat = repeatCount
     c.repeat = repeatCount
@@ -304,16 +308,15 @@ public struct KVMComparison: Hashable, Sendable, Codable {
 
     var sampleConfig = config
     sampleConfig.iterations = Swift.min(iterations, sampleIterations)
-    let faults = try interleaved(sides, repeat: repeatCount) { (side) throws(Errno) -> Double in
+    let faults = try interleaved(sides, repeat: repeatCount) { (side) throws(HostFailure) -> Double in
       switch side {
       case .swift(let kind):
-        let r = try LazyBARVM(system: system, exporter: kind.make(), mode: .lazyMapped,
-          iterations: sampleConfig.iterations, preferGuestMemfd: preferGuestMemfd).run()
-        guard let ns = r.firstFaultNanoseconds else { throw .EIO }
+        let r = try vm(kind, .lazyMapped, iterations: sampleConfig.iterations).run()
+        guard let ns = r.firstFaultNanoseconds else { throw .errno(.EIO) }
         return Double(ns) / 1e3
       case .c:
         var r = rvmm_result()
-        try check(rvmm_run_mapped(&sampleConfig, &r))
+        try checkRun(rvmm_run_mapped(&sampleConfig, &r))
         return r.first_fault_us
       }
     }
@@ -330,7 +333,7 @@ public struct KVMComparison: Hashable, Sendable, Codable {
       (cf?.median, cf?.min, cf?.max)
     guard revokeAfter > 0 else { return KVMComparison(swift: swift, c: c) }
 
-    let revokes = try interleaved(sides, repeat: repeatCount) { (side) throws(Errno) -> RevokeSample in
+    let revokes = try interleaved(sides, repeat: repeatCount) { (side) throws(HostFailure) -> RevokeSample in
       switch side {
       case .swift(let kind):
         let r = try RevokeRun.run(system: system, revokeAfter: revokeAfter,
@@ -340,7 +343,7 @@ public struct KVMComparison: Hashable, Sendable, Codable {
           backingUntouched: r.backingUntouched)
       case .c:
         var r = rvmm_result()
-        try check(rvmm_run_revoke(&config, &r))
+        try checkRun(rvmm_run_revoke(&config, &r))
         return RevokeSample(microseconds: r.revoke_us, allOnesReads: r.revoke_allones_reads,
           staleReads: r.revoke_stale_reads, backingUntouched: r.revoke_backing_untouched != 0)
       }
@@ -381,8 +384,8 @@ public struct KVMComparison: Hashable, Sendable, Codable {
   /// - Throws: `EINVAL` for no samples (`interleaved` gives each side at least one).
   static func figures(
     _ own: [AccessSample], inMemory: [AccessSample]?, iterations: UInt64, exporter: String
-  ) throws(Errno) -> KVMFigures {
-    guard let trapped = SampleSpread(own.map(\.trappedNs)) else { throw .EINVAL }
+  ) throws(HostFailure) -> KVMFigures {
+    guard let trapped = SampleSpread(own.map(\.trappedNs)) else { throw .errno(.EINVAL) }
     let all = own + (inMemory ?? [])
     func farthest(_ counts: [UInt64], from expected: UInt64) -> UInt64? {
       counts.max { a, b in
@@ -417,8 +420,8 @@ public struct KVMComparison: Hashable, Sendable, Codable {
   /// One untimed warm-up run per side, then `repeat` rounds over the sides, alternating forward
   /// and reverse order so that no side always runs first or right after another.
   static func interleaved<T>(
-    _ sides: [Side], repeat repeatCount: Int, _ sample: (Side) throws(Errno) -> T
-  ) throws(Errno) -> [Side: [T]] {
+    _ sides: [Side], repeat repeatCount: Int, _ sample: (Side) throws(HostFailure) -> T
+  ) throws(HostFailure) -> [Side: [T]] {
     for side in sides { _ = try sample(side) }
     var samples: [Side: [T]] = [:]
     for round in 0..<repeatCount {
@@ -431,6 +434,11 @@ public struct KVMComparison: Hashable, Sendable, Codable {
 
   static func check(_ status: Int32) throws(Errno) {
     if status < 0 { throw Errno(rawValue: -status) }
+  }
+
+  /// ``check(_:)`` among the Swift side's runs.
+  static func checkRun(_ status: Int32) throws(HostFailure) {
+    if status < 0 { throw .errno(Errno(rawValue: -status)) }
   }
 
   /// The C reference VMM's `rvmm_run()`: its trapped, mapped and revoke runs once each.
@@ -462,13 +470,13 @@ public struct KVMComparison: Hashable, Sendable, Codable {
   public static let cExporter = "in-memory (C)"
 
   /// Mean nanoseconds per `lookup` over `count` lookups cycling through the buffer's pages.
-  /// - Throws: `EIO` when a lookup fails (the exporter is fresh, so none should).
-  public static func lookupCost(_ exporter: any BARExporter, count: Int = 4096) throws(Errno) -> Double {
+  /// - Throws: what a lookup failed with (the exporter is fresh, so none should).
+  public static func lookupCost(_ exporter: any BARExporter, count: Int = 4096) throws(HostFailure) -> Double {
     let pages = exporter.size.pages
-    guard pages > 0, count > 0 else { throw .EINVAL }
+    guard pages > 0, count > 0 else { throw .errno(.EINVAL) }
     let t0 = ckvm_now_ns()
     for i in 0..<UInt64(count) {
-      guard case .success = exporter.lookup(pageIndex: PageIndex(i % pages)) else { throw .EIO }
+      if case .failure(let failure) = exporter.lookup(pageIndex: PageIndex(i % pages)) { throw failure }
     }
     return Double(ckvm_now_ns() &- t0) / Double(count)
   }

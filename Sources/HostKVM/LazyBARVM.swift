@@ -176,17 +176,18 @@ public final class LazyBARVM {
   /// - Throws: `EIO` when the exporter fails other than `ENODEV` (as KVM turns exporter errors
   ///   into `EIO` for the vCPU), when a slot delete in `move_notify` failed, or when the guest
   ///   stops with `SHUTDOWN`, `FAIL_ENTRY`, `INTERNAL_ERROR` or touches a GPA outside the BAR;
-  ///   `KVM_RUN`'s own errno otherwise.
-  public func run() throws(Errno) -> GuestRunReport {
+  ///   `KVM_RUN`'s own errno otherwise; a model exporter's own failure as it is
+  ///   (``HostFailure/model(_:)``, ``HostFailure/modelAnswer(_:)``), never as an errno.
+  public func run() throws(HostFailure) -> GuestRunReport {
     var report = GuestRunReport()
     let start = ckvm_now_ns()
     while true {
-      let (exit, t0) = try vcpu.runTimed()
+      let (exit, t0) = try HostFailure.kernel { () throws(Errno) in try vcpu.runTimed() }
       switch exit {
       case .mmio(let gpa, let length, let isWrite, let data):
         report.mmioExits += 1
         guard let offset = gpa.offset(from: GuestProgram.barGPA), offset < GuestProgram.barSize
-        else { throw .EIO }
+        else { throw .errno(.EIO) }
         let installed = try handleMMIO(offset: offset, length: length, isWrite: isWrite, data: data)
         if installed, report.firstFaultNanoseconds == nil {
           report.firstFaultNanoseconds = ckvm_now_ns() &- t0
@@ -196,16 +197,16 @@ public final class LazyBARVM {
         if port == GuestProgram.reportPort + 1 { report.sentinelReads = value }
       case .hlt:
         report.elapsedNanoseconds = ckvm_now_ns() &- start
-        if let e = slots.state.withLock({ $0.notifyError }) { throw e }
+        if let e = slots.state.withLock({ $0.notifyError }) { throw .errno(e) }
         return report
       case .io, .shutdown, .failEntry, .internalError, .other:
-        throw .EIO
+        throw .errno(.EIO)
       }
     }
   }
 
   /// Completes one MMIO exit; returns whether it installed the BAR slots.
-  func handleMMIO(offset: UInt64, length: Int, isWrite: Bool, data: UInt64) throws(Errno) -> Bool {
+  func handleMMIO(offset: UInt64, length: Int, isWrite: Bool, data: UInt64) throws(HostFailure) -> Bool {
     let page = PageIndex(offset.pages)
     var installed = false
     let pfn: PFN
@@ -213,8 +214,11 @@ public final class LazyBARVM {
     case .trapped:
       switch exporter.lookup(pageIndex: page) {
       case .success(let p): pfn = p
-      case .failure(.ENODEV): return completeRevoked(isWrite: isWrite)
-      case .failure: throw .EIO
+      case .failure(.errno(.ENODEV)): return completeRevoked(isWrite: isWrite)
+      // KVM turns the exporter's other errnos into EIO for the vCPU; the model's own failure
+      // is no errno and stays what it is.
+      case .failure(.errno): throw .errno(.EIO)
+      case .failure(let failure): throw failure
       }
     case .lazyMapped:
       switch try faultIn(page: page) {
@@ -227,9 +231,9 @@ public final class LazyBARVM {
     // The faulting access itself still has to complete: KVM has decoded it and waits for data.
     let fileOffset = (pfn.rawValue << pageShift) | (offset & (pageSize - 1))
     if isWrite {
-      guard deviceMemory.write(offset: fileOffset, length: length, data) else { throw .EIO }
+      guard deviceMemory.write(offset: fileOffset, length: length, data) else { throw .errno(.EIO) }
     } else {
-      guard let v = deviceMemory.read(offset: fileOffset, length: length) else { throw .EIO }
+      guard let v = deviceMemory.read(offset: fileOffset, length: length) else { throw .errno(.EIO) }
       vcpu.completeMMIORead(v)
     }
     return installed
@@ -246,32 +250,34 @@ public final class LazyBARVM {
   /// under it unless an invalidation ran in between (then retry, as `RET_PF_RETRY` would).
   /// Returns the PFN of `page`. The PFNs live in stack scratch space and runs are coalesced while
   /// installing, so the fault path allocates nothing.
-  func faultIn(page: PageIndex) throws(Errno) -> FaultResult {
+  func faultIn(page: PageIndex) throws(HostFailure) -> FaultResult {
     let pages = Int(exporter.size.pages)
-    guard page.rawValue < UInt64(pages) else { throw .EIO }
+    guard page.rawValue < UInt64(pages) else { throw .errno(.EIO) }
     return try withUnsafeTemporaryAllocation(of: PFN.self, capacity: pages) {
-      (pfns) throws(Errno) -> FaultResult in
+      (pfns) throws(HostFailure) -> FaultResult in
       while true {
         let seq = slots.state.withLock { $0.invalidateSeq }
         for i in 0..<pages {
           switch exporter.lookup(pageIndex: PageIndex(UInt64(i))) {
           case .success(let p):
-            guard p.rawValue < deviceMemory.size.pages else { throw .EIO }
+            guard p.rawValue < deviceMemory.size.pages else { throw .errno(.EIO) }
             pfns.initializeElement(at: i, to: p)
-          case .failure(.ENODEV): return .revoked
-          case .failure: throw .EIO
+          case .failure(.errno(.ENODEV)): return .revoked
+          case .failure(.errno): throw .errno(.EIO)
+          case .failure(let failure): throw failure
           }
         }
-        let done = try slots.state.withLock { (s) throws(Errno) -> Bool in
+        let done = try slots.state.withLock { (s) throws(HostFailure) -> Bool in
           guard s.invalidateSeq == seq else { return false }
           guard s.installed.isEmpty else { return true }
           // Each run of contiguous PFNs becomes one slot.
           var start = 0
           for i in 1...pages where i == pages || pfns[i] != pfns[i - 1].advanced(by: 1) {
             let slot = UInt32(1 + s.installed.count)
-            try slots.vm.setUserMemoryRegion2(slots.region(
+            let region = slots.region(
               slot: slot, gpa: GuestProgram.barGPA.advanced(by: UInt64(start) << pageShift),
-              size: UInt64(i - start) << pageShift, fileOffset: pfns[start].rawValue << pageShift))
+              size: UInt64(i - start) << pageShift, fileOffset: pfns[start].rawValue << pageShift)
+            try HostFailure.kernel { () throws(Errno) in try slots.vm.setUserMemoryRegion2(region) }
             s.installed.append(slot)
             start = i
           }

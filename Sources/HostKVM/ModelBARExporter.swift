@@ -41,9 +41,10 @@ public final class ModelBARExporter: RevocableBARExporter {
   ///
   /// - Parameter tracing: keep the model's trace (off by default: every lookup would add an event).
   /// - Throws: `EINVAL` for a size the model cannot configure (not a power of two of at least
-  ///   4 KiB); otherwise the errno of the first step the model refused.
+  ///   4 KiB); otherwise the errno of the first step the model refused, or the model's own
+  ///   failure (``HostFailure/model(_:)``).
   public init(size: UInt64 = GuestProgram.barSize, variant: Variant = .reviewed, tracing: Bool = false)
-    throws(Errno)
+    throws(HostFailure)
   {
     var machine: Machine
     do {
@@ -53,29 +54,35 @@ public final class ModelBARExporter: RevocableBARExporter {
         ]),
         variant: variant)
     } catch {
-      throw .EINVAL
+      throw .errno(.EINVAL)
     }
     machine.trace.isEnabled = tracing
 
-    func perform(_ op: Operation) throws(Errno) -> OpValue {
+    func perform(_ op: Operation) throws(HostFailure) -> OpValue {
       switch machine.perform(op) {
       case .success(let value): return value
-      case .failure(.errno(let e)): throw e
-      // A plain device runs no TDISP or TDX step; a failure of that kind means a broken model.
-      case .failure: throw .EIO
+      // A plain device runs no TDISP or TDX step: any failure but an errno is the model's own.
+      case .failure(let failure): throw HostFailure(failure)
       }
     }
-    guard case .fd(let device) = try perform(.vfioOpen(device: Self.deviceName)) else { throw .EIO }
+    /// An op answered with a value of the wrong kind: the model is broken.
+    func unexpected(_ op: Operation, _ value: OpValue) -> HostFailure {
+      .modelAnswer("\(op.name) answered \(value)")
+    }
+    let open = Operation.vfioOpen(device: Self.deviceName)
+    let opened = try perform(open)
+    guard case .fd(let device) = opened else { throw unexpected(open, opened) }
     _ = try perform(.vfioBindIOMMUFD(fd: device, private: false, vm: nil))
-    guard case .fd(let buffer) = try perform(.vfioDmaBuf(
-      fd: device, regionIndex: 0, ranges: [DmaRange(offset: 0, length: size)], openFlags: 0, flags: 0))
-    else { throw .EIO }
-    guard case .attachment(let attachment) = try perform(.dmabufAttach(
-      fd: buffer, importer: Self.importerName, dynamic: true, peer2peer: true))
-    else { throw .EIO }
+    let export = Operation.vfioDmaBuf(
+      fd: device, regionIndex: 0, ranges: [DmaRange(offset: 0, length: size)], openFlags: 0, flags: 0)
+    let exported = try perform(export)
+    guard case .fd(let buffer) = exported else { throw unexpected(export, exported) }
+    let attach = Operation.dmabufAttach(fd: buffer, importer: Self.importerName, dynamic: true, peer2peer: true)
+    let attached = try perform(attach)
+    guard case .attachment(let attachment) = attached else { throw unexpected(attach, attached) }
     guard case .dmaBuf(let id)? = try? machine.files.lookup(buffer),
       let first = machine.vfio.dmaBuf(id)?.ranges.first
-    else { throw .EIO }
+    else { throw unexpected(export, exported) }
 
     self.size = size
     self.deviceFD = device
@@ -88,18 +95,25 @@ public final class ModelBARExporter: RevocableBARExporter {
 
   /// `dma_buf_get_pfn_unlocked()` on the model, translated to page numbers of the device memory.
   ///
-  /// - Returns: the model's errno unchanged (`ENODEV` revoked, `EINVAL` at or past the end, or
-  ///   `EAGAIN` where the model finds the reservation lock held); `EIO` for a PFN below the BAR,
-  ///   which only a broken exporter could return.
+  /// No other thread of the model runs, so the lookup never finds the reservation lock held:
+  /// `Machine.perform` runs it to its end.
+  ///
+  /// - Returns: the model's errno unchanged (`ENODEV` revoked, `EINVAL` at or past the end); the
+  ///   model's own failure (``HostFailure/model(_:)``), or a PFN below the BAR, which only a
+  ///   broken model returns (``HostFailure/modelAnswer(_:)``).
   /// - Complexity: one model operation under this exporter's lock; no lock of the importer's.
-  public func lookup(pageIndex: PageIndex) -> Result<PFN, Errno> {
-    let result = state.withLock { $0.machine.perform(.dmabufGetPfn(attachment: attachmentID, pgoff: pageIndex)) }
+  public func lookup(pageIndex: PageIndex) -> Result<PFN, HostFailure> {
+    let op = Operation.dmabufGetPfn(attachment: attachmentID, pgoff: pageIndex)
+    let result = state.withLock { $0.machine.perform(op) }
     switch result {
     case .success(.pfn(let pfn, _)):
-      guard let delta = pfn.offset(from: basePFN) else { return .failure(.EIO) }
+      guard let delta = pfn.offset(from: basePFN) else {
+        return .failure(.modelAnswer("get_pfn answered \(pfn), below the BAR's first PFN \(basePFN)"))
+      }
       return .success(PFN(delta))
-    case .failure(.errno(let e)): return .failure(e)
-    case .success, .failure: return .failure(.EIO)
+    case .success(let value):
+      return .failure(.modelAnswer("\(op.name) answered \(value)"))
+    case .failure(let failure): return .failure(HostFailure(failure))
     }
   }
 
@@ -116,14 +130,14 @@ public final class ModelBARExporter: RevocableBARExporter {
   /// to this attachment (a second revoke delivers none, as the kernel skips buffers already
   /// revoked).
   ///
-  /// - Throws: the model's errno for the config write; nothing is notified then.
-  public func revoke() throws(Errno) {
-    try state.withLock { (s) throws(Errno) in
+  /// - Throws: the model's errno for the config write, or its own failure; nothing is notified
+  ///   then.
+  public func revoke() throws(HostFailure) {
+    try state.withLock { (s) throws(HostFailure) in
       let before = s.machine.dmabufCore.attachment(attachmentID)?.moveNotifications ?? 0
       switch s.machine.perform(.vfioSetMemoryDecode(fd: deviceFD, enable: false)) {
       case .success: break
-      case .failure(.errno(let e)): throw e
-      case .failure: throw .EIO
+      case .failure(let failure): throw HostFailure(failure)
       }
       let after = s.machine.dmabufCore.attachment(attachmentID)?.moveNotifications ?? 0
       guard after > before else { return }

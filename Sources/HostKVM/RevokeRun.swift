@@ -24,15 +24,16 @@ public struct RevokeRun: Hashable, Sendable {
   public static func run(
     system: KVMSystem, revokeAfter: UInt64, preferGuestMemfd: Bool = false,
     exporter kind: BARExporterKind = .model(.reviewed)
-  ) throws(Errno) -> RevokeRun {
-    guard revokeAfter > 0 else { throw .EINVAL }
+  ) throws(HostFailure) -> RevokeRun {
+    guard revokeAfter > 0 else { throw .errno(.EINVAL) }
     // The guest counts iterations in a 32-bit register: the bound must fit, and the sum is
     // checked so a huge `revokeAfter` is an error rather than a trap.
     let (bound, overflow) = revokeAfter.addingReportingOverflow(GuestProgram.revokeBound)
-    guard !overflow, bound <= UInt64(UInt32.max) else { throw .EINVAL }
+    guard !overflow, bound <= UInt64(UInt32.max) else { throw .errno(.EINVAL) }
     let exporter = try kind.make()
-    let vm = try LazyBARVM(system: system, exporter: exporter, mode: .lazyMapped,
-      iterations: bound, preferGuestMemfd: preferGuestMemfd)
+    let vm = try HostFailure.kernel { () throws(Errno) in
+      try LazyBARVM(system: system, exporter: exporter, mode: .lazyMapped, iterations: bound, preferGuestMemfd: preferGuestMemfd)
+    }
     let revoker = Revoker(exporter: exporter, memory: vm.deviceMemory,
       until: UInt32(bound - revokeAfter))
     var thread = pthread_t()
@@ -43,7 +44,7 @@ public struct RevokeRun: Hashable, Sendable {
     }, box.toOpaque())
     if rc != 0 {
       box.release()
-      throw Errno(rawValue: rc)
+      throw .errno(Errno(rawValue: rc))
     }
     let guest: GuestRunReport
     do {
@@ -55,7 +56,7 @@ public struct RevokeRun: Hashable, Sendable {
     }
     pthread_join(thread, nil)
     if let e = revoker.error { throw e }
-    guard guest.allOnesReads >= GuestProgram.allOnesToStop else { throw .ETIMEDOUT }
+    guard guest.allOnesReads >= GuestProgram.allOnesToStop else { throw .errno(.ETIMEDOUT) }
     return RevokeRun(
       guest: guest, revokeNanoseconds: revoker.elapsed, exporterRevoked: exporter.isRevoked,
       backingUntouched: vm.deviceMemory.load32(offset: GuestProgram.countdownOffset) == GuestProgram.sentinel,
@@ -69,7 +70,7 @@ final class Revoker: @unchecked Sendable {
   let until: UInt32
   // Written by the revoking thread before pthread_join returns; read only after it.
   var elapsed: UInt64 = 0
-  var error: Errno?
+  var error: HostFailure?
   private let cancelled = UnsafeMutablePointer<UInt32>.allocate(capacity: 1)
 
   init(exporter: any RevocableBARExporter, memory: DeviceMemory, until: UInt32) {
@@ -91,7 +92,7 @@ final class Revoker: @unchecked Sendable {
       sched_yield()
     }
     let t0 = ckvm_now_ns()
-    do throws(Errno) {
+    do throws(HostFailure) {
       try exporter.revoke()
     } catch {
       // Nothing was revoked: the guest runs out its bound and the caller reports this errno.

@@ -20,6 +20,20 @@ public struct KVMHost: Hashable, Sendable {
   /// Attachments a destroyed VM left behind (bound to slots freed by an `rfc-v1` move):
   /// nothing will ever detach them.
   public internal(set) var leaked: TreeSet<AttachmentID> = []
+  /// Threads inside an ioctl of each VM that spans several regions (a memslot update,
+  /// `KVM_RUN`), by VM; absent when none is.
+  ///
+  /// The part of `kvm->users_count` the fd table does not show: each such ioctl holds its
+  /// file through `fdget()`, and the file its `kvm`, so `kvm_destroy_vm()` runs only once the
+  /// VM fd, its guest_memfd files (`kvm_get_kvm()` in `__kvm_gmem_create()`) and every one of
+  /// these are gone, on the thread that drops the last (`kvm_put_kvm()`). The model's vCPUs
+  /// have no fds of their own (a guest op names the VM's fd and the vCPU's index), so closing
+  /// the VM fd stands for closing it and its vCPU fds (`kvm_vcpu_release()`'s put); a
+  /// `KVM_RUN` in flight still holds its vCPU file, and through it the VM.
+  ///
+  /// The count is exactly the threads inside, so equal machines with equal threads have equal
+  /// counts: it is state, not history.
+  public internal(set) var inFlight: VMTable<Int> = [:]
   /// What happened that the invariants about history read; outside equality.
   public internal(set) var observed = Observed(KVMObservations())
   /// TDs whose TLB epochs moved since the state was last made canonical (a TRACK, a vCPU
@@ -33,6 +47,15 @@ public struct KVMHost: Hashable, Sendable {
   public var staleMoveNotifies: Int { observed.value.staleMoveNotifies }
   /// VMs that died through `KVM_BUG_ON` (an unexpected TDX status), with the status.
   public var bugs: [String] { observed.value.bugs }
+
+  /// A thread entered an ioctl of `vm` (its `fdget()`).
+  mutating func takeInFlightReference(_ vm: VMID) { inFlight[vm] = (inFlight[vm] ?? 0) + 1 }
+
+  /// A thread left an ioctl of `vm` that did not hold the VM's last reference.
+  mutating func dropInFlightReference(_ vm: VMID) {
+    guard let count = inFlight[vm] else { return }
+    inFlight[vm] = count > 1 ? count - 1 : nil
+  }
 
   /// The VM holding `attachment` as a memslot binding.
   func vm(holding attachment: AttachmentID) -> VMID? {
@@ -176,15 +199,19 @@ extension SEPTLevel {
 
 extension KVMHost: FunctionStateSink {
   /// The TSM relays the TDI's state to the TDX module, which trusts only what it observes.
-  public mutating func functionChanged(_ device: VFIODeviceID, _ function: PCIFunction, trace: inout Trace) {
-    observe(device, function, trace: &trace)
+  public mutating func functionChanged(_ device: VFIODeviceID, _ function: PCIFunction, trace: inout Trace) throws(LockViolation) {
+    try observe(device, function, trace: &trace)
   }
 
-  mutating func observe(_ device: VFIODeviceID, _ function: PCIFunction, trace: inout Trace) {
+  /// Relays the TDI's state to its DEVIF, found by the interface's routing id just before.
+  /// - Throws: ``LockViolation`` if the module refuses it: the model looked the DEVIF up in the
+  ///   same region, so a refusal is the model's failure. It is no `KVM_BUG_ON`: KVM is not
+  ///   involved, and no VM dies.
+  mutating func observe(_ device: VFIODeviceID, _ function: PCIFunction, trace: inout Trace) throws(LockViolation) {
     guard let state = function.tdiState, let devif = tdx.devif(for: Self.routingID(device)),
           let mirrored = DevifTDISPState(rawValue: state.rawValue) else { return }
     do { try tdx.observeTDISPState(devif: devif, state: mirrored) } catch {
-      observed.value.bugs.append("relaying the TDISP state of \(devif) failed: \(error)")
+      throw LockViolation(lock: "tsm", message: "relaying the TDISP state of \(devif) failed: \(error)")
     }
     trace.absorb(&tdx.trace)
   }

@@ -93,6 +93,11 @@ extension Machine {
       return Footprint(reads: [.vmSlots(zap.vm)], writes: [.vmMMU(zap.vm), .td(zap.vm), .tdxGlobal, .kicks(zap.vm)])
     case .vcpuRun(let run):
       let vm = run.vm
+      // Once no fd refers to the VM, the step that ends this KVM_RUN may drop the VM's last
+      // reference and destroy it on this thread; which of two runs ends last decides that.
+      // While an fd refers to it, ends only count down (commuting), and only a close (which
+      // touches everything) reads the count.
+      if thread.heldVM != nil, !vmReferenced(vm) { return .all }
       let td = kvm.tds[vm] != nil
       switch run.state {
       case .guest:

@@ -264,9 +264,19 @@ extension Machine {
     }
   }
 
+  /// Whether the buffer can still be reached: its file has a reference left. Once the last
+  /// one is put (`dma_buf_release()` has begun) no fd names it and no importer holds it
+  /// (KVM's importer holds a `dma_buf_get()` reference for the life of its memslot), so nobody
+  /// can attach to it or map it; its `vfio_pci_dma_buf_release()` only waits for
+  /// `memory_lock` to take it off the device's list. `vfio_pci_dma_buf_move()` and
+  /// `vfio_pci_dma_buf_cleanup()` pass it by (`get_file_active()` fails), leaving `revoked` as
+  /// it was: the invariants about live buffers do not count it.
+  func isReachable(_ buffer: VFIOPCIDmaBuf) -> Bool { dmabufCore.buffer(buffer.buffer) != nil }
+
   func decodeOffButLive() -> [String] {
     vfio.dmabufs.values.compactMap { buffer in
-      guard let id = buffer.device, let device = vfio.device(id), !device.memoryEnabled, !buffer.revoked else { return nil }
+      guard let id = buffer.device, let device = vfio.device(id), !device.memoryEnabled, !buffer.revoked,
+            isReachable(buffer) else { return nil }
       return "dmabuf\(buffer.buffer.rawValue) is live while vfio-dev\(id.rawValue) has memory disabled"
     }
   }
@@ -274,7 +284,7 @@ extension Machine {
   func usableButRevoked() -> [String] {
     vfio.dmabufs.values.compactMap { buffer in
       guard let id = buffer.device, let device = vfio.device(id), device.openCount > 0,
-            vfio.buffersUsable(id), buffer.revoked else { return nil }
+            vfio.buffersUsable(id), buffer.revoked, isReachable(buffer) else { return nil }
       return "dmabuf\(buffer.buffer.rawValue) stays revoked although vfio-dev\(id.rawValue) is usable"
     }
   }
@@ -282,7 +292,7 @@ extension Machine {
   func orphansLive() -> [String] {
     vfio.dmabufs.values.compactMap { buffer in
       let open = buffer.device.flatMap { vfio.device($0) }.map { $0.openCount > 0 } ?? false
-      return open || buffer.revoked ? nil : "dmabuf\(buffer.buffer.rawValue) is live but its device is closed"
+      return open || buffer.revoked || !isReachable(buffer) ? nil : "dmabuf\(buffer.buffer.rawValue) is live but its device is closed"
     }
   }
 

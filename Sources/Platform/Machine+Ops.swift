@@ -158,9 +158,10 @@ extension Machine {
       frame = .dmaBufRelease(VFIOPCIDmaBufRelease(buffer: released.id))
       return .ran(label)
     case .vm(let id):
-      // A guest_memfd holds a reference to its VM (kvm_get_kvm() in __kvm_gmem_create()):
-      // kvm_destroy_vm() waits for the last of them.
-      guard !vmReferenced(id) else { return .ranAndReturned(label, .success(.none)) }
+      // A guest_memfd holds a reference to its VM (kvm_get_kvm() in __kvm_gmem_create()), and
+      // so does every ioctl in flight on it (fdget()): kvm_destroy_vm() runs when the last of
+      // them is dropped, on the thread that drops it.
+      guard !vmReferenced(id), kvm.inFlight[id] == nil else { return .ranAndReturned(label, .success(.none)) }
       frame = .destroyVM(KVMDestroyVM(vm: id))
       return .ran(label)
     case .guestMemfd(let vm, let id):
@@ -171,7 +172,9 @@ extension Machine {
       trace.emit(.kvmGmemRelease, "vm\(vm.rawValue): kvm_gmem_release guest_memfd \(id): bindings cleared, \(unmapped) page(s) unmapped",
                  [.vm(vm), .text("gmem", "\(id)"), .int("unmapped", unmapped)])
       // kvm_put_kvm(): the file's reference to its VM may be the last one.
-      guard kvm.vms[vm] != nil, !vmReferenced(vm) else { return .ranAndReturned(label, .success(.none)) }
+      guard kvm.vms[vm] != nil, !vmReferenced(vm), kvm.inFlight[vm] == nil else {
+        return .ranAndReturned(label, .success(.none))
+      }
       frame = .destroyVM(KVMDestroyVM(vm: vm))
       return .ran(label)
     }
@@ -224,7 +227,7 @@ extension Machine {
             f.writeCommand(saved, trace: &trace)
           }
         }
-        relayTDIState(id)
+        try relayTDIState(id)
         return (.success(.none), id)
       case .pciWriteCommand(let name, let memory, let busMaster):
         let id = try pciDevice(named: name)
@@ -236,7 +239,7 @@ extension Machine {
             f.writeCommand(command, trace: &trace)
           }
         }
-        relayTDIState(id)
+        try relayTDIState(id)
         return (.success(.none), id)
       default:
         throw .lockViolation(LockViolation(lock: "thread", message: "\(op.name) is not a TDISP or config op"))
@@ -247,8 +250,9 @@ extension Machine {
   }
 
   /// Tells the TDX module (through the TSM) the device's TDI state after a host-side change.
-  mutating func relayTDIState(_ id: VFIODeviceID) {
-    if let function = vfio.device(id)?.function { kvm.observe(id, function, trace: &trace) }
+  mutating func relayTDIState(_ id: VFIODeviceID) throws(OpFailure) {
+    guard let function = vfio.device(id)?.function else { return }
+    do { try kvm.observe(id, function, trace: &trace) } catch { throw .lockViolation(error) }
   }
 
   /// Runs a TDISP request on a device's function; a device without TDISP answers `ENODEV`.
@@ -261,7 +265,7 @@ extension Machine {
     let result: R
     do { result = try body(&updated, &trace) } catch { throw .tdisp(code: error.code, name: error.name) }
     try errno { () throws(Errno) in try vfio.withFunction(of: id) { (f: inout PCIFunction) throws(Errno) in f = updated } }
-    relayTDIState(id)
+    try relayTDIState(id)
     return result
   }
 

@@ -16,7 +16,7 @@ extension Machine {
       }
       trace.absorb(&kvm.tdx.trace)
       // The module trusts only TDISP states it has seen: relay the interface's current one.
-      relayTDIState(device)
+      try relayTDIState(device)
       trace.emit(.tdxDevifBind, "DEVIF \(devif) binds \(name) to td\(td.rawValue)", [.id("devif", devif), .text("device", name), .id("td", td)])
       return .none
 

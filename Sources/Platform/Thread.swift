@@ -23,6 +23,10 @@ public struct KernelThread: Hashable, Sendable {
   /// The operation's VM was already dead when it began (an ioctl that then succeeds breaks
   /// `DeadVMAcceptsNoIoctl`; one whose VM dies during it does not).
   var beganOnDeadVM = false
+  /// The VM whose `kvm->users_count` this thread holds a reference to while it is inside an
+  /// ioctl of it (`fdget()` of the VM or vCPU fd pins the file, and the file its `kvm`), from
+  /// the path's first region to its return. See ``KVMHost/inFlight``.
+  var heldVM: VMID?
   /// Regions run (history, outside equality).
   public var observed = Observed(ThreadStatistics())
 
@@ -130,6 +134,19 @@ indirect enum Frame: Hashable, Sendable {
   case dmaBufRelease(VFIOPCIDmaBufRelease)
 }
 
+extension Frame {
+  /// The VM a thread at the bottom of whose stack this frame is holds while inside it: an ioctl
+  /// of the VM that runs over several regions (a memslot update) or `KVM_RUN`. One-region
+  /// ioctls need no reference: nothing runs between their fdget and their return.
+  var vmInUse: VMID? {
+    switch self {
+    case .setMemoryRegion(let path): path.vm
+    case .vcpuRun(let run): run.vm
+    case .start, .returning, .dmaBufMove, .moveNotify, .secureZap, .destroyVM, .dmaBufRelease: nil
+    }
+  }
+}
+
 /// What stepping one frame did.
 enum FrameStep: Sendable {
   /// A region ran; the frame goes on.
@@ -159,6 +176,17 @@ extension Machine {
   /// step that answers ``ThreadStep/blocked(_:)`` leaves the machine and the thread as they
   /// were.
   public mutating func step(_ thread: inout KernelThread, choices: inout Contention) -> ThreadStep {
+    let outcome = stepRegion(&thread, choices: &choices)
+    // The first region of a VM ioctl or KVM_RUN ran: from here to its return the thread holds
+    // the VM (its fdget). Taken after the region so that a blocked first step changes nothing.
+    if case .ran = outcome, thread.heldVM == nil, let vm = thread.stack.first?.vmInUse {
+      thread.heldVM = vm
+      kvm.takeInFlightReference(vm)
+    }
+    return outcome
+  }
+
+  private mutating func stepRegion(_ thread: inout KernelThread, choices: inout Contention) -> ThreadStep {
     if let result = thread.result { return .finished(result) }
     // The TDX module traces into its own buffer: it builds no event while the machine's
     // tracing is off.
@@ -200,6 +228,8 @@ extension Machine {
       }
     } catch {
       // The model broke a lock rule: that is the model's bug, never the kernel's errno.
+      if let vm = thread.heldVM { kvm.dropInFlightReference(vm) }
+      thread.heldVM = nil
       thread.finish(.failure(.lockViolation(error)))
       return .finished(.failure(.lockViolation(error)))
     }
@@ -209,6 +239,20 @@ extension Machine {
   /// the last frame.
   private mutating func pop(_ thread: inout KernelThread, _ result: OpResult) throws(LockViolation) -> OpResult? {
     thread.stack.removeLast()
+    if thread.stack.isEmpty, let vm = thread.heldVM {
+      // The ioctl returns: its fdput. When it held the VM's last reference (the VM fd and its
+      // guest_memfd files are closed), kvm_put_kvm() runs kvm_destroy_vm() on this thread.
+      // The reference passes to the destroy, which ends with the VM; it is not dropped here,
+      // so a destroy that blocks at once leaves the machine as it was.
+      thread.heldVM = nil
+      if kvm.inFlight[vm] == 1, !vmReferenced(vm) {
+        // The operation's slice (depth 1) stays open across the destroy.
+        thread.stack = [.returning(result), .destroyVM(KVMDestroyVM(vm: vm))]
+        trace.begin(thread.stack[1].traceName, depth: thread.stack.count, thread: thread.name)
+        return nil
+      }
+      kvm.dropInFlightReference(vm)
+    }
     trace.end(depth: thread.stack.count + 1, thread: thread.name)
     guard !thread.stack.isEmpty else {
       let final = try threadFinished(thread, result)

@@ -6,7 +6,8 @@ import DmaBuf
 /// changed (reset, decode, power, TSM unbind), so whoever relays its security state (the TSM,
 /// and through it the TDX module) learns it in the same atomic region.
 public protocol FunctionStateSink {
-  mutating func functionChanged(_ device: VFIODeviceID, _ function: PCIFunction, trace: inout Trace)
+  /// - Throws: ``LockViolation`` when the relay fails: the model's failure, not the kernel's.
+  mutating func functionChanged(_ device: VFIODeviceID, _ function: PCIFunction, trace: inout Trace) throws(LockViolation)
 }
 
 extension VFIOPCIDriver {
@@ -352,7 +353,7 @@ public struct DmaBufMovePath: Hashable, Sendable {
         throw LockViolation(lock: "vdev->memory_lock", message: "STOP_INTERFACE refused: \(error.name)")
       }
       stoppedInterface = true
-      sink.functionChanged(id, driver.devices[id]!.function, trace: &trace)
+      try sink.functionChanged(id, driver.devices[id]!.function, trace: &trace)
     case .work:
       switch trigger {
       case .memoryDecode(let enable):
@@ -381,7 +382,7 @@ public struct DmaBufMovePath: Hashable, Sendable {
       case .tsmStateChanged, .tsmUnbind:
         return
       }
-      sink.functionChanged(id, driver.devices[id]!.function, trace: &trace)
+      try sink.functionChanged(id, driver.devices[id]!.function, trace: &trace)
     case .closed:
       driver.devices[id]!.openCount = 0
       driver.devices[id]!.binding = nil

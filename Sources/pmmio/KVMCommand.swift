@@ -106,14 +106,14 @@ struct KVMCommand: ParsableCommand {
     }
     let result: KVMComparison
     let progress = TerminalProgress("pmmio kvm: measuring \(repeatCount) fresh VMs per side, \(iterations) iterations each")
-    do throws(Errno) {
+    do throws(HostFailure) {
       result = try KVMComparison.measure(
         iterations: iterations, revokeAfter: revokeAfter, preferGuestMemfd: guestMemfd,
         trappedOnly: trapped, exporter: exporterKind, repeat: repeatCount)
       progress.finish()
     } catch {
       progress.finish()
-      print("pmmio kvm: a run failed: \(error.name)")
+      print("pmmio kvm: a run failed: \(error)")
       throw ExitCode(1)
     }
     if json {

@@ -4,6 +4,7 @@ import Foundation
 import Synchronization
 import KernelCore
 import KVM
+import Platform
 import Testing
 
 @testable import HostKVM
@@ -64,10 +65,10 @@ struct ExporterTests {
   }
 
   @Test("lookup: PFN of each page, EINVAL at or past the end", arguments: [
-    (UInt64(0), Result<PFN, Errno>.success(PFN(0x100))), (3, .success(PFN(0x103))),
-    (4, .failure(.EINVAL)), (.max, .failure(.EINVAL)),
+    (UInt64(0), Result<PFN, HostFailure>.success(PFN(0x100))), (3, .success(PFN(0x103))),
+    (4, .failure(.errno(.EINVAL))), (.max, .failure(.errno(.EINVAL))),
   ])
-  func lookup(page: UInt64, expected: Result<PFN, Errno>) throws {
+  func lookup(page: UInt64, expected: Result<PFN, HostFailure>) throws {
     let e = try InMemoryBARExporter(size: 0x4000, firstPFN: PFN(0x100))
     #expect(e.lookup(pageIndex: PageIndex(page)) == expected)
   }
@@ -82,7 +83,32 @@ struct ExporterTests {
     e.revoke()
     #expect(e.isRevoked)
     #expect(calls.value == 2)
-    #expect(e.lookup(pageIndex: PageIndex(0)) == .failure(.ENODEV))
+    #expect(e.lookup(pageIndex: PageIndex(0)) == .failure(.errno(.ENODEV)))
+  }
+}
+
+/// An exporter whose model fails on every lookup, as a lock violation would.
+final class BrokenModelExporter: BARExporter {
+  static let failure = OpFailure.lockViolation(LockViolation(lock: "dmabuf->resv", message: "planted"))
+  let size = GuestProgram.barSize
+  func lookup(pageIndex: PageIndex) -> Result<PFN, HostFailure> { .failure(.model(Self.failure)) }
+  func attach(moveNotify: @escaping @Sendable () -> Void) {}
+}
+
+/// Model failures keep their type: the exporter's answer and the lookup cost pass them on.
+@Suite struct HostFailureTests {
+  @Test("an operation's failure: its errno, or the model's own", arguments: [
+    (OpFailure.errno(.ENODEV), HostFailure.errno(.ENODEV)),
+    (.livelock("spins"), .model(.livelock("spins"))),
+    (.deadlock("waits"), .model(.deadlock("waits"))),
+    (BrokenModelExporter.failure, .model(BrokenModelExporter.failure)),
+  ])
+  func mapping(failure: OpFailure, expected: HostFailure) {
+    #expect(HostFailure(failure) == expected)
+  }
+
+  @Test func lookupCostPassesTheModelFailureOn() {
+    #expect(throws: HostFailure.model(BrokenModelExporter.failure)) { try KVMComparison.lookupCost(BrokenModelExporter()) }
   }
 }
 
@@ -101,6 +127,12 @@ struct RealKVMTests {
   static let iterations: UInt64 = 50
   /// The back end asks the platform model by default; the in-memory exporter stays as a baseline.
   static let exporters: [BARExporterKind] = [.model(.reviewed), .model(.rfcV1), .inMemory]
+
+  @Test("a model exporter's own failure ends the run as itself, not as EIO", arguments: [BARAccessMode.trapped, .lazyMapped])
+  func modelFailureIsNoErrno(mode: BARAccessMode) throws {
+    let vm = try LazyBARVM(system: KVMSystem(), exporter: BrokenModelExporter(), mode: mode, iterations: Self.iterations)
+    #expect(throws: HostFailure.model(BrokenModelExporter.failure)) { try vm.run() }
+  }
 
   @Test("KVM_GET_API_VERSION is 12")
   func apiVersion() throws {
@@ -308,6 +340,6 @@ struct PerAccessFiguresTests {
 
   @Test("no samples is EINVAL")
   func empty() {
-    #expect(throws: Errno.EINVAL) { try KVMComparison.figures([], inMemory: nil, iterations: 10, exporter: "x") }
+    #expect(throws: HostFailure.errno(.EINVAL)) { try KVMComparison.figures([], inMemory: nil, iterations: 10, exporter: "x") }
   }
 }

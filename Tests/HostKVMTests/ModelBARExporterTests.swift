@@ -42,7 +42,7 @@ struct ModelBARExporterTests {
 
   @Test("a size the model cannot configure is EINVAL", arguments: [UInt64(0), 0x800, 0x3000])
   func badSize(size: UInt64) {
-    #expect(throws: Errno.EINVAL) { try ModelBARExporter(size: size) }
+    #expect(throws: HostFailure.errno(.EINVAL)) { try ModelBARExporter(size: size) }
   }
 
   @Test("lookup answers the model's get_pfn, less the PFN of BAR offset 0, page for page", arguments: variants)
@@ -65,7 +65,7 @@ struct ModelBARExporterTests {
   func pastTheEnd(variant: Variant, page: UInt64) throws {
     let e = try ModelBARExporter(size: 0x1_0000, variant: variant)
     #expect(modelGetPfn(e, page) == .failure(.errno(.EINVAL)))
-    #expect(e.lookup(pageIndex: PageIndex(page)) == .failure(.EINVAL))
+    #expect(e.lookup(pageIndex: PageIndex(page)) == .failure(.errno(.EINVAL)))
   }
 
   @Test("revoke: the model says revoked, every lookup ENODEV, move_notify runs once per importer", arguments: variants)
@@ -82,7 +82,7 @@ struct ModelBARExporterTests {
     for page in 0..<UInt64(4) {
       // ENODEV comes from the model's own get_pfn: the exporter keeps no flag of its own.
       #expect(modelGetPfn(e, page) == .failure(.errno(.ENODEV)))
-      #expect(e.lookup(pageIndex: PageIndex(page)) == .failure(.ENODEV))
+      #expect(e.lookup(pageIndex: PageIndex(page)) == .failure(.errno(.ENODEV)))
     }
   }
 
@@ -95,7 +95,7 @@ struct ModelBARExporterTests {
     try e.revoke()
     #expect(calls.value == 1)
     #expect(e.moveNotifications == 1)
-    #expect(e.lookup(pageIndex: PageIndex(0)) == .failure(.ENODEV))
+    #expect(e.lookup(pageIndex: PageIndex(0)) == .failure(.errno(.ENODEV)))
   }
 
   @Test("move_notify runs while the exporter's lock is held: a lookup from it would have to wait")

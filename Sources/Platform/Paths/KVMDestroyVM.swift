@@ -3,7 +3,9 @@ import DmaBuf
 import KVM
 import TDX
 
-/// `kvm_destroy_vm()` once the VM's last reference (its fd) is gone (`virt/kvm/kvm_main.c`):
+/// `kvm_destroy_vm()` once the VM's last reference is gone (`virt/kvm/kvm_main.c`), on the
+/// thread that dropped it: the close of its fd or of its last guest_memfd, or the last ioctl
+/// in flight on it (``KVMHost/inFlight``):
 /// the MMU is torn down under `mmu_lock` (for a TD, `tdx_mmu_release_hkid()` and the
 /// reclaim of every page, folded into one module call here), the memslots are freed, and
 /// every dma-buf slot's attachment is detached under its buffer's resv, one region each.
@@ -52,6 +54,7 @@ struct KVMDestroyVM: Hashable, Sendable {
   private func finish(_ m: inout Machine) -> OpResult {
     m.kvm.vms[vm] = nil
     m.kvm.tds[vm] = nil
+    m.kvm.inFlight[vm] = nil
     return .success(.none)
   }
 }

@@ -55,7 +55,8 @@ struct KVMSetMemoryRegion: Hashable, Sendable {
 
   mutating func step(_ m: inout Machine, ctx: ContextID) throws(LockViolation) -> FrameStep {
     guard m.kvm.vms[vm] != nil else {
-      throw LockViolation(lock: "kvm->slots_lock", message: "the VM went away during a memslot update")
+      // The ioctl holds the VM fd's file (fdget), and the file the VM: the VM cannot go.
+      throw LockViolation(lock: "kvm->users_count", message: "the VM went away during a memslot update")
     }
     switch state {
     case .lock:

@@ -74,7 +74,8 @@ struct VCPURun: Hashable, Sendable {
 
   mutating func step(_ m: inout Machine, ctx: ContextID, choices: inout Contention) throws(LockViolation) -> FrameStep {
     guard m.kvm.vms[vm] != nil else {
-      return .ranAndReturned("KVM_RUN", .failure(.errno(Errno.EIO.because("kvm_arch_vcpu_ioctl_run", "the VM was destroyed"))))
+      // KVM_RUN holds its vCPU file, and the file the VM (kvm->users_count): the VM cannot go.
+      throw LockViolation(lock: "kvm->users_count", message: "the VM went away during KVM_RUN")
     }
     switch state {
     case .guest:

@@ -162,7 +162,7 @@ extension TDXModule {
   /// `check_lock_and_map_explicit_tdr()` (a handle naming no TDR fails with the register as
   /// operand) then the TD-state check (`tdr->management_fields.fatal` -> `TDX_TD_FATAL`, no
   /// operand). The model has no PAMT, so "names no TDR" is one status, `TDX_OPERAND_INVALID`.
-  func liveTD(_ td: TDID, register: UInt32, leaf: StaticString = "TDH") throws(TDXStatus) -> TDState {
+  func liveTD(_ td: TDID, register: UInt32, leaf: StaticString) throws(TDXStatus) -> TDState {
     guard let state = tds[td] else {
       throw TDXStatus.operandInvalid.with(operand: register).because(leaf, "check_lock_and_map_explicit_tdr: not a TDR page")
     }

@@ -241,7 +241,10 @@ extension TDXModule {
   /// - Throws: `TDX_OPERAND_INVALID` (operand RCX) for an unknown TD.
   public mutating func tdTeardown(td: TDID) throws(TDXStatus) {
     try traced("teardown td \(td)", [.id("td", td)], event: .tdxTeardown) { (m: inout TDXModule) throws(TDXStatus) in
-      guard m.tds[td] != nil else { throw TDXStatus.operandInvalid.with(operand: TDXOperand.rcx) }
+      guard m.tds[td] != nil else {
+        throw TDXStatus.operandInvalid.with(operand: TDXOperand.rcx)
+          .because("TDH.MNG.KEY.FREEID", "check_lock_and_map_explicit_tdr: td \(td) is not a TDR page")
+      }
       for (id, devif) in m.devifs where devif.td == td { m.devifs[id] = nil }
       // Pages of other TDs' DEVIFs cannot be mapped here (MAP checks the owner), but clear any
       // mapping into this TD defensively so the table never points at a dead TD.

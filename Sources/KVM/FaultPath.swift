@@ -31,7 +31,8 @@ public enum FaultOutcome: String, Hashable, Sendable, CaseIterable {
   /// `KVM_RUN` fails with `EFAULT` (a memory-fault exit: `KVM_EXIT_MEMORY_FAULT` in
   /// `kvm_run`, see ``MemoryFaultExit``).
   case efault
-  /// `KVM_RUN` fails with `EIO`: exporter error, or the VM is dead.
+  /// `KVM_RUN` fails with `EIO`: exporter error, or the VM is dead (the fault path's
+  /// ``FaultResult/failed(_:)`` says which).
   case eio
   /// The guest was terminated (a TD touching an unaccepted page; decided by the platform).
   case killed
@@ -76,8 +77,9 @@ public enum SecureCallResult: Hashable, Sendable {
   case success
   /// Contended: KVM tries again (`-EBUSY` / `-EAGAIN` inside KVM).
   case busy
-  /// Any other status: a KVM bug from KVM's point of view (`KVM_BUG_ON`).
-  case failed(status: UInt64)
+  /// Any other status: a KVM bug from KVM's point of view (`KVM_BUG_ON`). `reason` is the
+  /// module's check, when it gave one (KVM sees only the status; the model keeps the why).
+  case failed(status: UInt64, reason: Refusal? = nil)
   /// (`reviewed`) The module refused for a reason in the host's own setup of the interface,
   /// which the VMM can put right (no DEVIF, no MMIOMT entry, the page mapped elsewhere, the
   /// DEVIF another TD's, the IDE stream blocked): not a KVM bug, and the TD lives. The fault
@@ -96,6 +98,10 @@ public enum FaultResult: Hashable, Sendable {
   /// The kernel would go on in a way the model does not have (a TD's private RAM needs
   /// `TDH.MEM.PAGE.AUG`, which the TDX module model lacks): `KVM_RUN` is refused, saying so.
   case notModelled(function: StaticString, what: String)
+  /// `KVM_RUN` fails with this errno (`EIO`, the outcome ``FaultOutcome/eio``), whose reason
+  /// says which check failed: the exporter's refusal (passed through), `KVM_BUG_ON` of a
+  /// firmware call, or a VM already dead. Equal by errno, as errnos are.
+  case failed(Errno)
 
   public static func == (a: FaultResult, b: FaultResult) -> Bool {
     switch (a, b) {
@@ -103,6 +109,7 @@ public enum FaultResult: Hashable, Sendable {
     case (.retry, .retry): true
     case (.memoryFault(let x), .memoryFault(let y)): x == y
     case (.notModelled(_, let x), .notModelled(_, let y)): x == y
+    case (.failed(let x), .failed(let y)): x == y
     default: false
     }
   }
@@ -113,6 +120,7 @@ public enum FaultResult: Hashable, Sendable {
     case .retry: hasher.combine(1)
     case .memoryFault(let e): hasher.combine(2); hasher.combine(e)
     case .notModelled(_, let what): hasher.combine(3); hasher.combine(what)
+    case .failed(let e): hasher.combine(4); hasher.combine(e)
     }
   }
 }
@@ -221,7 +229,7 @@ public struct FaultPath: Hashable, Sendable {
   public mutating func begin(_ vm: inout VirtualMachine) throws(LockViolation) -> FaultAction {
     guard case .begin = state else { throw misuse("begin") }
     try vm.srcu.readLock(ctx)
-    guard !vm.isDead else { return try finish(.outcome(.eio), &vm) }
+    guard !vm.isDead else { return try finish(.failed(Self.vmDead), &vm) }
     let gfn = vm.faultGFN(gpa)
     let isPrivate = vm.isPrivateAccess(gpa)
     self.isPrivate = isPrivate
@@ -273,7 +281,10 @@ public struct FaultPath: Hashable, Sendable {
       // kvm_mmu_faultin_pfn_gmem(): any error of kvm_gmem_get_pfn() prepares the memory-fault
       // exit and is what KVM_RUN returns.
       return try finish(.memoryFault(MemoryFaultExit(isPrivate: isPrivate, gfn: vm.faultGFN(gpa), errno: errno)), &vm)
-    case .failure: return try finish(.outcome(.eio), &vm)
+    case .failure(let errno):
+      // kvm_vfio_dmabuf_get_pfn() (RFC patch 11): any error of dma_buf_get_pfn_unlocked() is -EIO.
+      let why = errno.reason.map { ": \($0)" } ?? ""
+      return try finish(.failed(Errno.EIO.because("kvm_vfio_dmabuf_get_pfn", "dma_buf_get_pfn_unlocked returned \(errno.name)\(why)")), &vm)
     case .success(let resolved):
       state = .resolved(mmuSeq: mmuSeq, slot: slot, pfn: resolved)
       return nil
@@ -290,7 +301,7 @@ public struct FaultPath: Hashable, Sendable {
     let shared = vm.type == .tdx && !isPrivate
     if vm.isDead {
       try vm.mmuLock.unlock(ctx)
-      return try finish(.outcome(.eio), &vm)
+      return try finish(.failed(Self.vmDead), &vm)
     }
     // is_page_fault_stale(): an invalidation ran or is running over this GFN since the
     // sequence was read, so the PFN may be revoked: drop it and fault again.
@@ -347,14 +358,22 @@ public struct FaultPath: Hashable, Sendable {
     case .busy:
       try vm.mmuLock.unlock(ctx)
       return try finish(.retry, &vm)
-    case .failed:
+    case .failed(let status, let reason):
       vm.markDead()
       try vm.mmuLock.unlock(ctx)
-      return try finish(.outcome(.eio), &vm)
+      let why = reason.map { " (\($0))" } ?? ""
+      return try finish(.failed(Errno.EIO.because(
+        "tdx_sept_set_private_spte", "KVM_BUG_ON: TDH.MMIO.MAP returned 0x\(String(status, radix: 16, uppercase: true))\(why); the VM is dead")), &vm)
     case .refused:
       try vm.mmuLock.unlock(ctx)
       return try finish(.memoryFault(MemoryFaultExit(isPrivate: true, gfn: gfn)), &vm)
     }
+  }
+
+  /// A fault on a VM that `KVM_BUG_ON` marked dead: `vcpu_enter_guest()` handles
+  /// `KVM_REQ_VM_DEAD` with `-EIO`.
+  static var vmDead: Errno {
+    Errno.EIO.because("vcpu_enter_guest", "KVM_REQ_VM_DEAD: KVM_BUG_ON marked the VM dead")
   }
 
   private func misuse(_ call: String) -> LockViolation {

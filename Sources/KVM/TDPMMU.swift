@@ -368,7 +368,10 @@ public struct TDPMMU: Hashable, Sendable {
   @discardableResult
   public mutating func map(_ gfn: GFN, level: PGLevel, spte: SPTE) throws(Errno) -> SPTE? {
     guard level <= .level1G, gfn <= TDPMMU.maxGFN, gfn.rawValue & (level.pages - 1) == 0,
-          spte.isPresent else { throw .EINVAL }
+          spte.isPresent else {
+      throw Errno.EINVAL.because("kvm_tdp_mmu_map", "no such SPTE: level \(level) above 1G, GFN 0x\(String(gfn.rawValue, radix: 16)) "
+                                                    + "unaligned or past the 4-level MMU, or the SPTE not present")
+    }
     return mapUnchecked(gfn, level: level, spte: spte)
   }
 

@@ -20,7 +20,7 @@ extension AddressValue {
   /// `self + delta`, or `EOVERFLOW` when it wraps (the kernel's `check_add_overflow`).
   @inlinable public func adding(_ delta: UInt64) throws(Errno) -> Self {
     let (sum, overflow) = rawValue.addingReportingOverflow(delta)
-    if overflow { throw .EOVERFLOW }
+    if overflow { throw Errno.EOVERFLOW.because("check_add_overflow", "\(self) + 0x\(String(delta, radix: 16)) wraps past 2^64") }
     return Self(sum)
   }
 

@@ -53,16 +53,32 @@ public struct FileTable<File: Hashable & Sendable>: Hashable, Sendable {
   public static func == (a: FileTable, b: FileTable) -> Bool { a.files == b.files }
   public func hash(into hasher: inout Hasher) { hasher.combine(files) }
 
-  /// The file behind `fd` (`fdget()`). - Throws: `EBADF` for an fd that is not open.
+  /// The file behind `fd` (`fdget()`). - Throws: `EBADF` for an fd that is not open, with
+  /// `fdget` as the refusing function; a caller that knows which kernel function looks the
+  /// fd up says so with ``lookup(_:by:)``.
   @inlinable public func lookup(_ fd: FD) throws(Errno) -> File {
-    guard let file = files[fd] else { throw .EBADF }
+    try lookup(fd, by: "fdget")
+  }
+
+  /// The file behind `fd`, looked up by the kernel function `function` (`sys_ioctl`'s
+  /// `fdget()`, `dma_buf_get()`'s `fget()` …). - Throws: `EBADF` for an fd that is not open,
+  /// with `function` and the fd in the reason.
+  @inlinable public func lookup(_ fd: FD, by function: StaticString) throws(Errno) -> File {
+    guard let file = files[fd] else { throw Errno.EBADF.because(function, Self.notOpen(fd)) }
     return file
   }
 
+  /// The check `fdget()`/`fget()` fails: no file at the fd.
+  @inlinable public static func notOpen(_ fd: FD) -> String { "no file is open at \(fd)" }
+
+  /// Whether a file is open at `fd`.
+  @inlinable public func isOpen(_ fd: FD) -> Bool { files[fd] != nil }
+
   /// Removes `fd` from the table and returns what it referred to (`close_fd()`); the caller
-  /// drops the file's reference. - Throws: `EBADF` for an fd that is not open.
+  /// drops the file's reference. - Throws: `EBADF` for an fd that is not open
+  /// (`sys_close`: `file_close_fd()` finds no file).
   public mutating func remove(_ fd: FD) throws(Errno) -> File {
-    guard let file = files.removeValue(forKey: fd) else { throw .EBADF }
+    guard let file = files.removeValue(forKey: fd) else { throw Errno.EBADF.because("sys_close", Self.notOpen(fd)) }
     // __put_unused_fd(): the freed fd may be the lowest free one now.
     if fd.rawValue >= 3, fd.rawValue < nextFD { nextFD = fd.rawValue }
     return file

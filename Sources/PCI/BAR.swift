@@ -84,7 +84,7 @@ public struct BAR: Hashable, Sendable {
   ///   the size, the BAR ends past 2^52 (x86-64 MAXPHYADDR), a 32-bit BAR does not sit below 4 GiB,
   ///   or an MSI-X span is empty, wraps, leaves the BAR or overlaps the other one.
   func validate() throws(Errno) {
-    if problem != nil { throw .EINVAL }
+    if let problem { throw Errno.EINVAL.because("__pci_read_base", problem) }
   }
 
   /// What is wrong with this BAR on its own, in words; `nil` when nothing is (see ``validate()``).

@@ -24,20 +24,22 @@ public struct PCIFunction: Hashable, Sendable {
   ///   above 4 GiB, bad MSI-X span), two BARs with one index, a BAR in the register a
   ///   64-bit BAR's upper half occupies, or two BARs whose addresses overlap.
   public init(name: String, bars: [BAR], tdisp: Bool) throws(Errno) {
-    guard !name.isEmpty else { throw .EINVAL }
+    guard !name.isEmpty else { throw Errno.EINVAL.because("pci_setup_device", "the function has no name") }
     let sorted = bars.sorted { $0.index < $1.index }
     var usedRegisters: Set<UInt32> = []
     for bar in sorted {
       try bar.validate()
       let registers: [UInt32] = bar.is64Bit ? [bar.index, bar.index + 1] : [bar.index]
       for register in registers {
-        guard usedRegisters.insert(register).inserted else { throw .EINVAL }
+        guard usedRegisters.insert(register).inserted else {
+          throw Errno.EINVAL.because("__pci_read_base", "BAR register \(register) is used twice (a BAR, or a 64-bit BAR's upper half)")
+        }
       }
     }
     // Naturally aligned power-of-two windows either nest or are disjoint.
     for (i, a) in sorted.enumerated() {
       for b in sorted[(i + 1)...] where a.base <= b.last && b.base <= a.last {
-        throw .EINVAL
+        throw Errno.EINVAL.because("pci_claim_resource", "BAR \(a.index) [\(a.base)-\(a.last)] overlaps BAR \(b.index) [\(b.base)-\(b.last)]")
       }
     }
     self.name = name

@@ -133,7 +133,7 @@ extension KVMHost {
       if status.code == TDXStatus.operandBusy { return .busy }
     }
     observed.value.bugs.append("vm\(vm.rawValue): \(call) \(what()) returned \(status)")
-    return .failed(status: status.rawValue)
+    return .failed(status: status.rawValue, reason: status.reason)
   }
 
   /// (`reviewed`) The `TDH.MMIO.MAP` statuses that come from the host's own setup of the

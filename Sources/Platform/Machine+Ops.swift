@@ -19,7 +19,7 @@ extension Machine {
     switch op {
     case .vfioOpen(let name):
       return try errno { () throws(Errno) in
-        let id = try device(named: name)
+        let id = try device(named: name, by: "vfio_device_fops_cdev_open")
         try requireFreeFD()
         let file = try vfio.openCdev(id, trace: &trace)
         return .fd(try files.install(.vfioDevice(file)))
@@ -27,8 +27,8 @@ extension Machine {
 
     case .vfioBindIOMMUFD(let fd, let isPrivate, let vmFD, let token):
       return try errno { () throws(Errno) in
-        let file = try vfioFile(fd)
-        let vmID = try vmFD.map { (fd) throws(Errno) in try vm(fd, .other) }
+        let file = try vfioFile(opened(fd, by: "sys_ioctl"))
+        let vmID = try vmFD.map { (fd) throws(Errno) in try vm(opened(fd, by: "iommufd_ctx_from_fd"), .other) }
         let flags = (isPrivate ? VFIOBindFlags.private(variant) : []).union(token ? .token : [])
         try vfio.bindIOMMUFD(file, flags: flags, vm: vmID, trace: &trace)
         return .none
@@ -36,7 +36,7 @@ extension Machine {
 
     case .vfioRegionInfo(let fd, let index):
       return try errno { () throws(Errno) in
-        let info = try vfio.regionInfo(try vfioFile(fd), index: index)
+        let info = try vfio.regionInfo(try vfioFile(opened(fd, by: "sys_ioctl")), index: index)
         return .regionInfo(flags: info.flags.names, size: info.size, offset: info.offset)
       }
 
@@ -44,20 +44,20 @@ extension Machine {
       let isWrite = if case .vfioWrite = op { true } else { false }
       let stored: UInt64 = if case .vfioWrite(_, _, _, _, let value) = op { value } else { 0 }
       return try errno { () throws(Errno) in
-        let value = try vfio.regionAccess(try vfioFile(fd, .other), index: index, offset: offset, size: size,
+        let value = try vfio.regionAccess(try vfioFile(opened(fd, by: isWrite ? "ksys_pwrite64" : "ksys_pread64"), .other), index: index, offset: offset, size: size,
                                           isWrite: isWrite, value: stored, trace: &trace)
         return isWrite ? .none : .read(value)
       }
 
     case .vfioMmap(let fd, let index):
       return try errno { () throws(Errno) in
-        try vfio.mmap(try vfioFile(fd, .other), index: index, trace: &trace)
+        try vfio.mmap(try vfioFile(opened(fd, by: "ksys_mmap_pgoff"), .other), index: index, trace: &trace)
         return .none
       }
 
     case .vfioDmaBuf(let fd, let index, let ranges, let openFlags, let flags):
       return try errno { () throws(Errno) in
-        let file = try vfioFile(fd)
+        let file = try vfioFile(opened(fd, by: "sys_ioctl"))
         try requireFreeFD()
         let request = VFIODeviceFeatureDmaBuf(
           regionIndex: index, openFlags: openFlags, flags: flags,
@@ -68,7 +68,7 @@ extension Machine {
 
     case .dmabufAttach(let fd, let importer, let dynamic, let peer2peer):
       return try errno { () throws(Errno) in
-        let buffer = try dmaBuf(fd)
+        let buffer = try dmaBuf(opened(fd, by: "dma_buf_get"))
         let ops = ImporterOps(dynamic: dynamic, hasMoveNotify: dynamic, allowPeer2Peer: peer2peer)
         return .attachment(try dmabufCore.attach(buffer, importer: importer, ops: ops, exporter: vfio, trace: &trace))
       }
@@ -88,8 +88,10 @@ extension Machine {
       }
 
     case .tdispReport(let name):
-      let id = try pciDevice(named: name)
-      guard let function = vfio.device(id)?.function else { throw .errno(.ENODEV) }
+      let id = try pciDevice(named: name, by: "pci_tsm")
+      guard let function = vfio.device(id)?.function else {
+        throw .errno(Errno.ENODEV.because("pci_tsm", "vfio-pci has no device \(name)"))
+      }
       do {
         let report = try function.tdispInterfaceReport()
         return .report(report.mmioRanges.map(\.description))
@@ -133,7 +135,7 @@ extension Machine {
   mutating func close(_ fd: FD, op: Operation, frame: inout Frame, ctx: ContextID) throws(LockViolation) -> FrameStep {
     let label = Self.label(op)
     let file: OpenFile
-    do { file = try files.lookup(fd) } catch { return .ranAndReturned(label, .failure(.errno(error))) }
+    do { file = try files.lookup(fd, by: "sys_close") } catch { return .ranAndReturned(label, .failure(.errno(error))) }
     // kvm_gmem_release() takes slots_lock, and mmu_lock when a slot is bound to the file; the
     // close waits for them before the fd goes.
     if case .guestMemfd(let vm, let id) = file, let state = kvm.vms[vm],
@@ -199,11 +201,11 @@ extension Machine {
     do throws(OpFailure) {
       switch op {
       case .tdispLock(let name):
-        let id = try pciDevice(named: name)
+        let id = try pciDevice(named: name, by: "pci_tsm")
         _ = try tdisp(id) { (f: inout PCIFunction, t: inout Trace) throws(TDISPError) in try f.tdispLockInterface(trace: &t) }
         return (.success(.tdiState(try tdiStateName(id))), id)
       case .tdispStart(let name, let choice):
-        let id = try pciDevice(named: name)
+        let id = try pciDevice(named: name, by: "pci_tsm")
         try tdisp(id) { (f: inout PCIFunction, t: inout Trace) throws(TDISPError) in
           // The device's nonce, echoed back or not: what a TSM that did or did not see the LOCK
           // response would send.
@@ -212,11 +214,11 @@ extension Machine {
         }
         return (.success(.tdiState(try tdiStateName(id))), id)
       case .tdispStop(let name):
-        let id = try pciDevice(named: name)
+        let id = try pciDevice(named: name, by: "pci_tsm")
         try tdisp(id) { (f: inout PCIFunction, t: inout Trace) throws(TDISPError) in try f.tdispStopInterface(trace: &t) }
         return (.success(.tdiState(try tdiStateName(id))), id)
       case .pciFLR(let name):
-        let id = try pciDevice(named: name)
+        let id = try pciDevice(named: name, by: "pci_reset_function")
         // A reset from outside VFIO (sysfs `reset`): pci_reset_function() saves and restores
         // config space, and vfio-pci has no reset_prepare/reset_done hooks to revoke around it.
         vfio.noteReset(of: id, dmabufCore: dmabufCore, trace: &trace)
@@ -230,7 +232,7 @@ extension Machine {
         try relayTDIState(id)
         return (.success(.none), id)
       case .pciWriteCommand(let name, let memory, let busMaster):
-        let id = try pciDevice(named: name)
+        let id = try pciDevice(named: name, by: "pci_write_config_word")
         try errno { () throws(Errno) in
           try vfio.withFunction(of: id) { (f: inout PCIFunction) throws(Errno) in
             var command = f.command
@@ -270,7 +272,9 @@ extension Machine {
   }
 
   func tdiStateName(_ id: VFIODeviceID) throws(OpFailure) -> String {
-    guard let state = vfio.device(id)?.function.tdi?.state else { throw .errno(.ENODEV) }
+    guard let state = vfio.device(id)?.function.tdi?.state else {
+      throw .errno(Errno.ENODEV.because("pci_tsm", "the device has no TDISP interface"))
+    }
     return state.specName
   }
 }

@@ -9,8 +9,10 @@ extension Machine {
     switch op {
     case .tdxDevifCreate(let vmFD, let name):
       let id = try liveVM(vmFD)
-      let device = try pciDevice(named: name)
-      guard let td = kvm.tds[id] else { throw .errno(.EINVAL) }
+      let device = try pciDevice(named: name, by: "pci_tsm")
+      guard let td = kvm.tds[id] else {
+        throw .errno(Errno.EINVAL.because("tdx_tsm", "vm\(id.rawValue) is not a TD: there is no TDR to bind the DEVIF to"))
+      }
       let devif = try status { () throws(TDXStatus) in
         try kvm.tdx.tdhDevifCreate(td: td, interface: KVMHost.routingID(device))
       }
@@ -21,15 +23,17 @@ extension Machine {
       return .none
 
     case .tdxDevifRemove(let vmFD, let name):
-      _ = try errno { () throws(Errno) in try vm(vmFD) }
-      let devif = try devif(of: try pciDevice(named: name))
+      _ = try errno { () throws(Errno) in try vm(opened(vmFD, by: "sys_ioctl")) }
+      let devif = try devif(of: try pciDevice(named: name, by: "pci_tsm"))
       try status { () throws(TDXStatus) in try kvm.tdx.tdhDevifRemove(devif: devif) }
       return .none
 
     case .tdxMMIOMTAdd(let name):
-      let device = try pciDevice(named: name)
+      let device = try pciDevice(named: name, by: "pci_tsm")
       let devif = try devif(of: device)
-      guard let function = vfio.device(device)?.function else { throw .errno(.ENODEV) }
+      guard let function = vfio.device(device)?.function else {
+        throw .errno(Errno.ENODEV.because("pci_tsm", "vfio-pci has no device \(name)"))
+      }
       let report: TDISPInterfaceReport
       do { report = try function.tdispInterfaceReport() } catch { throw .tdisp(code: error.code, name: error.name) }
       // Every range or none: the module is updated only when all of them were accepted.
@@ -46,7 +50,7 @@ extension Machine {
       return .none
 
     case .tdxStreamBlock(let name):
-      let devif = try devif(of: try pciDevice(named: name))
+      let devif = try devif(of: try pciDevice(named: name, by: "pci_tsm"))
       try status { () throws(TDXStatus) in try kvm.tdx.ideStreamBlocked(devif: devif) }
       return .none
 
@@ -57,14 +61,16 @@ extension Machine {
       }
 
     default:
-      throw .errno(.EINVAL)
+      throw .lockViolation(LockViolation(lock: "thread", message: "\(op.name) is not a TDX op"))
     }
   }
 
   /// The DEVIF the TDX module holds for a device. The host keeps the handle DEVIF.CREATE
   /// returned; without one there is nothing to pass (`ENOENT`).
   func devif(of device: VFIODeviceID) throws(OpFailure) -> DevifID {
-    guard let devif = kvm.tdx.devif(for: KVMHost.routingID(device)) else { throw .errno(.ENOENT) }
+    guard let devif = kvm.tdx.devif(for: KVMHost.routingID(device)) else {
+      throw .errno(Errno.ENOENT.because("tdx_tsm", "no DEVIF for \(KVMHost.routingID(device)): TDH.DEVIF.CREATE was never called for the device, or it was removed"))
+    }
     return devif
   }
 }

@@ -185,15 +185,16 @@ public struct Machine: Hashable, Sendable {
 }
 
 extension Machine {
-  /// The VFIO device named `name` in the configuration. - Throws: `ENODEV` for no such device.
-  func device(named name: String) throws(Errno) -> VFIODeviceID {
-    guard let id = deviceNames[name] else { throw .ENODEV }
+  /// The VFIO device named `name` in the configuration, as the kernel function `function`
+  /// looks it up. - Throws: `ENODEV` for no such device.
+  func device(named name: String, by function: StaticString) throws(Errno) -> VFIODeviceID {
+    guard let id = deviceNames[name] else { throw Errno.ENODEV.because(function, "no device named \(name) in the machine") }
     return id
   }
 
-  /// ``device(named:)`` for paths that report TDISP and TDX failures too.
-  func pciDevice(named name: String) throws(OpFailure) -> VFIODeviceID {
-    try errno { () throws(Errno) in try device(named: name) }
+  /// ``device(named:by:)`` for paths that report TDISP and TDX failures too.
+  func pciDevice(named name: String, by function: StaticString) throws(OpFailure) -> VFIODeviceID {
+    try errno { () throws(Errno) in try device(named: name, by: function) }
   }
 
   /// How an operation reaches the file behind an fd, which decides what a file of the wrong

@@ -137,14 +137,16 @@ enum ErrnoTables {
   static let configWrite = vfioRW
 
   /// A close(2): the release runs later and its errors are not returned.
-  static let close = [badFD]
+  static let close = [E(.EBADF, "sys_close", "file_close_fd() finds no file at the fd")]
 
   /// A guest access: `KVM_RUN` on the vCPU until the access completes.
   static let vcpuRun = vmIoctl + [
     E(.EINVAL, "kvm_vcpu_ioctl", .model, "the model's guest ops name the vCPU by index: one KVM_CREATE_VCPU never made has no fd (the kernel: EBADF on that fd)"),
     E(.EFAULT, "kvm_mmu_faultin_pfn", "KVM_EXIT_MEMORY_FAULT: a private access to a GFN whose attributes say shared, or a slot without private memory (kvm_prepare_memory_fault_exit)"),
     E(.EFAULT, "kvm_gmem_get_pfn", "the slot's guest_memfd was closed (slot->gmem.file is NULL)"),
-    E(.EIO, "kvm_mmu_faultin_pfn", "the PFN lookup failed: the exporter refused it (RFC patch 11: the error is returned as is, -EIO after KVM_BUG_ON)"),
+    E(.EIO, "kvm_vfio_dmabuf_get_pfn", .rfc, "dma_buf_get_pfn_unlocked() failed: the exporter refused the PFN (RFC patch 11 turns any error into -EIO)"),
+    E(.EIO, "tdx_sept_set_private_spte", .rfc, "KVM_BUG_ON: TDH.MMIO.MAP failed with a status KVM does not retry; the VM is dead"),
+    E(.EIO, "vcpu_enter_guest", "KVM_REQ_VM_DEAD: KVM_BUG_ON marked the VM dead"),
     E(.EIO, "kvm_arch_vcpu_ioctl_run", "the VM died (KVM_BUG_ON) during the run"),
     E(.EINTR, "vcpu_run", "a signal is pending"),
     E(.EHWPOISON, "kvm_handle_error_pfn", "the page is poisoned"),

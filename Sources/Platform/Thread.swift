@@ -108,7 +108,9 @@ public struct Contention: Hashable, Sendable {
   /// The busy status the next `call` is to return, if the driver chose one (consuming it).
   mutating func takeBusy(_ call: SeamcallLeaf) -> TDXStatus? {
     guard let i = busy.firstIndex(where: { $0.call == call }) else { return nil }
-    return TDXStatus.operandBusy.with(operand: busy.remove(at: i).operand)
+    var status = TDXStatus.operandBusy.with(operand: busy.remove(at: i).operand)
+    status.reason = Refusal(function: "\(call)", check: "another logical processor holds the lock on operand 0x\(String(status.operand, radix: 16)) (the schedule's contention)")
+    return status
   }
 }
 

@@ -44,6 +44,7 @@ extension TDXModule {
       let r = Registers(args)
       guard TdcallLeaf(rawValue: leaf) == .mmioAccept else {
         throw TDXStatus.operandInvalid.with(operand: TDXOperand.rax)
+          .because("tdx_td_dispatcher", "TDCALL leaf \(leaf) is not supported")
       }
       let (gpa, level) = try r.gpaAndLevel()
       let offset = tds[td]?.mmioReportingOffset ?? 0
@@ -59,17 +60,20 @@ extension TDXModule {
   mutating func decodeSeamcall(_ leaf: SeamcallLeaf, _ r: Registers) throws(TDXStatus) -> [UInt64] {
     switch leaf {
     case .vpEnter:
-      let td = try Registers.handle(r.rcx >> 32, TDTag.self, operand: TDXOperand.rcx)
+      let td = try Registers.handle(r.rcx >> 32, TDTag.self, operand: TDXOperand.rcx, leaf: "TDH.VP.ENTER")
       try tdhVPEnter(td: td, vcpu: UInt32(truncatingIfNeeded: r.rcx))
       return []
     case .mngCreate:
-      guard r.rcx <= UInt64(UInt32.max) else { throw TDXStatus.operandInvalid.with(operand: TDXOperand.rcx) }
+      guard r.rcx <= UInt64(UInt32.max) else {
+        throw TDXStatus.operandInvalid.with(operand: TDXOperand.rcx)
+          .because("TDH.MNG.CREATE", "RCX 0x\(String(r.rcx, radix: 16)) is not a vCPU count (above 32 bits)")
+      }
       return [UInt64(try tdhMngCreate(vcpuCount: UInt32(r.rcx)).rawValue)]
     case .memTrack:
-      try tdhMemTrack(td: try Registers.handle(r.rcx, TDTag.self, operand: TDXOperand.rcx))
+      try tdhMemTrack(td: try Registers.handle(r.rcx, TDTag.self, operand: TDXOperand.rcx, leaf: "TDH.MEM.TRACK"))
       return []
     case .devifCreate:
-      let td = try Registers.handle(r.rdx, TDTag.self, operand: TDXOperand.rdx)
+      let td = try Registers.handle(r.rdx, TDTag.self, operand: TDXOperand.rdx, leaf: "TDH.DEVIF.CREATE")
       guard r.rcx & 0xFF00_0000 == 0 else {
         throw TDXStatus.operandInvalid.with(operand: TDXOperand.rcx).because("TDH.DEVIF.CREATE", "devif_type is not DEVIF_TYPE_PFVF")
       }
@@ -101,22 +105,23 @@ extension TDXModule {
       return []
     case .mmioMap:
       let (gpa, level) = try r.gpaAndLevel()
-      let td = try Registers.handle(r.rdx, TDTag.self, operand: TDXOperand.rdx)
+      let td = try Registers.handle(r.rdx, TDTag.self, operand: TDXOperand.rdx, leaf: "TDH.MMIO.MAP")
       try tdhMMIOMap(td: td, gpa: gpa, level: level, hpa: HPA(r.r8))
       return []
     case .mmioBlock:
       let (gpa, level) = try r.gpaAndLevel()
-      try tdhMMIOBlock(td: try Registers.handle(r.rdx, TDTag.self, operand: TDXOperand.rdx), gpa: gpa, level: level)
+      try tdhMMIOBlock(td: try Registers.handle(r.rdx, TDTag.self, operand: TDXOperand.rdx, leaf: "TDH.MMIO.BLOCK"), gpa: gpa, level: level)
       return []
     case .mmioUnmap:
       let (gpa, level) = try r.gpaAndLevel()
-      let hpa = try tdhMMIOUnmap(td: try Registers.handle(r.rdx, TDTag.self, operand: TDXOperand.rdx),
+      let hpa = try tdhMMIOUnmap(td: try Registers.handle(r.rdx, TDTag.self, operand: TDXOperand.rdx, leaf: "TDH.MMIO.UNMAP"),
                                  gpa: gpa, level: level)
       return [hpa.rawValue]
     default:
       trace.emit(.tdxSeamcall, "\(leaf) -> TDX_OPERAND_INVALID (leaf not supported)",
                  [.text("leaf", "\(leaf)"), .text("status", TDXStatus.operandInvalid.name), .hex("operand", UInt64(TDXOperand.rax))])
       throw TDXStatus.operandInvalid.with(operand: TDXOperand.rax)
+        .because("tdx_vmm_dispatcher", "SEAMCALL leaf \(leaf.rawValue) is not supported")
     }
   }
 }
@@ -140,9 +145,13 @@ struct Registers {
     return (GPA(rcx & ~0xFFF), level)
   }
 
-  /// A register holding an object handle: non-zero and within 32 bits.
-  static func handle<Tag>(_ value: UInt64, _: Tag.Type, operand: UInt32) throws(TDXStatus) -> ObjectID<Tag> {
-    guard value != 0, value <= UInt64(UInt32.max) else { throw TDXStatus.operandInvalid.with(operand: operand) }
+  /// A register holding an object handle: non-zero and within 32 bits (the model's stand-in
+  /// for the HPA of a TDR or TDVPR page, which `check_lock_and_map_explicit_tdr()` checks).
+  static func handle<Tag>(_ value: UInt64, _: Tag.Type, operand: UInt32, leaf: StaticString) throws(TDXStatus) -> ObjectID<Tag> {
+    guard value != 0, value <= UInt64(UInt32.max) else {
+      throw TDXStatus.operandInvalid.with(operand: operand)
+        .because(leaf, "check_lock_and_map_explicit_tdr: 0x\(String(value, radix: 16)) names no TDR page (0, or past 32 bits)")
+    }
     return ObjectID<Tag>(UInt32(value))
   }
 }

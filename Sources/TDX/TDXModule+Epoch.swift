@@ -49,7 +49,7 @@ extension TDXModule {
   ///   while a vCPU still runs in the previous epoch.
   public mutating func tdhMemTrack(td: TDID) throws(TDXStatus) {
     try traced("TDH.MEM.TRACK td \(td)", [.id("td", td)]) { (m: inout TDXModule) throws(TDXStatus) in
-      let state = try m.liveTD(td, register: TDXOperand.rcx)
+      let state = try m.liveTD(td, register: TDXOperand.rcx, leaf: "TDH.MEM.TRACK")
       guard state.refcount[Int((state.epoch &- 1) & 1)] == 0 else {
         // tdh_mem_track.c returns the bare status, with no operand.
         throw TDXStatus.previousTLBEpochBusy
@@ -72,9 +72,15 @@ extension TDXModule {
       let epoch: UInt64
       do {
         // Read in this scope only: a copy alive across the writes below would copy the arrays.
-        let state = try m.liveTD(td, register: TDXOperand.rcx)
-        guard i < state.vcpus.count else { throw TDXStatus.operandInvalid.with(operand: TDXOperand.rcx) }
-        guard !state.vcpus[i].inGuest else { throw TDXStatus.operandBusy.with(operand: TDXOperand.tdvps) }
+        let state = try m.liveTD(td, register: TDXOperand.rcx, leaf: "TDH.VP.ENTER")
+        guard i < state.vcpus.count else {
+          throw TDXStatus.operandInvalid.with(operand: TDXOperand.rcx)
+            .because("TDH.VP.ENTER", "vCPU \(vcpu) is not below the TD's \(state.vcpus.count) vCPUs: no such TDVPR")
+        }
+        guard !state.vcpus[i].inGuest else {
+          throw TDXStatus.operandBusy.with(operand: TDXOperand.tdvps)
+            .because("TDH.VP.ENTER", "TDVPS of vCPU \(vcpu) is locked: the vCPU already runs on another logical processor")
+        }
         epoch = state.epoch
       }
       m.tds[td]?.vcpus[i] = TDVCPUState(inGuest: true, enteredEpoch: epoch)
@@ -91,9 +97,11 @@ extension TDXModule {
       let i = Int(vcpu)
       let entered: UInt64
       do {
-        guard let state = m.tds[td] else { throw TDXStatus.operandInvalid.with(operand: TDXOperand.rcx) }
+        guard let state = m.tds[td] else {
+          throw TDXStatus.operandInvalid.with(operand: TDXOperand.rcx).because("TD exit", "td \(td) is not a TD")
+        }
         guard i < state.vcpus.count, state.vcpus[i].inGuest else {
-          throw TDXStatus.operandInvalid.with(operand: TDXOperand.rcx)
+          throw TDXStatus.operandInvalid.with(operand: TDXOperand.rcx).because("TD exit", "vCPU \(vcpu) is not in the guest")
         }
         entered = state.vcpus[i].enteredEpoch
       }

@@ -162,7 +162,7 @@ extension TDXModule {
   /// `check_lock_and_map_explicit_tdr()` (a handle naming no TDR fails with the register as
   /// operand) then the TD-state check (`tdr->management_fields.fatal` -> `TDX_TD_FATAL`, no
   /// operand). The model has no PAMT, so "names no TDR" is one status, `TDX_OPERAND_INVALID`.
-  func liveTD(_ td: TDID, register: UInt32, leaf: StaticString = "TDH") throws(TDXStatus) -> TDState {
+  func liveTD(_ td: TDID, register: UInt32, leaf: StaticString) throws(TDXStatus) -> TDState {
     guard let state = tds[td] else {
       throw TDXStatus.operandInvalid.with(operand: register).because(leaf, "check_lock_and_map_explicit_tdr: not a TDR page")
     }
@@ -241,7 +241,10 @@ extension TDXModule {
   /// - Throws: `TDX_OPERAND_INVALID` (operand RCX) for an unknown TD.
   public mutating func tdTeardown(td: TDID) throws(TDXStatus) {
     try traced("teardown td \(td)", [.id("td", td)], event: .tdxTeardown) { (m: inout TDXModule) throws(TDXStatus) in
-      guard m.tds[td] != nil else { throw TDXStatus.operandInvalid.with(operand: TDXOperand.rcx) }
+      guard m.tds[td] != nil else {
+        throw TDXStatus.operandInvalid.with(operand: TDXOperand.rcx)
+          .because("TDH.MNG.KEY.FREEID", "check_lock_and_map_explicit_tdr: td \(td) is not a TDR page")
+      }
       for (id, devif) in m.devifs where devif.td == td { m.devifs[id] = nil }
       // Pages of other TDs' DEVIFs cannot be mapped here (MAP checks the owner), but clear any
       // mapping into this TD defensively so the table never points at a dead TD.

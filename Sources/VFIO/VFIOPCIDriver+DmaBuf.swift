@@ -25,7 +25,7 @@ extension VFIOPCIDriver {
   /// A private device exports a private buffer.
   public mutating func exportDmaBuf(_ fileID: VFIOFileID, request: VFIODeviceFeatureDmaBuf,
                                     dmabufCore: inout DmaBufCore, trace: inout Trace) throws(Errno) -> DmaBufID {
-    let id = try boundDevice(fileID)
+    let id = try boundDevice(fileID, by: "vfio_device_fops_unl_ioctl")
     guard let device = devices[id] else { throw Errno.ENODEV.because("vfio_pci_core_feature_dma_buf", "no device") }
     let ranges: [PhysRange]
     switch variant {
@@ -166,9 +166,15 @@ extension VFIOPCIDriver: DmaBufExporter {
   /// end. The RFC always reports order 0; `reviewed` reports the largest naturally aligned
   /// block (up to 1 GiB) that is contiguous in one physical range.
   public func getPfn(buffer: DmaBufObject, pgoff: PageIndex) -> Result<PFNLookup, Errno>? {
-    guard let priv = dmabufs[buffer.id] else { return .failure(.EINVAL) }
-    if priv.revoked { return .failure(.ENODEV) }
-    guard let (pfn, span) = priv.locate(page: pgoff.rawValue) else { return .failure(.EINVAL) }
+    let function: StaticString = "vfio_pci_dma_buf_get_pfn"
+    guard let priv = dmabufs[buffer.id] else {
+      return .failure(Errno.EINVAL.because(function, "dmabuf\(buffer.id.rawValue)->priv is not a vfio_pci_dma_buf (model: not VFIO's buffer)"))
+    }
+    if priv.revoked { return .failure(Errno.ENODEV.because(function, "priv->revoked")) }
+    guard let (pfn, span) = priv.locate(page: pgoff.rawValue) else {
+      return .failure(Errno.EINVAL.because(function, "offset 0x\(String(pgoff.rawValue &<< 12, radix: 16)) >= priv->dmabuf->size "
+                                            + "0x\(String(priv.size, radix: 16)) (pgoff 0x\(String(pgoff.rawValue, radix: 16)))"))
+    }
     guard variant == .reviewed else { return .success(PFNLookup(pfn: pfn, order: 0)) }
     var order: UInt8 = 18
     while order > 0 {
@@ -186,14 +192,18 @@ extension VFIOPCIDriver: DmaBufExporter {
   /// The merged kernel's `phys_vec` (what `vfio_pci_dma_buf_iommufd_map` hands out); `ENODEV`
   /// while revoked.
   public func physRanges(buffer: DmaBufObject) throws(Errno) -> [PhysRange] {
-    guard let priv = dmabufs[buffer.id] else { throw .EINVAL }
-    if priv.revoked { throw .ENODEV }
+    guard let priv = dmabufs[buffer.id] else {
+      throw Errno.EINVAL.because("vfio_pci_dma_buf_iommufd_map", "attachment->dmabuf->ops != &vfio_pci_dmabuf_ops")
+    }
+    if priv.revoked { throw Errno.ENODEV.because("vfio_pci_dma_buf_iommufd_map", "priv->revoked") }
     return priv.ranges
   }
 
   /// Patch 9's `struct vfio_dma_buf_data`.
   public func exporterData(buffer: DmaBufObject) throws(Errno) -> ExporterData {
-    guard let priv = dmabufs[buffer.id] else { throw .ENOENT }
+    guard let priv = dmabufs[buffer.id] else {
+      throw Errno.ENOENT.because("vfio_dma_buf_get_data", "dmabuf->ops != &vfio_pci_dmabuf_ops: not a VFIO dma-buf")
+    }
     let state = devices[priv.exporter]?.function.tdiState
     return ExporterData(isPrivate: priv.isPrivate, vm: priv.vm,
                         interfaceTrusted: priv.isPrivate && state != nil && state != .configUnlocked)

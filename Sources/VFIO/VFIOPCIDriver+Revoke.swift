@@ -56,21 +56,22 @@ extension VFIOPCIDriver {
 
   /// A config-space write of the command register's Memory Space Enable bit
   /// (`vfio_basic_config_write`): clearing it revokes first; after the write, buffers come back
-  /// if memory is enabled. - Throws: as ``boundDevice(_:)``.
+  /// if memory is enabled. - Throws: as ``boundDevice(_:by:)``.
   public func setMemoryDecode(_ fileID: VFIOFileID, enable: Bool, context: ContextID) throws(Errno) -> DmaBufMovePath {
-    DmaBufMovePath(device: try boundDevice(fileID), ctx: context, trigger: .memoryDecode(enable: enable), variant: variant)
+    DmaBufMovePath(device: try boundDevice(fileID, by: "vfio_device_fops_write"), ctx: context, trigger: .memoryDecode(enable: enable), variant: variant)
   }
 
   /// A PMCSR write through config space (`vfio_lock_and_set_power_state`): entering D3hot
   /// revokes; returning to D0 restores if memory decode is on.
   public func setPowerState(_ fileID: VFIOFileID, state: PCIPowerState, context: ContextID) throws(Errno) -> DmaBufMovePath {
-    DmaBufMovePath(device: try boundDevice(fileID), ctx: context, trigger: .power(state), variant: variant)
+    DmaBufMovePath(device: try boundDevice(fileID, by: "vfio_device_fops_write"), ctx: context, trigger: .power(state), variant: variant)
   }
 
   /// Revoke, reset, restore — all under `memory_lock` held for write
   /// (`vfio_pci_ioctl_reset`, the config-space FLR handlers, `vfio_pci_dev_set_hot_reset`).
   public func reset(_ fileID: VFIOFileID, kind: ResetKind, context: ContextID) throws(Errno) -> DmaBufMovePath {
-    DmaBufMovePath(device: try boundDevice(fileID), ctx: context, trigger: .reset(kind), variant: variant)
+    DmaBufMovePath(device: try boundDevice(fileID, by: kind == .configFLR ? "vfio_device_fops_write" : "vfio_device_fops_unl_ioctl"),
+                   ctx: context, trigger: .reset(kind), variant: variant)
   }
 
   /// The device's TDISP state changed outside VFIO (the TSM started or stopped the

@@ -43,7 +43,7 @@ public struct VFIOPCIDriver: Hashable, Sendable {
   /// Direct access to a device's function for operations that do not go through VFIO (a
   /// sysfs reset, a raw config write by the host): VFIO is not told, as in the kernel.
   public mutating func withFunction<R>(of id: VFIODeviceID, _ body: (inout PCIFunction) throws(Errno) -> R) throws(Errno) -> R {
-    guard devices[id] != nil else { throw .ENODEV }
+    guard devices[id] != nil else { throw Errno.ENODEV.because("pci_get_slot", "no PCI function \(id.rawValue) is registered with vfio-pci") }
     return try body(&devices[id]!.function)
   }
 
@@ -52,7 +52,9 @@ public struct VFIOPCIDriver: Hashable, Sendable {
   /// `open("/dev/vfio/devices/vfioN")` (`vfio_device_fops_cdev_open`): a file with no access
   /// until it binds. - Throws: `ENODEV` for an unknown device.
   public mutating func openCdev(_ device: VFIODeviceID, trace: inout Trace) throws(Errno) -> VFIOFileID {
-    guard devices[device] != nil else { throw .ENODEV }
+    guard devices[device] != nil else {
+      throw Errno.ENODEV.because("vfio_device_fops_cdev_open", "vfio_device_try_get_registration: device \(device.rawValue) is not registered")
+    }
     let id = files.keys.max()?.next ?? VFIOFileID(1)
     files[id] = VFIODeviceFile(device: device, accessGranted: false)
     trace.emit(.vfioOpen, "open vfio-dev\(device.rawValue) (file \(id.rawValue))", [traceDevice(device), .id("file", id)])
@@ -110,10 +112,13 @@ public struct VFIOPCIDriver: Hashable, Sendable {
   }
 
   /// The file's device, once bound. - Throws: `EBADF` for an unknown file, `EINVAL` before
-  /// bind (`df->access_granted` is checked first by every device ioctl).
-  func boundDevice(_ fileID: VFIOFileID) throws(Errno) -> VFIODeviceID {
-    guard let file = files[fileID] else { throw Errno.EBADF.because("vfio_device_fops", "not a VFIO device file") }
-    guard file.accessGranted else { throw Errno.EINVAL.because("vfio_device_fops", "!df->access_granted (not bound)") }
+  /// bind: `df->access_granted` is checked first by every device file operation, `function`
+  /// (`vfio_device_fops_unl_ioctl`, `vfio_device_fops_read`, `_write`, `_mmap`).
+  func boundDevice(_ fileID: VFIOFileID, by function: StaticString) throws(Errno) -> VFIODeviceID {
+    guard let file = files[fileID] else { throw Errno.EBADF.because(function, "file \(fileID.rawValue) is not a VFIO device file") }
+    guard file.accessGranted else {
+      throw Errno.EINVAL.because(function, "!df->access_granted: the device is not bound to iommufd (VFIO_DEVICE_BIND_IOMMUFD)")
+    }
     return file.device
   }
 
@@ -127,7 +132,7 @@ public struct VFIOPCIDriver: Hashable, Sendable {
   /// `reviewed` keeps that (6.19 has no private bind; see the README's provenance table).
   /// - Throws: `EINVAL` for an index past `VFIO_PCI_NUM_REGIONS` or before bind.
   public func regionInfo(_ fileID: VFIOFileID, index: UInt32) throws(Errno) -> VFIORegionInfo {
-    let id = try boundDevice(fileID)
+    let id = try boundDevice(fileID, by: "vfio_device_fops_unl_ioctl")
     guard index < VFIOPCIRegion.count, let device = devices[id] else {
       throw Errno.EINVAL.because("vfio_pci_ioctl_get_region_info", "index \(index) >= VFIO_PCI_NUM_REGIONS + num_regions")
     }
@@ -183,7 +188,7 @@ public struct VFIOPCIDriver: Hashable, Sendable {
 
   public mutating func regionAccess(_ fileID: VFIOFileID, index: UInt32, offset: UInt64, size: UInt64,
                                     isWrite: Bool, value: UInt64 = 0, trace: inout Trace) throws(Errno) -> UInt64 {
-    let id = try boundDevice(fileID)
+    let id = try boundDevice(fileID, by: isWrite ? "vfio_device_fops_write" : "vfio_device_fops_read")
     guard let device = devices[id], index < VFIOPCIRegion.count else {
       throw Errno.EINVAL.because("vfio_pci_rw", "index \(index) >= VFIO_PCI_NUM_REGIONS + num_regions")
     }
@@ -238,7 +243,7 @@ public struct VFIOPCIDriver: Hashable, Sendable {
   /// `vdev->vdev.is_private` check comes first (any region, patch 8), then the index, then
   /// `bar_mmap_supported` (a page-aligned memory BAR), all `EINVAL`.
   public mutating func mmap(_ fileID: VFIOFileID, index: UInt32, trace: inout Trace) throws(Errno) {
-    let id = try boundDevice(fileID)
+    let id = try boundDevice(fileID, by: "vfio_device_fops_mmap")
     guard let device = devices[id] else { throw Errno.EINVAL.because("vfio_pci_core_mmap", "no device") }
     if device.isPrivate { throw Errno.EINVAL.because("vfio_pci_core_mmap", "vdev->vdev.is_private") }
     guard index < VFIOPCIRegion.count else {

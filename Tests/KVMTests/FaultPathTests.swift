@@ -84,10 +84,19 @@ func defaultVMWithDmaBufSlot() throws -> VirtualMachine {
   #expect(try runFault(&vm, access: .read) == .outcome(.mapped))
 }
 
-@Test(arguments: [Errno.ENODEV, .EINVAL])
-func exporterErrorIsEIO(_ errno: Errno) throws {
+/// kvm_vfio_dmabuf_get_pfn() (RFC patch 11) turns any exporter error into -EIO; the reason
+/// passes the exporter's own through.
+@Test(arguments: [
+  (Errno.ENODEV.because("vfio_pci_dma_buf_get_pfn", "priv->revoked"),
+   "kvm_vfio_dmabuf_get_pfn: dma_buf_get_pfn_unlocked returned ENODEV: vfio_pci_dma_buf_get_pfn: priv->revoked"),
+  (Errno.EINVAL, "kvm_vfio_dmabuf_get_pfn: dma_buf_get_pfn_unlocked returned EINVAL"),
+])
+func exporterErrorIsEIO(_ errno: Errno, reason: String) throws {
   var vm = try defaultVMWithDmaBufSlot()
-  #expect(try runFault(&vm, resolve: { _ in .failure(errno) }) == .outcome(.eio))
+  let result = try runFault(&vm, resolve: { _ in .failure(errno) })
+  #expect(result == .failed(.EIO))
+  guard case .failed(let eio)? = result else { return }
+  #expect(eio.reason?.description == reason)
   #expect(vm.mmu.mappedPages == 0 && !vm.isDead)
 }
 
@@ -171,9 +180,16 @@ func tdWithSlot() throws -> VirtualMachine {
 
 @Test func tdSecureMapErrorKillsTheVM() throws {
   var vm = try tdWithSlot()
-  #expect(try runFault(&vm, secure: .failed(status: 0xC000_0B0D_0000_0000)) == .outcome(.eio))
+  let bug = try runFault(&vm, secure: .failed(status: 0xC000_0B0D_0000_0000,
+                                                reason: Refusal(function: "TDH.MMIO.MAP", check: "entry is MMIO_MAPPED, not FREE")))
+  guard case .failed(let eio)? = bug else { Issue.record("\(String(describing: bug))"); return }
+  #expect(eio == .EIO)
+  #expect(eio.reason?.description == "tdx_sept_set_private_spte: KVM_BUG_ON: TDH.MMIO.MAP returned 0xC0000B0D00000000 "
+                                      + "(TDH.MMIO.MAP: entry is MMIO_MAPPED, not FREE); the VM is dead")
   #expect(vm.isDead)
-  #expect(try runFault(&vm, gpa: slotGPA.advanced(by: 0x1000)) == .outcome(.eio))
+  let dead = try runFault(&vm, gpa: slotGPA.advanced(by: 0x1000))
+  guard case .failed(let again)? = dead else { Issue.record("\(String(describing: dead))"); return }
+  #expect(again.reason?.description == "vcpu_enter_guest: KVM_REQ_VM_DEAD: KVM_BUG_ON marked the VM dead")
   #expect(throws: Errno.EIO) { try vm.createVCPU(0) }
   #expect(throws: Errno.EIO) { try vm.prepareSetUserMemoryRegion2(region(2, gpa: 0), variant: .reviewed) }
 }

@@ -28,10 +28,10 @@ import DmaBuf
     buffer = id
     var region = MemoryRegion2(slot: 1, flags: vfioDmaBuf, guestPhysAddr: Self.pastMaxGFN,
                                memorySize: Bench.bar0, guestMemfd: buf.rawValue)
-    // The refusing function, where the model names one (a closed fd is the file table's EBADF).
+    // The refusing function: dma_buf_get() for an fd that is not open.
     let expected: (Errno, String?)
     switch c {
-    case .unopenedFD: region.guestMemfd = 99; expected = (.EBADF, nil)
+    case .unopenedFD: region.guestMemfd = 99; expected = (.EBADF, "dma_buf_get")
     case .sizeMismatch: region.memorySize = 2 * Bench.bar0; expected = (.EINVAL, "kvm_vfio_dmabuf_bind")
     case .bindChecksPass: expected = (.EINVAL, "kvm_arch_prepare_memory_region")
     }

@@ -35,7 +35,7 @@ import KernelCore
     case (.vmIoctl, .vm), (.vfioIoctl, .boundVFIO): nil   // the right file: the op succeeds
     case (.vmIoctl, .unboundVFIO): (.EINVAL, "vfio_device_fops_unl_ioctl")
     // The right kind of file, not bound: the same check, named by the model's shared helper.
-    case (.vfioIoctl, .unboundVFIO): (.EINVAL, "vfio_device_fops")
+    case (.vfioIoctl, .unboundVFIO): (.EINVAL, "vfio_device_fops_unl_ioctl")
     case (.vmIoctl, .boundVFIO): (.ENOTTY, "vfio_pci_core_ioctl")
     case (_, .dmaBuf): (.ENOTTY, "dma_buf_ioctl")
     case (.vfioIoctl, .vm): (.ENOTTY, "kvm_vm_ioctl")

@@ -67,10 +67,7 @@ struct KVMSetMemoryRegion: Hashable, Sendable {
         plan = try m.kvm.vms[vm]!.prepareSetUserMemoryRegion2(region, variant: m.variant, ioctl: ioctl)
         if let fd = plan.gmemFD {
           // kvm_gmem_bind(): fget() (EBADF), then the file's checks.
-          let file: GuestMemfdLookup
-          do { file = try m.guestMemfdLookup(fd) } catch {
-            throw Errno.EBADF.because("kvm_gmem_bind", "fget(\(fd.rawValue)): no open file")
-          }
+          let file = try m.guestMemfdLookup(fd)
           gmem = try m.kvm.vms[vm]!.checkGuestMemfdBind(plan, file: file)
         }
       } catch {
@@ -201,7 +198,7 @@ extension Machine {
   /// own and the max-GFN one included, runs before the attach takes effect, in that order, so
   /// a refused bind changes nothing and answers the kernel's first errno.
   mutating func bindDmaBuf(_ fd: FD, plan: MemslotPlan, vm id: VMID) throws(Errno) -> DmaBufBinding {
-    let buffer = try dmaBuf(fd)
+    let buffer = try dmaBuf(opened(fd, by: "dma_buf_get"))
     guard let object = dmabufCore.buffer(buffer) else { throw Errno.EBADF.because("dma_buf_get", "the buffer is gone") }
     let data: ExporterData?
     do { data = try vfio.exporterData(buffer: object) } catch { data = nil }

@@ -224,7 +224,8 @@ struct VCPURun: Hashable, Sendable {
         state = .guest
         return .ran(label)
       case .eio:
-        return .ranAndReturned(label, .failure(.errno(Errno.EIO.because("kvm_mmu_faultin_pfn", "the fault failed: the exporter refused the PFN, or the VM is bugged"))))
+        // An EIO carries its check: the fault path ends in `.failed(errno)`.
+        throw LockViolation(lock: "fault path", message: "an EIO outcome without the check that failed")
       case .efault:
         return .ranAndReturned(label, .failure(.errno(Errno.EFAULT.because("kvm_mmu_faultin_pfn", "KVM_EXIT_MEMORY_FAULT"))))
       case .exitMMIO, .killed:
@@ -238,6 +239,10 @@ struct VCPURun: Hashable, Sendable {
       return .ranAndReturned(label, .failure(.memoryFault(exit.because("kvm_mmu_faultin_pfn", "\(exit)"))))
     case .notModelled(let function, let what):
       return .ranAndReturned(label, .failure(.errno(Errno.EOPNOTSUPP.because(function, what))))
+    case .failed(let errno):
+      m.trace.emit(.kvmMMUFault, "vm\(vm.rawValue): fault at \(gpa) -> \(FaultOutcome.eio.rawValue)\(retries.value > 0 ? " after \(retries.value) retries" : "")",
+                   [.vm(vm), .gpa(gpa), .text("outcome", FaultOutcome.eio.rawValue), .int("retries", retries.value)])
+      return .ranAndReturned(label, .failure(.errno(errno)))
     }
   }
 

@@ -174,34 +174,24 @@ enum InterleavingRun {
     /// that can run, again and again; a state seen twice is a livelock, nothing able to run a
     /// deadlock.
     mutating func finish(_ state: inout Interleaving, _ prog: InterleavingProgram) -> Outcome {
-      var seen: Set<Interleaving> = []
-      while !state.isDone(prog) {
-        var canonical = state
-        canonical.canonicalize()
-        guard seen.insert(canonical).inserted else {
-          return .failure(FuzzFailure(kind: .livelock, step: base + regions, op: "-", result: "-",
-                                      message: "after the schedule the threads come back to a state they were in: they would run for ever"), state.machine)
-        }
-        var progressed = false
-        for actor in state.actors(prog) {
-          var probe = state
-          var contention = Contention()
-          if case .ran = probe.step(actor, prog, contention: &contention) {
-            switch step(actor, &state, prog) {
-            case .failed(let f): return .failure(f, state.machine)
-            case .offTheRails(let why): return .offTheRails(why)
-            case .ran, .cannotRun: break
-            }
-            progressed = true
-            break
-          }
-        }
-        if !progressed {
-          return .failure(FuzzFailure(kind: .deadlock, step: base + regions, op: "-", result: "-",
-                                      message: "every thread with work left waits: \(state.threads.compactMap { $0.current?.name }.joined(separator: ", "))"), state.machine)
+      var stop: Outcome?
+      let end = Interleaving.finish(&state, prog) { actor, state in
+        switch step(actor, &state, prog) {
+        case .failed(let f): stop = .failure(f, state.machine); return false
+        case .offTheRails(let why): stop = .offTheRails(why); return false
+        case .ran, .cannotRun: return true
         }
       }
-      return .clean
+      switch end {
+      case .done: return .clean
+      case .stopped: return stop ?? .clean
+      case .livelock:
+        return .failure(FuzzFailure(kind: .livelock, step: base + regions, op: "-", result: "-",
+                                    message: "after the schedule the threads come back to a state they were in: they would run for ever"), state.machine)
+      case .deadlock:
+        return .failure(FuzzFailure(kind: .deadlock, step: base + regions, op: "-", result: "-",
+                                    message: "every thread with work left waits: \(state.threads.compactMap { $0.current?.name }.joined(separator: ", "))"), state.machine)
+      }
     }
   }
 }

@@ -14,6 +14,11 @@ extension Machine {
     let ctx = thread.context
     switch op {
     // MARK: One region, no lock another path holds across regions
+    // The TDX Connect host calls (DEVIF create and remove, MMIOMT add, the stream block) are
+    // one SEAMCALL each from the TSM, which holds no VFIO or KVM lock around them: the module
+    // serialises them itself (its own locks answer TDX_OPERAND_BUSY, which only the driver's
+    // Contention injects here), and whatever they find mapped (TDX_DEVIF_HAS_MAPPED_MMIO) is
+    // the state other paths left between their regions.
     case .vfioOpen, .vfioBindIOMMUFD, .vfioRegionInfo, .vfioMmap, .tdispReport, .kvmCreateVM,
          .kvmCreateVCPU, .tdxDevifRemove, .tdxMMIOMTAdd, .tdxStreamBlock, .tdxSeamcall, .tdxDevifCreate,
          .kvmCheckExtension, .kvmCreateGuestMemfd:

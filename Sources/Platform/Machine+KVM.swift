@@ -149,6 +149,8 @@ extension Machine {
   /// The exporter's private data for a buffer (patch 9), as KVM reads it through the dma-buf.
   func exporterData(of buffer: DmaBufID) -> ExporterData? {
     guard let object = dmabufCore.buffer(buffer) else { return nil }
+    // vfio_dma_buf_get_data() refuses a buffer VFIO did not export (-ENOENT): no data, which
+    // the callers turn into the kernel's answer for a foreign dma-buf.
     do { return try vfio.exporterData(buffer: object) } catch { return nil }
   }
 

@@ -30,14 +30,8 @@ extension Machine {
       traceMMIO(.guestMMIORead, vm, gpa, hpa, function, bar, offset, size, value, decoded: function.memoryDecodeEnabled)
       return value
     }
-    var decoded = true
-    do {
-      try vfio.withFunction(of: device) { (f: inout PCIFunction) throws(Errno) in
-        decoded = f.memoryWrite(bar: bar.index, offset: offset, size: size, value: store)
-      }
-    } catch {
-      return nil  // the device was found above: withFunction cannot refuse it
-    }
+    // The device was found above, so the update always runs.
+    let decoded = vfio.updateFunction(of: device) { $0.memoryWrite(bar: bar.index, offset: offset, size: size, value: store) } ?? false
     traceMMIO(.guestMMIOWrite, vm, gpa, hpa, function, bar, offset, size, store & BARContents.allOnes(size: size), decoded: decoded)
     return nil
   }

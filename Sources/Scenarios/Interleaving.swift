@@ -107,6 +107,41 @@ public struct InterleavingProgram: Sendable {
 }
 
 extension Interleaving {
+  /// How ``finish(_:_:run:)`` ended.
+  public enum Finished: Sendable {
+    /// Every path ran all its steps.
+    case done
+    /// The threads came back to a state they were in: running one fixed order, they would
+    /// go round for ever.
+    case livelock
+    /// Every actor with work left is blocked.
+    case deadlock
+    /// `run` asked to stop.
+    case stopped
+  }
+
+  /// Runs what a schedule left, as `pmmio run` and `pmmio fuzz --interleave` finish it: the
+  /// first actor (a thread, or a vCPU answering a kick) whose next step can run, again and
+  /// again. `run` takes that step for real (recording it as its caller does) and answers
+  /// whether to go on.
+  public static func finish(_ state: inout Interleaving, _ program: InterleavingProgram,
+                            run: (Actor, inout Interleaving) -> Bool) -> Finished {
+    var seen: Set<Interleaving> = []
+    while !state.isDone(program) {
+      var canonical = state
+      canonical.canonicalize()
+      guard seen.insert(canonical).inserted else { return .livelock }
+      guard let actor = state.actors(program).first(where: { actor in
+        var probe = state
+        var contention = Contention()
+        if case .ran = probe.step(actor, program, contention: &contention) { return true }
+        return false
+      }) else { return .deadlock }
+      guard run(actor, &state) else { return .stopped }
+    }
+    return .done
+  }
+
   /// Whether every path has run all its steps.
   public func isDone(_ program: InterleavingProgram) -> Bool {
     threads.allSatisfy { $0.current == nil && $0.next >= program.paths[$0.path].count }

@@ -40,7 +40,7 @@ extension ScenarioRunner {
     let base = scenario.allSteps.count
 
     /// Steps `actor` once and records the region; false when it could not run.
-    func run(_ actor: Actor, scheduled: Bool) -> Bool {
+    func run(_ actor: Actor, scheduled: Bool, in state: inout Interleaving) -> Bool {
       var contention = Contention()
       let name = program.name(of: actor)
       let outcome = state.step(actor, program, contention: &contention)
@@ -82,38 +82,27 @@ extension ScenarioRunner {
         problems += 1
         continue
       }
-      if !run(actor, scheduled: true) { problems += 1 }
+      if !run(actor, scheduled: true, in: &state) { problems += 1 }
     }
     // Finish what the schedule left running: each thread in turn; vCPUs answer kicks when a
     // thread waits for them. Running one fixed order, a state seen twice repeats for ever.
-    var seen: Set<Interleaving> = []
-    while !state.isDone(program) {
-      var canonical = state
-      canonical.canonicalize()
-      guard seen.insert(canonical).inserted else {
-        regions.append(ScheduledRegion(index: regions.count + 1, thread: "-", region: "livelock", trace: [],
-                                       invariantViolations: [], completedStep: nil, scheduled: false,
-                                       problem: "after the schedule the threads come back to a state they were in: they would run for ever"))
-        problems += 1
-        break
-      }
-      let actors = state.actors(program)
-      var progressed = false
-      for actor in actors {
-        var probe = state
-        var contention = Contention()
-        if case .ran = probe.step(actor, program, contention: &contention) {
-          progressed = run(actor, scheduled: false)
-          break
-        }
-      }
-      if !progressed {
-        regions.append(ScheduledRegion(index: regions.count + 1, thread: "-", region: "deadlock", trace: [],
-                                       invariantViolations: [], completedStep: nil, scheduled: false,
-                                       problem: "after the schedule every thread with work left waits"))
-        problems += 1
-        break
-      }
+    let end = Interleaving.finish(&state, program) { actor, state in
+      // A region that could not run after the probe said it could is a problem of its own.
+      if !run(actor, scheduled: false, in: &state) { problems += 1; return false }
+      return true
+    }
+    switch end {
+    case .done, .stopped: break
+    case .livelock:
+      regions.append(ScheduledRegion(index: regions.count + 1, thread: "-", region: "livelock", trace: [],
+                                     invariantViolations: [], completedStep: nil, scheduled: false,
+                                     problem: "after the schedule the threads come back to a state they were in: they would run for ever"))
+      problems += 1
+    case .deadlock:
+      regions.append(ScheduledRegion(index: regions.count + 1, thread: "-", region: "deadlock", trace: [],
+                                     invariantViolations: [], completedStep: nil, scheduled: false,
+                                     problem: "after the schedule every thread with work left waits"))
+      problems += 1
     }
     var report = RunReport(
       scenario: scenario.name, variant: variant.rawValue, setupTrace: setup, steps: log.steps,

@@ -47,6 +47,12 @@ public struct VFIOPCIDriver: Hashable, Sendable {
     return try body(&devices[id]!.function)
   }
 
+  /// Runs `body` on a function the caller already found (`nil` if there is none).
+  public mutating func updateFunction<R>(of id: VFIODeviceID, _ body: (inout PCIFunction) -> R) -> R? {
+    guard devices[id] != nil else { return nil }
+    return body(&devices[id]!.function)
+  }
+
   // MARK: - cdev open, bind, close
 
   /// `open("/dev/vfio/devices/vfioN")` (`vfio_device_fops_cdev_open`): a file with no access

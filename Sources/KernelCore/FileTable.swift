@@ -90,8 +90,13 @@ public struct FileTable<File: Hashable & Sendable>: Hashable, Sendable {
   }
 
   /// How many fds refer to files satisfying `predicate` (for reference-count invariants).
-  public func count(where predicate: (File) -> Bool) -> Int {
+  @inlinable public func count(where predicate: (File) -> Bool) -> Int {
     files.values.reduce(0) { predicate($1) ? $0 + 1 : $0 }
+  }
+
+  /// Whether some fd refers to a file satisfying `predicate`; stops at the first.
+  @inlinable public func contains(where predicate: (File) -> Bool) -> Bool {
+    files.values.contains(where: predicate)
   }
 
   public var isEmpty: Bool { files.isEmpty }

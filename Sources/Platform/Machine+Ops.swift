@@ -184,12 +184,12 @@ extension Machine {
 
   /// Whether an fd still refers to `vm`, itself or through one of its guest_memfd files.
   func vmReferenced(_ vm: VMID) -> Bool {
-    files.count { file in
+    files.contains { file in
       switch file {
       case .vm(let id), .guestMemfd(let id, _): id == vm
       case .vfioDevice, .dmaBuf: false
       }
-    } > 0
+    }
   }
 
   // MARK: PCI and TDISP

@@ -194,7 +194,20 @@ extension Machine {
     // tracing is off.
     kvm.tdx.trace.isEnabled = trace.isEnabled
     defer { trace.absorb(&kvm.tdx.trace) }
-    let saved = thread
+    // A blocked step leaves the thread as it was. Keeping a copy of the whole thread would
+    // make the first write to its stack copy the stack (and box its frames anew) on every
+    // step; the step changes only the top frame until it calls or returns, so that frame is
+    // what is kept, and the whole thread only before a call or a return changes more.
+    let savedTop = thread.stack[thread.stack.count - 1]
+    let savedBeganOnDeadVM = thread.beganOnDeadVM
+    var saved: KernelThread?
+    func keepWhole() {
+      guard saved == nil else { return }
+      var whole = thread
+      whole.stack[whole.stack.count - 1] = savedTop
+      whole.beganOnDeadVM = savedBeganOnDeadVM
+      saved = whole
+    }
     let savedTrace = trace.position
     if case .start(let op)? = thread.stack.first, thread.stack.count == 1 { thread.beganOnDeadVM = targetsDeadVM(op) }
     traceThreadBegins(thread)
@@ -204,7 +217,12 @@ extension Machine {
         traceFrameStep(outcome, thread: thread)
         switch outcome {
         case .blocked(let wait):
-          thread = saved
+          if let saved {
+            thread = saved
+          } else {
+            thread.stack[thread.stack.count - 1] = savedTop
+            thread.beganOnDeadVM = savedBeganOnDeadVM
+          }
           trace.rollback(to: savedTrace)
           return .blocked(wait)
         case .ran(let label):
@@ -217,6 +235,7 @@ extension Machine {
           thread.observed.value.lastRegion = label
           return .ran(label: label)
         case .call(let child):
+          keepWhole()
           thread.stack.append(child)
         case .ranAndReturned(let label, let result):
           thread.observed.value.regions += 1
@@ -224,6 +243,7 @@ extension Machine {
           if let finished = try pop(&thread, result) { return .finished(finished) }
           return .ran(label: label)
         case .returned(let result):
+          keepWhole()
           if let finished = try pop(&thread, result) { return .finished(finished) }
           // The caller goes on in this same step: its next region is this step's region.
         }

@@ -28,9 +28,11 @@ extension Machine {
     case .vfioBindIOMMUFD(let fd, let isPrivate, let vmFD, let token):
       return try errno { () throws(Errno) in
         let file = try vfioFile(opened(fd, by: "sys_ioctl"))
-        let vmID = try vmFD.map { (fd) throws(Errno) in try vm(opened(fd, by: "iommufd_ctx_from_fd"), .other) }
         let flags = (isPrivate ? VFIOBindFlags.private(variant) : []).union(token ? .token : [])
-        try vfio.bindIOMMUFD(file, flags: flags, vm: vmID, trace: &trace)
+        let machine = self
+        try vfio.bindIOMMUFD(file, flags: flags, resolvingVM: { () throws(Errno) in
+          try vmFD.map { (fd) throws(Errno) in try machine.vm(machine.opened(fd, by: "iommufd_ctx_from_fd"), .other) }
+        }, trace: &trace)
         return .none
       }
 

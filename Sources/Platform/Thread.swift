@@ -174,9 +174,12 @@ extension Machine {
   /// (`perform`, `run`, the explorer, the fuzzer).
   ///
   /// Bookkeeping between regions (a path calling a sub-path, a sub-path returning) happens in
-  /// the same step as the region after or before it, so each step is exactly one region. A
-  /// step that answers ``ThreadStep/blocked(_:)`` leaves the machine and the thread as they
-  /// were.
+  /// the same step as the region after or before it, so each step is exactly one region (a
+  /// VM's destroy handed to the thread that dropped its last reference is the one step that
+  /// runs none: it only starts the destroy). A step that answers ``ThreadStep/blocked(_:)``
+  /// leaves the thread as it was, and the machine too, but for one piece of bookkeeping the
+  /// retried step writes again identically: when an importer's `move_notify` returned and the
+  /// next importer's blocks, the revoke has already marked the first one's call over.
   public mutating func step(_ thread: inout KernelThread, choices: inout Contention) -> ThreadStep {
     let outcome = stepRegion(&thread, choices: &choices)
     // The first region of a VM ioctl or KVM_RUN ran: from here to its return the thread holds

@@ -16,7 +16,8 @@ public enum ScenarioInput {
   /// A scenario is a page of YAML; anything this large is not one (and `/dev/zero` never ends).
   public static let maximumBytes = 16 << 20
 
-  /// The scenario text at `path` and the name positions in it carry.
+  /// The scenario text at `path` and the name positions in it carry. `-` is standard input; a
+  /// bare name that is no file in this folder is the built-in scenario of that name.
   /// - Throws: ``ScenarioError`` for a missing file, a directory, an unreadable file, empty
   ///   input, input past ``maximumBytes``, or bytes that are not UTF-8 (at the first bad byte).
   public static func read(_ path: String) throws(ScenarioError) -> (text: String, file: String) {
@@ -26,7 +27,12 @@ public enum ScenarioInput {
     }
     guard !path.isEmpty else { throw ScenarioError(file: "''", "no such file (the path is empty)") }
     let fd = open(path, O_RDONLY | O_CLOEXEC)
-    guard fd >= 0 else { throw ScenarioError(file: path, openFailure(errno)) }
+    guard fd >= 0 else {
+      let code = errno
+      // A bare name that is no file here names a built-in scenario (`pmmio scenarios`).
+      if code == ENOENT, !path.contains("/"), let yaml = BuiltinScenarios.named(path) { return (yaml, path) }
+      throw ScenarioError(file: path, openFailure(code))
+    }
     defer { close(fd) }
     var info = stat()
     if fstat(fd, &info) == 0, info.st_mode & S_IFMT == S_IFDIR {

@@ -228,6 +228,15 @@ struct ScenarioReader {
         schedule.append(ScheduleEntry(actor: actor, position: position(item)))
       }
       scenario.schedule = schedule
+      // Under a schedule a step that never finishes has no result to judge: what the schedule
+      // leaves running that livelocks or deadlocks fails the run as such.
+      for step in concurrent.joined() {
+        if let expected = step.expectation, expected == .livelock || expected == .deadlock {
+          throw ScenarioError(step.position, "expect: \(expected) cannot be judged under a schedule: the step never finishes, "
+                              + "so it has no result (what the schedule leaves livelocking or deadlocking fails the run); "
+                              + "without schedule: pmmio run runs the paths one after another")
+        }
+      }
     }
     return scenario
   }

@@ -84,6 +84,14 @@ public struct VFIOPCIDriver: Hashable, Sendable {
   /// buffer later.
   public mutating func bindIOMMUFD(_ fileID: VFIOFileID, flags: VFIOBindFlags, vm: VMID?,
                                    trace: inout Trace) throws(Errno) {
+    try bindIOMMUFD(fileID, flags: flags, resolvingVM: { () throws(Errno) in vm }, trace: &trace)
+  }
+
+  /// ``bindIOMMUFD(_:flags:vm:trace:)`` with the VM looked up where the kernel looks up
+  /// `bind.iommufd` (`iommufd_ctx_from_fd()`): after the flags, `df->access_granted` and the
+  /// token, so a bad fd there answers only once those checks passed.
+  public mutating func bindIOMMUFD(_ fileID: VFIOFileID, flags: VFIOBindFlags, resolvingVM: () throws(Errno) -> VMID?,
+                                   trace: inout Trace) throws(Errno) {
     guard let file = files[fileID], var device = devices[file.device] else {
       throw Errno.EBADF.because("vfio_df_ioctl_bind_iommufd", "not a VFIO device file")
     }
@@ -100,6 +108,7 @@ public struct VFIOPCIDriver: Hashable, Sendable {
     if variant == .reviewed && flags.contains(.token) {
       throw Errno.EINVAL.because("vfio_pci_core_match_token_uuid", "VF token incorrectly provided, not a PF or VF")
     }
+    let vm = try resolvingVM()
     guard device.openCount == 0 else { throw Errno.EINVAL.because("vfio_df_open", "cdev device already opened") }
     let isPrivate = flags.contains(.private(variant))
     if isPrivate && vm == nil {
@@ -168,6 +177,13 @@ public struct VFIOPCIDriver: Hashable, Sendable {
     device.isPrivate && bar.size.isPageAligned
   }
 
+  /// Whether a config-space write of `size` bytes at `offset` reaches `PCI_COMMAND`: a valid
+  /// access that covers byte 4 (`vfio_pci_config_rw()` splits it into aligned pieces, and one
+  /// of them starts there).
+  public static func configWriteReachesCommand(offset: UInt64, size: UInt64) -> Bool {
+    [1, 2, 4, 8].contains(size) && offset <= 4 && 4 < offset + size && offset + size <= VFIOPCIRegion.configSize
+  }
+
   /// `pread`/`pwrite` of a region through the device fd (`vfio_pci_rw` -> `vfio_pci_bar_rw`).
   ///
   /// Order as the kernel checks: `index >= VFIO_PCI_NUM_REGIONS + num_regions` -> `EINVAL`;
@@ -182,15 +198,11 @@ public struct VFIOPCIDriver: Hashable, Sendable {
   /// `do_io_rw()` excludes the MSI-X table of the BAR that holds it: its bytes read as `0xff`
   /// and writes to them are dropped. Everywhere else a read returns the function's register
   /// contents and a write stores into them (``PCIFunction/memoryRead(bar:offset:size:)``).
-  /// Config space reads 0 and ignores writes (the model keeps no config-space contents).
+  /// In config space the model keeps only the command register: a read returns it (other bytes
+  /// read 0); a write that reaches it is routed by the platform to the memory-decode path
+  /// (``configWriteReachesCommand(offset:size:)``), any other write changes nothing.
   /// - Parameter value: what a write stores (its low `size` bytes); ignored by a read.
   /// - Returns: the value read (0 for a write).
-  /// Whether a config-space write of `size` bytes at `offset` reaches `PCI_COMMAND`: a valid
-  /// access that covers byte 4 (`vfio_pci_config_rw()` splits it into aligned pieces, and one
-  /// of them starts there).
-  public static func configWriteReachesCommand(offset: UInt64, size: UInt64) -> Bool {
-    [1, 2, 4, 8].contains(size) && offset <= 4 && 4 < offset + size && offset + size <= VFIOPCIRegion.configSize
-  }
 
   public mutating func regionAccess(_ fileID: VFIOFileID, index: UInt32, offset: UInt64, size: UInt64,
                                     isWrite: Bool, value: UInt64 = 0, trace: inout Trace) throws(Errno) -> UInt64 {

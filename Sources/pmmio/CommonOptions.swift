@@ -5,7 +5,7 @@ import Scenarios
 
 /// Options every scenario command (`run`, `show`) shares.
 struct CommonOptions: ParsableArguments {
-  @Argument(help: "A scenario YAML file, or - for standard input (default: the embedded default scenario).")
+  @Argument(help: "A scenario YAML file, - for standard input, or the name of a built-in scenario (pmmio scenarios; default: the embedded default scenario).")
   var file: String?
 
   @Flag(help: "Print one JSON document on stdout instead of text; errors become a JSON document on stderr.")

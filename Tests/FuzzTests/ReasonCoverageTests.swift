@@ -49,7 +49,8 @@ import Scenarios
     // pass vacuously.
     let never = Set(OpSpec.all.map(\.name)).subtracting(failedOps)
     #expect(failures > 2000)
-    #expect(failedOps.count >= 34, "\(failures) failures; only \(failedOps.count) op kinds failed; never: \(never.sorted())")
+    #expect(never.isSubset(of: ["vfio.open", "tdisp.report", "pci.flr", "pci.write_command"]),
+            "\(failures) failures; only \(failedOps.count) op kinds failed; never: \(never.sorted())")
   }
 
   static let examples = URL(fileURLWithPath: #filePath)

@@ -171,22 +171,29 @@ extension Bench {
     Case(path: .commandWrite, lock: .memoryLockForRead, expected: ok, end: [.revoked(true), .mappedPages(0)]),
     Case(path: .commandWrite, lock: .resv(1), expected: ok, end: [.revoked(true), .mappedPages(0)]),
     Case(path: .commandWrite, lock: .mmuLockForWrite, expected: ok, end: [.revoked(true), .mappedPages(0)]),
+    Case(path: .commandWrite, lock: .mmuLockForRead, expected: ok, end: [.revoked(true), .mappedPages(0)]),
     Case(path: .powerD3hot, lock: .memoryLockForRead, expected: ok, end: [.revoked(true), .mappedPages(0)]),
     Case(path: .powerD3hot, lock: .resv(1), expected: ok, end: [.revoked(true), .mappedPages(0)]),
+    Case(path: .powerD3hot, lock: .mmuLockForWrite, expected: ok, end: [.revoked(true), .mappedPages(0)]),
     Case(path: .decodeOn, lock: .memoryLockForRead, expected: ok, end: [.revoked(false)]),
     Case(path: .decodeOn, lock: .resv(1), expected: ok, end: [.revoked(false)]),
     // A restore's move_notify zaps as a revoke's does (KVM cannot tell them apart).
     Case(path: .decodeOn, lock: .mmuLockForWrite, expected: ok, end: [.revoked(false)]),
     Case(path: .powerD0, lock: .memoryLockForRead, expected: ok, end: [.revoked(false)]),
     Case(path: .powerD0, lock: .resv(1), expected: ok, end: [.revoked(false)]),
+    Case(path: .powerD0, lock: .mmuLockForWrite, expected: ok, end: [.revoked(false)]),
     Case(path: .reset, lock: .memoryLockForRead, expected: ok, end: [.revoked(false), .mappedPages(0)]),
     Case(path: .reset, lock: .resv(1), expected: ok, end: [.revoked(false), .mappedPages(0)]),
+    Case(path: .reset, lock: .mmuLockForWrite, expected: ok, end: [.revoked(false), .mappedPages(0)]),
     Case(path: .flr, lock: .memoryLockForRead, expected: ok, end: [.revoked(false), .mappedPages(0)]),
     Case(path: .flr, lock: .resv(1), expected: ok, end: [.revoked(false), .mappedPages(0)]),
+    Case(path: .flr, lock: .mmuLockForWrite, expected: ok, end: [.revoked(false), .mappedPages(0)]),
     Case(path: .hotReset, lock: .memoryLockForRead, expected: ok, end: [.revoked(false), .mappedPages(0)]),
     Case(path: .hotReset, lock: .resv(1), expected: ok, end: [.revoked(false), .mappedPages(0)]),
+    Case(path: .hotReset, lock: .mmuLockForWrite, expected: ok, end: [.revoked(false), .mappedPages(0)]),
     Case(path: .vfioClose, lock: .memoryLockForRead, expected: ok, end: [.revoked(true), .deviceBuffers(0), .mappedPages(0)]),
     Case(path: .vfioClose, lock: .resv(1), expected: ok, end: [.revoked(true), .deviceBuffers(0), .mappedPages(0)]),
+    Case(path: .vfioClose, lock: .mmuLockForWrite, expected: ok, end: [.revoked(true), .deviceBuffers(0), .mappedPages(0)]),
     // Plain VM: the fault.
     Case(path: .fault, lock: .resv(1), expected: mapped, end: [.mappedPages(512)]),
     Case(path: .fault, lock: .mmuLockForWrite, wantsWrite: false, expected: mapped, end: [.mappedPages(512)]),
@@ -225,11 +232,13 @@ extension Bench {
     // The posted config-space FLR revokes again instead of restoring.
     Case(path: .tdFLR, lock: .memoryLockForRead, variant: .rfcV1, expected: ok, end: [.revoked(true), .sept(nil)]),
     Case(path: .tdFLR, lock: .resv(1), variant: .rfcV1, expected: ok, end: [.revoked(true), .sept(nil)]),
+    Case(path: .tdFLR, lock: .mmuLockForWrite, variant: .rfcV1, expected: ok, end: [.revoked(true), .sept(nil)]),
     Case(path: .tdClose, lock: .memoryLockForRead, expected: ok, end: [.revoked(true), .deviceBuffers(0), .sept(nil)]),
     Case(path: .tdClose, lock: .mmuLockForWrite, expected: ok, end: [.revoked(true), .deviceBuffers(0), .sept(nil)]),
     // rfc-v1 disables and resets the device before it revokes, under the same memory_lock.
     Case(path: .tdClose, lock: .memoryLockForRead, variant: .rfcV1, expected: ok, end: [.revoked(true), .deviceBuffers(0), .sept(nil)]),
     Case(path: .tdClose, lock: .resv(1), variant: .rfcV1, expected: ok, end: [.revoked(true), .deviceBuffers(0), .sept(nil)]),
+    Case(path: .tdClose, lock: .mmuLockForWrite, variant: .rfcV1, expected: ok, end: [.revoked(true), .deviceBuffers(0), .sept(nil)]),
     // TD: the vCPU's fault (TDH.MMIO.MAP under mmu_lock read) and accept.
     // The fault maps the page MMIO_PENDING, and the guest's access to a page it has not
     // accepted ends the TD (the model's TDX module).

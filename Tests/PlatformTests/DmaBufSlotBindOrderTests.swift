@@ -10,8 +10,8 @@ import DmaBuf
 /// bind's errnos come first; the GFN check's `EINVAL` only once the bind's checks pass, and
 /// then nothing is attached.
 @Suite struct DmaBufSlotBindOrderTests {
-  /// GFN 1 << 40: past `kvm_mmu_max_gfn()` for any MAXPHYADDR up to 52.
-  static let pastMaxGFN: UInt64 = 1 << 52
+  /// GPA 1 << 52 (GFN 1 << 40): past `kvm_mmu_max_gfn()` for any MAXPHYADDR up to 52.
+  static let pastMaxGPA: UInt64 = 1 << 52
 
   enum Case: String, CaseIterable, Sendable { case unopenedFD, sizeMismatch, bindChecksPass }
 
@@ -26,7 +26,7 @@ import DmaBuf
     let buffer: DmaBufID
     guard case .dmaBuf(let id) = try bench.machine.files.lookup(buf) else { Issue.record("not a dma-buf"); return }
     buffer = id
-    var region = MemoryRegion2(slot: 1, flags: vfioDmaBuf, guestPhysAddr: Self.pastMaxGFN,
+    var region = MemoryRegion2(slot: 1, flags: vfioDmaBuf, guestPhysAddr: Self.pastMaxGPA,
                                memorySize: Bench.bar0, guestMemfd: buf.rawValue)
     // The refusing function: dma_buf_get() for an fd that is not open.
     let expected: (Errno, String?)

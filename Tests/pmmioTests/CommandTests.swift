@@ -110,9 +110,9 @@ private func json(_ text: String) throws -> [String: Any] {
   /// never "as expected" for `error` or "without expect"; `expect: livelock` states it.
   @Test("a livelock fails the run unless the step expects it", arguments: [
     ("expect: { memory_fault: { flags: [PRIVATE], gpa: 0xc000000000, size: 0x1000, errno: EFAULT } }", Int32(1),
-     "FAILED <stdin>:23: expected memory_fault flags [PRIVATE] gpa 0xc000000000 size 0x1000 errno EFAULT, got livelock: "),
-    ("expect: error", 1, "FAILED <stdin>:23: expected error, got livelock: "),
-    ("vcpu: 0", 1, "FAILED <stdin>:23: the step never finishes (livelock: "),
+     "FAILED <stdin>:24: expected memory_fault flags [PRIVATE] gpa 0xc000000000 size 0x1000 errno EFAULT, got livelock: "),
+    ("expect: error", 1, "FAILED <stdin>:24: expected error, got livelock: "),
+    ("vcpu: 0", 1, "FAILED <stdin>:24: the step never finishes (livelock: "),
     ("expect: livelock", 0, "as expected (livelock)"),
   ])
   func livelock(expect: String, status: Int32, text: String) throws {
@@ -123,6 +123,22 @@ private func json(_ text: String) throws -> [String: Any] {
     let result = try pmmio(["run", "--variant", "rfc-v1", "-"], stdin: Data(yaml.utf8))
     #expect(result.status == status, "\(result.stdout)")
     #expect(result.stdout.contains(text), "\(result.stdout)")
+  }
+
+  /// Under a schedule a step that never finishes has no result: `expect: livelock` there is
+  /// refused where it is written.
+  @Test func livelockIsNotAnExpectationUnderASchedule() throws {
+    let yaml = """
+      steps:
+        - { op: kvm.create_vm, as: vm }
+      concurrent:
+        - [ { op: kvm.destroy_vm, vm: vm, expect: livelock } ]
+      schedule: [ctx1]
+      """
+    let result = try pmmio(["run", "-"], stdin: Data(yaml.utf8))
+    #expect(result.status == 2)
+    #expect(result.stderr.contains("<stdin>:4:"), "\(result.stderr)")
+    #expect(result.stderr.contains("expect: livelock cannot be judged under a schedule"), "\(result.stderr)")
   }
 
   @Test func withoutItEveryStepRuns() throws {

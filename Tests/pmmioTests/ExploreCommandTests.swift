@@ -96,6 +96,13 @@ private func race(_ name: String) -> String { races.appendingPathComponent("\(na
             "\(result.stderr)")
   }
 
+  /// A bare name that is no file is the built-in scenario of that name, as the hint says.
+  @Test func aBuiltInIsNamedByItsName() throws {
+    let result = try pmmio(["explore", "--variant", "rfc-v1", "close-vs-fault"])
+    #expect(result.status == 1, "\(result.stderr)")
+    #expect(result.stdout.contains("VIOLATED: NoResetUnderLiveImport: "))
+  }
+
   /// A file's `schedule:` is what `run` replays; `explore` says it explores every interleaving.
   @Test func aScheduleIsNotFollowedAndSaysSo() throws {
     let dir = FileManager.default.temporaryDirectory.appendingPathComponent("pmmio-explore-sched-\(getpid())")

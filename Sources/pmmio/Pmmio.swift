@@ -77,7 +77,8 @@ struct Pmmio: ParsableCommand {
       }
     }
     guard let first = arguments.first, !first.hasPrefix("-"), !commandNames.contains(first),
-          !first.contains("/"), !first.contains("."), !FileManager.default.fileExists(atPath: first)
+          !first.contains("/"), !first.contains("."), !FileManager.default.fileExists(atPath: first),
+          BuiltinScenarios.named(first) == nil  // `pmmio close-vs-fault` runs the built-in
     else { return nil }
     let hint = Suggestion.closest(to: first, among: commandNames).map { " (did you mean '\($0)'?)" } ?? ""
     return InputProblem("unknown command '\(first)'\(hint); the commands are \(commandNames.joined(separator: ", ")). "

@@ -29,6 +29,13 @@ private func json(_ text: String) throws -> [String: Any] {
     #expect(!result.stderr.contains("cannot read"))
   }
 
+  /// A built-in's name is a scenario, not a mistyped command: `pmmio NAME` runs it.
+  @Test func aBuiltInNameRuns() throws {
+    let result = try pmmio(["fault-vs-decode-off"])
+    #expect(result.status == 0, "\(result.stderr)")
+    #expect(result.stdout.hasPrefix("scenario fault-vs-decode-off (variant reviewed)"))
+  }
+
   @Test func aMistypedScenariosSubCommandGetsASuggestion() throws {
     let result = try pmmio(["scenarios", "shwo", "default"])
     #expect(result.status == 2)

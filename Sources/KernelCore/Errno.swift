@@ -60,6 +60,8 @@ public struct Errno: RawRepresentable, Hashable, Sendable, Error, CustomStringCo
   public static let ENOTTY = Errno(rawValue: 25)
   /// The corresponding C value is `ENOSPC`.
   public static let ENOSPC = Errno(rawValue: 28)
+  /// The corresponding C value is `ESPIPE`.
+  public static let ESPIPE = Errno(rawValue: 29)
   /// The corresponding C value is `ERANGE`.
   public static let ERANGE = Errno(rawValue: 34)
   /// The corresponding C value is `ENOSYS`.
@@ -79,7 +81,7 @@ public struct Errno: RawRepresentable, Hashable, Sendable, Error, CustomStringCo
     ("E2BIG", .E2BIG), ("EBADF", .EBADF), ("EAGAIN", .EAGAIN), ("ENOMEM", .ENOMEM),
     ("EACCES", .EACCES), ("EFAULT", .EFAULT), ("EBUSY", .EBUSY), ("EEXIST", .EEXIST),
     ("ENODEV", .ENODEV), ("EINVAL", .EINVAL), ("EMFILE", .EMFILE), ("ENOTTY", .ENOTTY),
-    ("ENOSPC", .ENOSPC), ("ERANGE", .ERANGE), ("ENOSYS", .ENOSYS), ("EOVERFLOW", .EOVERFLOW),
+    ("ENOSPC", .ENOSPC), ("ESPIPE", .ESPIPE), ("ERANGE", .ERANGE), ("ENOSYS", .ENOSYS), ("EOVERFLOW", .EOVERFLOW),
     ("EOPNOTSUPP", .EOPNOTSUPP), ("ETIMEDOUT", .ETIMEDOUT), ("EHWPOISON", .EHWPOISON),
   ]
 

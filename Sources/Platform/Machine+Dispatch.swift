@@ -59,7 +59,7 @@ extension Machine {
       // write, vfio_pci_dma_buf_move(vdev, true)) or restores under memory_lock: the path
       // vfio.set_memory_decode runs. The model keeps only the command register's memory bit.
       let enable = (value >> ((4 - offset) * 8)) & UInt64(PCICommand.memorySpace.rawValue) != 0
-      return try startMove(op, frame: &frame, thread: thread, use: .other) { (d: VFIOPCIDriver, f) throws(Errno) in
+      return try startMove(op, frame: &frame, thread: thread, use: .positional(write: true)) { (d: VFIOPCIDriver, f) throws(Errno) in
         try d.setMemoryDecode(f, enable: enable, context: ctx)
       } fd: { fd }
 
@@ -115,11 +115,11 @@ extension Machine {
 
     // MARK: Paths
     case .vfioSetMemoryDecode(let fd, let enable):
-      return try startMove(op, frame: &frame, thread: thread, use: .other) { (d: VFIOPCIDriver, f) throws(Errno) in
+      return try startMove(op, frame: &frame, thread: thread, use: .positional(write: true)) { (d: VFIOPCIDriver, f) throws(Errno) in
         try d.setMemoryDecode(f, enable: enable, context: ctx)
       } fd: { fd }
     case .vfioSetPower(let fd, let state):
-      return try startMove(op, frame: &frame, thread: thread, use: .other) { (d: VFIOPCIDriver, f) throws(Errno) in
+      return try startMove(op, frame: &frame, thread: thread, use: .positional(write: true)) { (d: VFIOPCIDriver, f) throws(Errno) in
         try d.setPowerState(f, state: state == .d0 ? .d0 : .d3hot, context: ctx)
       } fd: { fd }
     case .vfioReset(let fd), .vfioFLR(let fd), .vfioHotReset(let fd):
@@ -129,7 +129,7 @@ extension Machine {
       default: .hotReset
       }
       // A config-space FLR is a pwrite; VFIO_DEVICE_RESET and the hot reset are ioctls.
-      return try startMove(op, frame: &frame, thread: thread, use: kind == .configFLR ? .other : .ioctl) {
+      return try startMove(op, frame: &frame, thread: thread, use: kind == .configFLR ? .positional(write: true) : .ioctl) {
         (d: VFIOPCIDriver, f) throws(Errno) in try d.reset(f, kind: kind, context: ctx)
       } fd: { fd }
     case .vfioClose(let fd), .dmabufClose(let fd), .kvmDestroyVM(let fd):
@@ -186,7 +186,7 @@ extension Machine {
                                   _ make: (VFIOPCIDriver, VFIOFileID) throws(Errno) -> DmaBufMovePath,
                                   fd: () -> FD) throws(LockViolation) -> FrameStep {
     var path: DmaBufMovePath
-    do { path = try make(vfio, try vfioFile(opened(fd(), by: Self.entry(use, write: true)), use)) } catch { return .ranAndReturned(Self.label(op), .failure(.errno(error))) }
+    do { path = try make(vfio, try vfioFile(opened(fd(), by: Self.entry(use)), use)) } catch { return .ranAndReturned(Self.label(op), .failure(.errno(error))) }
     defer { frame = .dmaBufMove(path, result: .success(.none)) }
     return try stepDmaBufMove(&path, result: .success(.none), ctx: thread.context)
   }

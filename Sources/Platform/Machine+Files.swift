@@ -12,12 +12,12 @@ extension Machine {
   }
 
   /// The function whose `fdget()` looks up the fd of an operation that reaches a file through
-  /// `use`: the ioctl syscall, or (for the model's `.other` uses of a VFIO device fd) a
-  /// `pwrite` of config space.
-  static func entry(_ use: FileUse, write: Bool) -> StaticString {
+  /// `use`: the ioctl syscall, `pread`/`pwrite` (a region access, a config write), `mmap`.
+  static func entry(_ use: FileUse) -> StaticString {
     switch use {
-    case .ioctl: "sys_ioctl"
-    case .other: write ? "ksys_pwrite64" : "ksys_pread64"
+    case .ioctl, .other: "sys_ioctl"
+    case .positional(let write): write ? "ksys_pwrite64" : "ksys_pread64"
+    case .mmap: "ksys_mmap_pgoff"
     }
   }
 }

@@ -46,14 +46,19 @@ extension Machine {
       let isWrite = if case .vfioWrite = op { true } else { false }
       let stored: UInt64 = if case .vfioWrite(_, _, _, _, let value) = op { value } else { 0 }
       return try errno { () throws(Errno) in
-        let value = try vfio.regionAccess(try vfioFile(opened(fd, by: isWrite ? "ksys_pwrite64" : "ksys_pread64"), .other), index: index, offset: offset, size: size,
+        let value = try vfio.regionAccess(try vfioFile(opened(fd, by: isWrite ? "ksys_pwrite64" : "ksys_pread64"), .positional(write: isWrite)), index: index, offset: offset, size: size,
                                           isWrite: isWrite, value: stored, trace: &trace)
         return isWrite ? .none : .read(value)
       }
 
     case .vfioMmap(let fd, let index):
       return try errno { () throws(Errno) in
-        try vfio.mmap(try vfioFile(opened(fd, by: "ksys_mmap_pgoff"), .other), index: index, trace: &trace)
+        // kvm_gmem_mmap() maps a guest_memfd created with GUEST_MEMFD_FLAG_MMAP (its shared
+        // pages); the model keeps no user mappings of guest memory.
+        if case .guestMemfd(let vm, let id)? = try? files.lookup(fd), kvm.vms[vm]?.guestMemfds[id]?.flags.contains(.mmap) == true {
+          return .none
+        }
+        try vfio.mmap(try vfioFile(opened(fd, by: "ksys_mmap_pgoff"), .mmap), index: index, trace: &trace)
         return .none
       }
 

@@ -13,6 +13,16 @@ public enum OpenFile: Hashable, Sendable {
   case vm(VMID)
   /// A guest_memfd file (`KVM_CREATE_GUEST_MEMFD`) of a VM; it holds a reference to its VM.
   case guestMemfd(VMID, GuestMemfdID)
+
+  /// The file's kind, in words: "a dma-buf", "a KVM VM" …
+  var kindName: String {
+    switch self {
+    case .vfioDevice: "a VFIO device file"
+    case .dmaBuf: "a dma-buf"
+    case .vm: "a KVM VM"
+    case .guestMemfd: "a guest_memfd"
+    }
+  }
 }
 
 /// The whole system as one value: devices, VFIO, dma-bufs, VMs, the fd table.
@@ -199,12 +209,17 @@ extension Machine {
 
   /// How an operation reaches the file behind an fd, which decides what a file of the wrong
   /// kind answers.
-  enum FileUse {
+  enum FileUse: Equatable {
     /// An ioctl: the wrong file's `unlocked_ioctl` has no such command (its `default:` case),
     /// `ENOTTY`.
     case ioctl
-    /// `pread`/`pwrite`, or a kernel lookup that checks the file's ops (`dma_buf_get()`,
-    /// an fd passed as an ioctl argument): `EINVAL`.
+    /// `pread`/`pwrite` (a region access, a config write): `ESPIPE` on a file of another kind,
+    /// since the model's other files (dma-buf, KVM VM, guest_memfd) are anonymous-inode files
+    /// without `FMODE_PREAD`/`FMODE_PWRITE` (`ksys_pread64()`/`ksys_pwrite64()`).
+    case positional(write: Bool)
+    /// `mmap`: the other file's own `mmap`, or `ENODEV` from `do_mmap()` when it has none.
+    case mmap
+    /// A kernel lookup that checks the file's ops (an fd passed as an ioctl argument): `EINVAL`.
     case other
   }
 
@@ -235,10 +250,31 @@ extension Machine {
   func vfioFile(_ fd: FD, _ use: FileUse = .ioctl) throws(Errno) -> VFIOFileID {
     let file = try files.lookup(fd)
     guard case .vfioDevice(let id) = file else {
-      throw use == .ioctl ? wrongFileIoctl(file, fd: fd, expected: "a VFIO device")
-        : Errno.EINVAL.because("vfio_device_fops_read", "\(fd) is not a VFIO device file")
+      switch use {
+      case .ioctl: throw wrongFileIoctl(file, fd: fd, expected: "a VFIO device")
+      case .positional(let write):
+        throw Errno.ESPIPE.because(write ? "ksys_pwrite64" : "ksys_pread64",
+                                   "\(fd) is \(file.kindName), an anonymous-inode file without FMODE_\(write ? "PWRITE" : "PREAD")")
+      case .mmap: throw wrongFileMmap(file, fd: fd)
+      case .other: throw Errno.EINVAL.because("vfio_device_fops", "\(fd) is \(file.kindName), not a VFIO device file")
+      }
     }
     return id
+  }
+
+  /// An mmap of a VFIO region on a file of another kind runs that file's `mmap` (checked on
+  /// Linux 6.18: a VM fd and a guest_memfd without `GUEST_MEMFD_FLAG_MMAP` answer `ENODEV`).
+  /// - KVM VM: `kvm_vm_fops` has no `mmap`: `do_mmap()` -> `ENODEV`.
+  /// - guest_memfd: `kvm_gmem_mmap()` -> `ENODEV` without `GUEST_MEMFD_FLAG_MMAP` (with it the
+  ///   mmap succeeds; the caller answers that before looking for a VFIO file).
+  /// - dma-buf: `dma_buf_mmap_internal()` -> `EINVAL`, VFIO's dma-buf ops having no `mmap`.
+  func wrongFileMmap(_ file: OpenFile, fd: FD) -> Errno {
+    switch file {
+    case .vfioDevice: Errno.EINVAL.because("vfio_device_fops_mmap", "\(fd) is a VFIO device file")
+    case .vm: Errno.ENODEV.because("do_mmap", "\(fd) is a KVM VM: kvm_vm_fops has no mmap")
+    case .guestMemfd: Errno.ENODEV.because("kvm_gmem_mmap", "\(fd) is a guest_memfd created without GUEST_MEMFD_FLAG_MMAP")
+    case .dmaBuf: Errno.EINVAL.because("dma_buf_mmap_internal", "\(fd) is a dma-buf whose exporter (vfio_pci_dmabuf_ops) has no mmap")
+    }
   }
 
   func dmaBuf(_ fd: FD) throws(Errno) -> DmaBufID {

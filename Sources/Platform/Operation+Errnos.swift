@@ -125,7 +125,8 @@ enum ErrnoTables {
 
   /// `pread`/`pwrite` on a VFIO device fd (`vfio_device_fops_read()` / `_write()`).
   static let vfioRW = [badFD,
-                       E(.EINVAL, "vfio_device_fops_read", "!df->access_granted, or the file is not a VFIO device (its read has no regions)"),
+                       E(.ESPIPE, "ksys_pread64", "the fd is not a VFIO device but an anonymous-inode file (dma-buf, KVM VM, guest_memfd) without FMODE_PREAD/FMODE_PWRITE"),
+                       E(.EINVAL, "vfio_device_fops_read", "!df->access_granted (not bound)"),
                        E(.EINVAL, "vfio_pci_rw", "the region index is past VFIO_PCI_NUM_REGIONS + num_regions"),
                        E(.EINVAL, "vfio_pci_bar_rw", "the BAR is absent, the access is past its end, or (RFC patch 8) the BAR is private"),
                        E(.EINVAL, "vfio_pci_config_rw", "the access is past config space"),

@@ -71,9 +71,6 @@ public struct FileTable<File: Hashable & Sendable>: Hashable, Sendable {
   /// The check `fdget()`/`fget()` fails: no file at the fd.
   @inlinable public static func notOpen(_ fd: FD) -> String { "no file is open at \(fd)" }
 
-  /// Whether a file is open at `fd`.
-  @inlinable public func isOpen(_ fd: FD) -> Bool { files[fd] != nil }
-
   /// Removes `fd` from the table and returns what it referred to (`close_fd()`); the caller
   /// drops the file's reference. - Throws: `EBADF` for an fd that is not open
   /// (`sys_close`: `file_close_fd()` finds no file).

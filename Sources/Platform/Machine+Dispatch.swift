@@ -186,7 +186,7 @@ extension Machine {
                                   _ make: (VFIOPCIDriver, VFIOFileID) throws(Errno) -> DmaBufMovePath,
                                   fd: () -> FD) throws(LockViolation) -> FrameStep {
     var path: DmaBufMovePath
-    do { path = try make(vfio, try vfioFile(opened(fd(), by: Self.entry(use)), use)) } catch { return .ranAndReturned(Self.label(op), .failure(.errno(error))) }
+    do { path = try make(vfio, try vfioFile(fd(), use)) } catch { return .ranAndReturned(Self.label(op), .failure(.errno(error))) }
     defer { frame = .dmaBufMove(path, result: .success(.none)) }
     return try stepDmaBufMove(&path, result: .success(.none), ctx: thread.context)
   }

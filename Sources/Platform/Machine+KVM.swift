@@ -19,7 +19,7 @@ extension Machine {
   /// A live VM behind `fd`. - Throws: `EBADF`/`EINVAL` for a bad fd; `EIO` once the VM is dead
   /// (`kvm_vm_ioctl()` refuses every ioctl of a bugged VM).
   func liveVM(_ fd: FD) throws(OpFailure) -> VMID {
-    let id = try errno { () throws(Errno) in try vm(opened(fd, by: "sys_ioctl")) }
+    let id = try errno { () throws(Errno) in try vm(fd) }
     guard let vm = kvm.vms[id], !vm.isDead else {
       throw .errno(Errno.EIO.because("kvm_vm_ioctl", "the VM is bugged (KVM_BUG_ON)"))
     }
@@ -85,7 +85,7 @@ extension Machine {
   /// `KVM_CREATE_GUEST_MEMFD`: `kvm_gmem_create()`'s checks, then `__kvm_gmem_create()` takes
   /// an fd (`EMFILE`) and the file exists.
   mutating func createGuestMemfd(_ vmFD: FD, size: UInt64, flags: UInt64) throws(OpFailure) -> OpValue {
-    let id = try errno { () throws(Errno) in try vm(opened(vmFD, by: "sys_ioctl")) }
+    let id = try errno { () throws(Errno) in try vm(vmFD) }
     guard let vm = kvm.vms[id] else { throw .errno(Errno.EBADF.because("kvm_vm_ioctl", "the VM is gone")) }
     let file = try errno { () throws(Errno) in
       let file = try vm.checkCreateGuestMemfd(KVMCreateGuestMemfdArgs(size: size, flags: flags))

@@ -27,18 +27,18 @@ extension Machine {
 
     case .vfioBindIOMMUFD(let fd, let isPrivate, let vmFD, let token):
       return try errno { () throws(Errno) in
-        let file = try vfioFile(opened(fd, by: "sys_ioctl"))
+        let file = try vfioFile(fd)
         let flags = (isPrivate ? VFIOBindFlags.private(variant) : []).union(token ? .token : [])
         let machine = self
         try vfio.bindIOMMUFD(file, flags: flags, resolvingVM: { () throws(Errno) in
-          try vmFD.map { (fd) throws(Errno) in try machine.vm(machine.opened(fd, by: "iommufd_ctx_from_fd"), .other) }
+          try vmFD.map { (fd) throws(Errno) in try machine.vm(fd, .other, lookedUpBy: "iommufd_ctx_from_fd") }
         }, trace: &trace)
         return .none
       }
 
     case .vfioRegionInfo(let fd, let index):
       return try errno { () throws(Errno) in
-        let info = try vfio.regionInfo(try vfioFile(opened(fd, by: "sys_ioctl")), index: index)
+        let info = try vfio.regionInfo(try vfioFile(fd), index: index)
         return .regionInfo(flags: info.flags.names, size: info.size, offset: info.offset)
       }
 
@@ -46,7 +46,7 @@ extension Machine {
       let isWrite = if case .vfioWrite = op { true } else { false }
       let stored: UInt64 = if case .vfioWrite(_, _, _, _, let value) = op { value } else { 0 }
       return try errno { () throws(Errno) in
-        let value = try vfio.regionAccess(try vfioFile(opened(fd, by: isWrite ? "ksys_pwrite64" : "ksys_pread64"), .positional(write: isWrite)), index: index, offset: offset, size: size,
+        let value = try vfio.regionAccess(try vfioFile(fd, .positional(write: isWrite)), index: index, offset: offset, size: size,
                                           isWrite: isWrite, value: stored, trace: &trace)
         return isWrite ? .none : .read(value)
       }
@@ -58,13 +58,13 @@ extension Machine {
         if case .guestMemfd(let vm, let id)? = try? files.lookup(fd), kvm.vms[vm]?.guestMemfds[id]?.flags.contains(.mmap) == true {
           return .none
         }
-        try vfio.mmap(try vfioFile(opened(fd, by: "ksys_mmap_pgoff"), .mmap), index: index, trace: &trace)
+        try vfio.mmap(try vfioFile(fd, .mmap), index: index, trace: &trace)
         return .none
       }
 
     case .vfioDmaBuf(let fd, let index, let ranges, let openFlags, let flags):
       return try errno { () throws(Errno) in
-        let file = try vfioFile(opened(fd, by: "sys_ioctl"))
+        let file = try vfioFile(fd)
         try requireFreeFD()
         let request = VFIODeviceFeatureDmaBuf(
           regionIndex: index, openFlags: openFlags, flags: flags,
@@ -75,7 +75,7 @@ extension Machine {
 
     case .dmabufAttach(let fd, let importer, let dynamic, let peer2peer):
       return try errno { () throws(Errno) in
-        let buffer = try dmaBuf(opened(fd, by: "dma_buf_get"))
+        let buffer = try dmaBuf(fd)
         let ops = ImporterOps(dynamic: dynamic, hasMoveNotify: dynamic, allowPeer2Peer: peer2peer)
         return .attachment(try dmabufCore.attach(buffer, importer: importer, ops: ops, exporter: vfio, trace: &trace))
       }

@@ -23,7 +23,7 @@ extension Machine {
       return .none
 
     case .tdxDevifRemove(let vmFD, let name):
-      _ = try errno { () throws(Errno) in try vm(opened(vmFD, by: "sys_ioctl")) }
+      _ = try errno { () throws(Errno) in try vm(vmFD) }
       let devif = try devif(of: try pciDevice(named: name, by: "pci_tsm"))
       try status { () throws(TDXStatus) in try kvm.tdx.tdhDevifRemove(devif: devif) }
       return .none

@@ -247,8 +247,10 @@ extension Machine {
     }
   }
 
+  /// The VFIO device file behind `fd`, looked up by the syscall `use` enters through
+  /// (``entry(_:)``); a file of another kind answers as that file's own handler does.
   func vfioFile(_ fd: FD, _ use: FileUse = .ioctl) throws(Errno) -> VFIOFileID {
-    let file = try files.lookup(fd)
+    let file = try files.lookup(fd, by: Self.entry(use))
     guard case .vfioDevice(let id) = file else {
       switch use {
       case .ioctl: throw wrongFileIoctl(file, fd: fd, expected: "a VFIO device")
@@ -277,15 +279,18 @@ extension Machine {
     }
   }
 
+  /// The dma-buf behind `fd`, as `dma_buf_get()` finds it (`fget()`, then `is_dma_buf_file()`).
   func dmaBuf(_ fd: FD) throws(Errno) -> DmaBufID {
-    guard case .dmaBuf(let id) = try files.lookup(fd) else {
+    guard case .dmaBuf(let id) = try files.lookup(fd, by: "dma_buf_get") else {
       throw Errno.EINVAL.because("dma_buf_get", "\(fd) is not a dma-buf (is_dma_buf_file() fails)")
     }
     return id
   }
 
-  func vm(_ fd: FD, _ use: FileUse = .ioctl) throws(Errno) -> VMID {
-    let file = try files.lookup(fd)
+  /// The KVM VM behind `fd`, looked up by `function` (by default the syscall `use` enters
+  /// through, ``entry(_:)``).
+  func vm(_ fd: FD, _ use: FileUse = .ioctl, lookedUpBy function: StaticString? = nil) throws(Errno) -> VMID {
+    let file = try files.lookup(fd, by: function ?? Self.entry(use))
     guard case .vm(let id) = file else {
       throw use == .ioctl ? wrongFileIoctl(file, fd: fd, expected: "a KVM VM")
         : Errno.EINVAL.because("kvm_get_kvm_safe", "\(fd) is not a KVM VM file")

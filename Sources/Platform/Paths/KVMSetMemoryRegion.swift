@@ -198,7 +198,7 @@ extension Machine {
   /// own and the max-GFN one included, runs before the attach takes effect, in that order, so
   /// a refused bind changes nothing and answers the kernel's first errno.
   mutating func bindDmaBuf(_ fd: FD, plan: MemslotPlan, vm id: VMID) throws(Errno) -> DmaBufBinding {
-    let buffer = try dmaBuf(opened(fd, by: "dma_buf_get"))
+    let buffer = try dmaBuf(fd)
     guard let object = dmabufCore.buffer(buffer) else { throw Errno.EBADF.because("dma_buf_get", "the buffer is gone") }
     let data: ExporterData?
     do { data = try vfio.exporterData(buffer: object) } catch { data = nil }

@@ -137,7 +137,7 @@ extension Machine {
   /// Whether the TDISP interface whose MMIO the page at `gpa` of the VM behind `vmFD` maps is
   /// RUN (`nil`: no such VM, slot or device): what a TD checks before it accepts the page.
   func interfaceRuns(vm vmFD: FD, gpa: GPA) -> Bool? {
-    guard case .vm(let id)? = try? files.lookup(vmFD), let vm = kvm.vms[id],
+    guard case .vm(let id)? = files[vmFD], let vm = kvm.vms[id],
           let binding = vm.memslot(containing: vm.faultGFN(gpa))?.dmaBuf,
           let buffer = vfio.dmaBuf(binding.dmaBuf), let device = vfio.device(buffer.exporter) else { return nil }
     return device.function.tdiState == .run

@@ -80,7 +80,7 @@ public final class ModelBARExporter: RevocableBARExporter {
     let attach = Operation.dmabufAttach(fd: buffer, importer: Self.importerName, dynamic: true, peer2peer: true)
     let attached = try perform(attach)
     guard case .attachment(let attachment) = attached else { throw unexpected(attach, attached) }
-    guard case .dmaBuf(let id)? = try? machine.files.lookup(buffer),
+    guard case .dmaBuf(let id)? = machine.files[buffer],
       let first = machine.vfio.dmaBuf(id)?.ranges.first
     else { throw unexpected(export, exported) }
 

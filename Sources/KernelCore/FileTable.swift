@@ -68,6 +68,10 @@ public struct FileTable<File: Hashable & Sendable>: Hashable, Sendable {
     return file
   }
 
+  /// The file open at `fd`, or `nil`: for a look that is no kernel lookup (what a path may
+  /// wait for, which parts of the machine a step touches), so no errno is built.
+  @inlinable public subscript(fd: FD) -> File? { files[fd] }
+
   /// The check `fdget()`/`fget()` fails: no file at the fd.
   @inlinable public static func notOpen(_ fd: FD) -> String { "no file is open at \(fd)" }
 

@@ -75,7 +75,7 @@ extension Machine {
       return .ranAndReturned(Self.label(op), oneRegion(op))
     case .dmabufAttach(let fd, _, _, _):
       // dma_buf_dynamic_attach() adds the attachment to the buffer's list under its resv.
-      if case .dmaBuf(let id)? = try? files.lookup(fd), let wait = dmabufCore.resvWait(buffer: id, context: ctx) {
+      if case .dmaBuf(let id)? = files[fd], let wait = dmabufCore.resvWait(buffer: id, context: ctx) {
         return .blocked(wait)
       }
       return .ranAndReturned(Self.label(op), oneRegion(op))
@@ -232,7 +232,7 @@ extension Machine {
 
   /// What waiting for the `memory_lock` of the device behind `fd` means for `ctx` now.
   private func memoryLockWait(_ fd: FD, write: Bool, ctx: ContextID) -> Wait? {
-    guard case .vfioDevice(let file)? = try? files.lookup(fd), let device = vfio.file(file)?.device,
+    guard case .vfioDevice(let file)? = files[fd], let device = vfio.file(file)?.device,
           let lock = vfio.device(device)?.memoryLock else { return nil }
     return write ? lock.writeWait(for: ctx) : lock.readWait(for: ctx)
   }

@@ -127,11 +127,11 @@ extension Machine {
   /// The footprint of an operation's first step (which also resolves its fds).
   func footprint(starting op: Operation) -> Footprint {
     func vmID(_ fd: FD) -> VMID? {
-      if case .vm(let id)? = try? files.lookup(fd) { return id }
+      if case .vm(let id)? = files[fd] { return id }
       return nil
     }
     func deviceID(_ fd: FD) -> VFIODeviceID? {
-      if case .vfioDevice(let file)? = try? files.lookup(fd) { return vfio.file(file)?.device }
+      if case .vfioDevice(let file)? = files[fd] { return vfio.file(file)?.device }
       return nil
     }
     switch op {

@@ -55,7 +55,7 @@ extension Machine {
       return try errno { () throws(Errno) in
         // kvm_gmem_mmap() maps a guest_memfd created with GUEST_MEMFD_FLAG_MMAP (its shared
         // pages); the model keeps no user mappings of guest memory.
-        if case .guestMemfd(let vm, let id)? = try? files.lookup(fd), kvm.vms[vm]?.guestMemfds[id]?.flags.contains(.mmap) == true {
+        if case .guestMemfd(let vm, let id)? = files[fd], kvm.vms[vm]?.guestMemfds[id]?.flags.contains(.mmap) == true {
           return .none
         }
         try vfio.mmap(try vfioFile(fd, .mmap), index: index, trace: &trace)

@@ -310,7 +310,7 @@ extension Machine {
     default:
       return false
     }
-    guard case .vm(let id)? = try? files.lookup(fd) else { return false }
+    guard case .vm(let id)? = files[fd] else { return false }
     return kvm.vms[id]?.isDead == true
   }
 

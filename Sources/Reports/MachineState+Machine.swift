@@ -52,7 +52,7 @@ extension MachineState {
     }
 
     let vmNames = Dictionary(machine.configuredVMs.compactMap { name, fd -> (VMID, String)? in
-      guard case .vm(let id)? = try? machine.files.lookup(fd) else { return nil }
+      guard case .vm(let id)? = machine.files[fd] else { return nil }
       return (id, name)
     }, uniquingKeysWith: { a, _ in a })
     let tdOf = machine.kvm.tds

@@ -87,7 +87,7 @@ public struct InterleavingProgram: Sendable {
     let names = scenario.concurrent.indices.map { scenario.threadName(for: .concurrent($0)) }
     var vmNames: [VMID: String] = [:]
     for vm in scenario.machine.vms {
-      if let fd = machine.vmFD(named: vm.name), case .vm(let id)? = try? machine.files.lookup(fd) { vmNames[id] = vm.name }
+      if let fd = machine.vmFD(named: vm.name), case .vm(let id)? = machine.files[fd] { vmNames[id] = vm.name }
     }
     let program = InterleavingProgram(scenario: scenario, paths: scenario.concurrent, names: names, vmNames: vmNames)
     let threads = scenario.concurrent.indices.map { ProgramThread(path: $0, handles: handles) }

@@ -81,7 +81,7 @@ struct KVMSetMemoryRegion: Hashable, Sendable {
 
     case .bind(let plan):
       guard let fd = plan.dmaBufFD else { throw LockViolation(lock: "kvm->slots_lock", message: "bind without a dma-buf") }
-      if case .dmaBuf(let id)? = try? m.files.lookup(fd), let wait = m.dmabufCore.resvWait(buffer: id, context: ctx) {
+      if case .dmaBuf(let id)? = m.files[fd], let wait = m.dmabufCore.resvWait(buffer: id, context: ctx) {
         return .blocked(wait)
       }
       let binding: DmaBufBinding

@@ -87,8 +87,7 @@ public struct Scenario: Hashable, Sendable {
   static func guestVCPU(of path: [ScenarioStep]) -> UInt64? {
     var vcpu: UInt64?
     for step in path {
-      guard step.opName.hasPrefix("guest.") else { return nil }
-      let n: UInt64 = if case .number(let v)? = step.arguments["vcpu"] { v } else { 0 }
+      guard let n = step.guestVCPU else { return nil }
       if let vcpu, vcpu != n { return nil }
       vcpu = n
     }
@@ -170,5 +169,12 @@ public struct ScenarioStep: Hashable, Sendable {
       return .vfioClose(fd: FD(-1))
     }
     return spec.build(ResolvedArguments(values: arguments, handles: handles))
+  }
+
+  /// The vCPU a guest op runs on (`vcpu:`, 0 when absent); `nil` for any other op.
+  var guestVCPU: UInt64? {
+    guard opName.hasPrefix("guest.") else { return nil }
+    if case .number(let v)? = arguments["vcpu"] { return v }
+    return 0
   }
 }

@@ -248,8 +248,8 @@ struct ScenarioReader {
   func checkOneRunPerVCPU(_ concurrent: [[ScenarioStep]]) throws(ScenarioError) {
     var owner: [String: Int] = [:]
     for (n, path) in concurrent.enumerated() {
-      for step in path where step.opName.hasPrefix("guest.") {
-        let vcpu: UInt64 = if case .number(let v)? = step.arguments["vcpu"] { v } else { 0 }
+      for step in path {
+        guard let vcpu = step.guestVCPU else { continue }
         let vm: String = if case .handle(let h)? = step.arguments["vm"] { "\(h)" } else { "?" }
         let key = "vcpu \(vcpu) of \(vm)"
         if let other = owner[key], other != n {

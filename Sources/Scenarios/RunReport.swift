@@ -173,8 +173,7 @@ public struct StepReport: Codable, Hashable, Sendable {
     switch result {
     case .failure(.livelock(let what)): "the step never finishes (livelock: \(what)); expect: livelock if that is the point"
     case .failure(.deadlock(let what)): "the step never finishes (deadlock: \(what)); expect: deadlock if that is the point"
-    case .failure(.lockViolation(let v)): "model bug: lock violation: \(v)"
-    default: nil
+    default: StepExpectation.modelBug(result)
     }
   }
 

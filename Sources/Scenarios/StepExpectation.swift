@@ -58,8 +58,14 @@ public enum StepExpectation: Hashable, Sendable, CustomStringConvertible {
   /// `nil` when `result` meets the expectation; otherwise why not.
   public func mismatch(_ result: OpResult) -> String? {
     if matches(result) { return nil }
-    if case .failure(.lockViolation(let v)) = result { return "model bug: lock violation: \(v)" }
+    if let bug = Self.modelBug(result) { return bug }
     return "expected \(self), got \(ResultText.describe(result))"
+  }
+
+  /// A lock rule the model broke, in words: no expectation accepts it.
+  static func modelBug(_ result: OpResult) -> String? {
+    if case .failure(.lockViolation(let v)) = result { return "model bug: lock violation: \(v)" }
+    return nil
   }
 
   public func matches(_ result: OpResult) -> Bool {

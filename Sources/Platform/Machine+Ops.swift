@@ -110,8 +110,11 @@ extension Machine {
     case .kvmCheckExtension(let vmFD, let number): return .read(try checkExtension(vm: vmFD, number))
     case .kvmCreateGuestMemfd(let vmFD, let size, let flags): return try createGuestMemfd(vmFD, size: size, flags: flags)
     case .kvmCreateVCPU(let vmFD, let vcpu): return try createVCPU(vmFD, vcpu)
-    case .tdxDevifCreate, .tdxDevifRemove, .tdxMMIOMTAdd, .tdxStreamBlock, .tdxSeamcall:
-      return try performTDX(op)
+    case .tdxDevifCreate(let vmFD, let name): return try tdxDevifCreate(vmFD, device: name)
+    case .tdxDevifRemove(let vmFD, let name): return try tdxDevifRemove(vmFD, device: name)
+    case .tdxMMIOMTAdd(let name): return try tdxMMIOMTAdd(device: name)
+    case .tdxStreamBlock(let name): return try tdxStreamBlock(device: name)
+    case .tdxSeamcall(let leaf, let args): return try tdxSeamcall(leaf, args)
 
     case .vfioClose, .dmabufDetach, .vfioSetMemoryDecode, .vfioReset, .vfioFLR, .vfioHotReset, .vfioSetPower, .dmabufClose,
          .tdispLock, .tdispStart, .tdispStop, .pciFLR, .pciWriteCommand, .kvmSetUserMemoryRegion2, .kvmDestroyVM,

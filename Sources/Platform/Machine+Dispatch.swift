@@ -57,11 +57,10 @@ extension Machine {
       // vfio_pci_config_rw() splits the write into aligned pieces; the one at PCI_COMMAND goes
       // to vfio_basic_config_write(), which revokes (memory bit clear: zap and memory_lock for
       // write, vfio_pci_dma_buf_move(vdev, true)) or restores under memory_lock: the path
-      // vfio.set_memory_decode runs. The model keeps only the command register's memory bit.
+      // vfio.set_memory_decode runs, begun here. The model keeps only the command register's
+      // memory bit.
       let enable = (value >> ((4 - offset) * 8)) & UInt64(PCICommand.memorySpace.rawValue) != 0
-      return try startMove(op, frame: &frame, thread: thread, use: .positional(write: true)) { (d: VFIOPCIDriver, f) throws(Errno) in
-        try d.setMemoryDecode(f, enable: enable, context: ctx)
-      } fd: { fd }
+      return try begin(.vfioSetMemoryDecode(fd: fd, enable: enable), frame: &frame, thread: thread, choices: &choices)
 
     // MARK: One region under a lock another path may hold
     case .vfioRead(let fd, let index, _, _), .vfioWrite(let fd, let index, _, _, _):
